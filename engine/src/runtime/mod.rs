@@ -1,0 +1,1 @@
+//! The protocol-agnostic per-core io_uring transport.
