@@ -126,12 +126,21 @@ mod tests {
         );
         assert!(v[1].params.is_empty());
         assert_eq!(v[2].name, "foo");
-        assert_eq!(v[0].to_string(), "permessage-deflate; client_max_window_bits; server_max_window_bits=10");
+        assert_eq!(
+            v[0].to_string(),
+            "permessage-deflate; client_max_window_bits; server_max_window_bits=10"
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["permessage-deflate; =1", "a b", "x; y=\"unterminated", "x;y=\"a\\b\"", "; y"] {
+        for bad in [
+            "permessage-deflate; =1",
+            "a b",
+            "x; y=\"unterminated",
+            "x;y=\"a\\b\"",
+            "; y",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("").unwrap().is_empty());

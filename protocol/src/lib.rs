@@ -17,12 +17,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod close;
+pub mod codec;
 pub mod deflate;
 pub mod error;
 pub mod extension;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod utf8;
 
+pub use close::CloseFrame;
+pub use codec::{Decoder, DecoderConfig, Encoder, Message, Role};
 pub use error::{CloseCode, ProtocolError};
 pub use frame::{FrameHeader, OpCode};

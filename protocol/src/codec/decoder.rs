@@ -1,0 +1,331 @@
+//! Bytes as they arrive → messages (RFC 6455 §5.2–§5.6, RFC 7692 §6).
+
+use bytes::{Buf, BytesMut};
+
+use super::{Message, Role};
+use crate::close::CloseFrame;
+use crate::deflate::{Decompressor, DeflateParams};
+use crate::error::ProtocolError;
+use crate::frame::{FrameHeader, OpCode};
+use crate::mask::apply_mask;
+use crate::utf8::Utf8Validator;
+
+/// Limits applied while decoding. Exceeding any of them is a 1009 (message too big).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderConfig {
+    /// Largest single frame payload accepted (compressed size for compressed frames).
+    pub max_frame_size: usize,
+    /// Largest message accepted, after reassembly and after inflation.
+    pub max_message_size: usize,
+    /// Most frames one fragmented message may have.
+    pub max_fragments: usize,
+}
+
+impl Default for DecoderConfig {
+    /// 16 MiB frames and messages, 1024 fragments.
+    fn default() -> Self {
+        DecoderConfig {
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            max_fragments: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FrameState {
+    header: FrameHeader,
+    header_len: usize,
+    /// Payload bytes already unmasked (and UTF-8 checked where that applies).
+    processed: usize,
+}
+
+#[derive(Debug)]
+struct Fragmented {
+    opcode: OpCode,
+    compressed: bool,
+    buf: BytesMut,
+    fragments: usize,
+}
+
+/// Decodes a stream of frames into messages.
+///
+/// Feed it the connection's read buffer: [`Decoder::decode`] consumes complete frames from the
+/// front and leaves partial ones in place (already unmasked as far as they go, so nothing is
+/// unmasked twice). The payload of an unfragmented, uncompressed message is split off the read
+/// buffer without copying. Text is validated as it arrives, so an invalid byte fails the
+/// connection before the rest of its message has been received.
+#[derive(Debug)]
+pub struct Decoder {
+    role: Role,
+    config: DecoderConfig,
+    frame: Option<FrameState>,
+    fragmented: Option<Fragmented>,
+    utf8: Utf8Validator,
+    inflater: Option<Decompressor>,
+    closed: bool,
+}
+
+impl Decoder {
+    /// A decoder for `role` with the given limits and no extension.
+    pub fn new(role: Role, config: DecoderConfig) -> Self {
+        Decoder {
+            role,
+            config,
+            frame: None,
+            fragmented: None,
+            utf8: Utf8Validator::new(),
+            inflater: None,
+            closed: false,
+        }
+    }
+
+    /// Switches on permessage-deflate with the negotiated parameters: RSV1 becomes the
+    /// "compressed" bit and compressed messages are inflated (the peer's direction's window and
+    /// context takeover apply).
+    pub fn set_deflate(&mut self, params: &DeflateParams) {
+        let (bits, no_takeover) = match self.role {
+            Role::Server => (
+                params.client_max_window_bits,
+                params.client_no_context_takeover,
+            ),
+            Role::Client => (
+                params.server_max_window_bits,
+                params.server_no_context_takeover,
+            ),
+        };
+        self.inflater = Some(Decompressor::new(bits, no_takeover));
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// Whether a close frame has been decoded (later input is ignored).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Decodes the next message from the front of `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` holds no complete message yet; call again after appending
+    /// more bytes. Consumed bytes are removed from `buf`. After a close frame every further byte
+    /// is discarded (RFC 6455 §5.5.1: nothing may follow a close).
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        loop {
+            if self.closed {
+                buf.clear();
+                return Ok(None);
+            }
+            let state = match self.frame {
+                Some(s) => s,
+                None => match FrameHeader::decode(buf)? {
+                    None => return Ok(None),
+                    Some((header, header_len)) => {
+                        self.check_header(&header)?;
+                        let s = FrameState {
+                            header,
+                            header_len,
+                            processed: 0,
+                        };
+                        self.frame = Some(s);
+                        s
+                    }
+                },
+            };
+            let len = state.header.payload_len as usize;
+            let available = (buf.len() - state.header_len).min(len);
+            if available > state.processed {
+                self.process(state, buf, available)?;
+            }
+            if available < len {
+                return Ok(None);
+            }
+            self.frame = None;
+            buf.advance(state.header_len);
+            let payload = buf.split_to(len);
+            if let Some(msg) = self.complete_frame(state.header, payload)? {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    fn check_header(&mut self, h: &FrameHeader) -> Result<(), ProtocolError> {
+        if h.rsv2 || h.rsv3 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        if h.rsv1 {
+            if self.inflater.is_none() {
+                return Err(ProtocolError::ReservedBits);
+            }
+            if h.opcode.is_control() || h.opcode == OpCode::Continuation {
+                return Err(ProtocolError::CompressedContinuation);
+            }
+        }
+        match (self.role, h.mask.is_some()) {
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
+            (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        if h.payload_len > self.config.max_frame_size as u64 {
+            return Err(ProtocolError::FrameTooLarge);
+        }
+        match h.opcode {
+            OpCode::Continuation => {
+                let f = self
+                    .fragmented
+                    .as_mut()
+                    .ok_or(ProtocolError::UnexpectedContinuation)?;
+                f.fragments += 1;
+                if f.fragments > self.config.max_fragments {
+                    return Err(ProtocolError::TooManyFragments);
+                }
+                if !f.compressed
+                    && f.buf.len() as u64 + h.payload_len > self.config.max_message_size as u64
+                {
+                    return Err(ProtocolError::MessageTooLarge);
+                }
+            }
+            OpCode::Text | OpCode::Binary => {
+                if self.fragmented.is_some() {
+                    return Err(ProtocolError::ExpectedContinuation);
+                }
+                if !h.rsv1 && h.payload_len > self.config.max_message_size as u64 {
+                    return Err(ProtocolError::MessageTooLarge);
+                }
+                self.utf8.reset();
+            }
+            OpCode::Close | OpCode::Ping | OpCode::Pong => {}
+        }
+        Ok(())
+    }
+
+    /// Unmasks the newly arrived payload bytes `processed..available` in place and validates
+    /// them as text where the frame belongs to an uncompressed text message.
+    fn process(
+        &mut self,
+        state: FrameState,
+        buf: &mut BytesMut,
+        available: usize,
+    ) -> Result<(), ProtocolError> {
+        let start = state.header_len + state.processed;
+        let end = state.header_len + available;
+        let new = &mut buf[start..end];
+        if let Some(key) = state.header.mask {
+            apply_mask(new, key, state.processed);
+        }
+        if self.is_plain_text(&state.header) {
+            self.utf8.feed(new)?;
+        }
+        if let Some(f) = self.frame.as_mut() {
+            f.processed = available;
+        }
+        Ok(())
+    }
+
+    fn is_plain_text(&self, h: &FrameHeader) -> bool {
+        match h.opcode {
+            OpCode::Text => !h.rsv1,
+            OpCode::Continuation => self
+                .fragmented
+                .as_ref()
+                .is_some_and(|f| f.opcode == OpCode::Text && !f.compressed),
+            _ => false,
+        }
+    }
+
+    fn complete_frame(
+        &mut self,
+        h: FrameHeader,
+        payload: BytesMut,
+    ) -> Result<Option<Message>, ProtocolError> {
+        match h.opcode {
+            OpCode::Ping => Ok(Some(Message::Ping(payload.freeze()))),
+            OpCode::Pong => Ok(Some(Message::Pong(payload.freeze()))),
+            OpCode::Close => {
+                let frame = CloseFrame::parse(payload.freeze())?;
+                self.closed = true;
+                Ok(Some(Message::Close(frame)))
+            }
+            OpCode::Text | OpCode::Binary => {
+                if h.fin {
+                    if h.rsv1 {
+                        let mut out = BytesMut::new();
+                        self.inflate(&payload, true, h.opcode == OpCode::Text, &mut out)?;
+                        return Ok(Some(data_message(h.opcode, out)));
+                    }
+                    if h.opcode == OpCode::Text {
+                        self.utf8.finish()?;
+                    }
+                    return Ok(Some(data_message(h.opcode, payload)));
+                }
+                let mut f = Fragmented {
+                    opcode: h.opcode,
+                    compressed: h.rsv1,
+                    buf: BytesMut::new(),
+                    fragments: 1,
+                };
+                if h.rsv1 {
+                    self.inflate(&payload, false, h.opcode == OpCode::Text, &mut f.buf)?;
+                } else {
+                    f.buf = payload;
+                }
+                self.fragmented = Some(f);
+                Ok(None)
+            }
+            OpCode::Continuation => {
+                let mut f = self
+                    .fragmented
+                    .take()
+                    .ok_or(ProtocolError::UnexpectedContinuation)?;
+                if f.compressed {
+                    let text = f.opcode == OpCode::Text;
+                    self.inflate(&payload, h.fin, text, &mut f.buf)?;
+                } else {
+                    f.buf.extend_from_slice(&payload);
+                }
+                if !h.fin {
+                    self.fragmented = Some(f);
+                    return Ok(None);
+                }
+                if f.opcode == OpCode::Text && !f.compressed {
+                    self.utf8.finish()?;
+                }
+                Ok(Some(data_message(f.opcode, f.buf)))
+            }
+        }
+    }
+
+    /// Inflates one frame of a compressed message into `out`, validating text as it comes out.
+    fn inflate(
+        &mut self,
+        input: &[u8],
+        fin: bool,
+        text: bool,
+        out: &mut BytesMut,
+    ) -> Result<(), ProtocolError> {
+        let max = self.config.max_message_size;
+        let inflater = self.inflater.as_mut().ok_or(ProtocolError::ReservedBits)?;
+        let before = out.len();
+        inflater.decompress(input, out, max)?;
+        if fin {
+            inflater.finish_message(out, max)?;
+        }
+        if text {
+            self.utf8.feed(&out[before..])?;
+            if fin {
+                self.utf8.finish()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn data_message(opcode: OpCode, payload: BytesMut) -> Message {
+    if opcode == OpCode::Text {
+        Message::Text(payload.freeze())
+    } else {
+        Message::Binary(payload.freeze())
+    }
+}

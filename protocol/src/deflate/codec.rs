@@ -1,0 +1,626 @@
+//! Per-message compression and decompression (RFC 7692 §7.2) over flate2's raw deflate.
+
+use bytes::BytesMut;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use super::params::{MAX_WINDOW_BITS, MIN_WINDOW_BITS};
+use crate::ProtocolError;
+
+/// The empty stored block a sync flush ends with; stripped by the sender, re-appended by the
+/// receiver (RFC 7692 §7.2.1, §7.2.2).
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// The compressed form of an empty message: an empty stored block without its last 4 bytes
+/// (RFC 7692 §7.2.3.6). Valid with or without context takeover.
+const EMPTY_MESSAGE: u8 = 0x00;
+
+/// Smallest output room handed to deflate/inflate per round (zlib wants more than 6 bytes for
+/// a sync flush so that it does not repeat flush markers).
+const MIN_ROUND: usize = 512;
+/// Largest output room handed to inflate per round: bounds the zero-filled but unused tail.
+const MAX_INFLATE_ROUND: usize = 256 << 10;
+
+/// Compresses our outgoing messages for one connection (either role).
+///
+/// Construct with our direction's parameters: a server uses `server_max_window_bits` and
+/// `server_no_context_takeover` from the agreed [`DeflateParams`](super::DeflateParams), a
+/// client the `client_*` pair.
+#[derive(Debug)]
+pub struct Compressor {
+    inner: Compress,
+    no_context_takeover: bool,
+}
+
+impl Compressor {
+    /// A compressor at deflate `level` (`0..=9`, higher values count as 9) using at most a
+    /// `2^window_bits`-byte window, resetting its context after every message when
+    /// `no_context_takeover`.
+    ///
+    /// `window_bits` is clamped to `8..=15`. With 8, which zlib cannot produce for raw deflate,
+    /// the compressor writes stored (uncompressed) blocks only: they contain no back-references
+    /// and so respect any window. Messages then grow by a few bytes instead of shrinking.
+    pub fn new(level: u32, window_bits: u8, no_context_takeover: bool) -> Self {
+        let window_bits = window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS);
+        let (level, window_bits) = if window_bits == MIN_WINDOW_BITS {
+            (0, MIN_WINDOW_BITS + 1)
+        } else {
+            (level.min(9), window_bits)
+        };
+        Compressor {
+            inner: Compress::new_with_window_bits(Compression::new(level), false, window_bits),
+            no_context_takeover,
+        }
+    }
+
+    /// Compresses one whole message payload and appends it to `out`, without the trailing
+    /// `00 00 ff ff` of the sync flush (RFC 7692 §7.2.1). Resets the context afterwards if
+    /// `no_context_takeover`.
+    ///
+    /// Deflates straight into `out`'s buffer: no per-message allocation beyond growing `out`.
+    pub fn compress(&mut self, payload: &[u8], out: &mut BytesMut) {
+        if payload.is_empty() {
+            // zlib refuses a second flush without new input (Z_BUF_ERROR, no output), so the
+            // empty message is written by hand.
+            out.extend_from_slice(&[EMPTY_MESSAGE]);
+            return;
+        }
+        let start = out.len();
+        let mut input = payload;
+        // Enough for the output in one round unless the data is incompressible with tiny
+        // blocks; the loop grows it otherwise.
+        let mut room = payload.len() + payload.len() / 64 + 64;
+        loop {
+            let len = out.len();
+            out.resize(len + room, 0);
+            let (in0, out0) = (self.inner.total_in(), self.inner.total_out());
+            let status = self
+                .inner
+                .compress(input, &mut out[len..], FlushCompress::Sync)
+                // Deflate only fails on an inconsistent stream state, which safe use of
+                // flate2 cannot produce.
+                .expect("raw deflate with a sync flush cannot fail");
+            let consumed = (self.inner.total_in() - in0) as usize;
+            let written = (self.inner.total_out() - out0) as usize;
+            out.truncate(len + written);
+            input = &input[consumed..];
+            // The flush is complete once deflate returns with output room to spare.
+            if (input.is_empty() && written < room)
+                || status == Status::BufError
+                || (consumed == 0 && written == 0)
+            {
+                break;
+            }
+            room = room.max(MIN_ROUND * 8);
+        }
+        debug_assert!(
+            out[start..].ends_with(&TAIL),
+            "sync flush must end with 00 00 ff ff"
+        );
+        out.truncate(out.len() - TAIL.len());
+        if self.no_context_takeover {
+            self.inner.reset();
+        }
+    }
+
+    /// Drops the compression context, as if a fresh compressor were created.
+    pub fn reset(&mut self) {
+        self.inner.reset();
+    }
+}
+
+/// Inflates the peer's messages for one connection (either role).
+///
+/// Construct with the peer's direction's parameters: a server uses `client_max_window_bits`
+/// and `client_no_context_takeover`, a client the `server_*` pair.
+///
+/// Inflation always runs with a 32 KiB (15-bit) window, whatever was agreed: a larger window
+/// inflates any stream made with a smaller one; zlib-rs allocates the full 32 KiB window for
+/// any window size anyway, so a smaller one would save no memory; flate2 can reset a 15-bit
+/// inflater in place but re-creates (re-allocates) any other; and peers whose zlib silently
+/// turns a negotiated 8 into 9 still inflate.
+#[derive(Debug)]
+pub struct Decompressor {
+    inner: Decompress,
+    no_context_takeover: bool,
+    /// Inflated bytes of the current message so far.
+    message_len: usize,
+    /// The peer ended the deflate stream (a block with BFINAL set) in this message.
+    stream_ended: bool,
+}
+
+impl Decompressor {
+    /// An inflater for the peer's direction. `window_bits` is the agreed window of that
+    /// direction; it is accepted for symmetry with [`Compressor::new`] but inflation always
+    /// uses 15 (see the type's docs). `no_context_takeover`: reset after every message.
+    pub fn new(window_bits: u8, no_context_takeover: bool) -> Self {
+        let _ = window_bits;
+        Decompressor {
+            inner: Decompress::new_with_window_bits(false, MAX_WINDOW_BITS),
+            no_context_takeover,
+            message_len: 0,
+            stream_ended: false,
+        }
+    }
+
+    /// Inflates compressed bytes of the current message (call per fragment, split anywhere),
+    /// appending the output to `out`.
+    ///
+    /// `max` caps the inflated size of the whole message (all calls plus
+    /// [`finish_message`](Self::finish_message)). Inflation stops as soon as the message would
+    /// exceed it: `out` never grows by more than `max + 1` bytes of output (plus its allocator's
+    /// slack), and [`ProtocolError::MessageTooLarge`] is returned. Corrupt data gives
+    /// [`ProtocolError::InvalidDeflate`]. On either error `out` is truncated back to its length
+    /// on entry to this call (output of earlier calls for the message stays) and the
+    /// decompressor is [`reset`](Self::reset).
+    ///
+    /// If the peer ends the deflate stream inside the message (a block with BFINAL set, RFC 7692
+    /// §7.2.3.4), the rest of the message's bytes are ignored and the context is reset at the
+    /// end of the message: a new stream cannot refer to the old one.
+    pub fn decompress(
+        &mut self,
+        input: &[u8],
+        out: &mut BytesMut,
+        max: usize,
+    ) -> Result<(), ProtocolError> {
+        if self.stream_ended || input.is_empty() {
+            return Ok(());
+        }
+        let entry = out.len();
+        let mut input = input;
+        let mut round = input
+            .len()
+            .saturating_mul(4)
+            .clamp(MIN_ROUND, MAX_INFLATE_ROUND);
+        loop {
+            // One byte more than allowed, to see whether the limit is crossed.
+            let room = round.min(max.saturating_sub(self.message_len).saturating_add(1));
+            let len = out.len();
+            out.resize(len + room, 0);
+            let (in0, out0) = (self.inner.total_in(), self.inner.total_out());
+            let result = self
+                .inner
+                .decompress(input, &mut out[len..], FlushDecompress::None);
+            let consumed = (self.inner.total_in() - in0) as usize;
+            let written = (self.inner.total_out() - out0) as usize;
+            out.truncate(len + written);
+            input = &input[consumed..];
+            self.message_len += written;
+            let status = match result {
+                Ok(status) => status,
+                Err(_) => return Err(self.fail(out, entry, ProtocolError::InvalidDeflate)),
+            };
+            if self.message_len > max {
+                return Err(self.fail(out, entry, ProtocolError::MessageTooLarge));
+            }
+            if status == Status::StreamEnd {
+                self.stream_ended = true;
+                return Ok(());
+            }
+            // Output room left over means inflate stopped for want of input.
+            if written < room {
+                return Ok(());
+            }
+            round = (round * 2).min(MAX_INFLATE_ROUND);
+        }
+    }
+
+    /// Ends the current message: inflates the `00 00 ff ff` tail (RFC 7692 §7.2.2) into `out`,
+    /// then resets the context if `no_context_takeover` (or the peer ended its stream).
+    /// Subject to `max` like [`decompress`](Self::decompress).
+    pub fn finish_message(&mut self, out: &mut BytesMut, max: usize) -> Result<(), ProtocolError> {
+        self.decompress(&TAIL, out, max)?;
+        if self.no_context_takeover || self.stream_ended {
+            self.reset();
+        } else {
+            self.message_len = 0;
+        }
+        Ok(())
+    }
+
+    /// Drops the context and the current message's state, as if a fresh decompressor were
+    /// created. Errors from this type do it themselves; call it when abandoning a message for
+    /// another reason.
+    pub fn reset(&mut self) {
+        self.inner.reset(false);
+        self.message_len = 0;
+        self.stream_ended = false;
+    }
+
+    fn fail(&mut self, out: &mut BytesMut, entry: usize, err: ProtocolError) -> ProtocolError {
+        out.truncate(entry);
+        self.reset();
+        err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = usize::MAX;
+
+    fn compress(c: &mut Compressor, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        c.compress(payload, &mut out);
+        out.to_vec()
+    }
+
+    fn inflate(d: &mut Decompressor, data: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        let mut out = BytesMut::new();
+        d.decompress(data, &mut out, MAX)?;
+        d.finish_message(&mut out, MAX)?;
+        Ok(out.to_vec())
+    }
+
+    /// Varied, somewhat compressible text.
+    fn sample(seed: u32, len: usize) -> Vec<u8> {
+        let words: [&[u8]; 8] = [
+            b"{\"id\":",
+            b"\"price\":",
+            b"1234.5",
+            b"\"symbol\":\"EDGE\"",
+            b"}, ",
+            b"[true,false]",
+            b"null",
+            b" websocket ",
+        ];
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        let mut v = Vec::with_capacity(len + 16);
+        while v.len() < len {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            v.extend_from_slice(words[(x % 8) as usize]);
+            if x % 5 == 0 {
+                v.push((x >> 8) as u8);
+            }
+        }
+        v.truncate(len);
+        v
+    }
+
+    /// Pseudo-random bytes (incompressible).
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    const HELLO: [u8; 7] = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+
+    #[test]
+    fn rfc7692_hello_examples() {
+        // §7.2.3.1: a message compressed on its own.
+        let mut d = Decompressor::new(15, false);
+        assert_eq!(inflate(&mut d, &HELLO).unwrap(), b"Hello");
+        // §7.2.3.2: the same message again, sharing the window of the first.
+        assert_eq!(
+            inflate(&mut d, &[0xf2, 0x00, 0x11, 0x00, 0x00]).unwrap(),
+            b"Hello"
+        );
+        // §7.2.3.3: stored block.
+        let stored = [
+            0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+        ];
+        assert_eq!(
+            inflate(&mut Decompressor::new(15, true), &stored).unwrap(),
+            b"Hello"
+        );
+        // §7.2.3.4: a block with BFINAL set; the appended tail lies past the stream's end, and
+        // the next message starts a new stream.
+        let mut d = Decompressor::new(15, false);
+        let final_block = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        assert_eq!(inflate(&mut d, &final_block).unwrap(), b"Hello");
+        assert_eq!(
+            inflate(&mut d, &[0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00]).unwrap(),
+            b"Hello"
+        );
+        assert_eq!(inflate(&mut d, &HELLO).unwrap(), b"Hello");
+        // §7.2.3.6: the empty message.
+        assert_eq!(inflate(&mut d, &[0x00]).unwrap(), b"");
+    }
+
+    #[test]
+    fn compresses_hello_like_the_rfc() {
+        let mut c = Compressor::new(1, 15, false);
+        let first = compress(&mut c, b"Hello");
+        let second = compress(&mut c, b"Hello");
+        assert!(second.len() < first.len(), "{first:02x?} vs {second:02x?}");
+        let mut d = Decompressor::new(15, false);
+        assert_eq!(inflate(&mut d, &first).unwrap(), b"Hello");
+        assert_eq!(inflate(&mut d, &second).unwrap(), b"Hello");
+
+        // Without context takeover every message compresses alike and stands alone.
+        let mut c = Compressor::new(1, 15, true);
+        let a = compress(&mut c, b"Hello");
+        let b = compress(&mut c, b"Hello");
+        assert_eq!(a, b);
+        assert_eq!(
+            inflate(&mut Decompressor::new(15, true), &b).unwrap(),
+            b"Hello"
+        );
+        // At the default zlib level the output is the RFC's byte for byte.
+        let mut c = Compressor::new(6, 15, true);
+        assert_eq!(compress(&mut c, b"Hello"), HELLO);
+    }
+
+    #[test]
+    fn round_trip_with_context_takeover() {
+        for level in [0, 1, 6, 9] {
+            let mut c = Compressor::new(level, 15, false);
+            let mut d = Decompressor::new(15, false);
+            let mut total_in = 0;
+            let mut total_out = 0;
+            for i in 0..200 {
+                let msg = sample(i % 7, (i as usize * 37) % 3000);
+                let z = compress(&mut c, &msg);
+                total_in += msg.len();
+                total_out += z.len();
+                assert_eq!(
+                    inflate(&mut d, &z).unwrap(),
+                    msg,
+                    "level {level} message {i}"
+                );
+            }
+            if level > 0 {
+                assert!(
+                    total_out * 4 < total_in,
+                    "level {level}: {total_out} of {total_in}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_without_context_takeover() {
+        let mut c = Compressor::new(1, 15, true);
+        let mut shared = Decompressor::new(15, true);
+        for i in 0..50 {
+            let msg = sample(3, 500 + i * 13);
+            let z = compress(&mut c, &msg);
+            // Each message stands alone: a brand-new inflater decodes it.
+            assert_eq!(inflate(&mut Decompressor::new(15, false), &z).unwrap(), msg);
+            assert_eq!(inflate(&mut shared, &z).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn empty_and_incompressible_messages() {
+        let mut c = Compressor::new(1, 15, false);
+        let mut d = Decompressor::new(15, false);
+        for msg in [
+            Vec::new(),
+            b"x".to_vec(),
+            Vec::new(),
+            noise(7, 200_000),
+            Vec::new(),
+            sample(1, 100_000),
+        ] {
+            let z = compress(&mut c, &msg);
+            if msg.is_empty() {
+                assert_eq!(z, [0x00]);
+            }
+            assert_eq!(inflate(&mut d, &z).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn compress_appends_to_existing_output() {
+        let mut c = Compressor::new(1, 15, false);
+        let mut out = BytesMut::from(&b"head"[..]);
+        let _ = out.split_to(2); // a shared, offset buffer
+        c.compress(b"Hello Hello Hello", &mut out);
+        assert_eq!(&out[..2], b"ad");
+        let mut d = Decompressor::new(15, false);
+        let mut plain = BytesMut::from(&b"xy"[..]);
+        d.decompress(&out[2..], &mut plain, 100).unwrap();
+        d.finish_message(&mut plain, 100).unwrap();
+        assert_eq!(&plain[..], b"xyHello Hello Hello");
+    }
+
+    #[test]
+    fn decompress_at_every_split_point() {
+        let mut c = Compressor::new(6, 15, false);
+        let first = sample(11, 2000);
+        let msg = sample(5, 3000);
+        let z1 = compress(&mut c, &first);
+        let z = compress(&mut c, &msg);
+        // Two pieces, split anywhere.
+        for cut in 0..=z.len() {
+            let mut d = Decompressor::new(15, false);
+            assert_eq!(inflate(&mut d, &z1).unwrap(), first);
+            let mut out = BytesMut::new();
+            d.decompress(&z[..cut], &mut out, MAX).unwrap();
+            d.decompress(&z[cut..], &mut out, MAX).unwrap();
+            d.finish_message(&mut out, MAX).unwrap();
+            assert_eq!(out, msg, "cut at {cut}");
+        }
+        // One byte at a time.
+        let mut d = Decompressor::new(15, false);
+        assert_eq!(inflate(&mut d, &z1).unwrap(), first);
+        let mut out = BytesMut::new();
+        for b in z.chunks(1) {
+            d.decompress(b, &mut out, MAX).unwrap();
+        }
+        d.finish_message(&mut out, MAX).unwrap();
+        assert_eq!(out, msg);
+    }
+
+    #[test]
+    fn inflate_bomb_is_stopped_at_the_limit() {
+        let zeros = vec![0u8; 10_000_000];
+        let z = compress(&mut Compressor::new(9, 15, false), &zeros);
+        assert!(z.len() < 20_000, "{}", z.len());
+        const LIMIT: usize = 1 << 20;
+
+        let mut d = Decompressor::new(15, false);
+        let mut out = BytesMut::new();
+        let err = d.decompress(&z, &mut out, LIMIT).unwrap_err();
+        assert_eq!(err, ProtocolError::MessageTooLarge);
+        assert_eq!(err.close_code(), crate::CloseCode::TOO_BIG);
+        assert!(out.is_empty());
+        // Never inflated (nor allocated) much past the limit.
+        assert!(
+            out.capacity() <= 2 * LIMIT + MAX_INFLATE_ROUND,
+            "{}",
+            out.capacity()
+        );
+
+        // Fed in fragments, the limit holds across calls.
+        let mut out = BytesMut::from(&b"keep"[..]);
+        let mut result = Ok(());
+        for piece in z.chunks(100) {
+            result = d.decompress(piece, &mut out, LIMIT);
+            assert!(out.len() <= 4 + LIMIT);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(ProtocolError::MessageTooLarge));
+        // The failing call took back its own output; earlier calls' output stays.
+        assert!(
+            out.starts_with(b"keep") && out.len() <= 4 + LIMIT,
+            "{}",
+            out.len()
+        );
+        assert!(out[4..].iter().all(|&b| b == 0));
+
+        // The decompressor was reset: it works again afterwards.
+        let ok = compress(&mut Compressor::new(1, 15, false), b"fine");
+        assert_eq!(inflate(&mut d, &ok).unwrap(), b"fine");
+    }
+
+    #[test]
+    fn limit_is_exact() {
+        let msg = sample(2, 5000);
+        let z = compress(&mut Compressor::new(1, 15, true), &msg);
+        let mut d = Decompressor::new(15, true);
+        let mut out = BytesMut::new();
+        d.decompress(&z, &mut out, msg.len()).unwrap();
+        d.finish_message(&mut out, msg.len()).unwrap();
+        assert_eq!(out, msg);
+
+        let mut out = BytesMut::new();
+        let r = d
+            .decompress(&z, &mut out, msg.len() - 1)
+            .and_then(|()| d.finish_message(&mut out, msg.len() - 1));
+        assert_eq!(r, Err(ProtocolError::MessageTooLarge));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn corrupt_input_is_invalid_deflate() {
+        let mut d = Decompressor::new(15, false);
+        let mut out = BytesMut::new();
+        // BTYPE=11 is reserved.
+        assert_eq!(
+            d.decompress(&[0xff, 0xff, 0xff], &mut out, MAX),
+            Err(ProtocolError::InvalidDeflate)
+        );
+        // A stored block whose NLEN is not the complement of LEN.
+        assert_eq!(
+            inflate(&mut d, &[0x00, 0x05, 0x00, 0x00, 0x00, b'x']),
+            Err(ProtocolError::InvalidDeflate)
+        );
+        // A back-reference before the start of the stream.
+        assert_eq!(
+            inflate(
+                &mut Decompressor::new(15, true),
+                &[0xf2, 0x00, 0x11, 0x00, 0x00]
+            ),
+            Err(ProtocolError::InvalidDeflate)
+        );
+        // Real data whose first block type is made reserved (BTYPE=11).
+        let z = compress(&mut Compressor::new(6, 15, true), &sample(9, 4000));
+        let mut bad = z.clone();
+        bad[0] |= 0x06;
+        assert_eq!(
+            inflate(&mut Decompressor::new(15, true), &bad),
+            Err(ProtocolError::InvalidDeflate)
+        );
+        assert_eq!(out.len(), 0);
+        // After an error the decompressor works again.
+        assert_eq!(inflate(&mut d, &HELLO).unwrap(), b"Hello");
+    }
+
+    #[test]
+    fn every_window_size_round_trips_and_respects_the_window() {
+        // Matches at distances up to 4 KiB: a compressor that ignored its window would emit
+        // references a strict small-window inflater rejects.
+        let mut msg = Vec::new();
+        for i in 0..6 {
+            let block = noise(i % 3, 1 << (8 + i));
+            msg.extend_from_slice(&block);
+            msg.extend_from_slice(&block);
+        }
+        for bits in 9..=15u8 {
+            for nct in [false, true] {
+                let mut c = Compressor::new(1, bits, nct);
+                let mut d = Decompressor::new(bits, nct);
+                let mut strict = Decompress::new_with_window_bits(false, bits);
+                for round in 0..3 {
+                    let z = compress(&mut c, &msg);
+                    assert_eq!(
+                        inflate(&mut d, &z).unwrap(),
+                        msg,
+                        "bits {bits} round {round}"
+                    );
+                    // The peer might inflate with exactly the agreed window.
+                    let mut input = z.clone();
+                    input.extend_from_slice(&TAIL);
+                    let mut plain = Vec::with_capacity(msg.len() + 64);
+                    strict
+                        .decompress_vec(&input, &mut plain, FlushDecompress::Sync)
+                        .unwrap_or_else(|e| panic!("bits {bits}: {e}"));
+                    assert_eq!(plain, msg, "bits {bits} nct {nct} round {round}");
+                    if nct {
+                        strict.reset(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Walks a raw deflate stream made of stored blocks only; panics on any other block type.
+    fn stored_blocks_payload(mut data: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        while !data.is_empty() {
+            // Stored blocks end byte-aligned, so every header starts a byte.
+            assert_eq!((data[0] >> 1) & 0b11, 0, "BTYPE must be 00 (stored)");
+            if data.len() == 1 {
+                break; // the stripped empty block of the sync flush
+            }
+            let len = u16::from_le_bytes([data[1], data[2]]) as usize;
+            let nlen = u16::from_le_bytes([data[3], data[4]]);
+            assert_eq!(!nlen as usize, len);
+            plain.extend_from_slice(&data[5..5 + len]);
+            data = &data[5 + len..];
+        }
+        plain
+    }
+
+    #[test]
+    fn window_8_uses_stored_blocks_only() {
+        for nct in [false, true] {
+            let mut c = Compressor::new(9, 8, nct);
+            let mut d = Decompressor::new(8, nct);
+            for i in 0..4 {
+                let msg = if i % 2 == 0 {
+                    sample(i, 70_000)
+                } else {
+                    vec![b'a'; 1000]
+                };
+                let z = compress(&mut c, &msg);
+                assert!(z.len() >= msg.len());
+                assert_eq!(stored_blocks_payload(&z), msg);
+                assert_eq!(inflate(&mut d, &z).unwrap(), msg);
+            }
+        }
+    }
+}
