@@ -1,1 +1,189 @@
-//! placeholder
+//! Shared helpers for the integration tests: engines on loopback, clients, raw frames.
+//!
+//! Every helper bounds its waits; nothing here talks to anything but 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use edge_ws::{Config, Cores, Engine, Handler, Message, Socket};
+use edge_ws_protocol::handshake::{parse_response, ClientOutcome, ClientRequest};
+use edge_ws_protocol::{Decoder, DecoderConfig, Encoder, OpCode, Role};
+
+/// Echoes every message back.
+#[derive(Debug, Default)]
+pub struct Echo;
+
+impl Handler for Echo {
+    fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
+        let _ = socket.send(&message);
+    }
+}
+
+/// A config for tests: port 0 on loopback, `cores` cores, unpinned, short timers.
+pub fn test_config(cores: usize) -> Config {
+    let mut c = Config::default();
+    c.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.cores = Cores::Count(cores);
+    c.pin = false;
+    c.tick = Duration::from_millis(20);
+    c.buf_count = 256;
+    c
+}
+
+/// Starts an echo engine with `cfg`.
+pub fn echo_engine(cfg: Config) -> Engine {
+    Engine::builder()
+        .config(cfg)
+        .build(|_| Echo)
+        .expect("engine starts")
+}
+
+/// Connects a tungstenite client to `ws://addr/path` with a read timeout.
+pub fn ws_client(addr: SocketAddr, path: &str) -> tungstenite::WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (ws, resp) = tungstenite::client(format!("ws://{addr}{path}"), stream).expect("handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Raises the open-files limit to at least `n` (tests open thousands of sockets), raising the
+/// hard limit too where the process may (root); returns the soft limit in force afterwards.
+pub fn raise_nofile(n: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass, which lives on our stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < n {
+            let want = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n.max(lim.rlim_max),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+                lim.rlim_cur = n.min(lim.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+        lim.rlim_cur
+    }
+}
+
+/// A minimal blocking client over our own codec, for sending frames tungstenite won't
+/// (unmasked, invalid UTF-8, oversized) and reading exactly what the server answers.
+#[derive(Debug)]
+pub struct RawClient {
+    /// The socket.
+    pub stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl RawClient {
+    /// Connects and completes the upgrade (optionally offering `extensions`).
+    pub fn connect(addr: SocketAddr, path: &str, extensions: Option<&str>) -> RawClient {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let host = addr.to_string();
+        let req = ClientRequest {
+            host: &host,
+            path,
+            key: *b"edge-ws-test-key",
+            protocols: &[],
+            extensions,
+            extra_headers: &[],
+        };
+        let mut out = Vec::new();
+        req.write(&mut out);
+        stream.write_all(&out).unwrap();
+        let mut buf = BytesMut::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "handshake timed out");
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).expect("read handshake");
+            assert!(n > 0, "closed during handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            match parse_response(&buf, &req, 8192).expect("valid 101") {
+                ClientOutcome::Partial => continue,
+                ClientOutcome::Complete(_, used) => {
+                    let _ = buf.split_to(used);
+                    break;
+                }
+            }
+        }
+        RawClient {
+            stream,
+            buf,
+            decoder: Decoder::new(Role::Client, DecoderConfig::default()),
+        }
+    }
+
+    /// Writes raw bytes.
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends one masked frame.
+    pub fn send(&mut self, opcode: OpCode, payload: &[u8]) {
+        let mut out = BytesMut::new();
+        Encoder::client(|| [0x11, 0x22, 0x33, 0x44]).encode(opcode, payload, &mut out);
+        self.write_raw(&out);
+    }
+
+    /// Reads the next message; `None` when the server closed the TCP connection.
+    pub fn recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some(m) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("server frames are valid")
+            {
+                return Some(m);
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Reads until a close frame arrives and returns its code (`None` for an empty close);
+    /// panics if the connection ends without one.
+    pub fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.recv() {
+                Some(Message::Close(c)) => return c.map(|c| c.code.0),
+                Some(_) => continue,
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// Polls `f` every 10 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}

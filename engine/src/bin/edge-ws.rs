@@ -1,0 +1,304 @@
+//! The edge-ws server binary: an engine configured from a TOML file (or defaults).
+//!
+//! ```text
+//! edge-ws [--config FILE] [--addr HOST:PORT] [--cores N] [--print-config]
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edge_ws::protocol::deflate::DeflateConfig;
+use edge_ws::{Config, Cores, Engine, Handler, Message, SlowConsumerPolicy, Socket};
+use serde::Deserialize;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const HELP: &str = "\
+edge-ws: thread-per-core io_uring WebSocket server
+
+USAGE:
+    edge-ws [OPTIONS]
+
+OPTIONS:
+    -c, --config FILE     TOML configuration (every key optional; see docs/TUNING.md)
+    -a, --addr ADDR       listen address, overrides the file (default 127.0.0.1:9001)
+        --cores N         number of cores, overrides the file (default: all)
+        --print-config    print the effective configuration and exit
+    -h, --help            this text
+
+The server echoes every message. GET /health answers JSON.
+SIGINT/SIGTERM: graceful shutdown (1001 to every client, then exit).
+";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    server: ServerSection,
+    io: IoSection,
+    limits: LimitsSection,
+    timeouts: TimeoutsSection,
+    compression: CompressionSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerSection {
+    addr: Option<SocketAddr>,
+    /// "all", a count, or a list of core ids.
+    cores: Option<CoresValue>,
+    pin: Option<bool>,
+    subprotocols: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CoresValue {
+    Named(String),
+    Count(usize),
+    List(Vec<usize>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct IoSection {
+    ring_entries: Option<u32>,
+    buf_count: Option<u16>,
+    buf_size: Option<u32>,
+    backlog: Option<i32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSection {
+    max_connections: Option<usize>,
+    max_message_size: Option<usize>,
+    max_frame_size: Option<usize>,
+    write_buffer_limit: Option<usize>,
+    /// "close" or "drop".
+    slow_consumer: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TimeoutsSection {
+    handshake_ms: Option<u64>,
+    /// 0 disables heartbeats.
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
+    /// 0 disables the idle timeout.
+    idle_ms: Option<u64>,
+    close_ms: Option<u64>,
+    drain_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CompressionSection {
+    enabled: Option<bool>,
+    threshold: Option<usize>,
+    level: Option<u32>,
+    server_no_context_takeover: Option<bool>,
+    client_no_context_takeover: Option<bool>,
+    server_max_window_bits: Option<u8>,
+    client_max_window_bits: Option<u8>,
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
+    let s = file.server;
+    if let Some(a) = s.addr {
+        c.addr = a;
+    }
+    if let Some(v) = s.cores {
+        c.cores = match v {
+            CoresValue::Named(n) if n == "all" => Cores::All,
+            CoresValue::Named(n) => {
+                return Err(format!(
+                    "server.cores: expected \"all\", a number or a list, got {n:?}"
+                ))
+            }
+            CoresValue::Count(n) => Cores::Count(n),
+            CoresValue::List(l) => Cores::List(l),
+        };
+    }
+    if let Some(p) = s.pin {
+        c.pin = p;
+    }
+    if let Some(p) = s.subprotocols {
+        c.subprotocols = p;
+    }
+    let io = file.io;
+    c.ring_entries = io.ring_entries.unwrap_or(c.ring_entries);
+    c.buf_count = io.buf_count.unwrap_or(c.buf_count);
+    c.buf_size = io.buf_size.unwrap_or(c.buf_size);
+    c.backlog = io.backlog.unwrap_or(c.backlog);
+    let l = file.limits;
+    c.max_connections = l.max_connections.unwrap_or(c.max_connections);
+    c.max_message_size = l.max_message_size.unwrap_or(c.max_message_size);
+    c.max_frame_size = l.max_frame_size.unwrap_or(c.max_frame_size);
+    c.write_buffer_limit = l.write_buffer_limit.unwrap_or(c.write_buffer_limit);
+    if let Some(p) = l.slow_consumer {
+        c.slow_consumer = match p.as_str() {
+            "close" => SlowConsumerPolicy::Close,
+            "drop" => SlowConsumerPolicy::DropNewest,
+            other => {
+                return Err(format!(
+                    "limits.slow_consumer: \"close\" or \"drop\", got {other:?}"
+                ))
+            }
+        };
+    }
+    let t = file.timeouts;
+    if let Some(v) = t.handshake_ms {
+        c.handshake_timeout = ms(v);
+    }
+    if let Some(v) = t.heartbeat_interval_ms {
+        c.heartbeat_interval = (v > 0).then(|| ms(v));
+    }
+    if let Some(v) = t.heartbeat_timeout_ms {
+        c.heartbeat_timeout = ms(v);
+    }
+    if let Some(v) = t.idle_ms {
+        c.idle_timeout = (v > 0).then(|| ms(v));
+    }
+    if let Some(v) = t.close_ms {
+        c.close_timeout = ms(v);
+    }
+    if let Some(v) = t.drain_ms {
+        c.drain_timeout = ms(v);
+    }
+    let z = file.compression;
+    if z.enabled.unwrap_or(false) {
+        let mut d = DeflateConfig::default();
+        d.threshold = z.threshold.unwrap_or(d.threshold);
+        d.level = z.level.unwrap_or(d.level);
+        d.server_no_context_takeover = z
+            .server_no_context_takeover
+            .unwrap_or(d.server_no_context_takeover);
+        d.client_no_context_takeover = z
+            .client_no_context_takeover
+            .unwrap_or(d.client_no_context_takeover);
+        d.server_max_window_bits = z.server_max_window_bits.unwrap_or(d.server_max_window_bits);
+        d.client_max_window_bits = z.client_max_window_bits.unwrap_or(d.client_max_window_bits);
+        d.max_inflated_message = c.max_message_size;
+        c.deflate = Some(d);
+    }
+    Ok(())
+}
+
+struct Echo;
+
+impl Handler for Echo {
+    fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
+        let _ = socket.send(&message);
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("edge-ws: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let mut config_path = None;
+    let mut addr = None;
+    let mut cores = None;
+    let mut print = false;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Ok(());
+            }
+            "-c" | "--config" => config_path = Some(args.next().ok_or("--config needs a file")?),
+            "-a" | "--addr" => {
+                let v = args.next().ok_or("--addr needs HOST:PORT")?;
+                addr = Some(
+                    v.parse::<SocketAddr>()
+                        .map_err(|e| format!("--addr {v}: {e}"))?,
+                );
+            }
+            "--cores" => {
+                let v = args.next().ok_or("--cores needs a number")?;
+                cores = Some(
+                    v.parse::<usize>()
+                        .map_err(|e| format!("--cores {v}: {e}"))?,
+                );
+            }
+            "--print-config" => print = true,
+            other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+    let mut cfg = Config::default();
+    if let Some(path) = config_path {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+        apply(file, &mut cfg)?;
+    }
+    if let Some(a) = addr {
+        cfg.addr = a;
+    }
+    if let Some(n) = cores {
+        cfg.cores = Cores::Count(n);
+    }
+    if print {
+        println!("{cfg:#?}");
+        return Ok(());
+    }
+    block_signals();
+    let engine = Engine::builder()
+        .config(cfg)
+        .build(|_core| Echo)
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "edge-ws listening on ws://{} ({} cores)",
+        engine.local_addr(),
+        engine.handle().cores()
+    );
+    let handle = engine.handle();
+    std::thread::spawn(move || {
+        wait_for_signal();
+        eprintln!("edge-ws: shutting down");
+        handle.shutdown();
+    });
+    engine
+        .join()
+        .map_err(|_| "a core thread panicked".to_string())
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and modify the set we own on the stack.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Blocks SIGINT/SIGTERM in this thread (and the threads it spawns after) so that only
+/// `wait_for_signal` receives them.
+fn block_signals() {
+    let set = signal_set();
+    // SAFETY: `set` is a valid, initialised signal set; a null old-set pointer is allowed.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_for_signal() {
+    let set = signal_set();
+    let mut sig = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid place for the result.
+    unsafe {
+        libc::sigwait(&set, &mut sig);
+    }
+}

@@ -1,0 +1,692 @@
+//! One core's WebSocket layer: handshakes, framing, timers and the close handshake, on top of
+//! the protocol-agnostic [`crate::runtime`] transport.
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use edge_ws_protocol::deflate::negotiate_server;
+use edge_ws_protocol::handshake::{
+    parse_request, select_protocol, write_accept, write_http_response, Accept, ParseOutcome,
+};
+use edge_ws_protocol::{
+    codec::server_frame, CloseCode, Decoder, DecoderConfig, Encoder, Message, OpCode,
+    ProtocolError, Role,
+};
+
+use crate::config::{
+    Config, SlowConsumerPolicy, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_IDLE_TIMEOUT, CLOSE_SLOW_CONSUMER,
+};
+use crate::engine::{Command, Shared};
+use crate::handler::{Handler, Socket};
+use crate::metrics::{add, inc, CoreMetrics};
+use crate::runtime::{ConnId, Io, Service};
+
+/// Why a send did not queue a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is closed, closing, or the id is stale.
+    #[error("connection closed")]
+    Closed,
+    /// The connection's write buffer is over its limit; the message was dropped (and counted)
+    /// or the connection is being closed, per the slow-consumer policy.
+    #[error("slow consumer: write buffer full")]
+    SlowConsumer,
+    /// The id belongs to another core (use the `EngineHandle`).
+    #[error("connection lives on another core")]
+    OtherCore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for the upgrade request.
+    Handshake,
+    /// WebSocket open.
+    Open,
+    /// We sent a close frame and wait for the peer's (or the deadline).
+    Closing,
+    /// Answered plain HTTP or sent our close reply: output flushes, then the socket closes.
+    Finishing,
+}
+
+/// State of an open WebSocket (boxed: a connection in handshake carries none of it).
+pub(crate) struct WsState {
+    decoder: Decoder,
+    /// Present only with permessage-deflate; uncompressed frames need no per-connection state.
+    pub(crate) encoder: Option<Encoder>,
+    pub(crate) protocol: Option<Box<str>>,
+    pub(crate) path: String,
+}
+
+pub(crate) struct Conn {
+    id: ConnId,
+    phase: Phase,
+    /// Handshake or close deadline, in ticks.
+    deadline: u32,
+    last_seen: u32,
+    /// Tick a heartbeat ping went out at; 0 when none is outstanding.
+    ping_sent: u32,
+    close_code: Option<CloseCode>,
+    pub(crate) peer: SocketAddr,
+    rbuf: BytesMut,
+    pub(crate) ws: Option<Box<WsState>>,
+    pub(crate) data: Option<Box<dyn Any>>,
+    close_reason: Option<Box<str>>,
+}
+
+/// Everything a core owns besides the handler.
+pub(crate) struct CoreState {
+    pub(crate) core_index: usize,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    conns: Vec<Option<Conn>>,
+    open: usize,
+    metrics: Arc<[CoreMetrics]>,
+    decoder_cfg: DecoderConfig,
+    start: Instant,
+    now_tick: u32,
+    ticks_per: TickSpans,
+    last_scan: u32,
+    draining: Option<u32>,
+    out: Vec<u8>,
+}
+
+struct TickSpans {
+    handshake: u32,
+    heartbeat: Option<u32>,
+    heartbeat_timeout: u32,
+    idle: Option<u32>,
+    close: u32,
+    drain: u32,
+    scan: u32,
+}
+
+impl CoreState {
+    fn m(&self) -> &CoreMetrics {
+        &self.metrics[self.core_index]
+    }
+
+    pub(crate) fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id.index())?.as_ref().filter(|c| c.id == id)
+    }
+
+    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.index())?
+            .as_mut()
+            .filter(|c| c.id == id)
+    }
+
+    /// Encodes and queues a data message, applying the slow-consumer policy.
+    pub(crate) fn send_data(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        text: bool,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        let opcode = if text { OpCode::Text } else { OpCode::Binary };
+        let conn = self.conn_mut(id).ok_or(SendError::Closed)?;
+        if conn.phase != Phase::Open {
+            return Err(SendError::Closed);
+        }
+        let ws = conn.ws.as_mut().ok_or(SendError::Closed)?;
+        let (frame, compressed) = match ws.encoder.as_mut() {
+            Some(enc) if enc.compresses(payload.len()) => {
+                let mut out = BytesMut::with_capacity(payload.len() / 2 + 16);
+                enc.encode(opcode, payload, &mut out);
+                (out.freeze(), true)
+            }
+            _ => (server_frame(opcode, payload), false),
+        };
+        if compressed {
+            inc(&self.m().compressed_out);
+        }
+        let m = &self.metrics[self.core_index];
+        add(&m.bytes_out, payload.len() as u64);
+        self.send_frame(io, id, frame, 1)
+    }
+
+    /// Queues an encoded frame; `messages` is how many messages it counts as.
+    pub(crate) fn send_frame(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        frame: Bytes,
+        messages: u64,
+    ) -> Result<(), SendError> {
+        let Some(conn) = self.conn(id) else {
+            inc(&self.m().sends_to_closed);
+            return Err(SendError::Closed);
+        };
+        if conn.phase != Phase::Open {
+            return Err(SendError::Closed);
+        }
+        if io.queued_bytes(id) + frame.len() > self.cfg.write_buffer_limit {
+            return Err(self.slow_consumer(io, id));
+        }
+        if !io.send(id, frame) {
+            return Err(SendError::Closed);
+        }
+        add(&self.m().messages_out, messages);
+        Ok(())
+    }
+
+    fn slow_consumer(&mut self, io: &mut Io<'_>, id: ConnId) -> SendError {
+        match self.cfg.slow_consumer {
+            SlowConsumerPolicy::DropNewest => inc(&self.m().slow_consumer_drops),
+            SlowConsumerPolicy::Close => {
+                inc(&self.m().slow_consumer_closes);
+                self.start_close(io, id, CLOSE_SLOW_CONSUMER, "slow consumer");
+            }
+        }
+        SendError::SlowConsumer
+    }
+
+    /// Sends a close frame (ahead of queued data) and waits for the reply until the close
+    /// timeout.
+    pub(crate) fn start_close(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        let deadline = self.now_tick + self.ticks_per.close;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.phase != Phase::Open {
+            return;
+        }
+        conn.phase = Phase::Closing;
+        conn.deadline = deadline;
+        conn.close_code = Some(code);
+        conn.close_reason = Some(reason.into());
+        io.send_urgent(id, close_frame(code, reason));
+    }
+
+    /// Fails the connection for a protocol error: close frame with the error's code, then the
+    /// socket closes once it is flushed.
+    fn fail(&mut self, io: &mut Io<'_>, id: ConnId, err: ProtocolError) {
+        let code = err.close_code();
+        let deadline = self.now_tick + self.ticks_per.close;
+        let m = &self.metrics[self.core_index];
+        match code {
+            CloseCode::INVALID_DATA => inc(&m.invalid_data_errors),
+            CloseCode::TOO_BIG => inc(&m.too_big_errors),
+            _ => inc(&m.protocol_errors),
+        }
+        if let Some(conn) = self.conn_mut(id) {
+            let already_sent = conn.phase == Phase::Closing;
+            conn.phase = Phase::Finishing;
+            conn.deadline = deadline;
+            conn.close_code.get_or_insert(code);
+            conn.rbuf = BytesMut::new();
+            if !already_sent {
+                io.send_urgent(id, close_frame(code, &err.to_string()));
+            }
+        }
+        io.close(id);
+    }
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(2 + 125);
+    Encoder::server().encode_close(code, reason, &mut out);
+    out.freeze()
+}
+
+/// The runtime service: one per core, wrapping the application's handler.
+pub(crate) struct WsService<H: Handler> {
+    state: CoreState,
+    handler: H,
+}
+
+impl<H: Handler> WsService<H> {
+    pub(crate) fn new(
+        core_index: usize,
+        cfg: Arc<Config>,
+        shared: Arc<Shared>,
+        handler: H,
+    ) -> Self {
+        let tick = cfg.tick.max(std::time::Duration::from_millis(1));
+        let ticks = |d: std::time::Duration| -> u32 {
+            (d.as_nanos().div_ceil(tick.as_nanos())).clamp(1, u32::MAX as u128 / 4) as u32
+        };
+        let ticks_per = TickSpans {
+            handshake: ticks(cfg.handshake_timeout),
+            heartbeat: cfg.heartbeat_interval.map(ticks),
+            heartbeat_timeout: ticks(cfg.heartbeat_timeout),
+            idle: cfg.idle_timeout.map(ticks),
+            close: ticks(cfg.close_timeout),
+            drain: ticks(cfg.drain_timeout),
+            // Timers are checked by a scan over the core's connections every ~250 ms.
+            scan: ticks(std::time::Duration::from_millis(250)),
+        };
+        let decoder_cfg = DecoderConfig {
+            max_frame_size: cfg.max_frame_size,
+            max_message_size: cfg.max_message_size,
+            max_fragments: cfg.max_fragments,
+        };
+        let metrics = shared.metrics.clone();
+        WsService {
+            state: CoreState {
+                core_index,
+                cfg,
+                shared,
+                conns: Vec::new(),
+                open: 0,
+                metrics,
+                decoder_cfg,
+                start: Instant::now(),
+                now_tick: 1,
+                ticks_per,
+                last_scan: 0,
+                draining: None,
+                out: Vec::new(),
+            },
+            handler,
+        }
+    }
+
+    fn socket<'a, 'io>(
+        state: &'a mut CoreState,
+        io: &'a mut Io<'io>,
+        id: ConnId,
+    ) -> Socket<'a, 'io> {
+        Socket { state, io, id }
+    }
+
+    fn handshake(&mut self, io: &mut Io<'_>, id: ConnId) {
+        let st = &mut self.state;
+        let max = st.cfg.max_request_len;
+        let mut out = std::mem::take(&mut st.out);
+        out.clear();
+        let Some(conn) = st.conn_mut(id) else {
+            st.out = out;
+            return;
+        };
+        let peer = conn.peer;
+        let outcome = parse_request(&conn.rbuf, max);
+        match outcome {
+            Ok(ParseOutcome::Partial) => {
+                st.out = out;
+                return;
+            }
+            Err(e) => {
+                inc(&st.metrics[st.core_index].rejected_bad_handshake);
+                e.write_response(&mut out);
+                finish_http(st, io, id, &out);
+            }
+            Ok(ParseOutcome::NotUpgrade(info, _)) => {
+                inc(&st.metrics[st.core_index].http_requests);
+                if info.method == "GET" && info.path == "/health" {
+                    let body = format!(
+                        "{{\"status\":\"ok\",\"cores\":{},\"connections\":{}}}",
+                        st.shared.cores,
+                        st.shared.connections()
+                    );
+                    write_http_response(200, "OK", "application/json", body.as_bytes(), &mut out);
+                } else {
+                    write_http_response(
+                        400,
+                        "Bad Request",
+                        "text/plain",
+                        b"Expected WebSocket",
+                        &mut out,
+                    );
+                }
+                finish_http(st, io, id, &out);
+            }
+            Ok(ParseOutcome::Complete(req, used)) => {
+                if let Err(rej) = self.handler.on_upgrade(&req, peer) {
+                    inc(&st.metrics[st.core_index].rejected_by_application);
+                    write_http_response(
+                        rej.status,
+                        reason_phrase(rej.status),
+                        "text/plain",
+                        rej.body.as_bytes(),
+                        &mut out,
+                    );
+                    finish_http(st, io, id, &out);
+                    st.out = out;
+                    return;
+                }
+                let supported: Vec<&str> = st.cfg.subprotocols.iter().map(|s| s.as_str()).collect();
+                let protocol = select_protocol(&req.protocols, &supported);
+                let deflate = st
+                    .cfg
+                    .deflate
+                    .as_ref()
+                    .filter(|d| d.enabled)
+                    .and_then(|d| negotiate_server(&req.extensions, d).map(|p| (d, p)));
+                let ext = deflate.as_ref().map(|(_, p)| p.to_header_value());
+                write_accept(
+                    &req,
+                    &Accept {
+                        protocol,
+                        extensions: ext.as_deref(),
+                        extra_headers: &[],
+                    },
+                    &mut out,
+                );
+                let mut decoder = Decoder::new(Role::Server, st.decoder_cfg);
+                let encoder = deflate.map(|(d, p)| {
+                    decoder.set_deflate(&p);
+                    let mut e = Encoder::server();
+                    e.set_deflate(&p, d.level, d.threshold);
+                    e
+                });
+                let ws = WsState {
+                    decoder,
+                    encoder,
+                    protocol: protocol.map(Into::into),
+                    path: req.path.clone(),
+                };
+                let now = st.now_tick;
+                let Some(conn) = st.conn_mut(id) else { return };
+                conn.rbuf.advance(used);
+                conn.ws = Some(Box::new(ws));
+                conn.phase = Phase::Open;
+                conn.last_seen = now;
+                io.send(id, Bytes::copy_from_slice(&out));
+                st.open += 1;
+                inc(&st.metrics[st.core_index].opened);
+                st.out = out;
+                self.handler
+                    .on_open(&mut Self::socket(&mut self.state, io, id));
+                self.read_frames(io, id);
+                return;
+            }
+        }
+        st.out = out;
+    }
+
+    fn read_frames(&mut self, io: &mut Io<'_>, id: ConnId) {
+        let now = self.state.now_tick;
+        let close_ticks = self.state.ticks_per.close;
+        loop {
+            let st = &mut self.state;
+            let Some(conn) = st.conn_mut(id) else { return };
+            if !matches!(conn.phase, Phase::Open | Phase::Closing) {
+                return;
+            }
+            let Some(ws) = conn.ws.as_mut() else { return };
+            let msg = match ws.decoder.decode(&mut conn.rbuf) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    if conn.rbuf.is_empty() {
+                        // Idle connections hold no read memory.
+                        conn.rbuf = BytesMut::new();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    st.fail(io, id, e);
+                    return;
+                }
+            };
+            match msg {
+                Message::Text(_) | Message::Binary(_) => {
+                    if conn.phase != Phase::Open {
+                        continue; // after our close, data is discarded
+                    }
+                    let m = &st.metrics[st.core_index];
+                    inc(&m.messages_in);
+                    add(&m.bytes_in, msg.payload().len() as u64);
+                    self.handler
+                        .on_message(&mut Self::socket(&mut self.state, io, id), msg);
+                }
+                Message::Ping(p) => {
+                    if conn.phase == Phase::Open {
+                        let mut out = BytesMut::with_capacity(p.len() + 2);
+                        Encoder::server().encode(OpCode::Pong, &p, &mut out);
+                        io.send_urgent(id, out.freeze());
+                    }
+                }
+                Message::Pong(_) => conn.ping_sent = 0,
+                Message::Close(frame) => {
+                    let (code, reason) = match &frame {
+                        Some(f) => (f.code, f.reason_str().into_owned()),
+                        None => (CloseCode::NO_STATUS, String::new()),
+                    };
+                    if conn.phase == Phase::Open {
+                        // Echo the peer's code (RFC 6455 §5.5.1), or an empty close if it sent none.
+                        let reply = match &frame {
+                            Some(f) => close_frame(f.code, ""),
+                            None => Bytes::from_static(&[0x88, 0x00]),
+                        };
+                        conn.close_code = Some(code);
+                        conn.close_reason = Some(reason.into());
+                        io.send_urgent(id, reply);
+                    }
+                    conn.phase = Phase::Finishing;
+                    conn.deadline = now + close_ticks;
+                    conn.rbuf = BytesMut::new();
+                    // The server closes the TCP connection first (RFC 6455 §7.1.1).
+                    io.close(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn scan_timers(&mut self, io: &mut Io<'_>) {
+        let st = &mut self.state;
+        let now = st.now_tick;
+        let tp = &st.ticks_per;
+        let mut to_abort: Vec<(ConnId, Option<CloseCode>)> = Vec::new();
+        let mut to_ping = Vec::new();
+        for conn in st.conns.iter_mut().flatten() {
+            match conn.phase {
+                Phase::Handshake | Phase::Closing | Phase::Finishing => {
+                    if now >= conn.deadline && conn.deadline != 0 {
+                        to_abort.push((conn.id, None));
+                    }
+                }
+                Phase::Open => {
+                    let quiet = now.saturating_sub(conn.last_seen);
+                    if let Some(idle) = tp.idle {
+                        if quiet >= idle {
+                            to_abort.push((conn.id, Some(CLOSE_IDLE_TIMEOUT)));
+                            continue;
+                        }
+                    }
+                    if let Some(hb) = tp.heartbeat {
+                        if conn.ping_sent != 0 {
+                            if now.saturating_sub(conn.ping_sent) >= tp.heartbeat_timeout {
+                                to_abort.push((conn.id, Some(CLOSE_HEARTBEAT_TIMEOUT)));
+                            }
+                        } else if quiet >= hb {
+                            conn.ping_sent = now;
+                            to_ping.push(conn.id);
+                        }
+                    }
+                }
+            }
+        }
+        for id in to_ping {
+            io.send_urgent(id, Bytes::from_static(&[0x89, 0x00]));
+        }
+        for (id, code) in to_abort {
+            let m = &st.metrics[st.core_index];
+            let phase = st.conn(id).map(|c| c.phase);
+            match (phase, code) {
+                (Some(Phase::Handshake), _) => inc(&m.handshake_timeouts),
+                (_, Some(CLOSE_IDLE_TIMEOUT)) => inc(&m.idle_timeouts),
+                (_, Some(CLOSE_HEARTBEAT_TIMEOUT)) => inc(&m.heartbeat_timeouts),
+                _ => {}
+            }
+            if let (Some(code), Some(conn)) = (code, st.conn_mut(id)) {
+                conn.close_code = Some(code);
+                // Best effort: tell the client why, then drop it without waiting.
+                io.send_urgent(id, close_frame(code, ""));
+                io.close(id);
+            } else {
+                io.abort(id);
+            }
+        }
+    }
+
+    fn drain_commands(&mut self, io: &mut Io<'_>) {
+        let shared = self.state.shared.clone();
+        let queue = &shared.queues[self.state.core_index];
+        let mut budget = 65_536;
+        while budget > 0 {
+            let Some(cmd) = queue.pop() else { break };
+            budget -= 1;
+            match cmd {
+                Command::Send { conn, frame } => {
+                    let _ = self.state.send_frame(io, conn, frame, 1);
+                }
+                Command::Close { conn, code, reason } => {
+                    self.state.start_close(io, conn, code, &reason);
+                }
+                Command::CloseAll { code, reason } => {
+                    let ids: Vec<ConnId> =
+                        self.state.conns.iter().flatten().map(|c| c.id).collect();
+                    for id in ids {
+                        self.state.start_close(io, id, code, &reason);
+                    }
+                }
+            }
+        }
+        if budget == 0 {
+            // More work queued: come back after serving I/O.
+            self.state.shared.wakers[self.state.core_index].wake();
+        }
+    }
+
+    fn check_drained(&mut self, io: &mut Io<'_>) {
+        if let Some(deadline) = self.state.draining {
+            if self.state.conns.iter().all(Option::is_none) || self.state.now_tick >= deadline {
+                io.stop();
+            }
+        }
+    }
+}
+
+fn finish_http(st: &mut CoreState, io: &mut Io<'_>, id: ConnId, response: &[u8]) {
+    let deadline = st.now_tick + st.ticks_per.close;
+    if let Some(conn) = st.conn_mut(id) {
+        conn.phase = Phase::Finishing;
+        conn.deadline = deadline;
+        conn.rbuf = BytesMut::new();
+    }
+    io.send(id, Bytes::copy_from_slice(response));
+    io.close(id);
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Rejected",
+    }
+}
+
+impl<H: Handler> Service for WsService<H> {
+    fn on_open(&mut self, _io: &mut Io<'_>, id: ConnId, peer: SocketAddr) {
+        let st = &mut self.state;
+        let idx = id.index();
+        if st.conns.len() <= idx {
+            st.conns.resize_with(idx + 1, || None);
+        }
+        st.conns[idx] = Some(Conn {
+            id,
+            phase: Phase::Handshake,
+            deadline: st.now_tick + st.ticks_per.handshake,
+            last_seen: st.now_tick,
+            ping_sent: 0,
+            close_code: None,
+            peer,
+            rbuf: BytesMut::new(),
+            ws: None,
+            data: None,
+            close_reason: None,
+        });
+        inc(&st.metrics[st.core_index].accepted);
+        if st.draining.is_some() {
+            _io.abort(id);
+        }
+    }
+
+    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
+        let now = self.state.now_tick;
+        let Some(conn) = self.state.conn_mut(id) else {
+            return;
+        };
+        conn.last_seen = now;
+        match conn.phase {
+            Phase::Handshake => {
+                conn.rbuf.extend_from_slice(data);
+                self.handshake(io, id);
+            }
+            Phase::Open | Phase::Closing => {
+                conn.rbuf.extend_from_slice(data);
+                self.read_frames(io, id);
+            }
+            Phase::Finishing => {}
+        }
+    }
+
+    fn on_close(&mut self, io: &mut Io<'_>, id: ConnId) {
+        let st = &mut self.state;
+        let Some(conn) = st.conn(id) else { return };
+        let was_open = conn.ws.is_some();
+        let code = conn.close_code.unwrap_or(CloseCode::ABNORMAL);
+        let reason = conn.close_reason.clone().unwrap_or_default();
+        if was_open {
+            inc(&st.metrics[st.core_index].closed);
+            st.open -= 1;
+            if let Some(c) = st.conn_mut(id) {
+                c.phase = Phase::Finishing;
+            }
+            self.handler
+                .on_close(&mut Self::socket(&mut self.state, io, id), code, &reason);
+        }
+        self.state.conns[id.index()] = None;
+        self.check_drained(io);
+    }
+
+    fn on_tick(&mut self, io: &mut Io<'_>, now: Instant) {
+        let elapsed = now.duration_since(self.state.start);
+        let tick = self.state.cfg.tick.max(std::time::Duration::from_millis(1));
+        self.state.now_tick = 1 + (elapsed.as_nanos() / tick.as_nanos()) as u32;
+        if self.state.now_tick.wrapping_sub(self.state.last_scan) >= self.state.ticks_per.scan {
+            self.state.last_scan = self.state.now_tick;
+            self.scan_timers(io);
+        }
+        self.check_drained(io);
+    }
+
+    fn on_wake(&mut self, io: &mut Io<'_>) {
+        self.drain_commands(io);
+    }
+
+    fn on_shutdown(&mut self, io: &mut Io<'_>) {
+        let st = &mut self.state;
+        st.draining = Some(st.now_tick + st.ticks_per.drain);
+        io.stop_accepting();
+        let ids: Vec<(ConnId, Phase)> =
+            st.conns.iter().flatten().map(|c| (c.id, c.phase)).collect();
+        for (id, phase) in ids {
+            match phase {
+                Phase::Open => {
+                    st.start_close(io, id, CloseCode::GOING_AWAY, "server shutting down")
+                }
+                Phase::Handshake => io.abort(id),
+                _ => {}
+            }
+        }
+        self.check_drained(io);
+    }
+}

@@ -1,0 +1,451 @@
+//! Starting the engine, and the thread-safe [`EngineHandle`] to talk to it from outside.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_queue::SegQueue;
+use edge_ws_protocol::deflate::DeflateConfig;
+use edge_ws_protocol::{CloseCode, Encoder, OpCode};
+
+use crate::config::{Config, Cores, SlowConsumerPolicy};
+use crate::core::WsService;
+use crate::handler::Handler;
+use crate::metrics::{CoreMetrics, MetricsSnapshot};
+use crate::runtime::{ConnId, CoreWaker, Runtime, RuntimeConfig, RuntimeError, RuntimeStats};
+
+/// A connection's engine-wide id: its core and its per-core id (which carries a generation,
+/// so a stale id never reaches a newer connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId {
+    core: u32,
+    conn: ConnId,
+}
+
+impl ConnectionId {
+    pub(crate) fn new(core: usize, conn: ConnId) -> Self {
+        ConnectionId {
+            core: core as u32,
+            conn,
+        }
+    }
+
+    /// The index of the core the connection lives on.
+    pub fn core(self) -> usize {
+        self.core as usize
+    }
+
+    pub(crate) fn conn(self) -> ConnId {
+        self.conn
+    }
+}
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.core, self.conn)
+    }
+}
+
+/// Errors starting the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The runtime could not start (bind failure, core that does not exist, io_uring setup).
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+pub(crate) enum Command {
+    Send {
+        conn: ConnId,
+        frame: Bytes,
+    },
+    Close {
+        conn: ConnId,
+        code: CloseCode,
+        reason: String,
+    },
+    CloseAll {
+        code: CloseCode,
+        reason: String,
+    },
+}
+
+/// State shared by every core and every handle: command queues, doorbells, metrics.
+pub(crate) struct Shared {
+    pub(crate) cores: usize,
+    pub(crate) queues: Box<[SegQueue<Command>]>,
+    pub(crate) wakers: Arc<[CoreWaker]>,
+    pub(crate) metrics: Arc<[CoreMetrics]>,
+    pub(crate) runtime_stats: std::sync::OnceLock<Arc<[RuntimeStats]>>,
+}
+
+impl Shared {
+    /// Open WebSocket connections over all cores.
+    pub(crate) fn connections(&self) -> u64 {
+        let s = MetricsSnapshot::sum(self.metrics.iter());
+        s.opened.saturating_sub(s.closed)
+    }
+}
+
+/// A `Send + Sync + Clone` handle to a running engine, for code outside the cores.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("local_addr", &self.local_addr)
+            .field("cores", &self.shared.cores)
+            .finish()
+    }
+}
+
+impl EngineHandle {
+    /// The address the listeners are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of cores running.
+    pub fn cores(&self) -> usize {
+        self.shared.cores
+    }
+
+    /// Open WebSocket connections over all cores.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections()
+    }
+
+    /// Every counter summed over the cores.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        MetricsSnapshot::sum(self.shared.metrics.iter())
+    }
+
+    /// Counters of one core.
+    pub fn core_metrics(&self, core: usize) -> Option<MetricsSnapshot> {
+        self.shared
+            .metrics
+            .get(core)
+            .map(|m| MetricsSnapshot::sum(std::iter::once(m)))
+    }
+
+    /// Sends a text message to a connection on any core. Returns `false` if the id names no
+    /// core; a stale id is counted (`sends_to_closed`) by the core that finds it gone.
+    pub fn send_text(&self, to: ConnectionId, text: &str) -> bool {
+        self.send_frame(to, encode(OpCode::Text, text.as_bytes()))
+    }
+
+    /// Sends a binary message to a connection on any core.
+    pub fn send_binary(&self, to: ConnectionId, data: &[u8]) -> bool {
+        self.send_frame(to, encode(OpCode::Binary, data))
+    }
+
+    fn send_frame(&self, to: ConnectionId, frame: Bytes) -> bool {
+        self.push(
+            to.core(),
+            Command::Send {
+                conn: to.conn(),
+                frame,
+            },
+        )
+    }
+
+    /// Starts the close handshake of one connection.
+    pub fn close(&self, to: ConnectionId, code: CloseCode, reason: &str) -> bool {
+        self.push(
+            to.core(),
+            Command::Close {
+                conn: to.conn(),
+                code,
+                reason: reason.to_owned(),
+            },
+        )
+    }
+
+    /// Starts the close handshake of every connection on every core.
+    pub fn close_all(&self, code: CloseCode, reason: &str) {
+        for core in 0..self.shared.cores {
+            self.push(
+                core,
+                Command::CloseAll {
+                    code,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// Graceful shutdown: every core stops accepting, sends 1001 "going away" to each client,
+    /// waits up to the drain timeout for the close replies, then stops. Wait for it with
+    /// [`Engine::join`].
+    pub fn shutdown(&self) {
+        for w in self.shared.wakers.iter() {
+            w.shutdown();
+        }
+    }
+
+    fn push(&self, core: usize, cmd: Command) -> bool {
+        let Some(q) = self.shared.queues.get(core) else {
+            return false;
+        };
+        q.push(cmd);
+        self.shared.wakers[core].wake();
+        true
+    }
+}
+
+fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
+    // Frames sent through the handle are never compressed (a compressed frame would need the
+    // recipient's context); they count as sent messages on the receiving core.
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    Encoder::server().encode(opcode, payload, &mut out);
+    out.freeze()
+}
+
+/// A running engine: one thread per configured core.
+pub struct Engine {
+    runtime: Runtime,
+    handle: EngineHandle,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// A builder with [`Config::default`].
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            config: Config::default(),
+        }
+    }
+
+    /// The handle (clone it freely).
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// The address the listeners are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr
+    }
+
+    /// Waits until the engine has stopped (after [`EngineHandle::shutdown`]).
+    pub fn join(self) -> std::thread::Result<()> {
+        self.runtime.join()
+    }
+}
+
+/// Builds an [`Engine`] from a [`Config`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    config: Config,
+}
+
+impl EngineBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The listen address (port 0 picks a free port).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.config.addr = addr;
+        self
+    }
+
+    /// Which cores to run on.
+    pub fn cores(mut self, cores: Cores) -> Self {
+        self.config.cores = cores;
+        self
+    }
+
+    /// Pin each core's thread to its core.
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.config.pin = pin;
+        self
+    }
+
+    /// Largest message accepted (1009 beyond).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self.config.max_frame_size = self.config.max_frame_size.max(bytes);
+        self
+    }
+
+    /// Most connections in total.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Subprotocols the server speaks.
+    pub fn subprotocols<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        protocols: I,
+    ) -> Self {
+        self.config.subprotocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// permessage-deflate settings (`None` turns it off).
+    pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
+        self.config.deflate = deflate;
+        self
+    }
+
+    /// Heartbeat: ping after `interval` of silence, close if no pong within `timeout`.
+    pub fn heartbeat(mut self, interval: Option<Duration>, timeout: Duration) -> Self {
+        self.config.heartbeat_interval = interval;
+        self.config.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Handshake timeout (slowloris protection).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Idle timeout (`None` disables).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Per-connection write buffer limit and what to do beyond it.
+    pub fn write_buffer_limit(mut self, bytes: usize, policy: SlowConsumerPolicy) -> Self {
+        self.config.write_buffer_limit = bytes;
+        self.config.slow_consumer = policy;
+        self
+    }
+
+    /// How long graceful shutdown waits for clients.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// Timer granularity.
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.config.tick = tick;
+        self
+    }
+
+    /// The configuration so far.
+    pub fn config_ref(&self) -> &Config {
+        &self.config
+    }
+
+    /// Starts the cores. `factory(core_index)` runs on each core's own thread and returns that
+    /// core's handler. Fails on an unusable configuration, a core that does not exist, or an
+    /// address already in use.
+    pub fn build<H, F>(self, factory: F) -> Result<Engine, EngineError>
+    where
+        H: Handler,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        let cfg = self.config;
+        let cores = resolve_cores(&cfg.cores)?;
+        if cfg.buf_count == 0 || !cfg.buf_count.is_power_of_two() {
+            return Err(EngineError::Config(format!(
+                "buf_count must be a power of two, got {}",
+                cfg.buf_count
+            )));
+        }
+        if cfg.max_connections == 0 {
+            return Err(EngineError::Config(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        let n = cores.len();
+        let rt_cfg = RuntimeConfig {
+            addr: cfg.addr,
+            cores,
+            pin: cfg.pin,
+            ring_entries: cfg.ring_entries,
+            buf_count: cfg.buf_count,
+            buf_size: cfg.buf_size,
+            backlog: cfg.backlog,
+            max_connections_per_core: cfg.max_connections.div_ceil(n),
+            tick: cfg.tick,
+        };
+        let metrics: Arc<[CoreMetrics]> = (0..n).map(|_| CoreMetrics::default()).collect();
+        let queues: Box<[SegQueue<Command>]> = (0..n).map(|_| SegQueue::new()).collect();
+        let cfg = Arc::new(cfg);
+        let shared_slot: Arc<std::sync::OnceLock<Arc<Shared>>> =
+            Arc::new(std::sync::OnceLock::new());
+        let pending = Arc::new(std::sync::Mutex::new(Some((queues, metrics))));
+        let slot = shared_slot.clone();
+        let runtime = Runtime::start(rt_cfg, move |core, wakers| {
+            // The first core to start builds the shared state (it needs the wakers, which
+            // exist only once the runtime is up); the others reuse it.
+            let shared = slot
+                .get_or_init(|| {
+                    let (queues, metrics) = pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                        .expect("shared state built once");
+                    Arc::new(Shared {
+                        cores: n,
+                        queues,
+                        wakers,
+                        metrics,
+                        runtime_stats: std::sync::OnceLock::new(),
+                    })
+                })
+                .clone();
+            WsService::new(core, cfg.clone(), shared, factory(core))
+        })?;
+        let shared = shared_slot
+            .get()
+            .cloned()
+            .ok_or_else(|| EngineError::Config("no core started".into()))?;
+        let _ = shared.runtime_stats.set(runtime.stats());
+        let handle = EngineHandle {
+            shared,
+            local_addr: runtime.local_addr(),
+        };
+        Ok(Engine { runtime, handle })
+    }
+}
+
+fn resolve_cores(cores: &Cores) -> Result<Vec<usize>, EngineError> {
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let list = match cores {
+        Cores::All => available.clone(),
+        Cores::Count(0) => return Err(EngineError::Config("zero cores configured".into())),
+        Cores::Count(n) => {
+            if *n > available.len() {
+                return Err(EngineError::Config(format!(
+                    "{n} cores requested, {} available",
+                    available.len()
+                )));
+            }
+            available[..*n].to_vec()
+        }
+        Cores::List(l) => l.clone(),
+    };
+    if list.is_empty() {
+        return Err(EngineError::Config("zero cores configured".into()));
+    }
+    Ok(list)
+}

@@ -1,0 +1,180 @@
+//! The application's side of a core: [`Handler`] callbacks and the [`Socket`] they act on.
+
+use std::any::Any;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use edge_ws_protocol::handshake::Request;
+use edge_ws_protocol::{CloseCode, Message};
+
+use crate::core::{CoreState, SendError};
+use crate::runtime::{ConnId, Io};
+use crate::ConnectionId;
+
+/// Application callbacks for one core.
+///
+/// The engine creates one handler per core with the factory given to
+/// [`crate::EngineBuilder::build`], on that core's thread, so a handler need not be `Send`:
+/// keep per-core state (rooms, caches) in it without locks. Pings, pongs and the close
+/// handshake are handled by the engine; handlers see data messages.
+pub trait Handler: 'static {
+    /// Decides on an upgrade request before the `101` is sent. An `Err` answers the client with
+    /// the rejection's status and body; no WebSocket is opened. Default: accept.
+    fn on_upgrade(&mut self, request: &Request, peer: SocketAddr) -> Result<(), Rejection> {
+        let _ = (request, peer);
+        Ok(())
+    }
+
+    /// A connection completed its handshake.
+    fn on_open(&mut self, socket: &mut Socket<'_, '_>) {
+        let _ = socket;
+    }
+
+    /// A text or binary message arrived (text is valid UTF-8).
+    fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message);
+
+    /// The connection is gone. `code` is the peer's close code, the code the engine closed
+    /// with, or 1006 when the connection dropped without a close frame. Sends on `socket`
+    /// fail from here on; its user data is still readable.
+    fn on_close(&mut self, socket: &mut Socket<'_, '_>, code: CloseCode, reason: &str) {
+        let _ = (socket, code, reason);
+    }
+}
+
+/// An HTTP answer refusing an upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status, e.g. 401, 403, 429, 503.
+    pub status: u16,
+    /// A short plain-text body.
+    pub body: String,
+}
+
+impl Rejection {
+    /// A rejection with `status` and `body`.
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        Rejection {
+            status,
+            body: body.into(),
+        }
+    }
+}
+
+/// A connection, as seen from inside a handler callback on its core.
+///
+/// Cheap: it borrows the core's state for the duration of the callback. It can also reach
+/// other connections of the same core through [`Socket::send_to`].
+pub struct Socket<'a, 'io> {
+    pub(crate) state: &'a mut CoreState,
+    pub(crate) io: &'a mut Io<'io>,
+    pub(crate) id: ConnId,
+}
+
+impl std::fmt::Debug for Socket<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket").field("id", &self.id()).finish()
+    }
+}
+
+impl Socket<'_, '_> {
+    /// This connection's engine-wide id (usable from any thread through
+    /// [`crate::EngineHandle::send`]).
+    pub fn id(&self) -> ConnectionId {
+        ConnectionId::new(self.state.core_index, self.id)
+    }
+
+    /// The index of the core this connection lives on.
+    pub fn core(&self) -> usize {
+        self.state.core_index
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.state.conn(self.id).map(|c| c.peer)
+    }
+
+    /// The subprotocol agreed in the handshake.
+    pub fn protocol(&self) -> Option<&str> {
+        self.state
+            .conn(self.id)
+            .and_then(|c| c.ws.as_ref()?.protocol.as_deref())
+    }
+
+    /// The request path of the upgrade (without the query).
+    pub fn path(&self) -> &str {
+        self.state
+            .conn(self.id)
+            .and_then(|c| c.ws.as_ref().map(|w| w.path.as_str()))
+            .unwrap_or("")
+    }
+
+    /// Whether permessage-deflate was agreed.
+    pub fn compressed(&self) -> bool {
+        self.state
+            .conn(self.id)
+            .is_some_and(|c| c.ws.as_ref().is_some_and(|w| w.encoder.is_some()))
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+        self.state
+            .send_data(self.io, self.id, true, text.as_bytes())
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.state.send_data(self.io, self.id, false, data)
+    }
+
+    /// Sends a text or binary message (other variants are ignored with `Ok`).
+    pub fn send(&mut self, message: &Message) -> Result<(), SendError> {
+        match message {
+            Message::Text(b) => self.state.send_data(self.io, self.id, true, b),
+            Message::Binary(b) => self.state.send_data(self.io, self.id, false, b),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends an already-encoded server frame (see
+    /// [`edge_ws_protocol::codec::server_frame`]), shared by refcount: encode once, send to
+    /// many. Not for connections with compression unless the frame is compressed to match.
+    pub fn send_frame(&mut self, frame: Bytes) -> Result<(), SendError> {
+        self.state.send_frame(self.io, self.id, frame, 1)
+    }
+
+    /// Sends a text message to another connection of this core.
+    pub fn send_to(&mut self, to: ConnectionId, text: &str) -> Result<(), SendError> {
+        if to.core() != self.state.core_index {
+            return Err(SendError::OtherCore);
+        }
+        self.state
+            .send_data(self.io, to.conn(), true, text.as_bytes())
+    }
+
+    /// Starts the close handshake with `code` and `reason`.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.state.start_close(self.io, self.id, code, reason);
+    }
+
+    /// Bytes queued for this connection and not yet written to the socket.
+    pub fn buffered_bytes(&self) -> usize {
+        self.io.queued_bytes(self.id)
+    }
+
+    /// The user data slot, if it holds a `T`.
+    pub fn data<T: Any>(&self) -> Option<&T> {
+        self.state.conn(self.id)?.data.as_ref()?.downcast_ref()
+    }
+
+    /// The user data slot, mutably, if it holds a `T`.
+    pub fn data_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.state.conn_mut(self.id)?.data.as_mut()?.downcast_mut()
+    }
+
+    /// Stores `value` in the user data slot, replacing what was there.
+    pub fn set_data<T: Any>(&mut self, value: T) {
+        if let Some(c) = self.state.conn_mut(self.id) {
+            c.data = Some(Box::new(value));
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Per-core counters, aggregated on read without locks.
+//!
+//! Each core owns one [`CoreMetrics`] (its own cache lines) and is its only writer, so an
+//! update is a relaxed load and store with no read-modify-write bus lock. Readers on any thread
+//! sum the cores' values into a [`MetricsSnapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// One core's counters. Written only by that core.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct CoreMetrics {
+            $( $(#[$doc])* pub $name: AtomicU64, )*
+        }
+
+        /// Sum of every core's counters at one moment (each core read once, not atomically
+        /// across cores).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct MetricsSnapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl MetricsSnapshot {
+            /// Sums `cores`.
+            pub fn sum<'a>(cores: impl IntoIterator<Item = &'a CoreMetrics>) -> Self {
+                let mut s = MetricsSnapshot::default();
+                for c in cores {
+                    $( s.$name += c.$name.load(Relaxed); )*
+                }
+                s
+            }
+
+            /// `(name, value)` for every counter, in declaration order (for exporters).
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (stringify!($name), self.$name), )* ]
+            }
+        }
+    };
+}
+
+counters! {
+    /// TCP connections accepted.
+    accepted,
+    /// Connections refused before the handshake because the core was at its connection limit.
+    rejected_over_limit,
+    /// Handshakes refused: malformed or invalid upgrade requests (answered 4xx).
+    rejected_bad_handshake,
+    /// Handshakes refused by the application's `on_upgrade` hook.
+    rejected_by_application,
+    /// Connections dropped because the handshake did not complete in time (slowloris).
+    handshake_timeouts,
+    /// Plain HTTP requests answered (health checks, 400 "Expected WebSocket").
+    http_requests,
+    /// WebSocket connections opened (handshake completed).
+    opened,
+    /// WebSocket connections closed, for any reason.
+    closed,
+    /// Messages received (text and binary).
+    messages_in,
+    /// Payload bytes received in those messages.
+    bytes_in,
+    /// Messages queued for sending (text and binary).
+    messages_out,
+    /// Payload bytes of those messages.
+    bytes_out,
+    /// Compressed messages sent.
+    compressed_out,
+    /// Connections closed with 1002 (protocol error).
+    protocol_errors,
+    /// Connections closed with 1007 (invalid UTF-8).
+    invalid_data_errors,
+    /// Connections closed with 1009 (message too big).
+    too_big_errors,
+    /// Messages not queued because the connection's write buffer was over its limit.
+    slow_consumer_drops,
+    /// Connections closed because their write buffer was over its limit.
+    slow_consumer_closes,
+    /// Connections closed because no pong arrived within the heartbeat timeout.
+    heartbeat_timeouts,
+    /// Connections closed because nothing arrived within the idle timeout.
+    idle_timeouts,
+    /// Sends to a connection id that no longer exists.
+    sends_to_closed,
+}
+
+#[inline]
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    // Single writer per core: a plain load/store pair is enough and avoids a locked RMW.
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+#[inline]
+pub(crate) fn inc(c: &AtomicU64) {
+    add(c, 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_sums_cores() {
+        let cores = [CoreMetrics::default(), CoreMetrics::default()];
+        inc(&cores[0].opened);
+        add(&cores[1].opened, 2);
+        add(&cores[1].bytes_in, 10);
+        let s = MetricsSnapshot::sum(cores.iter());
+        assert_eq!(s.opened, 3);
+        assert_eq!(s.bytes_in, 10);
+        assert!(s.fields().contains(&("opened", 3)));
+        assert_eq!(std::mem::align_of::<CoreMetrics>(), 128);
+    }
+}

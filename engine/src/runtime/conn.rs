@@ -1,0 +1,314 @@
+//! One connection slot and its send queue (pure bookkeeping, no syscalls).
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use bytes::{Buf, Bytes};
+
+use super::MAX_IOVECS;
+
+/// The most bytes handed to one send operation (its result is an `i32`).
+pub(super) const MAX_SEND_BYTES: usize = 1 << 30;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(super) enum State {
+    /// Receiving and sending.
+    Open,
+    /// `close()` was called: sending what is queued, then tearing down. Received data is dropped.
+    Flushing,
+    /// Cancel/close submitted; the slot is freed when every operation completed.
+    Closing,
+}
+
+/// A multishot receive is in the kernel.
+pub(super) const RECV_ARMED: u8 = 1;
+/// A send is in the kernel.
+pub(super) const SEND_INFLIGHT: u8 = 2;
+/// The `Close` is in the kernel.
+pub(super) const CLOSE_INFLIGHT: u8 = 4;
+/// The slot is in the core's dirty list (a send may be due).
+pub(super) const IN_DIRTY: u8 = 8;
+/// The slot is in the core's re-arm queue (its receive ended with ENOBUFS).
+pub(super) const IN_REARM: u8 = 16;
+
+/// The iovec array and header of one `SendMsg`; pooled per core, lent to a connection only while
+/// its send is in flight.
+pub(super) struct SendVec {
+    pub(super) hdr: libc::msghdr,
+    pub(super) iov: [libc::iovec; MAX_IOVECS],
+}
+
+impl SendVec {
+    pub(super) fn new() -> Box<Self> {
+        // SAFETY: msghdr and iovec are plain C structs for which all-zero bytes (null pointers,
+        // zero lengths) are valid values.
+        Box::new(unsafe { std::mem::zeroed() })
+    }
+}
+
+/// What to submit for a connection's next send.
+pub(super) enum SendPlan {
+    /// One buffer: `opcode::Send`.
+    Single { ptr: *const u8, len: u32 },
+    /// Several buffers: `opcode::SendMsg` over `sendvec.hdr` (`n` iovecs).
+    Vectored { n: usize },
+}
+
+/// A connection slot. Idle cost: this struct (see `docs/design/io-runtime.md`), no buffers.
+pub(super) struct Conn {
+    /// Output: entries `[0, committed)` were handed to the kernel (the first may be partially
+    /// sent, already advanced); then `urgent` urgent entries; then normal ones.
+    pub(super) queue: VecDeque<Bytes>,
+    /// Lent while a vectored send is in flight.
+    pub(super) sendvec: Option<Box<SendVec>>,
+    /// Bytes queued or in flight.
+    pub(super) queued: usize,
+    pub(super) fd: RawFd,
+    pub(super) generation: u32,
+    pub(super) urgent: u32,
+    pub(super) committed: u8,
+    pub(super) state: State,
+    pub(super) flags: u8,
+}
+
+impl Conn {
+    pub(super) fn new(fd: RawFd, generation: u32) -> Self {
+        Conn {
+            queue: VecDeque::new(),
+            sendvec: None,
+            queued: 0,
+            fd,
+            generation,
+            urgent: 0,
+            committed: 0,
+            state: State::Open,
+            flags: 0,
+        }
+    }
+
+    #[inline]
+    pub(super) fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    #[inline]
+    pub(super) fn set(&mut self, flag: u8) {
+        self.flags |= flag;
+    }
+
+    #[inline]
+    pub(super) fn clear(&mut self, flag: u8) {
+        self.flags &= !flag;
+    }
+
+    /// Appends normal output.
+    pub(super) fn push(&mut self, data: Bytes) {
+        self.queued += data.len();
+        self.queue.push_back(data);
+    }
+
+    /// Inserts output ahead of queued-but-not-submitted normal data, after earlier urgent data.
+    pub(super) fn push_urgent(&mut self, data: Bytes) {
+        self.queued += data.len();
+        let pos = usize::from(self.committed) + self.urgent as usize;
+        self.queue.insert(pos.min(self.queue.len()), data);
+        self.urgent += 1;
+    }
+
+    /// Plans the next send from the head of the queue and marks the covered entries committed.
+    /// The queue must be non-empty and no send in flight. A vectored plan borrows a [`SendVec`]
+    /// from `pool` (kept in `self.sendvec` until the completion).
+    #[allow(clippy::vec_box)] // boxed: the kernel reads it in place while the slab may grow
+    pub(super) fn plan_send(&mut self, pool: &mut Vec<Box<SendVec>>) -> SendPlan {
+        debug_assert!(!self.queue.is_empty() && !self.has(SEND_INFLIGHT));
+        let (ptr, len) = (self.queue[0].as_ptr(), self.queue[0].len());
+        let plan = if self.queue.len() == 1 || len >= MAX_SEND_BYTES {
+            self.commit(1);
+            SendPlan::Single {
+                ptr,
+                len: len.min(MAX_SEND_BYTES) as u32,
+            }
+        } else {
+            let mut sv = self
+                .sendvec
+                .take()
+                .or_else(|| pool.pop())
+                .unwrap_or_else(SendVec::new);
+            let mut n = 0;
+            let mut bytes = 0usize;
+            for b in self.queue.iter().take(MAX_IOVECS) {
+                if n > 0 && bytes + b.len() > MAX_SEND_BYTES {
+                    break;
+                }
+                sv.iov[n] = libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                };
+                bytes += b.len();
+                n += 1;
+            }
+            sv.hdr.msg_iov = sv.iov.as_mut_ptr();
+            sv.hdr.msg_iovlen = n as _;
+            self.sendvec = Some(sv);
+            self.commit(n);
+            SendPlan::Vectored { n }
+        };
+        self.set(SEND_INFLIGHT);
+        plan
+    }
+
+    fn commit(&mut self, n: usize) {
+        let old = usize::from(self.committed);
+        if n > old {
+            self.urgent = self.urgent.saturating_sub((n - old) as u32);
+            self.committed = n as u8;
+        }
+    }
+
+    /// Accounts a send completion of `sent` bytes: drops fully sent entries, advances a partially
+    /// sent one. Entries submitted but not sent stay committed (resent first, never reordered).
+    pub(super) fn complete_send(&mut self, mut sent: usize) {
+        self.clear(SEND_INFLIGHT);
+        self.queued -= sent.min(self.queued);
+        while sent > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            if sent >= front.len() {
+                sent -= front.len();
+                self.queue.pop_front();
+                self.committed = self.committed.saturating_sub(1);
+            } else {
+                front.advance(sent);
+                sent = 0;
+            }
+        }
+        if self.queue.is_empty() {
+            self.committed = 0;
+            self.urgent = 0;
+            // Don't keep a large queue allocation on an idle connection.
+            if self.queue.capacity() > 16 {
+                self.queue = VecDeque::new();
+            }
+        }
+    }
+
+    /// Drops everything not in flight (abort / teardown).
+    pub(super) fn drop_unsent(&mut self) {
+        let keep = if self.has(SEND_INFLIGHT) {
+            usize::from(self.committed)
+        } else {
+            0
+        };
+        while self.queue.len() > keep {
+            if let Some(b) = self.queue.pop_back() {
+                self.queued -= b.len().min(self.queued);
+            }
+        }
+        self.urgent = 0;
+        if keep == 0 {
+            self.committed = 0;
+            self.queued = 0;
+            self.queue = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    fn contents(c: &Conn) -> Vec<String> {
+        c.queue
+            .iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn slot_size() {
+        // Printed for docs/design/io-runtime.md (idle-connection cost).
+        println!("size_of::<Conn>() = {}", std::mem::size_of::<Conn>());
+        // Same shape as slab's private `Entry<T>`.
+        #[allow(dead_code)]
+        enum SlabEntry {
+            Vacant(usize),
+            Occupied(Conn),
+        }
+        println!(
+            "size_of::<slab entry>() = {}",
+            std::mem::size_of::<SlabEntry>()
+        );
+        assert!(std::mem::size_of::<Conn>() <= 72);
+    }
+
+    #[test]
+    fn coalesces_and_handles_short_writes() {
+        let mut c = Conn::new(-1, 1);
+        let mut sv = Vec::new();
+        c.push(b("hello "));
+        c.push(b("world"));
+        assert_eq!(c.queued, 11);
+        match c.plan_send(&mut sv) {
+            SendPlan::Vectored { n } => assert_eq!(n, 2),
+            SendPlan::Single { .. } => panic!("expected vectored"),
+        }
+        assert_eq!(c.committed, 2);
+        c.push(b("!"));
+        c.complete_send(8); // "hello " + "wo"
+        assert_eq!(contents(&c), vec!["rld", "!"]);
+        assert_eq!(c.queued, 4);
+        assert_eq!(c.committed, 1);
+        match c.plan_send(&mut sv) {
+            SendPlan::Vectored { n } => assert_eq!(n, 2),
+            SendPlan::Single { .. } => panic!("expected vectored"),
+        }
+        c.complete_send(4);
+        assert!(c.queue.is_empty());
+        assert_eq!(c.queued, 0);
+    }
+
+    #[test]
+    fn urgent_goes_after_committed_and_earlier_urgent() {
+        let mut c = Conn::new(-1, 1);
+        let mut sv = Vec::new();
+        c.push(b("a"));
+        let _ = c.plan_send(&mut sv); // "a" in flight
+        c.push(b("b"));
+        c.push(b("c"));
+        c.push_urgent(b("U1"));
+        c.push_urgent(b("U2"));
+        assert_eq!(contents(&c), vec!["a", "U1", "U2", "b", "c"]);
+        c.complete_send(0);
+        // "a" still committed: urgent data never goes ahead of it.
+        c.push_urgent(b("U3"));
+        assert_eq!(contents(&c), vec!["a", "U1", "U2", "U3", "b", "c"]);
+        let _ = c.plan_send(&mut sv);
+        assert_eq!(c.urgent, 0);
+        c.push_urgent(b("U4"));
+        assert_eq!(contents(&c).last().unwrap(), "U4");
+    }
+
+    #[test]
+    fn drop_unsent_keeps_in_flight() {
+        let mut c = Conn::new(-1, 1);
+        let mut sv = Vec::new();
+        c.push(b("abc"));
+        let _ = c.plan_send(&mut sv);
+        c.push(b("def"));
+        c.drop_unsent();
+        assert_eq!(contents(&c), vec!["abc"]);
+        assert_eq!(c.queued, 3);
+        c.complete_send(3);
+        assert_eq!(c.queued, 0);
+        c.push(b("x"));
+        c.drop_unsent();
+        assert!(c.queue.is_empty());
+        assert_eq!(c.queued, 0);
+    }
+}

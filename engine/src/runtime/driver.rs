@@ -1,0 +1,1005 @@
+//! The per-core driver: ring setup, the event loop, completions, and the [`Io`] handle.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+use socket2::Socket;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::time::MissedTickBehavior;
+
+use super::bufring::BufRing;
+use super::conn::{
+    Conn, SendPlan, SendVec, State, CLOSE_INFLIGHT, IN_DIRTY, IN_REARM, RECV_ARMED, SEND_INFLIGHT,
+};
+use super::{
+    sys, ConnId, CoreWaker, RuntimeConfig, RuntimeError, RuntimeStats, Service, StartReport,
+    GEN_MASK,
+};
+
+/// Completions handled per loop iteration before timers get a turn (pitfall 3).
+const MAX_CQES_PER_ITER: usize = 4096;
+/// Completions copied out of the ring at once.
+const CQE_BATCH: usize = 256;
+/// A busy loop yields to the tokio scheduler (timers, other tasks) at least this often.
+const YIELD_EVERY: Duration = Duration::from_millis(1);
+/// After `stop()`, the loop waits at most this long for in-flight operations.
+const STOP_DRAIN: Duration = Duration::from_secs(5);
+/// Pooled `SendVec`s kept per core.
+const SENDVEC_POOL_MAX: usize = 256;
+/// Buffer group id of the core's provided-buffer ring.
+const BGID: u16 = 0;
+
+// user_data layout: tag (4 bits) | generation (28 bits) | slot index (32 bits).
+const TAG_SHIFT: u32 = 60;
+const TAG_ACCEPT: u64 = 1;
+const TAG_RECV: u64 = 2;
+const TAG_SEND: u64 = 3;
+const TAG_CLOSE: u64 = 4;
+/// Cancels and the listener close: only counted.
+const TAG_IGNORE: u64 = 5;
+
+#[inline]
+fn ud(tag: u64, generation: u32, idx: usize) -> u64 {
+    (tag << TAG_SHIFT) | (u64::from(generation & GEN_MASK) << 32) | (idx as u64 & 0xffff_ffff)
+}
+
+#[inline]
+fn ud_parts(ud: u64) -> (u64, u32, usize) {
+    (
+        ud >> TAG_SHIFT,
+        ((ud >> 32) as u32) & GEN_MASK,
+        (ud & 0xffff_ffff) as usize,
+    )
+}
+
+/// What [`super::Runtime::start`] hands each core thread.
+pub(super) struct CoreParams {
+    pub(super) index: usize,
+    pub(super) core_id: usize,
+    pub(super) cfg: RuntimeConfig,
+    pub(super) listener: Socket,
+    pub(super) wakers: Arc<[CoreWaker]>,
+    pub(super) stats: Arc<[RuntimeStats]>,
+}
+
+/// Body of a core thread.
+pub(super) fn core_main<S, F>(p: CoreParams, factory: Arc<F>, tx: mpsc::Sender<StartReport>)
+where
+    S: Service,
+    F: Fn(usize, Arc<[CoreWaker]>) -> S + Send + Sync + 'static,
+{
+    let index = p.index;
+    let fail = move |tx: &mpsc::Sender<StartReport>, op: &'static str, source: io::Error| {
+        let _ = tx.send((
+            index,
+            Err(RuntimeError::Core {
+                core: index,
+                op,
+                source,
+            }),
+        ));
+    };
+    if p.cfg.pin && !core_affinity::set_for_current(core_affinity::CoreId { id: p.core_id }) {
+        fail(
+            &tx,
+            "pin thread",
+            io::Error::other("core_affinity::set_for_current failed"),
+        );
+        return;
+    }
+    let CoreParams {
+        cfg,
+        listener,
+        wakers,
+        stats,
+        ..
+    } = p;
+    tokio_uring::start(async move {
+        let waker = wakers[index].clone();
+        let core = match Core::new(&cfg, index, stats, listener, &waker) {
+            Ok(c) => c,
+            Err((op, e)) => return fail(&tx, op, e),
+        };
+        // SAFETY: the eventfd is owned by the CoreWaker, which `run` keeps alive (and which
+        // never closes or replaces it) until after this AsyncFd is dropped.
+        let afd = match unsafe {
+            AsyncFd::register_with_interest(EvFd(waker.eventfd()), Interest::READABLE)
+        } {
+            Ok(a) => a,
+            Err(e) => return fail(&tx, "register eventfd with tokio", io::Error::from(e)),
+        };
+        let service = factory(index, wakers);
+        let _ = tx.send((index, Ok(())));
+        drop(tx);
+        let tick = cfg.tick;
+        run(Driver { core, service }, afd, waker, tick).await;
+    });
+}
+
+/// The eventfd as seen by tokio (owned by the [`CoreWaker`]).
+struct EvFd(RawFd);
+
+impl AsRawFd for EvFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Everything of a core except its service; [`Io`] borrows it during callbacks.
+pub(super) struct Core {
+    /// Dropped explicitly, before `bufs` and before the connections' send buffers.
+    ring: ManuallyDrop<IoUring>,
+    bufs: ManuallyDrop<BufRing>,
+    conns: Slab<Conn>,
+    /// Boxed so a `SendVec` keeps its address while the kernel reads it, even if the slab grows.
+    #[allow(clippy::vec_box)]
+    pool: Vec<Box<SendVec>>,
+    /// Slots with output to submit.
+    dirty: Vec<u32>,
+    /// Slots whose receive ended with ENOBUFS, re-armed a few per iteration (pitfall 4).
+    rearm: VecDeque<u32>,
+    rearm_per_iter: usize,
+    listener: Option<Socket>,
+    accept_armed: bool,
+    accept_rearm_on_tick: bool,
+    /// Submitted operations whose final completion has not arrived.
+    outstanding: u64,
+    next_gen: u32,
+    stopping: bool,
+    stop_deadline: Option<Instant>,
+    max_conns: usize,
+    index: usize,
+    stats: Arc<[RuntimeStats]>,
+    cqes: Vec<cqueue::Entry>,
+}
+
+impl Core {
+    fn new(
+        cfg: &RuntimeConfig,
+        index: usize,
+        stats: Arc<[RuntimeStats]>,
+        listener: Socket,
+        waker: &CoreWaker,
+    ) -> Result<Core, (&'static str, io::Error)> {
+        let (ring, deferred) = build_ring(cfg.ring_entries).map_err(|e| ("io_uring setup", e))?;
+        RuntimeStats::set(&stats[index].ring_defer_taskrun, u64::from(deferred));
+        ring.submitter()
+            .register_eventfd(waker.eventfd())
+            .map_err(|e| ("io_uring register eventfd", e))?;
+        let mut bufs =
+            BufRing::new(cfg.buf_count, cfg.buf_size, BGID).map_err(|e| ("buffer ring", e))?;
+        // `bufs` is only dropped after `ring` below, or leaked.
+        bufs.register(&ring.submitter())
+            .map_err(|e| ("io_uring register buffer ring", e))?;
+        let mut core = Core {
+            ring: ManuallyDrop::new(ring),
+            rearm_per_iter: (bufs.count() / 4).max(1),
+            bufs: ManuallyDrop::new(bufs),
+            conns: Slab::with_capacity(1024.min(cfg.max_connections_per_core)),
+            pool: Vec::new(),
+            dirty: Vec::new(),
+            rearm: VecDeque::new(),
+            listener: Some(listener),
+            accept_armed: false,
+            accept_rearm_on_tick: false,
+            outstanding: 0,
+            next_gen: 0,
+            stopping: false,
+            stop_deadline: None,
+            max_conns: cfg.max_connections_per_core,
+            index,
+            stats,
+            cqes: Vec::with_capacity(CQE_BATCH),
+        };
+        // We start out working: the eventfd only matters while parked (pitfall 2).
+        core.ring.completion().disable_eventfd();
+        core.arm_accept();
+        Ok(core)
+    }
+
+    #[inline]
+    fn stats(&self) -> &RuntimeStats {
+        &self.stats[self.index]
+    }
+
+    /// Pushes one SQE, submitting first if the queue is full.
+    fn push(&mut self, e: squeue::Entry) {
+        let mut tries = 0;
+        loop {
+            // SAFETY: every SQE we build references memory that stays valid until its
+            // completion: socket fds we own, provided buffers (BufRing outlives the ring),
+            // `Bytes` kept in the connection queue and `SendVec`s kept in the slot until the
+            // send's completion, and nothing for cancel/close/accept.
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                self.outstanding += 1;
+                return;
+            }
+            tries += 1;
+            assert!(tries < 1000, "io_uring submission queue stays full");
+            match self.ring.submit() {
+                Ok(_) => RuntimeStats::add(&self.stats().submissions, 1),
+                Err(e) if is_transient(&e) => {}
+                Err(e) => panic!("io_uring submit failed: {e}"),
+            }
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        let Some(l) = &self.listener else { return };
+        if self.accept_armed || self.stopping {
+            return;
+        }
+        let e = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ud(TAG_ACCEPT, 0, 0));
+        self.push(e);
+        self.accept_armed = true;
+    }
+
+    fn arm_recv(&mut self, idx: usize) {
+        let bgid = self.bufs.bgid();
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if c.has(RECV_ARMED) || c.state != State::Open {
+            return;
+        }
+        c.set(RECV_ARMED);
+        let e = opcode::RecvMulti::new(types::Fd(c.fd), bgid)
+            .build()
+            .user_data(ud(TAG_RECV, c.generation, idx));
+        self.push(e);
+    }
+
+    fn submit_send(&mut self, idx: usize) {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let plan = c.plan_send(&mut self.pool);
+        let fd = types::Fd(c.fd);
+        let e = match plan {
+            SendPlan::Single { ptr, len } => opcode::Send::new(fd, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            SendPlan::Vectored { n } => {
+                debug_assert!((2..=super::MAX_IOVECS).contains(&n));
+                let hdr: *const libc::msghdr = match &c.sendvec {
+                    Some(sv) => &sv.hdr,
+                    None => unreachable!("vectored plan without SendVec"),
+                };
+                opcode::SendMsg::new(fd, hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            }
+        }
+        .user_data(ud(TAG_SEND, c.generation, idx));
+        self.push(e);
+        RuntimeStats::add(&self.stats().sends, 1);
+    }
+
+    #[inline]
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns
+            .get(id.index())
+            .filter(|c| c.generation == id.generation())
+    }
+
+    #[inline]
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.index())
+            .filter(|c| c.generation == id.generation())
+    }
+
+    fn send(&mut self, id: ConnId, data: Bytes, urgent: bool) -> bool {
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
+        if c.state != State::Open {
+            return false;
+        }
+        if data.is_empty() {
+            return true;
+        }
+        if urgent {
+            c.push_urgent(data);
+        } else {
+            c.push(data);
+        }
+        if !c.has(IN_DIRTY) && !c.has(SEND_INFLIGHT) {
+            c.set(IN_DIRTY);
+            self.dirty.push(id.index() as u32);
+        }
+        true
+    }
+
+    fn close(&mut self, id: ConnId) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.state != State::Open {
+            return;
+        }
+        if c.queue.is_empty() && !c.has(SEND_INFLIGHT) {
+            self.teardown(id.index());
+        } else {
+            c.state = State::Flushing;
+        }
+    }
+
+    fn abort(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id) {
+            if c.state != State::Closing {
+                self.teardown(id.index());
+            }
+        }
+    }
+
+    /// Starts closing a slot: drop unsent output, cancel what is in flight, close the fd
+    /// (pitfall 6). The slot is freed when the last completion arrives ([`Core::try_free`]).
+    fn teardown(&mut self, idx: usize) {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if c.state == State::Closing {
+            return;
+        }
+        c.state = State::Closing;
+        c.drop_unsent();
+        c.clear(IN_REARM);
+        c.set(CLOSE_INFLIGHT);
+        let (fd, generation, flags) = (c.fd, c.generation, c.flags);
+        let cancel = |tag| {
+            opcode::AsyncCancel::new(ud(tag, generation, idx))
+                .build()
+                .user_data(ud(TAG_IGNORE, 0, 0))
+        };
+        if flags & RECV_ARMED != 0 {
+            self.push(cancel(TAG_RECV));
+        }
+        if flags & SEND_INFLIGHT != 0 {
+            self.push(cancel(TAG_SEND));
+        }
+        self.push(
+            opcode::Close::new(types::Fd(fd))
+                .build()
+                .user_data(ud(TAG_CLOSE, generation, idx)),
+        );
+    }
+
+    /// Frees a closing slot once nothing in the kernel references it; returns its id.
+    fn try_free(&mut self, idx: usize) -> Option<ConnId> {
+        let c = self.conns.get(idx)?;
+        if c.state != State::Closing || c.has(RECV_ARMED | SEND_INFLIGHT | CLOSE_INFLIGHT) {
+            return None;
+        }
+        let mut c = self.conns.remove(idx);
+        if let Some(sv) = c.sendvec.take() {
+            if self.pool.len() < SENDVEC_POOL_MAX {
+                self.pool.push(sv);
+            }
+        }
+        let st = &self.stats[self.index];
+        RuntimeStats::add(&st.closed, 1);
+        RuntimeStats::set(&st.connections, self.conns.len() as u64);
+        Some(ConnId::new(idx, c.generation))
+    }
+
+    fn stop_accepting(&mut self) {
+        self.accept_rearm_on_tick = false;
+        let Some(l) = self.listener.take() else {
+            return;
+        };
+        if self.accept_armed {
+            self.push(
+                opcode::AsyncCancel::new(ud(TAG_ACCEPT, 0, 0))
+                    .build()
+                    .user_data(ud(TAG_IGNORE, 0, 0)),
+            );
+        }
+        // The accept holds a file reference: the socket stops listening when the cancel
+        // completes and this Close has removed the descriptor.
+        let fd = l.into_raw_fd();
+        self.push(
+            opcode::Close::new(types::Fd(fd))
+                .build()
+                .user_data(ud(TAG_IGNORE, 0, 0)),
+        );
+    }
+
+    fn stop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stop_accepting();
+        self.stopping = true;
+        self.stop_deadline = Some(Instant::now() + STOP_DRAIN);
+        let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        for idx in ids {
+            self.teardown(idx);
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.stopping
+            && ((self.conns.is_empty() && self.outstanding == 0)
+                || self.stop_deadline.is_some_and(|d| Instant::now() >= d))
+    }
+
+    /// Turns pending work into SQEs: sends of dirty slots, a few re-arms, returned buffers.
+    fn flush(&mut self) {
+        if !self.dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            for &idx in &dirty {
+                let idx = idx as usize;
+                let Some(c) = self.conns.get_mut(idx) else {
+                    continue;
+                };
+                if !c.has(IN_DIRTY) {
+                    continue;
+                }
+                c.clear(IN_DIRTY);
+                if c.state != State::Closing && !c.has(SEND_INFLIGHT) && !c.queue.is_empty() {
+                    self.submit_send(idx);
+                }
+            }
+            dirty.clear();
+            if self.dirty.is_empty() {
+                self.dirty = dirty;
+            }
+        }
+        let mut budget = self.rearm_per_iter;
+        while budget > 0 {
+            let Some(idx) = self.rearm.pop_front() else {
+                break;
+            };
+            let idx = idx as usize;
+            let Some(c) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if !c.has(IN_REARM) {
+                continue;
+            }
+            c.clear(IN_REARM);
+            self.arm_recv(idx);
+            budget -= 1;
+        }
+        self.bufs.publish();
+    }
+
+    fn has_pending_work(&mut self) -> bool {
+        !self.dirty.is_empty() || !self.rearm.is_empty() || !self.ring.submission().is_empty()
+    }
+
+    /// Submits queued SQEs and, when completions may be waiting in the kernel (deferred task
+    /// work, overflow, or a wakeup), reaps them: one `io_uring_enter` at most.
+    fn enter(&mut self, woke: bool) {
+        let (to_submit, kernel_work) = {
+            let sq = self.ring.submission();
+            (sq.len(), sq.taskrun() || sq.cq_overflow())
+        };
+        if to_submit == 0 && !woke && !kernel_work {
+            return;
+        }
+        let flags = io_uring::EnterFlags::GETEVENTS.bits();
+        loop {
+            // SAFETY: plain io_uring_enter with no argument struct; the SQEs it submits were
+            // validated when pushed (see `Core::push`).
+            let r = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(to_submit as u32, 0, flags, None)
+            };
+            RuntimeStats::add(&self.stats().submissions, 1);
+            match r {
+                Ok(_) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // CQ full / no memory: drain and retry on the next iteration.
+                Err(e) if is_transient(&e) => return,
+                Err(e) => panic!("io_uring_enter failed: {e}"),
+            }
+        }
+    }
+
+    /// Whether the loop may sleep: nothing in the CQ, no deferred task work, SQ submitted.
+    fn idle(&mut self) -> bool {
+        let sq = self.ring.submission();
+        if !sq.is_empty() || sq.taskrun() || sq.cq_overflow() {
+            return false;
+        }
+        drop(sq);
+        self.ring.completion().is_empty()
+    }
+
+    fn set_eventfd(&mut self, enabled: bool) {
+        let cq = self.ring.completion();
+        if enabled {
+            cq.enable_eventfd();
+        } else {
+            cq.disable_eventfd();
+        }
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        let drained = self.outstanding == 0;
+        if drained {
+            self.bufs.unregister(&self.ring.submitter());
+        }
+        // SAFETY: the ring is dropped exactly once, here, and not used afterwards. It goes first
+        // so that the kernel releases the provided buffers and send buffers before we free them.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+        // Sockets whose Close never went out are closed here.
+        for (_, c) in self.conns.iter() {
+            if !c.has(CLOSE_INFLIGHT) {
+                sys::close_fd(c.fd);
+            }
+        }
+        if drained {
+            // SAFETY: dropped exactly once; with no operation outstanding the kernel no longer
+            // references the buffer memory, and the ring is gone.
+            unsafe { ManuallyDrop::drop(&mut self.bufs) };
+        } else {
+            // Operations were still in flight (stop deadline passed, or a panic unwound): ring
+            // teardown completes asynchronously in the kernel, so leak rather than free memory
+            // it might still write or read.
+            // SAFETY: taken exactly once and never used again.
+            let bufs = unsafe { ManuallyDrop::take(&mut self.bufs) };
+            bufs.leak();
+            std::mem::forget(std::mem::take(&mut self.conns));
+        }
+    }
+}
+
+/// Builds the core's ring; returns it and whether DEFER_TASKRUN is in use.
+///
+/// SINGLE_ISSUER + DEFER_TASKRUN + TASKRUN_FLAG, waited on through the registered eventfd
+/// (measured fastest on the dev VM); COOP_TASKRUN + TASKRUN_FLAG where that is refused (or when
+/// the environment variable `EDGE_WS_URING_COOP=1` asks for it, a diagnostic/benchmark knob).
+fn build_ring(entries: u32) -> io::Result<(IoUring, bool)> {
+    let cq = entries.saturating_mul(4);
+    let force_coop = std::env::var_os("EDGE_WS_URING_COOP").is_some_and(|v| v == "1");
+    if !force_coop {
+        let deferred = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .setup_submit_all()
+            .setup_clamp()
+            .setup_cqsize(cq)
+            .build(entries);
+        if let Ok(ring) = deferred {
+            return Ok((ring, true));
+        }
+    }
+    IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_submit_all()
+        .setup_clamp()
+        .setup_cqsize(cq)
+        .build(entries)
+        .map(|ring| (ring, false))
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR)
+    )
+}
+
+/// A core's state plus its service.
+struct Driver<S> {
+    core: Core,
+    service: S,
+}
+
+impl<S: Service> Driver<S> {
+    #[inline]
+    fn io(&mut self) -> (&mut S, Io<'_>) {
+        (
+            &mut self.service,
+            Io {
+                core: &mut self.core,
+            },
+        )
+    }
+
+    fn check_flags(&mut self, waker: &CoreWaker) {
+        if waker.stop_requested() && !self.core.stopping {
+            self.core.stop();
+        }
+        if waker.take_shutdown() && !self.core.stopping {
+            let (s, mut io) = self.io();
+            s.on_shutdown(&mut io);
+        }
+        if waker.take_wake() && !self.core.stopping {
+            let (s, mut io) = self.io();
+            s.on_wake(&mut io);
+        }
+    }
+
+    fn tick(&mut self) {
+        if self.core.stopping {
+            return;
+        }
+        if self.core.accept_rearm_on_tick {
+            self.core.accept_rearm_on_tick = false;
+            self.core.arm_accept();
+        }
+        let (s, mut io) = self.io();
+        s.on_tick(&mut io, Instant::now());
+    }
+
+    /// Handles up to `budget` completions; returns how many.
+    fn drain(&mut self, budget: &mut usize) -> usize {
+        let mut total = 0;
+        let mut batch = std::mem::take(&mut self.core.cqes);
+        while *budget > 0 {
+            batch.clear();
+            batch.extend(self.core.ring.completion().take(CQE_BATCH.min(*budget)));
+            if batch.is_empty() {
+                break;
+            }
+            *budget -= batch.len();
+            total += batch.len();
+            for e in &batch {
+                self.complete(e.user_data(), e.result(), e.flags());
+            }
+        }
+        self.core.cqes = batch;
+        total
+    }
+
+    fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more {
+            self.core.outstanding -= 1;
+        }
+        let (tag, generation, idx) = ud_parts(user_data);
+        match tag {
+            TAG_ACCEPT => self.on_accept(res, more),
+            TAG_RECV => self.on_recv(ConnId::new(idx, generation), res, flags, more),
+            TAG_SEND => self.on_send(ConnId::new(idx, generation), res),
+            TAG_CLOSE => {
+                if let Some(c) = self.core.conn_mut(ConnId::new(idx, generation)) {
+                    c.clear(CLOSE_INFLIGHT);
+                }
+                self.maybe_free(idx);
+            }
+            _ => {}
+        }
+    }
+
+    fn maybe_free(&mut self, idx: usize) {
+        if let Some(id) = self.core.try_free(idx) {
+            let (s, mut io) = self.io();
+            s.on_close(&mut io, id);
+        }
+    }
+
+    fn on_accept(&mut self, res: i32, more: bool) {
+        let core = &mut self.core;
+        if !more {
+            core.accept_armed = false;
+            if res >= 0 {
+                core.arm_accept(); // pitfall 5: a multishot that ended is simply re-armed
+            } else if core.listener.is_some() && !core.stopping {
+                core.accept_rearm_on_tick = true; // e.g. EMFILE: don't spin
+            }
+        }
+        if res < 0 {
+            return;
+        }
+        let fd = res;
+        if core.stopping || core.listener.is_none() {
+            sys::close_fd(fd);
+            return;
+        }
+        if core.conns.len() >= core.max_conns {
+            sys::close_fd(fd);
+            RuntimeStats::add(&core.stats().rejected_over_limit, 1);
+            return;
+        }
+        let peer = match sys::setup_accepted(fd) {
+            Ok(p) => p,
+            Err(_) => {
+                sys::close_fd(fd);
+                return;
+            }
+        };
+        core.next_gen = (core.next_gen + 1) & GEN_MASK;
+        let generation = core.next_gen;
+        let idx = core.conns.insert(Conn::new(fd, generation));
+        let st = &core.stats[core.index];
+        RuntimeStats::add(&st.accepted, 1);
+        RuntimeStats::set(&st.connections, core.conns.len() as u64);
+        let id = ConnId::new(idx, generation);
+        let (s, mut io) = self.io();
+        s.on_open(&mut io, id, peer);
+        self.core.arm_recv(idx);
+    }
+
+    fn on_recv(&mut self, id: ConnId, res: i32, flags: u32, more: bool) {
+        let idx = id.index();
+        let bid = cqueue::buffer_select(flags);
+        let Some(c) = self.core.conn_mut(id) else {
+            if let Some(bid) = bid {
+                self.core.bufs.push(bid);
+            }
+            return;
+        };
+        if !more {
+            c.clear(RECV_ARMED);
+        }
+        if res > 0 {
+            let state = c.state;
+            RuntimeStats::add(&self.core.stats().bytes_in, res as u64);
+            let Some(bid) = bid else {
+                // Cannot happen with buffer select; treat as a broken connection.
+                self.core.teardown(idx);
+                return self.maybe_free(idx);
+            };
+            if state == State::Open {
+                // SAFETY: the kernel filled `bid` with `res` bytes for this completion; the
+                // buffer goes back to the ring only after `on_data` returns, and `data` does not
+                // escape the call (its lifetime is bound to it by the `Service` signature).
+                let data = unsafe { self.core.bufs.data(bid, res as usize) };
+                let (s, mut io) = self.io();
+                s.on_data(&mut io, id, data);
+            }
+            self.core.bufs.push(bid);
+            if !more {
+                self.core.arm_recv(idx);
+            }
+        } else {
+            if let Some(bid) = bid {
+                self.core.bufs.push(bid);
+            }
+            if res == 0 {
+                // Peer closed its side: flush what is queued, then close.
+                let c = self.core.conns.get_mut(idx).expect("checked above");
+                if c.state == State::Open {
+                    if c.queue.is_empty() && !c.has(SEND_INFLIGHT) {
+                        self.core.teardown(idx);
+                    } else {
+                        c.state = State::Flushing;
+                    }
+                }
+            } else if res == -libc::ENOBUFS {
+                RuntimeStats::add(&self.core.stats().recv_enobufs, 1);
+                let c = self.core.conns.get_mut(idx).expect("checked above");
+                if !more && c.state == State::Open && !c.has(IN_REARM) {
+                    c.set(IN_REARM);
+                    self.core.rearm.push_back(idx as u32);
+                }
+            } else if res != -libc::ECANCELED {
+                self.core.teardown(idx);
+            }
+        }
+        self.maybe_free(idx);
+    }
+
+    fn on_send(&mut self, id: ConnId, res: i32) {
+        let idx = id.index();
+        let core = &mut self.core;
+        let Some(c) = core
+            .conns
+            .get_mut(idx)
+            .filter(|c| c.generation == id.generation())
+        else {
+            return;
+        };
+        if let Some(sv) = c.sendvec.take() {
+            if core.pool.len() < SENDVEC_POOL_MAX {
+                core.pool.push(sv);
+            }
+        }
+        let mut failed = false;
+        if res >= 0 {
+            c.complete_send(res as usize);
+            let st = &core.stats[core.index];
+            RuntimeStats::add(&st.bytes_out, res as u64);
+        } else {
+            c.complete_send(0);
+            failed = !matches!(-res, libc::EINTR | libc::EAGAIN);
+        }
+        match c.state {
+            State::Closing => {
+                c.drop_unsent();
+                self.maybe_free(idx);
+            }
+            _ if failed => {
+                core.teardown(idx);
+                self.maybe_free(idx);
+            }
+            _ if !c.queue.is_empty() => {
+                if !c.has(IN_DIRTY) {
+                    c.set(IN_DIRTY);
+                    core.dirty.push(idx as u32);
+                }
+            }
+            State::Flushing => {
+                core.teardown(idx);
+            }
+            State::Open => {
+                let (s, mut io) = self.io();
+                s.on_drained(&mut io, id);
+            }
+        }
+    }
+}
+
+/// The event loop of one core.
+async fn run<S: Service>(mut drv: Driver<S>, afd: AsyncFd<EvFd>, waker: CoreWaker, tick: Duration) {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut woke = true;
+    let mut last_yield = Instant::now();
+    loop {
+        drv.check_flags(&waker);
+        drv.core.flush();
+        drv.core.enter(woke);
+        woke = false;
+        let mut budget = MAX_CQES_PER_ITER;
+        let handled = drv.drain(&mut budget);
+        if drv.core.finished() {
+            break;
+        }
+        if handled > 0 || drv.core.has_pending_work() {
+            if budget == 0 || last_yield.elapsed() >= YIELD_EVERY {
+                // Submit leftovers before giving timers and other tasks a turn (pitfall 3).
+                drv.core.flush();
+                drv.core.enter(false);
+                tokio::select! {
+                    biased;
+                    _ = interval.tick() => drv.tick(),
+                    _ = tokio::task::yield_now() => {}
+                }
+                last_yield = Instant::now();
+            }
+            continue;
+        }
+        // Nothing to do: re-enable the eventfd, then re-check before sleeping (pitfall 2).
+        drv.core.set_eventfd(true);
+        fence(Ordering::SeqCst);
+        if !drv.core.idle() || !waker.park() {
+            drv.core.set_eventfd(false);
+            continue;
+        }
+        tokio::select! {
+            r = afd.readable() => {
+                // The eventfd counter is not read back: tokio registers it edge-triggered and
+                // every eventfd signal/write raises a new edge even while the counter is
+                // non-zero, so clearing tokio's readiness is enough and saves a read(2) per
+                // wakeup (the 64-bit counter cannot realistically overflow).
+                if let Ok(mut guard) = r {
+                    guard.clear_ready();
+                }
+                woke = true;
+                RuntimeStats::add(&drv.core.stats().wakeups, 1);
+            }
+            _ = interval.tick() => drv.tick(),
+        }
+        waker.unpark();
+        drv.core.set_eventfd(false);
+        last_yield = Instant::now();
+    }
+    // Deregister from tokio while the eventfd is certainly open; then `drv` drops the ring
+    // before the buffers (see `Core::drop`).
+    drop(afd);
+    drop(drv);
+    drop(waker);
+}
+
+/// Handle into the core's driver, valid during a [`Service`] callback.
+///
+/// Actions are recorded and submitted together at the end of the loop iteration.
+pub struct Io<'a> {
+    core: &'a mut Core,
+}
+
+impl fmt::Debug for Io<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Io")
+            .field("core_index", &self.core.index)
+            .field("connections", &self.core.conns.len())
+            .finish()
+    }
+}
+
+impl Io<'_> {
+    /// Queues `data` for `id`; coalesced with other queued output into one send. Returns false
+    /// if `id` is dead or closing.
+    #[inline]
+    pub fn send(&mut self, id: ConnId, data: Bytes) -> bool {
+        self.core.send(id, data, false)
+    }
+
+    /// Queues `data` ahead of queued-but-not-yet-submitted output (after earlier urgent data and
+    /// after anything already handed to the kernel): for control frames. Returns false if `id`
+    /// is dead or closing.
+    ///
+    /// Each `Bytes` passed to [`Io::send`] is a unit: urgent data is only ever inserted between
+    /// units, so a frame that must stay contiguous has to be one `send` call, not several.
+    #[inline]
+    pub fn send_urgent(&mut self, id: ConnId, data: Bytes) -> bool {
+        self.core.send(id, data, true)
+    }
+
+    /// Bytes queued or in flight for `id` (0 if dead).
+    #[inline]
+    pub fn queued_bytes(&self, id: ConnId) -> usize {
+        self.core.conn(id).map_or(0, |c| c.queued)
+    }
+
+    /// Flushes queued output, then closes the socket; [`Service::on_close`] follows. Received
+    /// data is no longer delivered. A peer that never reads keeps the connection flushing: use
+    /// [`Io::abort`] after a timeout.
+    pub fn close(&mut self, id: ConnId) {
+        self.core.close(id)
+    }
+
+    /// Drops queued output and closes now (cancelling in-flight operations);
+    /// [`Service::on_close`] follows.
+    pub fn abort(&mut self, id: ConnId) {
+        self.core.abort(id)
+    }
+
+    /// Whether `id` is open (not dead, not closing).
+    #[inline]
+    pub fn is_alive(&self, id: ConnId) -> bool {
+        self.core.conn(id).is_some_and(|c| c.state == State::Open)
+    }
+
+    /// Connections in this core's table (including those closing).
+    pub fn connections(&self) -> usize {
+        self.core.conns.len()
+    }
+
+    /// Index of this core into `cfg.cores`.
+    pub fn core_index(&self) -> usize {
+        self.core.index
+    }
+
+    /// This core's counters.
+    pub fn stats(&self) -> &RuntimeStats {
+        self.core.stats()
+    }
+
+    /// Aborts all connections (each gets [`Service::on_close`]), stops accepting, and leaves the
+    /// loop once everything in flight completed (at most 5 s); the core thread then ends.
+    pub fn stop(&mut self) {
+        self.core.stop()
+    }
+
+    /// Cancels the multishot accept and closes this core's listener (graceful shutdown); open
+    /// connections are unaffected.
+    pub fn stop_accepting(&mut self) {
+        self.core.stop_accepting()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_roundtrip() {
+        let u = ud(TAG_SEND, GEN_MASK, 0xffff_ffff);
+        assert_eq!(ud_parts(u), (TAG_SEND, GEN_MASK, 0xffff_ffff));
+        let u = ud(TAG_RECV, 7, 3);
+        assert_eq!(ud_parts(u), (TAG_RECV, 7, 3));
+    }
+}
