@@ -90,6 +90,9 @@ pub struct Config {
     pub close_timeout: Duration,
     /// On graceful shutdown: how long to wait for clients to answer the 1001 close.
     pub drain_timeout: Duration,
+    /// Capacity of each core-to-core fan-out ring (publishes); a full ring spills to the
+    /// publishing core's overflow queue.
+    pub ring_capacity: usize,
     /// Granularity of the timers (handshake, heartbeat, idle, close, drain).
     pub tick: Duration,
 }
@@ -119,6 +122,7 @@ impl Default for Config {
             slow_consumer: SlowConsumerPolicy::Close,
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            ring_capacity: crate::fanout::DEFAULT_RING_CAPACITY,
             tick: Duration::from_millis(100),
         }
     }

@@ -2,14 +2,17 @@
 //! the protocol-agnostic [`crate::runtime`] transport.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use edge_ws_protocol::deflate::negotiate_server;
+use edge_ws_protocol::deflate::{negotiate_server, DeflateParams};
 use edge_ws_protocol::handshake::{
     parse_request, select_protocol, write_accept, write_http_response, Accept, ParseOutcome,
+    Request,
 };
 use edge_ws_protocol::{
     codec::server_frame, CloseCode, Decoder, DecoderConfig, Encoder, Message, OpCode,
@@ -20,9 +23,11 @@ use crate::config::{
     Config, SlowConsumerPolicy, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_IDLE_TIMEOUT, CLOSE_SLOW_CONSUMER,
 };
 use crate::engine::{Command, Shared};
-use crate::handler::{Handler, Socket};
-use crate::metrics::{add, inc, CoreMetrics};
+use crate::fanout::{Outbox, Publish, PublishOptions, Target, TopicShared};
+use crate::handler::{Handler, Rejection, Socket, Upgrade, UpgradeRequest};
+use crate::metrics::{add, inc, max, CoreMetrics};
 use crate::runtime::{ConnId, Io, Service};
+use crate::ConnectionId;
 
 /// Why a send did not queue a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +62,8 @@ pub(crate) struct WsState {
     decoder: Decoder,
     /// Present only with permessage-deflate; uncompressed frames need no per-connection state.
     pub(crate) encoder: Option<Encoder>,
+    /// The agreed permessage-deflate parameters.
+    pub(crate) deflate: Option<DeflateParams>,
     pub(crate) protocol: Option<Box<str>>,
     pub(crate) path: String,
 }
@@ -75,6 +82,10 @@ pub(crate) struct Conn {
     pub(crate) ws: Option<Box<WsState>>,
     pub(crate) data: Option<Box<dyn Any>>,
     close_reason: Option<Box<str>>,
+    /// Topics this connection is subscribed to (left on close).
+    pub(crate) topics: Vec<Arc<str>>,
+    /// A parsed upgrade request waiting for the handler's deferred decision.
+    pending: Option<Box<(Request, usize)>>,
 }
 
 /// Everything a core owns besides the handler.
@@ -92,7 +103,23 @@ pub(crate) struct CoreState {
     last_scan: u32,
     draining: Option<u32>,
     out: Vec<u8>,
+    /// Topics this core has met: local subscribers and the shared topic.
+    topics: HashMap<Arc<str>, LocalTopic>,
+    /// Spilled publishes waiting for room in a ring to another core.
+    outbox: Outbox,
+    /// Per window size, a no-context-takeover compressor whose output every subscriber with
+    /// that window and `server_no_context_takeover` can share.
+    shared_encoders: HashMap<u8, Encoder>,
+    scratch_ids: Vec<ConnId>,
 }
+
+struct LocalTopic {
+    shared: Arc<TopicShared>,
+    subs: Vec<ConnId>,
+}
+
+/// Most publishes one core takes from its rings per wakeup before serving I/O again.
+const DRAIN_BUDGET: usize = 1024;
 
 struct TickSpans {
     handshake: u32,
@@ -173,6 +200,266 @@ impl CoreState {
         }
         add(&self.m().messages_out, messages);
         Ok(())
+    }
+
+    /// Subscribes `id` to `topic`.
+    pub(crate) fn subscribe(&mut self, id: ConnId, topic: &str) -> bool {
+        let Some(conn) = self.conn(id) else {
+            return false;
+        };
+        if conn.phase != Phase::Open || conn.topics.iter().any(|t| &**t == topic) {
+            return false;
+        }
+        let me = self.core_index;
+        let local = self.local_topic(topic);
+        local.subs.push(id);
+        if local.subs.len() == 1 {
+            local.shared.cores.fetch_or(1 << me, Ordering::AcqRel);
+        }
+        local.shared.subscribers.fetch_add(1, Ordering::Relaxed);
+        let name = local.shared.name.clone();
+        if let Some(c) = self.conn_mut(id) {
+            c.topics.push(name);
+        }
+        true
+    }
+
+    /// Unsubscribes `id` from `topic`.
+    pub(crate) fn unsubscribe(&mut self, id: ConnId, topic: &str) -> bool {
+        let Some(conn) = self.conn_mut(id) else {
+            return false;
+        };
+        let Some(pos) = conn.topics.iter().position(|t| &**t == topic) else {
+            return false;
+        };
+        conn.topics.swap_remove(pos);
+        self.remove_subscriber(id, topic);
+        true
+    }
+
+    fn remove_subscriber(&mut self, id: ConnId, topic: &str) {
+        let me = self.core_index;
+        if let Some(local) = self.topics.get_mut(topic) {
+            if let Some(i) = local.subs.iter().position(|&c| c == id) {
+                local.subs.swap_remove(i);
+                local.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+                if local.subs.is_empty() {
+                    local.shared.cores.fetch_and(!(1 << me), Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// Leaves every topic (on close).
+    fn leave_all(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let topics = std::mem::take(&mut conn.topics);
+        for t in &topics {
+            self.remove_subscriber(id, t);
+        }
+    }
+
+    fn local_topic(&mut self, name: &str) -> &mut LocalTopic {
+        if !self.topics.contains_key(name) {
+            let shared = self.shared.topics.get_or_create(name);
+            self.topics.insert(
+                shared.name.clone(),
+                LocalTopic {
+                    shared,
+                    subs: Vec::new(),
+                },
+            );
+        }
+        self.topics.get_mut(name).expect("inserted above")
+    }
+
+    /// Publishes to `topic` from this core.
+    pub(crate) fn publish_topic(
+        &mut self,
+        io: &mut Io<'_>,
+        topic: &str,
+        payload: &[u8],
+        text: bool,
+        opts: PublishOptions,
+    ) {
+        let shared = self.local_topic(topic).shared.clone();
+        let p = Arc::new(Publish::new(Target::Topic(shared), payload, text, opts));
+        self.dispatch(io, p);
+    }
+
+    /// Publishes to every open connection on every core.
+    pub(crate) fn publish_all(
+        &mut self,
+        io: &mut Io<'_>,
+        payload: &[u8],
+        text: bool,
+        opts: PublishOptions,
+    ) {
+        let p = Arc::new(Publish::new(Target::All, payload, text, opts));
+        self.dispatch(io, p);
+    }
+
+    /// Hands a publish to every other core with subscribers (through the rings), then delivers
+    /// it to this core's own subscribers.
+    fn dispatch(&mut self, io: &mut Io<'_>, p: Arc<Publish>) {
+        let me = self.core_index;
+        inc(&self.metrics[me].publishes);
+        let mask = p.cores(self.shared.all_cores_mask());
+        let mut others = mask & !(1 << me);
+        let mut spilled = false;
+        while others != 0 {
+            let c = others.trailing_zeros() as usize;
+            others &= others - 1;
+            let lane = &self.shared.inboxes[c].from_core[me];
+            inc(&self.metrics[me].forwarded);
+            if self.outbox.push(c, lane, p.clone()) {
+                inc(&self.metrics[me].spills);
+                spilled = true;
+            }
+            self.shared.wakers[c].wake();
+        }
+        if spilled {
+            // Come back soon to move the overflow into the ring.
+            self.shared.wakers[me].wake();
+        }
+        if mask & (1 << me) != 0 {
+            self.deliver(io, &p);
+        }
+    }
+
+    /// Delivers a publish to this core's recipients.
+    pub(crate) fn deliver(&mut self, io: &mut Io<'_>, p: &Publish) {
+        let me = self.core_index;
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        match &p.target {
+            Target::Topic(t) => {
+                if let Some(local) = self.topics.get(&*t.name) {
+                    ids.extend_from_slice(&local.subs);
+                }
+            }
+            Target::All => ids.extend(
+                self.conns
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.phase == Phase::Open)
+                    .map(|c| c.id),
+            ),
+        }
+        let mut compressed: [Option<Bytes>; 16] = Default::default();
+        let mut delivered = 0;
+        let mut filtered = 0;
+        for &id in &ids {
+            let cid = ConnectionId::new(me, id);
+            let Some(conn) = self.conn(id) else { continue };
+            if conn.phase != Phase::Open {
+                continue;
+            }
+            if p.opts.exclude == Some(cid)
+                || p.opts
+                    .filter
+                    .as_ref()
+                    .is_some_and(|f| !f(cid, conn.data.as_deref()))
+            {
+                filtered += 1;
+                continue;
+            }
+            let frame = self.frame_for(id, p, &mut compressed);
+            add(&self.metrics[me].bytes_out, p.payload().len() as u64);
+            if self.send_frame(io, id, frame, 1).is_ok() {
+                delivered += 1;
+            }
+        }
+        self.scratch_ids = ids;
+        add(&self.metrics[me].deliveries, delivered);
+        add(&self.metrics[me].deliveries_filtered, filtered);
+    }
+
+    /// The frame `id` gets for `p`: the shared uncompressed frame; a compressed frame shared by
+    /// every no-context-takeover recipient with the same window; or, for connections that keep
+    /// their compression context, a frame compressed for that connection alone.
+    fn frame_for(&mut self, id: ConnId, p: &Publish, shared: &mut [Option<Bytes>; 16]) -> Bytes {
+        let opcode = if p.text { OpCode::Text } else { OpCode::Binary };
+        let Some(conn) = self.conns[id.index()].as_mut() else {
+            return p.frame.clone();
+        };
+        let Some(ws) = conn.ws.as_mut() else {
+            return p.frame.clone();
+        };
+        let (Some(params), Some(enc)) = (ws.deflate, ws.encoder.as_mut()) else {
+            return p.frame.clone();
+        };
+        if !enc.compresses(p.payload().len()) {
+            return p.frame.clone();
+        }
+        if params.server_no_context_takeover {
+            let bits = params.server_max_window_bits.min(15);
+            if let Some(f) = &shared[bits as usize] {
+                return f.clone();
+            }
+            let (level, threshold) = self
+                .cfg
+                .deflate
+                .as_ref()
+                .map_or((1, 0), |d| (d.level, d.threshold));
+            let enc = self.shared_encoders.entry(bits).or_insert_with(|| {
+                let mut e = Encoder::server();
+                let shared_params = DeflateParams {
+                    server_no_context_takeover: true,
+                    server_max_window_bits: bits,
+                    ..params
+                };
+                e.set_deflate(&shared_params, level, threshold);
+                e
+            });
+            let mut out = BytesMut::with_capacity(p.payload().len() / 2 + 16);
+            enc.encode(opcode, p.payload(), &mut out);
+            let f = out.freeze();
+            shared[bits as usize] = Some(f.clone());
+            inc(&self.metrics[self.core_index].compressed_out);
+            return f;
+        }
+        let mut out = BytesMut::with_capacity(p.payload().len() / 2 + 16);
+        enc.encode(opcode, p.payload(), &mut out);
+        inc(&self.metrics[self.core_index].compressed_out);
+        out.freeze()
+    }
+
+    /// Takes publishes from the other cores' rings and from outside threads, delivers them, and
+    /// moves this core's own spilled publishes on.
+    fn drain_inbox(&mut self, io: &mut Io<'_>) {
+        let me = self.core_index;
+        let inbox = self.shared.inboxes[me].clone();
+        let mut budget = DRAIN_BUDGET;
+        for lane in inbox.from_core.iter() {
+            max(&self.metrics[me].ring_depth_hwm, lane.len() as u64);
+            while budget > 0 {
+                let Some(p) = lane.pop() else { break };
+                budget -= 1;
+                self.deliver(io, &p);
+            }
+        }
+        while budget > 0 {
+            let Some(p) = inbox.external.pop() else { break };
+            budget -= 1;
+            self.deliver(io, &p);
+        }
+        if budget == 0 {
+            self.shared.wakers[me].wake();
+        }
+        if self.outbox.len() > 0 {
+            let (left, mut moved) = self.outbox.flush(me, &self.shared.inboxes);
+            while moved != 0 {
+                let c = moved.trailing_zeros() as usize;
+                moved &= moved - 1;
+                self.shared.wakers[c].wake();
+            }
+            if left {
+                self.shared.wakers[me].wake();
+            }
+        }
     }
 
     fn slow_consumer(&mut self, io: &mut Io<'_>, id: ConnId) -> SendError {
@@ -273,6 +560,7 @@ impl<H: Handler> WsService<H> {
             max_fragments: cfg.max_fragments,
         };
         let metrics = shared.metrics.clone();
+        let cores = shared.cores;
         WsService {
             state: CoreState {
                 core_index,
@@ -288,6 +576,10 @@ impl<H: Handler> WsService<H> {
                 last_scan: 0,
                 draining: None,
                 out: Vec::new(),
+                topics: HashMap::new(),
+                outbox: Outbox::new(cores),
+                shared_encoders: HashMap::new(),
+                scratch_ids: Vec::new(),
             },
             handler,
         }
@@ -343,67 +635,129 @@ impl<H: Handler> WsService<H> {
                 finish_http(st, io, id, &out);
             }
             Ok(ParseOutcome::Complete(req, used)) => {
-                if let Err(rej) = self.handler.on_upgrade(&req, peer) {
-                    inc(&st.metrics[st.core_index].rejected_by_application);
-                    write_http_response(
-                        rej.status,
-                        reason_phrase(rej.status),
-                        "text/plain",
-                        rej.body.as_bytes(),
-                        &mut out,
-                    );
-                    finish_http(st, io, id, &out);
-                    st.out = out;
-                    return;
-                }
-                let supported: Vec<&str> = st.cfg.subprotocols.iter().map(|s| s.as_str()).collect();
-                let protocol = select_protocol(&req.protocols, &supported);
-                let deflate = st
-                    .cfg
-                    .deflate
-                    .as_ref()
-                    .filter(|d| d.enabled)
-                    .and_then(|d| negotiate_server(&req.extensions, d).map(|p| (d, p)));
-                let ext = deflate.as_ref().map(|(_, p)| p.to_header_value());
-                write_accept(
-                    &req,
-                    &Accept {
-                        protocol,
-                        extensions: ext.as_deref(),
-                        extra_headers: &[],
-                    },
-                    &mut out,
-                );
-                let mut decoder = Decoder::new(Role::Server, st.decoder_cfg);
-                let encoder = deflate.map(|(d, p)| {
-                    decoder.set_deflate(&p);
-                    let mut e = Encoder::server();
-                    e.set_deflate(&p, d.level, d.threshold);
-                    e
-                });
-                let ws = WsState {
-                    decoder,
-                    encoder,
-                    protocol: protocol.map(Into::into),
-                    path: req.path.clone(),
-                };
-                let now = st.now_tick;
-                let Some(conn) = st.conn_mut(id) else { return };
-                conn.rbuf.advance(used);
-                conn.ws = Some(Box::new(ws));
-                conn.phase = Phase::Open;
-                conn.last_seen = now;
-                io.send(id, Bytes::copy_from_slice(&out));
-                st.open += 1;
-                inc(&st.metrics[st.core_index].opened);
                 st.out = out;
-                self.handler
-                    .on_open(&mut Self::socket(&mut self.state, io, id));
-                self.read_frames(io, id);
+                let decision = self.handler.on_upgrade(&UpgradeRequest {
+                    id: ConnectionId::new(self.state.core_index, id),
+                    peer,
+                    request: &req,
+                });
+                match decision {
+                    Upgrade::Accept(data) => self.complete_upgrade(io, id, &req, used, data),
+                    Upgrade::Reject(rej) => self.reject_upgrade(io, id, &rej),
+                    Upgrade::Defer => {
+                        if let Some(conn) = self.state.conn_mut(id) {
+                            conn.pending = Some(Box::new((req, used)));
+                        }
+                    }
+                }
                 return;
             }
         }
         st.out = out;
+    }
+
+    fn reject_upgrade(&mut self, io: &mut Io<'_>, id: ConnId, rej: &Rejection) {
+        let st = &mut self.state;
+        inc(&st.metrics[st.core_index].rejected_by_application);
+        let mut out = std::mem::take(&mut st.out);
+        out.clear();
+        write_http_response(
+            rej.status,
+            reason_phrase(rej.status),
+            "text/plain",
+            rej.body.as_bytes(),
+            &mut out,
+        );
+        finish_http(st, io, id, &out);
+        st.out = out;
+    }
+
+    /// Answers a deferred upgrade (from [`crate::EngineHandle::resolve_upgrade`]).
+    fn resolve_upgrade(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        decision: Result<Option<Box<dyn Any + Send>>, Rejection>,
+    ) {
+        let Some(conn) = self.state.conn_mut(id) else {
+            return;
+        };
+        let Some(pending) = conn.pending.take() else {
+            return;
+        };
+        let (req, used) = *pending;
+        match decision {
+            Ok(data) => {
+                let data = data.map(|d| d as Box<dyn Any>);
+                self.complete_upgrade(io, id, &req, used, data)
+            }
+            Err(rej) => self.reject_upgrade(io, id, &rej),
+        }
+    }
+
+    /// Negotiates subprotocol and compression, sends the 101 and opens the WebSocket.
+    fn complete_upgrade(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        req: &Request,
+        used: usize,
+        data: Option<Box<dyn Any>>,
+    ) {
+        let st = &mut self.state;
+        let mut out = std::mem::take(&mut st.out);
+        out.clear();
+        let supported: Vec<&str> = st.cfg.subprotocols.iter().map(|s| s.as_str()).collect();
+        let protocol = select_protocol(&req.protocols, &supported);
+        let deflate = st
+            .cfg
+            .deflate
+            .as_ref()
+            .filter(|d| d.enabled)
+            .and_then(|d| negotiate_server(&req.extensions, d).map(|p| (d, p)));
+        let ext = deflate.as_ref().map(|(_, p)| p.to_header_value());
+        write_accept(
+            req,
+            &Accept {
+                protocol,
+                extensions: ext.as_deref(),
+                extra_headers: &[],
+            },
+            &mut out,
+        );
+        let mut decoder = Decoder::new(Role::Server, st.decoder_cfg);
+        let encoder = deflate.as_ref().map(|(d, p)| {
+            decoder.set_deflate(p);
+            let mut e = Encoder::server();
+            e.set_deflate(p, d.level, d.threshold);
+            e
+        });
+        let ws = WsState {
+            decoder,
+            encoder,
+            deflate: deflate.map(|(_, p)| p),
+            protocol: protocol.map(Into::into),
+            path: req.path.clone(),
+        };
+        let now = st.now_tick;
+        let Some(conn) = st.conn_mut(id) else {
+            st.out = out;
+            return;
+        };
+        conn.rbuf.advance(used);
+        conn.ws = Some(Box::new(ws));
+        conn.phase = Phase::Open;
+        conn.last_seen = now;
+        if data.is_some() {
+            conn.data = data;
+        }
+        io.send(id, Bytes::copy_from_slice(&out));
+        st.open += 1;
+        inc(&st.metrics[st.core_index].opened);
+        st.out = out;
+        self.handler
+            .on_open(&mut Self::socket(&mut self.state, io, id));
+        self.read_frames(io, id);
     }
 
     fn read_frames(&mut self, io: &mut Io<'_>, id: ConnId) {
@@ -546,6 +900,15 @@ impl<H: Handler> WsService<H> {
                 Command::Close { conn, code, reason } => {
                     self.state.start_close(io, conn, code, &reason);
                 }
+                Command::Subscribe { conn, topic } => {
+                    self.state.subscribe(conn, &topic);
+                }
+                Command::Unsubscribe { conn, topic } => {
+                    self.state.unsubscribe(conn, &topic);
+                }
+                Command::ResolveUpgrade { conn, decision } => {
+                    self.resolve_upgrade(io, conn, decision);
+                }
                 Command::CloseAll { code, reason } => {
                     let ids: Vec<ConnId> =
                         self.state.conns.iter().flatten().map(|c| c.id).collect();
@@ -612,6 +975,8 @@ impl<H: Handler> Service for WsService<H> {
             ws: None,
             data: None,
             close_reason: None,
+            topics: Vec::new(),
+            pending: None,
         });
         inc(&st.metrics[st.core_index].accepted);
         if st.draining.is_some() {
@@ -628,7 +993,9 @@ impl<H: Handler> Service for WsService<H> {
         match conn.phase {
             Phase::Handshake => {
                 conn.rbuf.extend_from_slice(data);
-                self.handshake(io, id);
+                if conn.pending.is_none() {
+                    self.handshake(io, id);
+                }
             }
             Phase::Open | Phase::Closing => {
                 conn.rbuf.extend_from_slice(data);
@@ -644,6 +1011,7 @@ impl<H: Handler> Service for WsService<H> {
         let was_open = conn.ws.is_some();
         let code = conn.close_code.unwrap_or(CloseCode::ABNORMAL);
         let reason = conn.close_reason.clone().unwrap_or_default();
+        st.leave_all(id);
         if was_open {
             inc(&st.metrics[st.core_index].closed);
             st.open -= 1;
@@ -670,6 +1038,7 @@ impl<H: Handler> Service for WsService<H> {
 
     fn on_wake(&mut self, io: &mut Io<'_>) {
         self.drain_commands(io);
+        self.state.drain_inbox(io);
     }
 
     fn on_shutdown(&mut self, io: &mut Io<'_>) {

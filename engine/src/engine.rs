@@ -11,7 +11,8 @@ use edge_ws_protocol::{CloseCode, Encoder, OpCode};
 
 use crate::config::{Config, Cores, SlowConsumerPolicy};
 use crate::core::WsService;
-use crate::handler::Handler;
+use crate::fanout::{Inbox, Publish, PublishOptions, Target, TopicRegistry, MAX_CORES};
+use crate::handler::{Handler, Rejection};
 use crate::metrics::{CoreMetrics, MetricsSnapshot};
 use crate::runtime::{ConnId, CoreWaker, Runtime, RuntimeConfig, RuntimeError, RuntimeStats};
 
@@ -73,6 +74,18 @@ pub(crate) enum Command {
         code: CloseCode,
         reason: String,
     },
+    Subscribe {
+        conn: ConnId,
+        topic: String,
+    },
+    Unsubscribe {
+        conn: ConnId,
+        topic: String,
+    },
+    ResolveUpgrade {
+        conn: ConnId,
+        decision: Result<Option<Box<dyn std::any::Any + Send>>, Rejection>,
+    },
 }
 
 /// State shared by every core and every handle: command queues, doorbells, metrics.
@@ -82,9 +95,33 @@ pub(crate) struct Shared {
     pub(crate) wakers: Arc<[CoreWaker]>,
     pub(crate) metrics: Arc<[CoreMetrics]>,
     pub(crate) runtime_stats: std::sync::OnceLock<Arc<[RuntimeStats]>>,
+    pub(crate) inboxes: Box<[Arc<Inbox>]>,
+    pub(crate) topics: TopicRegistry,
 }
 
 impl Shared {
+    /// A mask with a bit for every core.
+    pub(crate) fn all_cores_mask(&self) -> u64 {
+        if self.cores >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.cores) - 1
+        }
+    }
+
+    /// Hands a publish from outside the cores to every core that should see it.
+    fn publish_external(&self, p: Publish) {
+        let p = Arc::new(p);
+        crate::metrics::inc(&self.metrics[0].publishes);
+        let mut mask = p.cores(self.all_cores_mask());
+        while mask != 0 {
+            let c = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            self.inboxes[c].external.push(p.clone());
+            self.wakers[c].wake();
+        }
+    }
+
     /// Open WebSocket connections over all cores.
     pub(crate) fn connections(&self) -> u64 {
         let s = MetricsSnapshot::sum(self.metrics.iter());
@@ -181,6 +218,85 @@ impl EngineHandle {
                 },
             );
         }
+    }
+
+    /// Publishes a text message to every subscriber of `topic`, on every core.
+    pub fn publish(&self, topic: &str, text: &str) {
+        self.publish_with(topic, text.as_bytes(), true, PublishOptions::default());
+    }
+
+    /// Publishes a text or binary message to `topic` with options (exclude, filter). The frame
+    /// is encoded once and shared by every recipient. Messages from one thread arrive at each
+    /// subscriber in the order they were published.
+    pub fn publish_with(&self, topic: &str, payload: &[u8], text: bool, opts: PublishOptions) {
+        let Some(t) = self.shared.topics.get(topic) else {
+            // Nobody ever subscribed: nothing to deliver, no cross-core traffic.
+            crate::metrics::inc(&self.shared.metrics[0].publishes);
+            return;
+        };
+        self.shared
+            .publish_external(Publish::new(Target::Topic(t), payload, text, opts));
+    }
+
+    /// Sends a message to every open connection (that passes the filter) on every core.
+    pub fn broadcast_all(&self, payload: &[u8], text: bool, opts: PublishOptions) {
+        self.shared
+            .publish_external(Publish::new(Target::All, payload, text, opts));
+    }
+
+    /// Subscribes a connection (on any core) to `topic`.
+    pub fn subscribe(&self, id: ConnectionId, topic: &str) -> bool {
+        self.push(
+            id.core(),
+            Command::Subscribe {
+                conn: id.conn(),
+                topic: topic.to_owned(),
+            },
+        )
+    }
+
+    /// Unsubscribes a connection (on any core) from `topic`.
+    pub fn unsubscribe(&self, id: ConnectionId, topic: &str) -> bool {
+        self.push(
+            id.core(),
+            Command::Unsubscribe {
+                conn: id.conn(),
+                topic: topic.to_owned(),
+            },
+        )
+    }
+
+    /// Subscribers of `topic` over all cores.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.shared.topics.get(topic).map_or(0, |t| t.subscribers())
+    }
+
+    /// Every topic known to the engine with its subscriber count, sorted by name.
+    pub fn topics(&self) -> Vec<(String, usize)> {
+        self.shared.topics.list()
+    }
+
+    /// Creates a topic (channel) ahead of its first subscriber, so it is listed by
+    /// [`EngineHandle::topics`].
+    pub fn create_topic(&self, topic: &str) {
+        self.shared.topics.get_or_create(topic);
+    }
+
+    /// Decides an upgrade the handler deferred ([`crate::Upgrade::Defer`]): `Ok(data)` opens
+    /// the WebSocket (with `data` in the socket's user data slot), `Err` answers with the
+    /// rejection. Ignored if the connection is gone (e.g. handshake timeout).
+    pub fn resolve_upgrade(
+        &self,
+        id: ConnectionId,
+        decision: Result<Option<Box<dyn std::any::Any + Send>>, Rejection>,
+    ) -> bool {
+        self.push(
+            id.core(),
+            Command::ResolveUpgrade {
+                conn: id.conn(),
+                decision,
+            },
+        )
     }
 
     /// Graceful shutdown: every core stops accepting, sends 1001 "going away" to each client,
@@ -366,12 +482,19 @@ impl EngineBuilder {
                 cfg.buf_count
             )));
         }
+        if cores.len() > MAX_CORES {
+            return Err(EngineError::Config(format!(
+                "at most {MAX_CORES} cores are supported, {} configured",
+                cores.len()
+            )));
+        }
         if cfg.max_connections == 0 {
             return Err(EngineError::Config(
                 "max_connections must be at least 1".into(),
             ));
         }
         let n = cores.len();
+        let ring_capacity = cfg.ring_capacity;
         let rt_cfg = RuntimeConfig {
             addr: cfg.addr,
             cores,
@@ -406,6 +529,10 @@ impl EngineBuilder {
                         wakers,
                         metrics,
                         runtime_stats: std::sync::OnceLock::new(),
+                        inboxes: (0..n)
+                            .map(|_| Arc::new(Inbox::new(n, ring_capacity)))
+                            .collect(),
+                        topics: TopicRegistry::default(),
                     })
                 })
                 .clone();

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use edge_ws_protocol::handshake::Request;
+
+use crate::fanout::PublishOptions;
 use edge_ws_protocol::{CloseCode, Message};
 
 use crate::core::{CoreState, SendError};
@@ -18,11 +20,16 @@ use crate::ConnectionId;
 /// keep per-core state (rooms, caches) in it without locks. Pings, pongs and the close
 /// handshake are handled by the engine; handlers see data messages.
 pub trait Handler: 'static {
-    /// Decides on an upgrade request before the `101` is sent. An `Err` answers the client with
-    /// the rejection's status and body; no WebSocket is opened. Default: accept.
-    fn on_upgrade(&mut self, request: &Request, peer: SocketAddr) -> Result<(), Rejection> {
-        let _ = (request, peer);
-        Ok(())
+    /// Decides on an upgrade request before the `101` is sent (authentication, limits).
+    ///
+    /// Return [`Upgrade::Accept`] (optionally with user data for the socket's slot),
+    /// [`Upgrade::Reject`] to answer with an HTTP error instead of a WebSocket, or
+    /// [`Upgrade::Defer`] to decide later, e.g. after an async check, with
+    /// [`crate::EngineHandle::resolve_upgrade`]. A deferred upgrade still ends at the handshake
+    /// timeout. Default: accept.
+    fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Upgrade {
+        let _ = request;
+        Upgrade::Accept(None)
     }
 
     /// A connection completed its handshake.
@@ -38,6 +45,37 @@ pub trait Handler: 'static {
     /// fail from here on; its user data is still readable.
     fn on_close(&mut self, socket: &mut Socket<'_, '_>, code: CloseCode, reason: &str) {
         let _ = (socket, code, reason);
+    }
+}
+
+/// An upgrade request as the handler sees it.
+#[derive(Debug)]
+pub struct UpgradeRequest<'a> {
+    /// The id the connection will have once open (also the key for `resolve_upgrade`).
+    pub id: ConnectionId,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The parsed request: path, query, headers, offered subprotocols.
+    pub request: &'a Request,
+}
+
+/// The handler's decision on an upgrade request.
+pub enum Upgrade {
+    /// Open the WebSocket; the value (if any) goes into the socket's user data slot.
+    Accept(Option<Box<dyn Any>>),
+    /// Answer with an HTTP error; no WebSocket.
+    Reject(Rejection),
+    /// Decide later with [`crate::EngineHandle::resolve_upgrade`].
+    Defer,
+}
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upgrade::Accept(d) => write!(f, "Accept(data: {})", d.is_some()),
+            Upgrade::Reject(r) => write!(f, "Reject({r:?})"),
+            Upgrade::Defer => f.write_str("Defer"),
+        }
     }
 }
 
@@ -149,6 +187,47 @@ impl Socket<'_, '_> {
         }
         self.state
             .send_data(self.io, to.conn(), true, text.as_bytes())
+    }
+
+    /// Subscribes this connection to `topic`; returns `false` if it already was.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.state.subscribe(self.id, topic)
+    }
+
+    /// Unsubscribes this connection from `topic`; returns `false` if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.state.unsubscribe(self.id, topic)
+    }
+
+    /// The topics this connection is subscribed to.
+    pub fn topics(&self) -> Vec<String> {
+        self.state
+            .conn(self.id)
+            .map(|c| c.topics.iter().map(|t| t.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Publishes a text message to every subscriber of `topic` on every core (this connection
+    /// included if subscribed; use [`Socket::publish_with`] to exclude it).
+    pub fn publish(&mut self, topic: &str, text: &str) {
+        self.state.publish_topic(
+            self.io,
+            topic,
+            text.as_bytes(),
+            true,
+            PublishOptions::default(),
+        );
+    }
+
+    /// Publishes a text or binary message with options (exclude, filter).
+    pub fn publish_with(&mut self, topic: &str, payload: &[u8], text: bool, opts: PublishOptions) {
+        self.state
+            .publish_topic(self.io, topic, payload, text, opts);
+    }
+
+    /// Sends a message to every open connection on every core that passes `opts`' filter.
+    pub fn broadcast_all(&mut self, payload: &[u8], text: bool, opts: PublishOptions) {
+        self.state.publish_all(self.io, payload, text, opts);
     }
 
     /// Starts the close handshake with `code` and `reason`.

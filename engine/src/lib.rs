@@ -28,6 +28,7 @@
 pub mod config;
 mod core;
 mod engine;
+pub mod fanout;
 mod handler;
 pub mod metrics;
 pub mod runtime;
@@ -35,6 +36,7 @@ pub mod runtime;
 pub use crate::config::{Config, Cores, SlowConsumerPolicy};
 pub use crate::core::SendError;
 pub use crate::engine::{ConnectionId, Engine, EngineBuilder, EngineError, EngineHandle};
-pub use crate::handler::{Handler, Rejection, Socket};
+pub use crate::fanout::{Filter, PublishOptions};
+pub use crate::handler::{Handler, Rejection, Socket, Upgrade, UpgradeRequest};
 pub use crate::metrics::MetricsSnapshot;
 pub use edge_ws_protocol::{self as protocol, CloseCode, Message};

@@ -84,12 +84,32 @@ counters! {
     idle_timeouts,
     /// Sends to a connection id that no longer exists.
     sends_to_closed,
+    /// Publishes made on this core (or, for external publishes, counted on core 0).
+    publishes,
+    /// Messages delivered to subscribers by fan-out on this core.
+    deliveries,
+    /// Fan-out recipients skipped by a publish's filter or exclude.
+    deliveries_filtered,
+    /// Publishes handed to another core's ring (one per target core).
+    forwarded,
+    /// Publishes spilled to the local overflow queue because a ring to another core was full.
+    spills,
+    /// Highest number of publishes found waiting in one inbound ring (a high-water mark, not a
+    /// count; the snapshot sums it over cores).
+    ring_depth_hwm,
 }
 
 #[inline]
 pub(crate) fn add(c: &AtomicU64, n: u64) {
     // Single writer per core: a plain load/store pair is enough and avoids a locked RMW.
     c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+#[inline]
+pub(crate) fn max(c: &AtomicU64, v: u64) {
+    if v > c.load(Relaxed) {
+        c.store(v, Relaxed);
+    }
 }
 
 #[inline]

@@ -1,0 +1,50 @@
+# Sourced by tests/autobahn/run.sh and tests/clients/run.sh: builds (unless EDGE_WS_BIN is set)
+# and starts the edge-ws echo server on a free loopback port with tests/autobahn/server.toml,
+# waits for GET /health, and kills it when the sourcing script exits.
+#
+#   start_edge_ws LOGFILE     sets ADDR (127.0.0.1:PORT) and SERVER_PID
+#   server_alive              true while the server runs
+
+start_edge_ws() {
+  local log="$1" root here bin port
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+  root="$(cd "$here/../.." && pwd)"
+  if [ -n "${EDGE_WS_BIN:-}" ]; then
+    bin="$EDGE_WS_BIN"
+  else
+    (cd "$root" && cargo build --release -p edge-ws --bin edge-ws -j"${JOBS:-2}" -q)
+    bin="$root/target/release/edge-ws"
+  fi
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  ADDR="127.0.0.1:$port"
+  "$bin" --config "$here/server.toml" --addr "$ADDR" >"$log" 2>&1 &
+  SERVER_PID=$!
+  trap stop_edge_ws EXIT
+  trap 'exit 130' INT TERM
+  local _
+  for _ in $(seq 100); do
+    curl -fsS "http://$ADDR/health" >/dev/null 2>&1 && return 0
+    if ! server_alive; then
+      echo "edge-ws exited at start:" >&2
+      cat "$log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "edge-ws not ready on $ADDR after 10s" >&2
+  return 1
+}
+
+server_alive() {
+  kill -0 "$SERVER_PID" 2>/dev/null
+}
+
+stop_edge_ws() {
+  if [ -n "${SERVER_PID:-}" ] && server_alive; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    local _
+    for _ in $(seq 50); do server_alive || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+}
