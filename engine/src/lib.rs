@@ -29,6 +29,7 @@ pub mod config;
 mod core;
 mod engine;
 pub mod fanout;
+pub mod manager;
 mod handler;
 pub mod metrics;
 pub mod runtime;

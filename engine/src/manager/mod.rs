@@ -1,0 +1,1 @@
+//! The connection manager: authentication, limits, middleware, JSON routing, rate limits.
