@@ -57,35 +57,110 @@ pub(crate) enum Phase {
     Finishing,
 }
 
-/// State of an open WebSocket (boxed: a connection in handshake carries none of it).
-pub(crate) struct WsState {
-    decoder: Decoder,
-    /// Present only with permessage-deflate; uncompressed frames need no per-connection state.
-    pub(crate) encoder: Option<Encoder>,
+/// What only some connections need: compression state, topics, close details, a deferred
+/// upgrade, an uninterned path. Boxed so that a plain idle connection pays 8 bytes for it.
+#[derive(Default)]
+pub(crate) struct Extra {
+    /// Present only with permessage-deflate.
+    pub(crate) encoder: Option<Box<Encoder>>,
     /// The agreed permessage-deflate parameters.
     pub(crate) deflate: Option<DeflateParams>,
-    pub(crate) protocol: Option<Box<str>>,
-    pub(crate) path: String,
+    /// Topics this connection is subscribed to (left on close).
+    pub(crate) topics: Vec<Arc<str>>,
+    close_reason: Option<Box<str>>,
+    /// A parsed upgrade request waiting for the handler's deferred decision.
+    pending: Option<Box<(Request, usize)>>,
+    /// The request path when the core's path table is full.
+    path: Option<Box<str>>,
 }
 
+/// A peer address in 20 bytes (a `SocketAddr` takes 32).
+#[derive(Clone, Copy)]
+pub(crate) struct PeerAddr {
+    ip: [u8; 16],
+    port: u16,
+    v6: bool,
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(a: SocketAddr) -> Self {
+        match a {
+            SocketAddr::V4(v4) => PeerAddr {
+                ip: v4.ip().to_ipv6_mapped().octets(),
+                port: v4.port(),
+                v6: false,
+            },
+            SocketAddr::V6(v6) => PeerAddr {
+                ip: v6.ip().octets(),
+                port: v6.port(),
+                v6: true,
+            },
+        }
+    }
+}
+
+impl From<PeerAddr> for SocketAddr {
+    fn from(p: PeerAddr) -> Self {
+        let ip6 = std::net::Ipv6Addr::from(p.ip);
+        match (p.v6, ip6.to_ipv4_mapped()) {
+            (false, Some(v4)) => SocketAddr::from((v4, p.port)),
+            _ => SocketAddr::from((ip6, p.port)),
+        }
+    }
+}
+
+/// No interned path: see `Extra::path`.
+const NO_PATH: u16 = u16::MAX;
+
+/// Most distinct request paths a core interns (beyond, paths are stored per connection).
+const MAX_PATHS: usize = 1024;
+
+/// One connection's WebSocket state. Kept small: an idle, uncompressed connection holds no
+/// decoder, no encoder and no read buffer, only this (see `per_connection_state_stays_small`).
 pub(crate) struct Conn {
     id: ConnId,
     phase: Phase,
+    /// The 101 was sent (so `on_close` is due).
+    opened: bool,
+    /// 1 + index into the configured subprotocols; 0 when none was agreed.
+    protocol: u8,
+    /// Index into the core's path table, or `NO_PATH`.
+    path: u16,
+    /// The close code to report; 0 when none yet.
+    close_code: u16,
     /// Handshake or close deadline, in ticks.
     deadline: u32,
     last_seen: u32,
     /// Tick a heartbeat ping went out at; 0 when none is outstanding.
     ping_sent: u32,
-    close_code: Option<CloseCode>,
-    pub(crate) peer: SocketAddr,
+    peer: PeerAddr,
     rbuf: BytesMut,
-    pub(crate) ws: Option<Box<WsState>>,
     pub(crate) data: Option<Box<dyn Any>>,
-    close_reason: Option<Box<str>>,
-    /// Topics this connection is subscribed to (left on close).
-    pub(crate) topics: Vec<Arc<str>>,
-    /// A parsed upgrade request waiting for the handler's deferred decision.
-    pending: Option<Box<(Request, usize)>>,
+    /// This connection's own decoder: only while a message is in flight, or always with
+    /// permessage-deflate (the inflater's context). Otherwise the core's shared one is used.
+    decoder: Option<Box<Decoder>>,
+    pub(crate) extra: Option<Box<Extra>>,
+}
+
+impl Conn {
+    pub(crate) fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    pub(crate) fn topics(&self) -> &[Arc<str>] {
+        self.extra.as_ref().map_or(&[], |e| &e.topics)
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer.into()
+    }
+
+    fn set_close(&mut self, code: CloseCode, reason: &str) {
+        self.close_code = code.0;
+        if !reason.is_empty() || self.extra.is_some() {
+            self.extra_mut().close_reason = Some(reason.into());
+        }
+    }
 }
 
 /// Everything a core owns besides the handler.
@@ -111,6 +186,11 @@ pub(crate) struct CoreState {
     /// that window and `server_no_context_takeover` can share.
     shared_encoders: HashMap<u8, Encoder>,
     scratch_ids: Vec<ConnId>,
+    /// The decoder idle connections share (see `Conn::decoder`).
+    scratch_decoder: Decoder,
+    /// Interned request paths.
+    paths: Vec<Box<str>>,
+    path_index: HashMap<Box<str>, u16>,
 }
 
 struct LocalTopic {
@@ -160,8 +240,8 @@ impl CoreState {
         if conn.phase != Phase::Open {
             return Err(SendError::Closed);
         }
-        let ws = conn.ws.as_mut().ok_or(SendError::Closed)?;
-        let (frame, compressed) = match ws.encoder.as_mut() {
+        let enc = conn.extra.as_mut().and_then(|e| e.encoder.as_mut());
+        let (frame, compressed) = match enc {
             Some(enc) if enc.compresses(payload.len()) => {
                 let mut out = BytesMut::with_capacity(payload.len() / 2 + 16);
                 enc.encode(opcode, payload, &mut out);
@@ -202,12 +282,61 @@ impl CoreState {
         Ok(())
     }
 
+    /// After decoding for `id`: if the shared decoder was left mid-message, it becomes the
+    /// connection's own; the shared one is always left idle for the next connection.
+    fn park_decoder(&mut self, id: ConnId) {
+        if self.scratch_decoder.is_idle() {
+            return;
+        }
+        let fresh = Decoder::new(Role::Server, self.decoder_cfg);
+        let used = std::mem::replace(&mut self.scratch_decoder, fresh);
+        if let Some(conn) = self.conn_mut(id) {
+            if conn.decoder.is_none() && !used.is_closed() {
+                conn.decoder = Some(Box::new(used));
+            }
+        }
+    }
+
+    /// The index of `path` in the core's path table (`NO_PATH` when the table is full).
+    fn intern_path(&mut self, path: &str) -> u16 {
+        if let Some(&i) = self.path_index.get(path) {
+            return i;
+        }
+        if self.paths.len() >= MAX_PATHS {
+            return NO_PATH;
+        }
+        let i = self.paths.len() as u16;
+        self.paths.push(path.into());
+        self.path_index.insert(path.into(), i);
+        i
+    }
+
+    /// The upgrade request path of `id`.
+    pub(crate) fn path_of(&self, id: ConnId) -> &str {
+        let Some(c) = self.conn(id) else { return "" };
+        match c.path {
+            NO_PATH => c
+                .extra
+                .as_ref()
+                .and_then(|e| e.path.as_deref())
+                .unwrap_or(""),
+            i => &self.paths[i as usize],
+        }
+    }
+
+    /// The subprotocol agreed with `id`.
+    pub(crate) fn protocol_of(&self, id: ConnId) -> Option<&str> {
+        let c = self.conn(id)?;
+        let i = usize::from(c.protocol).checked_sub(1)?;
+        self.cfg.subprotocols.get(i).map(String::as_str)
+    }
+
     /// Subscribes `id` to `topic`.
     pub(crate) fn subscribe(&mut self, id: ConnId, topic: &str) -> bool {
         let Some(conn) = self.conn(id) else {
             return false;
         };
-        if conn.phase != Phase::Open || conn.topics.iter().any(|t| &**t == topic) {
+        if conn.phase != Phase::Open || conn.topics().iter().any(|t| &**t == topic) {
             return false;
         }
         let me = self.core_index;
@@ -219,7 +348,7 @@ impl CoreState {
         local.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         let name = local.shared.name.clone();
         if let Some(c) = self.conn_mut(id) {
-            c.topics.push(name);
+            c.extra_mut().topics.push(name);
         }
         true
     }
@@ -229,10 +358,10 @@ impl CoreState {
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
-        let Some(pos) = conn.topics.iter().position(|t| &**t == topic) else {
+        let Some(pos) = conn.topics().iter().position(|t| &**t == topic) else {
             return false;
         };
-        conn.topics.swap_remove(pos);
+        conn.extra_mut().topics.swap_remove(pos);
         self.remove_subscriber(id, topic);
         true
     }
@@ -255,7 +384,11 @@ impl CoreState {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let topics = std::mem::take(&mut conn.topics);
+        let topics = conn
+            .extra
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.topics))
+            .unwrap_or_default();
         for t in &topics {
             self.remove_subscriber(id, t);
         }
@@ -385,10 +518,10 @@ impl CoreState {
         let Some(conn) = self.conns[id.index()].as_mut() else {
             return p.frame.clone();
         };
-        let Some(ws) = conn.ws.as_mut() else {
+        let Some(ex) = conn.extra.as_mut() else {
             return p.frame.clone();
         };
-        let (Some(params), Some(enc)) = (ws.deflate, ws.encoder.as_mut()) else {
+        let (Some(params), Some(enc)) = (ex.deflate, ex.encoder.as_mut()) else {
             return p.frame.clone();
         };
         if !enc.compresses(p.payload().len()) {
@@ -491,8 +624,7 @@ impl CoreState {
         }
         conn.phase = Phase::Closing;
         conn.deadline = deadline;
-        conn.close_code = Some(code);
-        conn.close_reason = Some(reason.into());
+        conn.set_close(code, reason);
         io.send_urgent(id, close_frame(code, reason));
     }
 
@@ -511,7 +643,9 @@ impl CoreState {
             let already_sent = conn.phase == Phase::Closing;
             conn.phase = Phase::Finishing;
             conn.deadline = deadline;
-            conn.close_code.get_or_insert(code);
+            if conn.close_code == 0 {
+                conn.close_code = code.0;
+            }
             conn.rbuf = BytesMut::new();
             if !already_sent {
                 io.send_urgent(id, close_frame(code, &err.to_string()));
@@ -580,6 +714,9 @@ impl<H: Handler> WsService<H> {
                 outbox: Outbox::new(cores),
                 shared_encoders: HashMap::new(),
                 scratch_ids: Vec::new(),
+                scratch_decoder: Decoder::new(Role::Server, decoder_cfg),
+                paths: Vec::new(),
+                path_index: HashMap::new(),
             },
             handler,
         }
@@ -602,7 +739,7 @@ impl<H: Handler> WsService<H> {
             st.out = out;
             return;
         };
-        let peer = conn.peer;
+        let peer = conn.peer();
         let outcome = parse_request(&conn.rbuf, max);
         match outcome {
             Ok(ParseOutcome::Partial) => {
@@ -646,7 +783,7 @@ impl<H: Handler> WsService<H> {
                     Upgrade::Reject(rej) => self.reject_upgrade(io, id, &rej),
                     Upgrade::Defer => {
                         if let Some(conn) = self.state.conn_mut(id) {
-                            conn.pending = Some(Box::new((req, used)));
+                            conn.extra_mut().pending = Some(Box::new((req, used)));
                         }
                     }
                 }
@@ -682,7 +819,7 @@ impl<H: Handler> WsService<H> {
         let Some(conn) = self.state.conn_mut(id) else {
             return;
         };
-        let Some(pending) = conn.pending.take() else {
+        let Some(pending) = conn.extra.as_mut().and_then(|e| e.pending.take()) else {
             return;
         };
         let (req, used) = *pending;
@@ -707,10 +844,10 @@ impl<H: Handler> WsService<H> {
         let st = &mut self.state;
         let mut out = std::mem::take(&mut st.out);
         out.clear();
-        let supported: Vec<&str> = st.cfg.subprotocols.iter().map(|s| s.as_str()).collect();
+        let cfg = st.cfg.clone();
+        let supported: Vec<&str> = cfg.subprotocols.iter().map(|s| s.as_str()).collect();
         let protocol = select_protocol(&req.protocols, &supported);
-        let deflate = st
-            .cfg
+        let deflate = cfg
             .deflate
             .as_ref()
             .filter(|d| d.enabled)
@@ -725,28 +862,34 @@ impl<H: Handler> WsService<H> {
             },
             &mut out,
         );
-        let mut decoder = Decoder::new(Role::Server, st.decoder_cfg);
-        let encoder = deflate.as_ref().map(|(d, p)| {
-            decoder.set_deflate(p);
-            let mut e = Encoder::server();
-            e.set_deflate(p, d.level, d.threshold);
-            e
-        });
-        let ws = WsState {
-            decoder,
-            encoder,
-            deflate: deflate.map(|(_, p)| p),
-            protocol: protocol.map(Into::into),
-            path: req.path.clone(),
-        };
+        let protocol_idx = protocol
+            .and_then(|p| cfg.subprotocols.iter().position(|s| s == p))
+            .map_or(0, |i| (i + 1).min(255) as u8);
+        let path_idx = st.intern_path(&req.path);
         let now = st.now_tick;
+        let decoder_cfg = st.decoder_cfg;
         let Some(conn) = st.conn_mut(id) else {
             st.out = out;
             return;
         };
+        if let Some((d, p)) = deflate {
+            let mut decoder = Decoder::new(Role::Server, decoder_cfg);
+            decoder.set_deflate(&p);
+            conn.decoder = Some(Box::new(decoder));
+            let mut e = Encoder::server();
+            e.set_deflate(&p, d.level, d.threshold);
+            let ex = conn.extra_mut();
+            ex.encoder = Some(Box::new(e));
+            ex.deflate = Some(p);
+        }
+        if path_idx == NO_PATH {
+            conn.extra_mut().path = Some(req.path.as_str().into());
+        }
+        conn.path = path_idx;
+        conn.protocol = protocol_idx;
         conn.rbuf.advance(used);
-        conn.ws = Some(Box::new(ws));
         conn.phase = Phase::Open;
+        conn.opened = true;
         conn.last_seen = now;
         if data.is_some() {
             conn.data = data;
@@ -761,16 +904,26 @@ impl<H: Handler> WsService<H> {
     }
 
     fn read_frames(&mut self, io: &mut Io<'_>, id: ConnId) {
+        self.decode_frames(io, id);
+        self.state.park_decoder(id);
+    }
+
+    fn decode_frames(&mut self, io: &mut Io<'_>, id: ConnId) {
         let now = self.state.now_tick;
         let close_ticks = self.state.ticks_per.close;
         loop {
             let st = &mut self.state;
-            let Some(conn) = st.conn_mut(id) else { return };
-            if !matches!(conn.phase, Phase::Open | Phase::Closing) {
+            let Some(conn) = st.conns.get_mut(id.index()).and_then(Option::as_mut) else {
+                return;
+            };
+            if conn.id != id || !matches!(conn.phase, Phase::Open | Phase::Closing) {
                 return;
             }
-            let Some(ws) = conn.ws.as_mut() else { return };
-            let msg = match ws.decoder.decode(&mut conn.rbuf) {
+            let decoder = match conn.decoder.as_deref_mut() {
+                Some(d) => d,
+                None => &mut st.scratch_decoder,
+            };
+            let msg = match decoder.decode(&mut conn.rbuf) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     if conn.rbuf.is_empty() {
@@ -814,8 +967,7 @@ impl<H: Handler> WsService<H> {
                             Some(f) => close_frame(f.code, ""),
                             None => Bytes::from_static(&[0x88, 0x00]),
                         };
-                        conn.close_code = Some(code);
-                        conn.close_reason = Some(reason.into());
+                        conn.set_close(code, &reason);
                         io.send_urgent(id, reply);
                     }
                     conn.phase = Phase::Finishing;
@@ -876,7 +1028,7 @@ impl<H: Handler> WsService<H> {
                 _ => {}
             }
             if let (Some(code), Some(conn)) = (code, st.conn_mut(id)) {
-                conn.close_code = Some(code);
+                conn.close_code = code.0;
                 // Best effort: tell the client why, then drop it without waiting.
                 io.send_urgent(id, close_frame(code, ""));
                 io.close(id);
@@ -969,14 +1121,15 @@ impl<H: Handler> Service for WsService<H> {
             deadline: st.now_tick + st.ticks_per.handshake,
             last_seen: st.now_tick,
             ping_sent: 0,
-            close_code: None,
-            peer,
+            opened: false,
+            protocol: 0,
+            path: NO_PATH,
+            close_code: 0,
+            peer: peer.into(),
             rbuf: BytesMut::new(),
-            ws: None,
             data: None,
-            close_reason: None,
-            topics: Vec::new(),
-            pending: None,
+            decoder: None,
+            extra: None,
         });
         inc(&st.metrics[st.core_index].accepted);
         if st.draining.is_some() {
@@ -993,7 +1146,7 @@ impl<H: Handler> Service for WsService<H> {
         match conn.phase {
             Phase::Handshake => {
                 conn.rbuf.extend_from_slice(data);
-                if conn.pending.is_none() {
+                if conn.extra.as_ref().is_none_or(|e| e.pending.is_none()) {
                     self.handshake(io, id);
                 }
             }
@@ -1008,9 +1161,16 @@ impl<H: Handler> Service for WsService<H> {
     fn on_close(&mut self, io: &mut Io<'_>, id: ConnId) {
         let st = &mut self.state;
         let Some(conn) = st.conn(id) else { return };
-        let was_open = conn.ws.is_some();
-        let code = conn.close_code.unwrap_or(CloseCode::ABNORMAL);
-        let reason = conn.close_reason.clone().unwrap_or_default();
+        let was_open = conn.opened;
+        let code = match conn.close_code {
+            0 => CloseCode::ABNORMAL,
+            c => CloseCode(c),
+        };
+        let reason = conn
+            .extra
+            .as_ref()
+            .and_then(|e| e.close_reason.clone())
+            .unwrap_or_default();
         st.leave_all(id);
         if was_open {
             inc(&st.metrics[st.core_index].closed);
@@ -1057,5 +1217,29 @@ impl<H: Handler> Service for WsService<H> {
             }
         }
         self.check_drained(io);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_connection_state_stays_small() {
+        // What an idle, uncompressed connection costs this layer: its table entry and nothing
+        // else (no decoder, encoder, read buffer or `Extra` box). docs/design/memory.md adds
+        // the runtime's share.
+        let conn = std::mem::size_of::<Option<Conn>>();
+        eprintln!(
+            "Option<Conn> {conn} B; Decoder {} B and Extra {} B only when needed",
+            std::mem::size_of::<Decoder>(),
+            std::mem::size_of::<Extra>()
+        );
+        assert!(conn <= 120, "Conn grew to {conn} bytes");
+        assert!(std::mem::size_of::<Extra>() <= 96, "Extra grew");
+        let peer: SocketAddr = "[::1]:9".parse().unwrap();
+        assert_eq!(SocketAddr::from(PeerAddr::from(peer)), peer);
+        let peer: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(SocketAddr::from(PeerAddr::from(peer)), peer);
     }
 }

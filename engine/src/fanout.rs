@@ -271,15 +271,23 @@ mod tests {
             }
         }
         assert_eq!(spilled, 100);
-        // Consumer takes some; producer flushes; order is intact end to end.
+        // Consumer takes some, producer flushes what fits, until everything went through;
+        // the order is intact end to end.
+        let other = Arc::new(Inbox::new(2, 64));
+        let inboxes = [other, inbox.clone()];
         let mut seen = Vec::new();
         for _ in 0..50 {
             seen.push(lane.pop().unwrap().payload()[0]);
         }
-        let other = Arc::new(Inbox::new(2, 64));
-        let (left, moved) = out.flush(0, &[other, inbox.clone()]);
-        assert!(!left);
+        let (left, moved) = out.flush(0, &inboxes);
+        assert!(left, "50 slots freed, 100 waiting");
         assert_eq!(moved, 0b10);
+        assert_eq!(out.len(), 50);
+        while let Some(p) = lane.pop() {
+            seen.push(p.payload()[0]);
+        }
+        let (left, _) = out.flush(0, &inboxes);
+        assert!(!left);
         while let Some(p) = lane.pop() {
             seen.push(p.payload()[0]);
         }

@@ -128,29 +128,24 @@ impl Socket<'_, '_> {
 
     /// The peer's address.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.state.conn(self.id).map(|c| c.peer)
+        self.state.conn(self.id).map(|c| c.peer())
     }
 
     /// The subprotocol agreed in the handshake.
     pub fn protocol(&self) -> Option<&str> {
-        self.state
-            .conn(self.id)
-            .and_then(|c| c.ws.as_ref()?.protocol.as_deref())
+        self.state.protocol_of(self.id)
     }
 
     /// The request path of the upgrade (without the query).
     pub fn path(&self) -> &str {
-        self.state
-            .conn(self.id)
-            .and_then(|c| c.ws.as_ref().map(|w| w.path.as_str()))
-            .unwrap_or("")
+        self.state.path_of(self.id)
     }
 
     /// Whether permessage-deflate was agreed.
     pub fn compressed(&self) -> bool {
         self.state
             .conn(self.id)
-            .is_some_and(|c| c.ws.as_ref().is_some_and(|w| w.encoder.is_some()))
+            .is_some_and(|c| c.extra.as_ref().is_some_and(|e| e.encoder.is_some()))
     }
 
     /// Sends a text message.
@@ -203,7 +198,7 @@ impl Socket<'_, '_> {
     pub fn topics(&self) -> Vec<String> {
         self.state
             .conn(self.id)
-            .map(|c| c.topics.iter().map(|t| t.to_string()).collect())
+            .map(|c| c.topics().iter().map(|t| t.to_string()).collect())
             .unwrap_or_default()
     }
 

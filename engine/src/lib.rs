@@ -29,8 +29,8 @@ pub mod config;
 mod core;
 mod engine;
 pub mod fanout;
-pub mod manager;
 mod handler;
+pub mod manager;
 pub mod metrics;
 pub mod runtime;
 

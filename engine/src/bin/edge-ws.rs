@@ -27,7 +27,8 @@ OPTIONS:
         --print-config    print the effective configuration and exit
     -h, --help            this text
 
-The server echoes every message. GET /health answers JSON.
+Paths: /sub subscribes to the \"broadcast\" topic, every message sent on /pub is
+published to it (on every core), any other path echoes. GET /health answers JSON.
 SIGINT/SIGTERM: graceful shutdown (1001 to every client, then exit).
 ";
 
@@ -190,11 +191,29 @@ fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
     Ok(())
 }
 
-struct Echo;
+/// Echo on every path, except the broadcast relay: `/sub` subscribes, `/pub` publishes.
+struct Demo;
 
-impl Handler for Echo {
+const TOPIC: &str = "broadcast";
+
+impl Handler for Demo {
+    fn on_open(&mut self, socket: &mut Socket<'_, '_>) {
+        if socket.path() == "/sub" {
+            socket.subscribe(TOPIC);
+        }
+    }
+
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
-        let _ = socket.send(&message);
+        match socket.path() {
+            "/pub" => {
+                let text = matches!(message, Message::Text(_));
+                socket.publish_with(TOPIC, message.payload(), text, Default::default());
+            }
+            "/sub" => {}
+            _ => {
+                let _ = socket.send(&message);
+            }
+        }
     }
 }
 
@@ -255,7 +274,7 @@ fn run() -> Result<(), String> {
     block_signals();
     let engine = Engine::builder()
         .config(cfg)
-        .build(|_core| Echo)
+        .build(|_core| Demo)
         .map_err(|e| e.to_string())?;
     eprintln!(
         "edge-ws listening on ws://{} ({} cores)",

@@ -102,6 +102,14 @@ impl Decoder {
         &self.config
     }
 
+    /// Whether the decoder is between messages: no frame or fragmented message in progress and
+    /// no close seen. An idle decoder without permessage-deflate holds no per-connection state,
+    /// so one decoder can serve many connections in turn (the engine keeps one per core and
+    /// gives a connection its own only while a message is in flight).
+    pub fn is_idle(&self) -> bool {
+        self.frame.is_none() && self.fragmented.is_none() && !self.closed && self.inflater.is_none()
+    }
+
     /// Whether a close frame has been decoded (later input is ignored).
     pub fn is_closed(&self) -> bool {
         self.closed
