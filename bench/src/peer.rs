@@ -1,0 +1,196 @@
+//! What the peer servers share: the command line, the listener, the one-thread runtime and
+//! the path contract (`/sub` subscribes, `/pub` publishes, any other path echoes).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::args::{Arg, Args};
+use crate::sys;
+
+/// Subscriber path: receives every message published on [`PUB_PATH`].
+pub const SUB_PATH: &str = "/sub";
+/// Publisher path: every message received is relayed to all subscribers.
+pub const PUB_PATH: &str = "/pub";
+/// Capacity of the in-process broadcast channels (wsload keeps far fewer in flight).
+pub const BROADCAST_CAPACITY: usize = 4096;
+
+/// What a connection does, from its request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Echo every text and binary message.
+    Echo,
+    /// Receive every published message.
+    Sub,
+    /// Publish every message received.
+    Pub,
+}
+
+/// The route for a request path (the query string is ignored).
+pub fn route(path: &str) -> Route {
+    let p = path.split('?').next().unwrap_or("");
+    if p == SUB_PATH {
+        Route::Sub
+    } else if p == PUB_PATH {
+        Route::Pub
+    } else {
+        Route::Echo
+    }
+}
+
+/// A peer server's options.
+#[derive(Debug, Clone)]
+pub struct PeerArgs {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Core to pin the worker thread to.
+    pub core: Option<usize>,
+}
+
+/// Parses `--addr HOST:PORT` and `--core N`; prints usage and exits on `--help` or errors.
+pub fn parse_args(name: &str) -> PeerArgs {
+    let usage = format!(
+        "{name} [--addr 127.0.0.1:9001] [--core N]\n\n\
+         One worker thread. Paths: {SUB_PATH} subscribes, {PUB_PATH} publishes (relayed to every\n\
+         subscriber), anything else echoes text and binary messages.\n"
+    );
+    let mut a = Args::from_env();
+    let mut out = PeerArgs {
+        addr: "127.0.0.1:9001".parse().expect("default addr"),
+        core: None,
+    };
+    let res: Result<(), String> = (|| {
+        while let Some(arg) = a.next_arg()? {
+            match arg {
+                Arg::Long(n) if n == "addr" => {
+                    let v = a.value()?;
+                    out.addr = v.parse().map_err(|_| format!("bad --addr {v:?}"))?;
+                }
+                Arg::Long(n) if n == "core" => out.core = Some(a.parse()?),
+                Arg::Long(n) if n == "help" => return Err(String::new()),
+                other => return Err(format!("unexpected argument {other:?}")),
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        if e.is_empty() {
+            print!("{usage}");
+            std::process::exit(0);
+        }
+        eprintln!("{name}: {e}\n\n{usage}");
+        std::process::exit(2);
+    }
+    out
+}
+
+/// Raises RLIMIT_NOFILE and pins the calling thread if asked.
+pub fn prepare(args: &PeerArgs) {
+    sys::raise_nofile();
+    if let Some(c) = args.core {
+        if !sys::pin_current(c) {
+            eprintln!("warning: could not pin to core {c}");
+        }
+    }
+}
+
+/// A non-blocking listener with SO_REUSEADDR and a 4096 backlog.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// A current-thread tokio runtime (the single worker).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A parsed upgrade request: (head length, request path, the 101 response to send).
+pub type Upgrade = (usize, String, Vec<u8>);
+
+/// Server side of the upgrade, for libraries without their own (fastwebsockets without the
+/// hyper-based `upgrade` feature): parses the request head at the start of `buf`.
+///
+/// `Ok(None)`: incomplete; `Ok(Some((head_len, path, response)))`: a valid upgrade request;
+/// `Err(response)`: answer with this and close.
+pub fn parse_upgrade(buf: &[u8]) -> Result<Option<Upgrade>, &'static [u8]> {
+    const BAD: &[u8] =
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > 16 * 1024 {
+                Err(BAD)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(_) => return Err(BAD),
+    };
+    if req.method != Some("GET") {
+        return Err(BAD);
+    }
+    let mut key = None;
+    let mut upgrade = false;
+    let mut version = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("sec-websocket-key") {
+            key = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = h.value.eq_ignore_ascii_case(b"websocket");
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-version") {
+            version = h.value == b"13";
+        }
+    }
+    let (Some(key), true, true) = (key, upgrade, version) else {
+        return Err(BAD);
+    };
+    let accept = crate::ws::accept_key(key);
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    Ok(Some((
+        n,
+        req.path.unwrap_or("/").to_string(),
+        resp.into_bytes(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/sub"), Route::Sub);
+        assert_eq!(route("/pub?x=1"), Route::Pub);
+        assert_eq!(route("/"), Route::Echo);
+        assert_eq!(route("/subx"), Route::Echo);
+    }
+
+    #[test]
+    fn upgrade_roundtrip() {
+        let req = crate::ws::upgrade_request("127.0.0.1:1", "/sub");
+        let (n, path, resp) = parse_upgrade(&req).unwrap().unwrap();
+        assert_eq!(n, req.len());
+        assert_eq!(path, "/sub");
+        let acc = crate::ws::accept_key(crate::ws::CLIENT_KEY.as_bytes());
+        assert_eq!(
+            crate::ws::check_upgrade_response(&resp, &acc),
+            Ok(Some(resp.len()))
+        );
+        assert!(parse_upgrade(b"GET / HTTP/1.1\r\n\r\n").is_err());
+        assert_eq!(parse_upgrade(b"GET / HT"), Ok(None));
+    }
+}
