@@ -185,7 +185,9 @@ impl Core {
             ring: ManuallyDrop::new(ring),
             rearm_per_iter: (bufs.count() / 4).max(1),
             bufs: ManuallyDrop::new(bufs),
-            conns: Slab::with_capacity(1024.min(cfg.max_connections_per_core)),
+            // Reserve the whole table up front: untouched capacity costs address space, not memory,
+            // and a table that grew by doubling would leave every outgrown copy resident.
+            conns: Slab::with_capacity(cfg.max_connections_per_core.clamp(1, 1 << 22)),
             pool: Vec::new(),
             dirty: Vec::new(),
             rearm: VecDeque::new(),

@@ -1,0 +1,813 @@
+//! The per-message side: [`Context`], the [`App`] trait, and the JSON [`Router`] with its
+//! middleware chain.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use edge_ws_protocol::{CloseCode, Message};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::auth::UserContext;
+use super::events::{ErrorKind, Event};
+use super::{ConnEntry, Manager, Scratch};
+use crate::{ConnectionId, PublishOptions, SendError, Socket};
+
+/// Why a reply was not queued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// The engine refused the send (closed connection, slow consumer).
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The data could not be serialized.
+    #[error("cannot serialize reply: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// One connection during one callback: the socket, its user, its application data, the id of
+/// the message being handled (echoed by [`Context::reply`] and [`Context::error`]).
+pub struct Context<'c, 'io> {
+    socket: Socket<'c, 'io>,
+    conn: &'c mut ConnEntry,
+    manager: &'c Manager,
+    scratch: &'c mut Scratch,
+}
+
+impl fmt::Debug for Context<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("id", &self.socket.id())
+            .field("user", &self.conn.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'c, 'io> Context<'c, 'io> {
+    pub(crate) fn new(
+        socket: &'c mut Socket<'_, 'io>,
+        conn: &'c mut ConnEntry,
+        manager: &'c Manager,
+        scratch: &'c mut Scratch,
+    ) -> Context<'c, 'io> {
+        scratch.id.clear();
+        scratch.has_id = false;
+        Context {
+            socket: Socket {
+                state: &mut *socket.state,
+                io: &mut *socket.io,
+                id: socket.id,
+            },
+            conn,
+            manager,
+            scratch,
+        }
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.socket.id()
+    }
+
+    /// The core it lives on.
+    pub fn core(&self) -> usize {
+        self.socket.core()
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.socket.peer_addr()
+    }
+
+    /// The upgrade request's path.
+    pub fn path(&self) -> &str {
+        self.socket.path()
+    }
+
+    /// The authenticated user (`None` with [`super::Auth::None`]).
+    pub fn user(&self) -> Option<&UserContext> {
+        self.conn.user.as_deref()
+    }
+
+    /// The user's id.
+    pub fn user_id(&self) -> Option<&str> {
+        self.conn.user.as_deref().map(UserContext::id)
+    }
+
+    /// Whether the user has permission `p` (`false` without a user).
+    pub fn has_permission(&self, p: &str) -> bool {
+        self.conn
+            .user
+            .as_deref()
+            .is_some_and(|u| u.has_permission(p))
+    }
+
+    /// The application's per-connection data, if it is a `T`.
+    pub fn data<T: Any>(&self) -> Option<&T> {
+        self.conn.app.as_deref()?.downcast_ref()
+    }
+
+    /// The application's per-connection data, mutably, if it is a `T`.
+    pub fn data_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.conn.app.as_deref_mut()?.downcast_mut()
+    }
+
+    /// Stores the application's per-connection data (use this, not `Socket::set_data`: the
+    /// socket's own slot holds the manager's bookkeeping).
+    pub fn set_data<T: Any>(&mut self, value: T) {
+        self.conn.app = Some(Box::new(value));
+    }
+
+    /// The rooms (topics) this connection is in.
+    pub fn rooms(&self) -> Vec<String> {
+        self.socket.topics()
+    }
+
+    /// Joins `room`; `false` if already in it.
+    pub fn join(&mut self, room: &str) -> bool {
+        self.socket.subscribe(room)
+    }
+
+    /// Leaves `room`; `false` if not in it.
+    pub fn leave(&mut self, room: &str) -> bool {
+        self.socket.unsubscribe(room)
+    }
+
+    /// Sends `text` to everyone in `room` on every core (this connection included if in it).
+    pub fn publish(&mut self, room: &str, text: &str) {
+        self.socket.publish(room, text);
+    }
+
+    /// Sends `text` to everyone else in `room`.
+    pub fn publish_others(&mut self, room: &str, text: &str) {
+        let opts = PublishOptions {
+            exclude: Some(self.socket.id()),
+            filter: None,
+        };
+        self.socket.publish_with(room, text.as_bytes(), true, opts);
+    }
+
+    /// Sends `text` to every connection on every core whose user passes `filter`.
+    pub fn broadcast<F>(&mut self, text: &str, filter: F)
+    where
+        F: Fn(ConnectionId, Option<&UserContext>) -> bool + Send + Sync + 'static,
+    {
+        let opts = PublishOptions {
+            exclude: None,
+            filter: Some(super::user_filter(filter)),
+        };
+        self.socket.broadcast_all(text.as_bytes(), true, opts);
+    }
+
+    /// The raw JSON of the current message's `id`, if it had one.
+    pub fn message_id(&self) -> Option<&str> {
+        self.scratch.has_id.then_some(self.scratch.id.as_str())
+    }
+
+    pub(crate) fn set_message_id(&mut self, id: Option<&RawValue>) {
+        self.scratch.id.clear();
+        self.scratch.has_id = id.is_some();
+        if let Some(id) = id {
+            self.scratch.id.push_str(id.get());
+        }
+    }
+
+    /// Answers the current message: `{"type":kind,"id":<its id>,"data":data}` (no `id` if the
+    /// message had none).
+    pub fn reply<T: Serialize + ?Sized>(&mut self, kind: &str, data: &T) -> Result<(), ReplyError> {
+        self.envelope(kind, true, |out| serde_json::to_writer(out, data))
+    }
+
+    /// Like [`Context::reply`] with `data` already JSON (e.g. a part of the message); `None`
+    /// leaves `data` out. The text is inserted as is: it must be valid JSON.
+    pub fn reply_raw(&mut self, kind: &str, data_json: Option<&str>) -> Result<(), ReplyError> {
+        match data_json {
+            Some(d) => self.envelope(kind, true, |out| {
+                out.extend_from_slice(d.as_bytes());
+                Ok(())
+            }),
+            None => self.envelope_no_data(kind, true),
+        }
+    }
+
+    /// Pushes `{"type":kind,"data":data}` (no `id`: not an answer).
+    pub fn send<T: Serialize + ?Sized>(&mut self, kind: &str, data: &T) -> Result<(), ReplyError> {
+        self.envelope(kind, false, |out| serde_json::to_writer(out, data))
+    }
+
+    /// Sends a raw text message.
+    pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+        self.socket.send_text(text)
+    }
+
+    /// Answers the current message with `{"type":"error","id":<its id>,"error":message}`
+    /// (counted as [`ErrorKind::Handler`] and reported as an [`Event::Error`]).
+    pub fn error(&mut self, message: &str) -> Result<(), ReplyError> {
+        self.fail(ErrorKind::Handler, message)
+    }
+
+    /// An error reply of `kind`, counted and reported.
+    pub(crate) fn fail(&mut self, kind: ErrorKind, message: &str) -> Result<(), ReplyError> {
+        let inner = &*self.manager.inner;
+        inner.stats.error(kind);
+        if inner.has_listeners() {
+            inner.emit(&Event::Error {
+                id: self.socket.id(),
+                user: self.conn.user.as_deref(),
+                kind,
+                message,
+            });
+        }
+        let out = &mut self.scratch.out;
+        out.clear();
+        out.extend_from_slice(br#"{"type":"error""#);
+        if self.scratch.has_id {
+            out.extend_from_slice(br#","id":"#);
+            out.extend_from_slice(self.scratch.id.as_bytes());
+        }
+        out.extend_from_slice(br#","error":"#);
+        serde_json::to_writer(&mut *out, message)?;
+        out.push(b'}');
+        self.flush()
+    }
+
+    /// Starts the close handshake.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.socket.close(code, reason);
+    }
+
+    /// The manager (lookups, bulk actions, statistics).
+    pub fn manager(&self) -> &Manager {
+        self.manager
+    }
+
+    /// The underlying socket, for what the context does not wrap. Do not call
+    /// `set_data` on it: its data slot holds the manager's bookkeeping.
+    pub fn socket(&mut self) -> &mut Socket<'c, 'io> {
+        &mut self.socket
+    }
+
+    fn head(&mut self, kind: &str, with_id: bool) -> Result<(), ReplyError> {
+        let out = &mut self.scratch.out;
+        out.clear();
+        out.extend_from_slice(br#"{"type":"#);
+        serde_json::to_writer(&mut *out, kind)?;
+        if with_id && self.scratch.has_id {
+            out.extend_from_slice(br#","id":"#);
+            out.extend_from_slice(self.scratch.id.as_bytes());
+        }
+        Ok(())
+    }
+
+    fn envelope(
+        &mut self,
+        kind: &str,
+        with_id: bool,
+        data: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+    ) -> Result<(), ReplyError> {
+        self.head(kind, with_id)?;
+        let out = &mut self.scratch.out;
+        out.extend_from_slice(br#","data":"#);
+        data(out)?;
+        out.push(b'}');
+        self.flush()
+    }
+
+    fn envelope_no_data(&mut self, kind: &str, with_id: bool) -> Result<(), ReplyError> {
+        self.head(kind, with_id)?;
+        self.scratch.out.push(b'}');
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<(), ReplyError> {
+        // Everything written is JSON text built from `&str`s: valid UTF-8 unless a raw
+        // fragment passed to `reply_raw` was not, which `from_utf8` catches.
+        let text = std::str::from_utf8(&self.scratch.out).map_err(|_| {
+            ReplyError::Serialize(de::Error::custom("reply is not valid UTF-8"))
+        })?;
+        self.socket.send_text(text)?;
+        Ok(())
+    }
+}
+
+/// The application behind a manager, one per core (like [`crate::Handler`], it need not be
+/// `Send`). [`Router`] is the JSON implementation; implement it yourself for another wire
+/// format. Rate limits and the size limit are applied before `on_message`.
+pub trait App: 'static {
+    /// A connection opened.
+    fn on_open(&mut self, ctx: &mut Context<'_, '_>) {
+        let _ = ctx;
+    }
+
+    /// A message passed the size and rate limits.
+    fn on_message(&mut self, ctx: &mut Context<'_, '_>, message: Message);
+
+    /// A connection closed (sends fail from here on).
+    fn on_close(&mut self, ctx: &mut Context<'_, '_>, code: CloseCode, reason: &str) {
+        let _ = (ctx, code, reason);
+    }
+}
+
+/// A parsed envelope `{"type": ..., "id": ..., "data": ...}` (see docs/PROTOCOL.md). `id` and
+/// `data` are kept as raw JSON, decoded only if a handler asks.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    text: &'a str,
+    kind: Cow<'a, str>,
+    id: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses `text` as an envelope (the router's own first step).
+    pub fn parse(text: &'a str) -> Result<Envelope<'a>, ErrorKind> {
+        let raw: RawEnvelope<'a> =
+            serde_json::from_str(text).map_err(|_| ErrorKind::InvalidFormat)?;
+        match raw.kind {
+            Some(kind) if !kind.is_empty() => Ok(Envelope {
+                text,
+                kind,
+                id: raw.id,
+                data: raw.data,
+            }),
+            _ => Err(ErrorKind::MissingType),
+        }
+    }
+
+    /// The `type`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The raw JSON of `id`, if present.
+    pub fn id(&self) -> Option<&'a str> {
+        self.id.map(RawValue::get)
+    }
+
+    /// The raw JSON of `data`, if present.
+    pub fn data_raw(&self) -> Option<&'a str> {
+        self.data.map(RawValue::get)
+    }
+
+    /// Decodes `data` (absent decodes as `null`); an error converts into an
+    /// "Invalid message data" reply with `?` in a route.
+    pub fn data<T: Deserialize<'a>>(&self) -> Result<T, RouteError> {
+        serde_json::from_str(self.data_raw().unwrap_or("null"))
+            .map_err(|_| RouteError::invalid_data())
+    }
+
+    /// The whole message text.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+}
+
+/// The envelope as parsed: only an object is accepted (serde's derive would also take an
+/// array), `type` must be a string or null, duplicates of the three fields are refused.
+struct RawEnvelope<'a> {
+    kind: Option<Cow<'a, str>>,
+    id: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+}
+
+enum Field {
+    Type,
+    Id,
+    Data,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "type" => Field::Type,
+                    "id" => Field::Id,
+                    "data" => Field::Data,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Str<'de>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawEnvelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawEnvelope<'de>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawEnvelope<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEnvelope<'de>, A::Error> {
+                let mut out = RawEnvelope {
+                    kind: None,
+                    id: None,
+                    data: None,
+                };
+                let (mut seen_type, mut seen_id, mut seen_data) = (false, false, false);
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Type => {
+                            if std::mem::replace(&mut seen_type, true) {
+                                return Err(de::Error::duplicate_field("type"));
+                            }
+                            out.kind = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0);
+                        }
+                        Field::Id => {
+                            if std::mem::replace(&mut seen_id, true) {
+                                return Err(de::Error::duplicate_field("id"));
+                            }
+                            out.id = Some(map.next_value()?);
+                        }
+                        Field::Data => {
+                            if std::mem::replace(&mut seen_data, true) {
+                                return Err(de::Error::duplicate_field("data"));
+                            }
+                            out.data = Some(map.next_value()?);
+                        }
+                        Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A route's failure, answered as `{"type":"error","id":…,"error":<message>}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteError {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+}
+
+impl RouteError {
+    /// An application error with `message` (counted as [`ErrorKind::Handler`]).
+    pub fn new(message: impl Into<Cow<'static, str>>) -> RouteError {
+        RouteError {
+            kind: ErrorKind::Handler,
+            message: message.into(),
+        }
+    }
+
+    /// "Invalid message data" (counted as [`ErrorKind::InvalidData`]).
+    pub fn invalid_data() -> RouteError {
+        RouteError {
+            kind: ErrorKind::InvalidData,
+            message: Cow::Borrowed(ErrorKind::InvalidData.message()),
+        }
+    }
+
+    /// The text sent.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+impl From<serde_json::Error> for RouteError {
+    fn from(_: serde_json::Error) -> RouteError {
+        RouteError::invalid_data()
+    }
+}
+
+/// A step around message handling. Call `next.run(ctx, msg)` to pass the message on (and do
+/// work after it returns), or don't (after answering with `ctx.reply`/`ctx.error`, or
+/// silently) to stop it. Closures `FnMut(&mut Context, &Envelope, Next)` are middleware.
+pub trait Middleware: 'static {
+    /// Handles `msg`.
+    fn handle(&mut self, ctx: &mut Context<'_, '_>, msg: &Envelope<'_>, next: Next<'_>);
+}
+
+impl<F> Middleware for F
+where
+    F: FnMut(&mut Context<'_, '_>, &Envelope<'_>, Next<'_>) + 'static,
+{
+    fn handle(&mut self, ctx: &mut Context<'_, '_>, msg: &Envelope<'_>, next: Next<'_>) {
+        self(ctx, msg, next)
+    }
+}
+
+/// The rest of the chain after a middleware: the following middleware, then the route.
+pub struct Next<'r> {
+    rest: &'r mut [Box<dyn Middleware>],
+    routes: &'r mut Routes,
+}
+
+impl fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next")
+            .field("middleware_left", &self.rest.len())
+            .finish()
+    }
+}
+
+impl Next<'_> {
+    /// Passes `msg` to the rest of the chain.
+    pub fn run(self, ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) {
+        match self.rest.split_first_mut() {
+            Some((m, rest)) => m.handle(
+                ctx,
+                msg,
+                Next {
+                    rest,
+                    routes: self.routes,
+                },
+            ),
+            None => self.routes.dispatch(ctx, msg),
+        }
+    }
+}
+
+type RouteFn = Box<dyn FnMut(&mut Context<'_, '_>, &Envelope<'_>) -> Result<(), RouteError>>;
+type SchemaFn = Box<dyn Fn(&Envelope<'_>) -> Result<(), String>>;
+type OpenFn = Box<dyn FnMut(&mut Context<'_, '_>)>;
+type CloseFn = Box<dyn FnMut(&mut Context<'_, '_>, CloseCode, &str)>;
+type BinaryFn = Box<dyn FnMut(&mut Context<'_, '_>, &Bytes)>;
+
+#[derive(Default)]
+struct Route {
+    handler: Option<RouteFn>,
+    schema: Option<SchemaFn>,
+}
+
+/// FNV-1a: the route table is fixed at start (clients cannot insert), so hash flooding is
+/// moot and a short `type` hashes in a few nanoseconds.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+#[derive(Default)]
+struct Routes {
+    map: HashMap<Box<str>, Route, BuildHasherDefault<Fnv>>,
+}
+
+impl Routes {
+    fn dispatch(&mut self, ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) {
+        let Some(route) = self.map.get_mut(msg.kind()) else {
+            if msg.kind() == "ping" {
+                let _ = ctx.reply_raw("pong", msg.data_raw());
+            } else {
+                let _ = ctx.fail(ErrorKind::UnknownType, ErrorKind::UnknownType.message());
+            }
+            return;
+        };
+        if let Some(schema) = &route.schema {
+            if let Err(e) = schema(msg) {
+                let _ = ctx.fail(ErrorKind::InvalidData, &e);
+                return;
+            }
+        }
+        match &mut route.handler {
+            Some(h) => {
+                if let Err(e) = h(ctx, msg) {
+                    let _ = ctx.fail(e.kind, &e.message);
+                }
+            }
+            None => {
+                let _ = ctx.fail(ErrorKind::UnknownType, ErrorKind::UnknownType.message());
+            }
+        }
+    }
+}
+
+/// Dispatches JSON envelopes by `type` through a middleware chain.
+///
+/// Per message: parse (`Invalid message format` / `Missing message type` on failure; the
+/// connection stays open) → middleware in the order added → the route for `type` (`Unknown
+/// message type` if none; a built-in `ping` answers `pong` unless routed) → its schema check
+/// (if any) → its handler. Build one per core in the engine factory; closures may hold
+/// per-core state without locks.
+///
+/// ```
+/// use edge_ws::manager::{Router, RouteError};
+/// let router = Router::new()
+///     .middleware(|ctx, msg, next| {
+///         if msg.kind() == "admin" && !ctx.has_permission("admin") {
+///             let _ = ctx.error("Forbidden");
+///             return;
+///         }
+///         next.run(ctx, msg)
+///     })
+///     .route("echo", |ctx, msg| {
+///         ctx.reply_raw("echo", msg.data_raw())?;
+///         Ok(())
+///     })
+///     .route("join", |ctx, msg| {
+///         let room: String = msg.data()?;
+///         ctx.join(&room);
+///         ctx.reply("joined", &room).map_err(|e| RouteError::new(e.to_string()))
+///     });
+/// # let _ = router;
+/// ```
+#[derive(Default)]
+pub struct Router {
+    middleware: Vec<Box<dyn Middleware>>,
+    routes: Routes,
+    on_open: Option<OpenFn>,
+    on_close: Option<CloseFn>,
+    on_binary: Option<BinaryFn>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut routes: Vec<&str> = self.routes.map.keys().map(|k| &**k).collect();
+        routes.sort_unstable();
+        f.debug_struct("Router")
+            .field("middleware", &self.middleware.len())
+            .field("routes", &routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<ReplyError> for RouteError {
+    fn from(e: ReplyError) -> RouteError {
+        RouteError::new(e.to_string())
+    }
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Adds a middleware closure at the end of the chain (the `use` of other frameworks).
+    pub fn middleware<F>(self, f: F) -> Router
+    where
+        F: FnMut(&mut Context<'_, '_>, &Envelope<'_>, Next<'_>) + 'static,
+    {
+        self.layer(f)
+    }
+
+    /// Adds a [`Middleware`] value at the end of the chain.
+    pub fn layer<M: Middleware>(mut self, m: M) -> Router {
+        self.middleware.push(Box::new(m));
+        self
+    }
+
+    /// Routes messages of type `kind` to `handler` (replacing an earlier one).
+    pub fn route<F>(mut self, kind: &str, handler: F) -> Router
+    where
+        F: FnMut(&mut Context<'_, '_>, &Envelope<'_>) -> Result<(), RouteError> + 'static,
+    {
+        self.routes.map.entry(kind.into()).or_default().handler = Some(Box::new(handler));
+        self
+    }
+
+    /// A schema check for messages of type `kind`, run before its handler: `Err(text)` answers
+    /// `{"type":"error","id":…,"error":text}`.
+    pub fn schema<F>(mut self, kind: &str, check: F) -> Router
+    where
+        F: Fn(&Envelope<'_>) -> Result<(), String> + 'static,
+    {
+        self.routes.map.entry(kind.into()).or_default().schema = Some(Box::new(check));
+        self
+    }
+
+    /// Called when a connection opens.
+    pub fn when_open<F>(mut self, f: F) -> Router
+    where
+        F: FnMut(&mut Context<'_, '_>) + 'static,
+    {
+        self.on_open = Some(Box::new(f));
+        self
+    }
+
+    /// Called when a connection closes.
+    pub fn when_close<F>(mut self, f: F) -> Router
+    where
+        F: FnMut(&mut Context<'_, '_>, CloseCode, &str) + 'static,
+    {
+        self.on_close = Some(Box::new(f));
+        self
+    }
+
+    /// Handles binary messages (default: answered with `Invalid message format`).
+    pub fn when_binary<F>(mut self, f: F) -> Router
+    where
+        F: FnMut(&mut Context<'_, '_>, &Bytes) + 'static,
+    {
+        self.on_binary = Some(Box::new(f));
+        self
+    }
+}
+
+impl App for Router {
+    fn on_open(&mut self, ctx: &mut Context<'_, '_>) {
+        if let Some(f) = &mut self.on_open {
+            f(ctx);
+        }
+    }
+
+    fn on_message(&mut self, ctx: &mut Context<'_, '_>, message: Message) {
+        let text = match &message {
+            Message::Binary(b) => {
+                if let Some(f) = &mut self.on_binary {
+                    f(ctx, b);
+                    return;
+                }
+                None
+            }
+            m => m.as_text(),
+        };
+        let Some(text) = text else {
+            let _ = ctx.fail(ErrorKind::InvalidFormat, ErrorKind::InvalidFormat.message());
+            return;
+        };
+        let raw: RawEnvelope<'_> = match serde_json::from_str(text) {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = ctx.fail(ErrorKind::InvalidFormat, ErrorKind::InvalidFormat.message());
+                return;
+            }
+        };
+        ctx.set_message_id(raw.id);
+        let kind = match raw.kind {
+            Some(k) if !k.is_empty() => k,
+            _ => {
+                let _ = ctx.fail(ErrorKind::MissingType, ErrorKind::MissingType.message());
+                return;
+            }
+        };
+        let env = Envelope {
+            text,
+            kind,
+            id: raw.id,
+            data: raw.data,
+        };
+        Next {
+            rest: &mut self.middleware,
+            routes: &mut self.routes,
+        }
+        .run(ctx, &env);
+    }
+
+    fn on_close(&mut self, ctx: &mut Context<'_, '_>, code: CloseCode, reason: &str) {
+        if let Some(f) = &mut self.on_close {
+            f(ctx, code, reason);
+        }
+    }
+}
