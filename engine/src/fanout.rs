@@ -306,3 +306,81 @@ mod tests {
         assert_eq!(r.list(), vec![("chat".to_string(), 2)]);
     }
 }
+
+/// Internals exposed for the criterion benches only; not part of the API.
+#[doc(hidden)]
+pub mod bench_support {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Pushes `n` publishes of `payload` from a producer (this thread, optionally pinned to
+    /// `cores.0`) to a consumer thread (pinned to `cores.1`) through one core-to-core lane of
+    /// `capacity`, spilling and flushing like a core does; returns the time until the consumer
+    /// has taken the last one, and the number of spills.
+    pub fn lane_transfer(
+        n: usize,
+        capacity: usize,
+        payload: &[u8],
+        cores: Option<(usize, usize)>,
+    ) -> (Duration, u64) {
+        let inboxes: Arc<[Arc<Inbox>]> =
+            (0..2).map(|_| Arc::new(Inbox::new(2, capacity))).collect();
+        let consumer_inboxes = inboxes.clone();
+        let ids = core_affinity::get_core_ids().unwrap_or_default();
+        let pin = |c: usize| {
+            if let Some(id) = ids.iter().find(|i| i.id == c) {
+                core_affinity::set_for_current(*id);
+            }
+        };
+        let consumer_core = cores.map(|c| c.1);
+        let ids2 = ids.clone();
+        let consumer = std::thread::spawn(move || {
+            if let Some(c) = consumer_core {
+                if let Some(id) = ids2.iter().find(|i| i.id == c) {
+                    core_affinity::set_for_current(*id);
+                }
+            }
+            let lane = &consumer_inboxes[1].from_core[0];
+            let mut got = 0usize;
+            let mut bytes = 0usize;
+            while got < n {
+                match lane.pop() {
+                    Some(p) => {
+                        got += 1;
+                        bytes += p.payload().len();
+                    }
+                    None => std::hint::spin_loop(),
+                }
+            }
+            bytes
+        });
+        if let Some((c, _)) = cores {
+            pin(c);
+        }
+        let mut out = Outbox::new(2);
+        let mut spills = 0;
+        let start = Instant::now();
+        for _ in 0..n {
+            let p = Arc::new(Publish::new(
+                Target::All,
+                payload,
+                false,
+                PublishOptions::default(),
+            ));
+            if out.push(1, &inboxes[1].from_core[0], p) {
+                spills += 1;
+            }
+            if out.len() > 0 {
+                out.flush(0, &inboxes);
+            }
+        }
+        while out.len() > 0 {
+            out.flush(0, &inboxes);
+            std::hint::spin_loop();
+        }
+        let bytes = consumer.join().expect("consumer");
+        let took = start.elapsed();
+        assert_eq!(bytes, n * payload.len());
+        (took, spills)
+    }
+}
