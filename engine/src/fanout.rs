@@ -1,6 +1,6 @@
 //! Topics and cross-core fan-out.
 //!
-//! A publish is encoded once into a [`Publish`] (header and payload in one `Bytes`) and shared
+//! A publish is encoded once into a `Publish` (header and payload in one `Bytes`) and shared
 //! by refcount with every core that has subscribers to its topic (a bit in the topic's core
 //! mask) and every recipient there. Cores hand publishes to each other through lanes: one
 //! bounded lock-free ring per (producer core, consumer core) pair, plus one unbounded lock-free

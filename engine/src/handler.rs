@@ -116,7 +116,7 @@ impl std::fmt::Debug for Socket<'_, '_> {
 
 impl Socket<'_, '_> {
     /// This connection's engine-wide id (usable from any thread through
-    /// [`crate::EngineHandle::send`]).
+    /// [`crate::EngineHandle::send_text`]).
     pub fn id(&self) -> ConnectionId {
         ConnectionId::new(self.state.core_index, self.id)
     }
