@@ -600,6 +600,9 @@ impl CoreState {
             SlowConsumerPolicy::DropNewest => inc(&self.m().slow_consumer_drops),
             SlowConsumerPolicy::Close => {
                 inc(&self.m().slow_consumer_closes);
+                // The client is not reading: what is queued would delay the close for as long
+                // as it takes to drain, so it is dropped and the close goes next.
+                io.discard_unsent(id);
                 self.start_close(io, id, CLOSE_SLOW_CONSUMER, "slow consumer");
             }
         }
@@ -625,7 +628,8 @@ impl CoreState {
         conn.phase = Phase::Closing;
         conn.deadline = deadline;
         conn.set_close(code, reason);
-        io.send_urgent(id, close_frame(code, reason));
+        // After the data already queued: no data frame may follow a close (RFC 6455 §5.5.1).
+        io.send(id, close_frame(code, reason));
     }
 
     /// Fails the connection for a protocol error: close frame with the error's code, then the
@@ -648,7 +652,8 @@ impl CoreState {
             }
             conn.rbuf = BytesMut::new();
             if !already_sent {
-                io.send_urgent(id, close_frame(code, &err.to_string()));
+                // After the echoes already queued: no data frame may follow a close.
+                io.send(id, close_frame(code, &err.to_string()));
             }
         }
         io.close(id);
@@ -970,7 +975,9 @@ impl<H: Handler> WsService<H> {
                             None => Bytes::from_static(&[0x88, 0x00]),
                         };
                         conn.set_close(code, &reason);
-                        io.send_urgent(id, reply);
+                        // After the data already queued (RFC 6455 §5.5.1 allows finishing it;
+                        // no data frame may follow our close).
+                        io.send(id, reply);
                     }
                     conn.phase = Phase::Finishing;
                     conn.deadline = now + close_ticks;
@@ -1031,8 +1038,10 @@ impl<H: Handler> WsService<H> {
             }
             if let (Some(code), Some(conn)) = (code, st.conn_mut(id)) {
                 conn.close_code = code.0;
-                // Best effort: tell the client why, then drop it without waiting.
-                io.send_urgent(id, close_frame(code, ""));
+                // Best effort: tell the client why (nothing queued may follow the close), then
+                // drop it without waiting.
+                io.discard_unsent(id);
+                io.send(id, close_frame(code, ""));
                 io.close(id);
             } else {
                 io.abort(id);

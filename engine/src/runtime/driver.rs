@@ -940,6 +940,14 @@ impl Io<'_> {
         self.core.send(id, data, true)
     }
 
+    /// Drops the output queued for `id` that has not been handed to the kernel yet (what is in
+    /// flight completes). For a close that must go out now: discard, then `send`.
+    pub fn discard_unsent(&mut self, id: ConnId) {
+        if let Some(c) = self.core.conn_mut(id) {
+            c.drop_unsent();
+        }
+    }
+
     /// Bytes queued or in flight for `id` (0 if dead).
     #[inline]
     pub fn queued_bytes(&self, id: ConnId) -> usize {
