@@ -43,7 +43,7 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
 #[inline]
 pub fn apply_mask_bytewise(buf: &mut [u8], key: [u8; 4], offset: usize) {
     for (i, b) in buf.iter_mut().enumerate() {
-        *b ^= key[(i + offset) & 3];
+        *b ^= key[i.wrapping_add(offset) & 3];
     }
 }
 
