@@ -3,7 +3,7 @@
 # and three real clients: Python websockets, Node ws 8, headless Chromium (tests/clients/run.sh).
 # Exits non-zero when either fails. Extra arguments go to tests/autobahn/run.sh (e.g. --full).
 #
-# Needs: cargo, python3, node + npm, curl, Debian's chromium (apt-get install -y chromium).
+# Needs: cargo, python3, node + npm, Debian's chromium (apt-get install -y chromium).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

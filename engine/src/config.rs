@@ -112,7 +112,7 @@ impl Default for Config {
             max_request_len: edge_ws_protocol::handshake::MAX_REQUEST_LEN,
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
-            max_fragments: 4096,
+            max_fragments: 65_536,
             subprotocols: Vec::new(),
             deflate: None,
             heartbeat_interval: Some(Duration::from_secs(30)),

@@ -148,14 +148,16 @@ def main():
         out = {
             "_comment": "Verdict of every Autobahn case for edge-ws (tests/autobahn/run.sh). "
                         "gate.py fails a case whose verdict is worse than recorded here. "
-                        "Regenerate after a full run: tests/autobahn/run.sh --full --update.",
+                        "Regenerate from a whole-suite run: tests/autobahn/run.sh --update.",
         }
         merged = dict(expected)  # cases outside this run's selection keep their entry
         for cid, c in cases.items():
             merged[cid] = {"behavior": c["behavior"], "behaviorClose": c["behaviorClose"]}
         for cid in sorted(merged, key=case_key):
             out[cid] = merged[cid]
-        EXPECTED.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+        # One case per line: reviewable diffs.
+        body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in out.items())
+        EXPECTED.write_text("{\n" + body + "\n}\n")
         print(f"gate: wrote {EXPECTED} ({len(merged)} cases, {len(cases)} from this run)")
     return 1 if failed else 0
 

@@ -3,14 +3,14 @@
 # (tests/autobahn/server.toml), runs the Autobahn|Testsuite cases against it with kosoku
 # (Autobahn's own case files on Python 3), and gates on the report with gate.py.
 #
-#   tests/autobahn/run.sh            CI selection (see CI_EXCLUDE below)
-#   tests/autobahn/run.sh --full     all 517 cases
-#   tests/autobahn/run.sh --full --update   ... and rewrite expected-results.json
+#   tests/autobahn/run.sh            all 517 cases (what CI runs; about 5.5 minutes on 2 cores)
+#   tests/autobahn/run.sh --update   ... and rewrite expected-results.json from the run
+#   tests/autobahn/run.sh --quick    without the larger 12.x/13.x sizes (361 cases, ~25 s; see QUICK_EXCLUDE)
 #   tests/autobahn/run.sh -i '7.*'   only these cases (kosoku globs, repeatable; also -x)
 #
 # Environment: EDGE_WS_BIN (use this binary instead of building target/release/edge-ws),
 # JOBS (cargo -j, default 2), PARALLELISM (kosoku -p, default 2), REPORT_DIR (default
-# tests/autobahn/reports). Needs python3 (venv, pip: kosoku==0.1.0) and curl.
+# tests/autobahn/reports). Needs python3 (venv, pip: kosoku==0.1.0).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -22,39 +22,35 @@ REPORT_DIR="${REPORT_DIR:-$HERE/reports}"
 VENV="$HERE/.venv"
 KOSOKU_VERSION="0.1.0"
 
-# CI runs the whole suite except the larger message sizes of the permessage-deflate cases:
-# 12.X.Y / 13.X.Y with Y >= 6 send 1000 messages of 8-128 KiB each (some auto-fragmented into
-# 256-byte frames), which on two shared cores takes far longer than the rest of the suite together.
+# --quick leaves out the larger message sizes of the permessage-deflate cases: 12.X.Y / 13.X.Y
+# with Y >= 6 send 1000 messages of 8-128 KiB each (some auto-fragmented into 256-byte frames).
 # Y 1-5 (16 B to 4 KiB, 1000 messages each) still covers every offer/parameter combination.
-CI_EXCLUDE=()
+QUICK_EXCLUDE=()
 for x in 1 2 3 4 5; do
-  for y in $(seq 6 18); do CI_EXCLUDE+=("12.$x.$y"); done
+  for y in $(seq 6 18); do QUICK_EXCLUDE+=("12.$x.$y"); done
 done
 for x in 1 2 3 4 5 6 7; do
-  for y in $(seq 6 18); do CI_EXCLUDE+=("13.$x.$y"); done
+  for y in $(seq 6 18); do QUICK_EXCLUDE+=("13.$x.$y"); done
 done
 
-full=0
+quick=0
 update=0
 include=()
 exclude=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --full) full=1 ;;
+    --full) ;;  # the default; kept for clarity in scripts
+    --quick) quick=1 ;;
     --update) update=1 ;;
     -i|--include) include+=("$2"); shift ;;
     -x|--exclude) exclude+=("$2"); shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
-if [ "$full" = 0 ] && [ ${#include[@]} -eq 0 ] && [ ${#exclude[@]} -eq 0 ]; then
-  exclude=("${CI_EXCLUDE[@]}")
-fi
-if [ "$update" = 1 ] && [ "$full" = 0 ]; then
-  echo "run.sh: --update only with --full (expected-results.json records every case)" >&2
-  exit 2
+if [ "$quick" = 1 ]; then
+  exclude+=("${QUICK_EXCLUDE[@]}")
 fi
 
 t0=$SECONDS
@@ -83,7 +79,8 @@ fi
 echo "autobahn: kosoku $KOSOKU_VERSION against edge-ws on $ADDR ($sel), reports in $REPORT_DIR"
 t1=$SECONDS
 # kosoku exits 1 on any non-OK case (INFORMATIONAL and NON-STRICT included): gate on the report.
-"$VENV/bin/kosoku" "${args[@]}" >"$REPORT_DIR/kosoku.log" 2>&1 || true
+# kosoku_shim.py is kosoku with one runner bug in the 12.x/13.x cases worked around (see there).
+"$VENV/bin/python" "$HERE/kosoku_shim.py" "${args[@]}" >"$REPORT_DIR/kosoku.log" 2>&1 || true
 echo "autobahn: suite ran in $((SECONDS - t1))s"
 if [ ! -s "$REPORT_DIR/index.json" ]; then
   echo "autobahn: kosoku wrote no index.json:" >&2

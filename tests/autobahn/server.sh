@@ -4,6 +4,7 @@
 #
 #   start_edge_ws LOGFILE     sets ADDR (127.0.0.1:PORT) and SERVER_PID
 #   server_alive              true while the server runs
+#   health                    true when GET /health answers 200
 
 start_edge_ws() {
   local log="$1" root here bin port
@@ -23,7 +24,7 @@ start_edge_ws() {
   trap 'exit 130' INT TERM
   local _
   for _ in $(seq 100); do
-    curl -fsS "http://$ADDR/health" >/dev/null 2>&1 && return 0
+    health && return 0
     if ! server_alive; then
       echo "edge-ws exited at start:" >&2
       cat "$log" >&2
@@ -33,6 +34,11 @@ start_edge_ws() {
   done
   echo "edge-ws not ready on $ADDR after 10s" >&2
   return 1
+}
+
+health() {
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1).read()' \
+    "http://$ADDR/health" >/dev/null 2>&1
 }
 
 server_alive() {

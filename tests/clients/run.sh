@@ -9,7 +9,7 @@
 #
 # Environment: EDGE_WS_BIN (use this binary instead of building target/release/edge-ws),
 # CHROMIUM (browser path, default /usr/bin/chromium), JOBS (cargo -j, default 2).
-# Needs python3, node + npm, curl, and Debian's chromium (apt-get install -y chromium).
+# Needs python3, node + npm, and Debian's chromium (apt-get install -y chromium).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"

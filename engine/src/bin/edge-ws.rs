@@ -75,6 +75,7 @@ struct LimitsSection {
     max_connections: Option<usize>,
     max_message_size: Option<usize>,
     max_frame_size: Option<usize>,
+    max_fragments: Option<usize>,
     write_buffer_limit: Option<usize>,
     /// "close" or "drop".
     slow_consumer: Option<String>,
@@ -141,6 +142,7 @@ fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
     c.max_connections = l.max_connections.unwrap_or(c.max_connections);
     c.max_message_size = l.max_message_size.unwrap_or(c.max_message_size);
     c.max_frame_size = l.max_frame_size.unwrap_or(c.max_frame_size);
+    c.max_fragments = l.max_fragments.unwrap_or(c.max_fragments);
     c.write_buffer_limit = l.write_buffer_limit.unwrap_or(c.write_buffer_limit);
     if let Some(p) = l.slow_consumer {
         c.slow_consumer = match p.as_str() {
