@@ -168,7 +168,7 @@ fn worker(cfg: &Config, idx: usize, n: usize, start: &Start, setup_deadline: Ins
     } else {
         OpCode::Binary
     };
-    let payload = ws::payload(cfg.size);
+    let payload = cfg.payload.clone().unwrap_or_else(|| ws::payload(cfg.size));
     let frame = if cfg.raw {
         payload.clone()
     } else {

@@ -97,6 +97,9 @@ pub struct Config {
     pub src_ips: u32,
     /// Broadcast: a publish not delivered to every subscriber within this is given up on.
     pub stall_timeout: Duration,
+    /// Echo: send exactly these bytes as every message (overrides `size`), e.g. a JSON
+    /// envelope for a server that routes messages.
+    pub payload: Option<Vec<u8>>,
 }
 
 impl Default for Config {
@@ -126,6 +129,7 @@ impl Default for Config {
             rate: 0.0,
             src_ips: 0,
             stall_timeout: Duration::from_secs(10),
+            payload: None,
         }
     }
 }
@@ -151,6 +155,7 @@ wsload MODE [options]            MODE: echo | broadcast | idle | churn
   --sub-path P / --pub-path P   broadcast paths                  [/sub, /pub]
   --rate R               broadcast publishes/s (0 = as fast as --depth allows) [0]
   --stall-timeout D      broadcast: give up on an undelivered publish after D [10s]
+  --payload TEXT         echo: send exactly TEXT as every message (sets --size)
   --src-ips N            spread connections over 127.0.0.1..N (0 = auto) [0]
   --server-pid PID       read server CPU (/proc/PID/task/*/schedstat) and VmRSS
   --label NAME           server label in the JSON line
@@ -214,6 +219,7 @@ pub fn parse_args(mut a: Args) -> Result<Config, String> {
                 "pub-path" => c.pub_path = a.value()?,
                 "rate" => c.rate = a.parse()?,
                 "stall-timeout" => c.stall_timeout = a.duration()?,
+                "payload" => c.payload = Some(a.value()?.into_bytes()),
                 "src-ips" => c.src_ips = a.parse()?,
                 "server-pid" => c.server_pid = Some(a.parse()?),
                 "label" => c.label = a.value()?,
@@ -224,6 +230,12 @@ pub fn parse_args(mut a: Args) -> Result<Config, String> {
         }
     }
     c.mode = mode.ok_or("missing MODE (echo | broadcast | idle | churn)")?;
+    if let Some(p) = &c.payload {
+        if c.mode != Mode::Echo {
+            return Err("--payload is for echo mode".into());
+        }
+        c.size = p.len();
+    }
     if c.conns == 0 && c.mode != Mode::Churn {
         return Err("--conns must be at least 1".into());
     }

@@ -290,7 +290,10 @@ impl ApiKeyAuth {
         })
     }
 
-    pub(crate) fn authenticate(&self, req: &UpgradeRequest<'_>) -> Result<UserContext, AuthRejection> {
+    pub(crate) fn authenticate(
+        &self,
+        req: &UpgradeRequest<'_>,
+    ) -> Result<UserContext, AuthRejection> {
         match req.request.header(&self.header) {
             Some(key) if !key.is_empty() => (self.check)(key, req),
             _ => Err(AuthRejection::of(RejectReason::MissingCredentials)),

@@ -121,7 +121,10 @@ pub(crate) struct Stats {
 impl Stats {
     pub(crate) fn new() -> Stats {
         Stats {
-            rejected: RejectReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            rejected: RejectReason::ALL
+                .iter()
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             errors: ErrorKind::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),

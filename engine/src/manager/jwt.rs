@@ -396,18 +396,42 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
-        let j = JwtAuth::hs256("k").issuer("i").audience("a").leeway(Duration::ZERO);
+        let j = JwtAuth::hs256("k")
+            .issuer("i")
+            .audience("a")
+            .leeway(Duration::ZERO);
         let now = UNIX_EPOCH + Duration::from_secs(1000);
         let ok = j.sign(r#"{"sub":"u","exp":2000,"nbf":500,"iss":"i","aud":["x","a"]}"#);
         assert_eq!(j.verify_at(&ok, now).unwrap()["sub"], "u");
         let cases = [
-            (r#"{"sub":"u","exp":1000,"iss":"i","aud":"a"}"#, RejectReason::Expired),
-            (r#"{"sub":"u","exp":2000,"nbf":1001,"iss":"i","aud":"a"}"#, RejectReason::NotYetValid),
-            (r#"{"sub":"u","exp":2000,"iss":"j","aud":"a"}"#, RejectReason::WrongIssuer),
-            (r#"{"sub":"u","exp":2000,"aud":"a"}"#, RejectReason::WrongIssuer),
-            (r#"{"sub":"u","exp":2000,"iss":"i","aud":"b"}"#, RejectReason::WrongAudience),
-            (r#"{"sub":"u","iss":"i","aud":"a"}"#, RejectReason::MissingClaim),
-            (r#"{"sub":"u","exp":"soon","iss":"i","aud":"a"}"#, RejectReason::MissingClaim),
+            (
+                r#"{"sub":"u","exp":1000,"iss":"i","aud":"a"}"#,
+                RejectReason::Expired,
+            ),
+            (
+                r#"{"sub":"u","exp":2000,"nbf":1001,"iss":"i","aud":"a"}"#,
+                RejectReason::NotYetValid,
+            ),
+            (
+                r#"{"sub":"u","exp":2000,"iss":"j","aud":"a"}"#,
+                RejectReason::WrongIssuer,
+            ),
+            (
+                r#"{"sub":"u","exp":2000,"aud":"a"}"#,
+                RejectReason::WrongIssuer,
+            ),
+            (
+                r#"{"sub":"u","exp":2000,"iss":"i","aud":"b"}"#,
+                RejectReason::WrongAudience,
+            ),
+            (
+                r#"{"sub":"u","iss":"i","aud":"a"}"#,
+                RejectReason::MissingClaim,
+            ),
+            (
+                r#"{"sub":"u","exp":"soon","iss":"i","aud":"a"}"#,
+                RejectReason::MissingClaim,
+            ),
             (r#"[1]"#, RejectReason::MalformedToken),
         ];
         for (claims, want) in cases {

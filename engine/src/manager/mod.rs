@@ -1,1 +1,740 @@
-//! The connection manager: authentication, limits, middleware, JSON routing, rate limits.
+//! The connection manager: authentication, limits, middleware, JSON routing, rate limits,
+//! per-user lookups and bulk actions, on top of the engine's [`Handler`].
+//!
+//! A [`Manager`] is the shared half (`Send + Sync + Clone`): settings, the limit counters, the
+//! user → sockets index, statistics, event listeners and the [`EngineHandle`]. Each core runs
+//! a [`ManagerHandler`] (the engine's [`Handler`]) wrapping that core's [`App`], usually a
+//! [`Router`]:
+//!
+//! ```no_run
+//! use edge_ws::manager::{Auth, JwtAuth, Manager, RateLimit, Router, TokenSource};
+//! use edge_ws::Engine;
+//!
+//! let manager = Manager::builder()
+//!     .auth(Auth::jwt(JwtAuth::hs256(b"secret").sources([
+//!         TokenSource::BearerHeader,
+//!         TokenSource::Query("token".into()),
+//!     ])))
+//!     .max_connections(100_000)
+//!     .max_connections_per_user(5)
+//!     .max_connections_per_ip(100)
+//!     .rate_limit(RateLimit::new().messages(50.0, 100))
+//!     .build();
+//! let engine = manager
+//!     .start(Engine::builder().bind("127.0.0.1:9001".parse().unwrap()), |_core| {
+//!         Router::new().route("echo", |ctx, msg| {
+//!             ctx.reply_raw("echo", msg.data_raw())?;
+//!             Ok(())
+//!         })
+//!     })
+//!     .expect("engine starts");
+//! println!("alice's sockets: {:?}", manager.user_sockets("alice"));
+//! engine.join().unwrap();
+//! ```
+//!
+//! # Where the costs are
+//!
+//! * **Upgrade** (once per connection): the global limit is a compare-and-increment on one
+//!   atomic; the per-address and per-user limits each lock one shard of a 32-way sharded map
+//!   for a few hundred nanoseconds; JWT verification is one HMAC. Whatever was reserved lives
+//!   in a guard in the socket's data slot and is released when the engine drops the
+//!   connection — including a deferred upgrade whose decision arrives after the client left or
+//!   timed out (the engine drops the decision, and the guard with it).
+//! * **Message**: no lock. A downcast of the data slot, an index into the core's own table, a
+//!   clock read and the connection's token buckets (plain integers); the per-user buckets are
+//!   one atomic compare-and-swap each (shared by the user's connections on every core); then
+//!   the JSON parse (`type` borrowed, `id`/`data` kept raw) and a hash lookup of the route.
+//! * **Close**: the same shard locks as the upgrade, to give the reservations back.
+//!
+//! Async validators run with `tokio::task::spawn_local` on the connection's core and answer
+//! through [`EngineHandle::resolve_upgrade`]; [`Manager::start`] attaches the handle (with a
+//! hand-built engine, call [`Manager::attach`]).
+
+mod auth;
+mod events;
+mod json;
+mod jwt;
+mod limits;
+mod rate;
+mod router;
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use edge_ws_protocol::{CloseCode, Message};
+
+pub use self::auth::{
+    ApiKeyAuth, Auth, AuthRejection, HandshakeInfo, RejectReason, UserContext, Validator,
+    ValidatorFuture,
+};
+pub use self::events::{ErrorKind, Event, ManagerStats};
+pub use self::jwt::{Algorithm, JwtAuth, TokenSource, MAX_TOKEN_LEN};
+pub use self::rate::{AbusePolicy, RateLimit};
+pub use self::router::{App, Context, Envelope, Middleware, Next, ReplyError, RouteError, Router};
+
+use self::events::Stats;
+use self::limits::{Reservation, Sharded, UserEntry};
+use self::rate::{LocalBuckets, SharedBuckets};
+use crate::fanout::Filter;
+use crate::{
+    ConnectionId, Engine, EngineBuilder, EngineError, EngineHandle, Handler, PublishOptions,
+    Rejection, Socket, Upgrade, UpgradeRequest,
+};
+
+/// 4000: "try again" — the client should reconnect with a back-off (generic).
+pub const CLOSE_TRY_AGAIN: CloseCode = CloseCode(4000);
+/// 4029: closed for repeatedly exceeding the rate limit; reconnect after a back-off.
+pub const CLOSE_RATE_LIMITED: CloseCode = CloseCode(4029);
+/// 4401: the credentials expired; reconnect with fresh ones.
+pub const CLOSE_AUTH_EXPIRED: CloseCode = CloseCode(4401);
+/// 4500: policy violation; do not reconnect (generic).
+pub const CLOSE_POLICY: CloseCode = CloseCode(4500);
+/// 4503: the user was removed or banned; do not reconnect.
+pub const CLOSE_FORBIDDEN: CloseCode = CloseCode(4503);
+
+/// Whether a client should reconnect after close code `code`: `Some(true)` for 4000–4499,
+/// `Some(false)` for 4500–4999, `None` outside the application range (see docs/PROTOCOL.md).
+pub fn should_reconnect(code: CloseCode) -> Option<bool> {
+    match code.0 {
+        4000..=4499 => Some(true),
+        4500..=4999 => Some(false),
+        _ => None,
+    }
+}
+
+/// Default largest message the manager passes on.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
+
+/// Default time an async validator has to answer.
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Settings {
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_per_ip: Option<u32>,
+    pub(crate) max_per_user: Option<u32>,
+    auth_timeout: Duration,
+    max_message_size: usize,
+    rate: Option<RateLimit>,
+    user_rate: Option<RateLimit>,
+    abuse: Option<AbusePolicy>,
+}
+
+type Listener = Arc<dyn Fn(&Event<'_>) + Send + Sync>;
+
+/// The state every core and every [`Manager`] clone share.
+pub(crate) struct Inner {
+    pub(crate) settings: Settings,
+    auth: Auth,
+    /// Reservations: upgrades admitted or being authenticated, plus open connections.
+    pub(crate) total: AtomicUsize,
+    /// Open connections.
+    pub(crate) active: AtomicUsize,
+    pub(crate) ips: Sharded<std::net::IpAddr, u32>,
+    pub(crate) users: Sharded<Arc<str>, UserEntry>,
+    pub(crate) stats: Stats,
+    listeners: Vec<Listener>,
+    engine: OnceLock<EngineHandle>,
+    epoch: Instant,
+}
+
+impl Inner {
+    pub(crate) fn has_listeners(&self) -> bool {
+        !self.listeners.is_empty()
+    }
+
+    pub(crate) fn emit(&self, e: &Event<'_>) {
+        for l in &self.listeners {
+            l(e);
+        }
+    }
+
+    /// The rate limiters' clock, in nanoseconds: `CLOCK_MONOTONIC_COARSE` (the same on every
+    /// core; a few nanoseconds to read where `Instant::now` costs tens; its resolution of one
+    /// kernel tick, 1–4 ms, is fine for buckets refilled over seconds).
+    fn now(&self) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec we pass, which lives on our stack.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        if rc == 0 {
+            (ts.tv_sec as u64)
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(ts.tv_nsec as u64)
+        } else {
+            self.epoch.elapsed().as_nanos() as u64
+        }
+    }
+
+    /// Counts a refusal, tells the listeners, and builds the engine's answer.
+    fn refuse(&self, id: ConnectionId, peer: SocketAddr, rej: AuthRejection) -> Rejection {
+        self.stats.reject(rej.reason);
+        if self.has_listeners() {
+            self.emit(&Event::Rejected {
+                id,
+                peer,
+                reason: rej.reason,
+                status: rej.status,
+            });
+        }
+        Rejection::new(rej.status, rej.message)
+    }
+
+    /// The slot of an admitted connection, after reserving its user's share.
+    fn slot(&self, mut res: Reservation, user: Option<UserContext>) -> Result<Slot, AuthRejection> {
+        let (user, buckets) = match user {
+            None => (None, None),
+            Some(u) => {
+                let b = res.add_user(u.id_arc()).map_err(AuthRejection::of)?;
+                (Some(Arc::new(u)), Some(b))
+            }
+        };
+        Ok(Slot { user, buckets, res })
+    }
+
+    fn admit(self: &Arc<Self>, req: &UpgradeRequest<'_>) -> Upgrade {
+        let res = match Reservation::new(self, req.peer.ip()) {
+            Ok(r) => r,
+            Err(reason) => {
+                return Upgrade::Reject(self.refuse(req.id, req.peer, reason.into()));
+            }
+        };
+        let user = match &self.auth {
+            Auth::None => Ok(None),
+            Auth::Jwt(j) => j.authenticate(req.request).map(Some),
+            Auth::ApiKey(k) => k.authenticate(req).map(Some),
+            Auth::Validator(v) => {
+                self.defer(req, res, v);
+                return Upgrade::Defer;
+            }
+        };
+        match user.and_then(|u| self.slot(res, u)) {
+            Ok(slot) => Upgrade::Accept(Some(Box::new(slot))),
+            Err(rej) => Upgrade::Reject(self.refuse(req.id, req.peer, rej)),
+        }
+    }
+
+    /// Runs an async validator on this core and resolves the upgrade with its answer.
+    fn defer(self: &Arc<Self>, req: &UpgradeRequest<'_>, res: Reservation, v: &Validator) {
+        let (id, peer) = (req.id, req.peer);
+        let fut = (v.0)(HandshakeInfo {
+            id,
+            peer,
+            request: req.request.clone(),
+        });
+        let inner = self.clone();
+        tokio::task::spawn_local(async move {
+            let timeout = inner.settings.auth_timeout;
+            let outcome = match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(AuthRejection::of(RejectReason::AuthTimeout)),
+            };
+            // On any refusal `res` is dropped here and its reservations released. On success
+            // it travels in the decision: if the engine finds the connection gone (client left,
+            // handshake timeout) it drops the decision, which releases it just the same.
+            let decision = match outcome.and_then(|u| inner.slot(res, Some(u))) {
+                Ok(slot) => Ok(Some(Box::new(slot) as Box<dyn Any + Send>)),
+                Err(rej) => Err(inner.refuse(id, peer, rej)),
+            };
+            // `Manager::start` attaches the handle right after the cores start; a validator
+            // can only finish before that in a race at startup.
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                if let Some(h) = inner.engine.get() {
+                    h.resolve_upgrade(id, decision);
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return; // never attached: the engine's handshake timeout ends it
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+    }
+}
+
+/// What the manager keeps in each socket's data slot: its reservation (released when the
+/// engine drops the slot) and its user (read by fan-out filters on any core). The message path
+/// does not touch it: it reads the core's own table, indexed like the engine's.
+pub(crate) struct Slot {
+    pub(crate) user: Option<Arc<UserContext>>,
+    buckets: Option<Arc<SharedBuckets>>,
+    res: Reservation,
+}
+
+// Deferred decisions cross threads in `EngineHandle::resolve_upgrade`.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Slot>();
+};
+
+/// A connection's per-core state.
+pub(crate) struct ConnEntry {
+    pub(crate) user: Option<Arc<UserContext>>,
+    shared: Option<Arc<SharedBuckets>>,
+    buckets: LocalBuckets,
+    pub(crate) app: Option<Box<dyn Any>>,
+}
+
+/// Reused buffers: the current message's id, the reply being built, serializer output.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub(crate) id: String,
+    pub(crate) has_id: bool,
+    pub(crate) out: String,
+    pub(crate) ser: Vec<u8>,
+}
+
+impl Scratch {
+    /// Starts an envelope in `out`: `{"type":kind` and, for answers, the current id.
+    pub(crate) fn head(&mut self, kind: &str, with_id: bool) {
+        self.out.clear();
+        self.out.push_str(r#"{"type":"#);
+        json::push_str(&mut self.out, kind);
+        if with_id && self.has_id {
+            self.out.push_str(r#","id":"#);
+            self.out.push_str(&self.id);
+        }
+    }
+}
+
+/// Wraps a filter over users into the engine's fan-out filter.
+pub(crate) fn user_filter<F>(f: F) -> Filter
+where
+    F: Fn(ConnectionId, Option<&UserContext>) -> bool + Send + Sync + 'static,
+{
+    Arc::new(move |id, data: Option<&dyn Any>| {
+        let user = data
+            .and_then(|d| d.downcast_ref::<Slot>())
+            .and_then(|s| s.user.as_deref());
+        f(id, user)
+    })
+}
+
+/// The shared half of the manager (`Send + Sync`, cheap to clone).
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("auth", &self.inner.auth)
+            .field("active", &self.active_connections())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// A builder with no authentication and no limits.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// The handler for one core, wrapping that core's `app` (call it in the engine factory).
+    pub fn handler<A: App>(&self, app: A) -> ManagerHandler<A> {
+        ManagerHandler {
+            manager: self.clone(),
+            app,
+            conns: Vec::new(),
+            open: 0,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Starts an engine whose cores run `factory(core)` behind this manager, and attaches its
+    /// handle.
+    pub fn start<A, F>(&self, builder: EngineBuilder, factory: F) -> Result<Engine, EngineError>
+    where
+        A: App,
+        F: Fn(usize) -> A + Send + Sync + 'static,
+    {
+        let m = self.clone();
+        let engine = builder.build(move |core| m.handler(factory(core)))?;
+        self.attach(engine.handle());
+        Ok(engine)
+    }
+
+    /// Attaches the engine's handle (needed by async validators and the bulk actions);
+    /// `false` if one was already attached.
+    pub fn attach(&self, handle: EngineHandle) -> bool {
+        self.inner.engine.set(handle).is_ok()
+    }
+
+    /// The attached engine handle.
+    pub fn engine(&self) -> Option<&EngineHandle> {
+        self.inner.engine.get()
+    }
+
+    /// Open connections, over all cores.
+    pub fn active_connections(&self) -> usize {
+        self.inner.active.load(Ordering::Relaxed)
+    }
+
+    /// The open connections of `user_id`, on every core.
+    pub fn user_sockets(&self, user_id: &str) -> Vec<ConnectionId> {
+        self.inner
+            .users
+            .lock(user_id)
+            .get(user_id)
+            .map(|e| e.sockets.clone())
+            .unwrap_or_default()
+    }
+
+    /// Users with at least one open connection.
+    pub fn users_online(&self) -> usize {
+        let mut n = 0;
+        self.inner
+            .users
+            .for_each_shard(|m| n += m.values().filter(|e| !e.sockets.is_empty()).count());
+        n
+    }
+
+    /// Sends `text` to every open connection of `user_id`; returns how many.
+    pub fn send_to_user(&self, user_id: &str, text: &str) -> usize {
+        let Some(h) = self.engine() else { return 0 };
+        let ids = self.user_sockets(user_id);
+        ids.iter().filter(|&&id| h.send_text(id, text)).count()
+    }
+
+    /// Closes every open connection of `user_id`; returns how many.
+    pub fn close_user(&self, user_id: &str, code: CloseCode, reason: &str) -> usize {
+        let Some(h) = self.engine() else { return 0 };
+        let ids = self.user_sockets(user_id);
+        ids.iter().filter(|&&id| h.close(id, code, reason)).count()
+    }
+
+    /// Sends `text` to every open connection, on every core, whose user passes `filter`
+    /// (evaluated on each recipient's core; the user is `None` without authentication).
+    /// `false` if no engine is attached.
+    pub fn broadcast<F>(&self, text: &str, filter: F) -> bool
+    where
+        F: Fn(ConnectionId, Option<&UserContext>) -> bool + Send + Sync + 'static,
+    {
+        let Some(h) = self.engine() else { return false };
+        let opts = PublishOptions {
+            exclude: None,
+            filter: Some(user_filter(filter)),
+        };
+        h.broadcast_all(text.as_bytes(), true, opts);
+        true
+    }
+
+    /// Sends `text` to every open connection.
+    pub fn broadcast_all(&self, text: &str) -> bool {
+        let Some(h) = self.engine() else { return false };
+        h.broadcast_all(text.as_bytes(), true, PublishOptions::default());
+        true
+    }
+
+    /// Closes every connection with `code` and `reason`.
+    pub fn close_all(&self, code: CloseCode, reason: &str) -> bool {
+        let Some(h) = self.engine() else { return false };
+        h.close_all(code, reason);
+        true
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ManagerStats {
+        let i = &*self.inner;
+        let active = i.active.load(Ordering::Relaxed);
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        ManagerStats {
+            active,
+            pending: i.total.load(Ordering::Relaxed).saturating_sub(active),
+            opened: load(&i.stats.opened),
+            closed: load(&i.stats.closed),
+            rejections: RejectReason::ALL
+                .iter()
+                .map(|&r| (r, load(&i.stats.rejected[r.index()])))
+                .collect(),
+            errors: ErrorKind::ALL
+                .iter()
+                .map(|&k| (k, load(&i.stats.errors[k.index()])))
+                .collect(),
+            abuse_closes: load(&i.stats.abuse_closes),
+        }
+    }
+}
+
+/// Builds a [`Manager`].
+pub struct ManagerBuilder {
+    auth: Auth,
+    max_connections: Option<usize>,
+    max_per_ip: Option<u32>,
+    max_per_user: Option<u32>,
+    auth_timeout: Duration,
+    max_message_size: usize,
+    rate: Option<RateLimit>,
+    user_rate: Option<RateLimit>,
+    abuse: Option<AbusePolicy>,
+    listeners: Vec<Listener>,
+}
+
+impl std::fmt::Debug for ManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerBuilder")
+            .field("auth", &self.auth)
+            .field("max_connections", &self.max_connections)
+            .field("max_per_ip", &self.max_per_ip)
+            .field("max_per_user", &self.max_per_user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ManagerBuilder {
+    fn default() -> Self {
+        ManagerBuilder {
+            auth: Auth::None,
+            max_connections: None,
+            max_per_ip: None,
+            max_per_user: None,
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            rate: None,
+            user_rate: None,
+            abuse: None,
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl ManagerBuilder {
+    /// How connections authenticate (default: [`Auth::None`]).
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Most connections in total, over all cores (503 beyond). Upgrades being authenticated
+    /// count.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// Most connections per peer address (429 beyond).
+    pub fn max_connections_per_ip(mut self, n: u32) -> Self {
+        self.max_per_ip = Some(n);
+        self
+    }
+
+    /// Most connections per user (429 beyond).
+    pub fn max_connections_per_user(mut self, n: u32) -> Self {
+        self.max_per_user = Some(n);
+        self
+    }
+
+    /// Time an async validator has to answer (default 5 s; 503 beyond).
+    pub fn auth_timeout(mut self, t: Duration) -> Self {
+        self.auth_timeout = t;
+        self
+    }
+
+    /// Largest message passed to the application (default 64 KiB); larger ones are answered
+    /// with `Message too large` and the connection stays open. The engine's own
+    /// `max_message_size` (closing with 1009) should be at least this.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Each connection's rate limit.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate = limit.is_limited().then_some(limit);
+        self
+    }
+
+    /// Each user's rate limit, shared by the user's connections on every core.
+    pub fn user_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.user_rate = limit.is_limited().then_some(limit);
+        self
+    }
+
+    /// Closes connections that keep exceeding their rate limit.
+    pub fn abuse_policy(mut self, policy: AbusePolicy) -> Self {
+        self.abuse = Some(policy);
+        self
+    }
+
+    /// Calls `f` for every [`Event`], synchronously, on the core where it happens.
+    pub fn on_event<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Event<'_>) + Send + Sync + 'static,
+    {
+        self.listeners.push(Arc::new(f));
+        self
+    }
+
+    /// The manager.
+    pub fn build(self) -> Manager {
+        Manager {
+            inner: Arc::new(Inner {
+                settings: Settings {
+                    max_connections: self.max_connections,
+                    max_per_ip: self.max_per_ip,
+                    max_per_user: self.max_per_user,
+                    auth_timeout: self.auth_timeout,
+                    max_message_size: self.max_message_size,
+                    rate: self.rate,
+                    user_rate: self.user_rate,
+                    abuse: self.abuse,
+                },
+                auth: self.auth,
+                total: AtomicUsize::new(0),
+                active: AtomicUsize::new(0),
+                ips: Sharded::new(),
+                users: Sharded::new(),
+                stats: Stats::new(),
+                listeners: self.listeners,
+                engine: OnceLock::new(),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+}
+
+/// The engine [`Handler`] of one core: admission, limits and bookkeeping around `A`.
+pub struct ManagerHandler<A> {
+    manager: Manager,
+    app: A,
+    /// Per-connection state, at the connection's index in the engine's table (one indexed
+    /// load per message, no lookup through the socket's data slot).
+    conns: Vec<Option<ConnEntry>>,
+    open: usize,
+    scratch: Scratch,
+}
+
+impl<A> std::fmt::Debug for ManagerHandler<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerHandler")
+            .field("connections", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A> ManagerHandler<A> {
+    /// The application.
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
+    /// The manager.
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+}
+
+impl<A: App> Handler for ManagerHandler<A> {
+    fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Upgrade {
+        self.manager.inner.admit(request)
+    }
+
+    fn on_open(&mut self, socket: &mut Socket<'_, '_>) {
+        let id = socket.id();
+        let peer = socket.peer_addr();
+        let Some(slot) = socket.data_mut::<Slot>() else {
+            return; // not admitted by a manager: nothing to manage
+        };
+        slot.res.opened(id);
+        let entry = ConnEntry {
+            user: slot.user.clone(),
+            shared: slot.buckets.clone(),
+            buckets: LocalBuckets::default(),
+            app: None,
+        };
+        let key = socket.id.index();
+        if self.conns.len() <= key {
+            self.conns.resize_with(key + 1, || None);
+        }
+        self.open += 1;
+        let inner = &*self.manager.inner;
+        inner.stats.opened.fetch_add(1, Ordering::Relaxed);
+        let conn = self.conns[key].insert(entry);
+        if inner.has_listeners() {
+            inner.emit(&Event::Opened {
+                id,
+                peer,
+                user: conn.user.as_deref(),
+            });
+        }
+        let mut ctx = Context::new(socket, conn, &self.manager, &mut self.scratch);
+        self.app.on_open(&mut ctx);
+    }
+
+    fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
+        let ManagerHandler {
+            manager,
+            app,
+            conns,
+            scratch,
+            ..
+        } = self;
+        let Some(Some(conn)) = conns.get_mut(socket.id.index()) else {
+            return; // not admitted by a manager
+        };
+        let inner = &*manager.inner;
+        let s = &inner.settings;
+        let len = message.payload().len();
+        if len > s.max_message_size {
+            let mut ctx = Context::new(socket, conn, manager, scratch);
+            let _ = ctx.fail(ErrorKind::TooLarge, ErrorKind::TooLarge.message());
+            return;
+        }
+        let user_rate = s.user_rate.as_ref().filter(|_| conn.shared.is_some());
+        if s.rate.is_some() || user_rate.is_some() {
+            let now = inner.now();
+            let ok = rate::take(
+                now,
+                len as u64,
+                s.rate.as_ref(),
+                &mut conn.buckets,
+                user_rate,
+                conn.shared.as_deref(),
+            );
+            if !ok {
+                let close = s
+                    .abuse
+                    .as_ref()
+                    .filter(|p| rate::abused(now, &mut conn.buckets, p));
+                let mut ctx = Context::new(socket, conn, manager, scratch);
+                let _ = ctx.fail(ErrorKind::RateLimited, ErrorKind::RateLimited.message());
+                if let Some(p) = close {
+                    inner.stats.abuse_closes.fetch_add(1, Ordering::Relaxed);
+                    ctx.close(p.code, "rate limit exceeded");
+                }
+                return;
+            }
+        }
+        let mut ctx = Context::new(socket, conn, manager, scratch);
+        app.on_message(&mut ctx, message);
+    }
+
+    fn on_close(&mut self, socket: &mut Socket<'_, '_>, code: CloseCode, reason: &str) {
+        let Some(mut conn) = self.conns.get_mut(socket.id.index()).and_then(Option::take) else {
+            return;
+        };
+        self.open -= 1;
+        let id = socket.id();
+        {
+            let mut ctx = Context::new(socket, &mut conn, &self.manager, &mut self.scratch);
+            self.app.on_close(&mut ctx, code, reason);
+        }
+        let inner = &*self.manager.inner;
+        inner.stats.closed.fetch_add(1, Ordering::Relaxed);
+        if inner.has_listeners() {
+            inner.emit(&Event::Closed {
+                id,
+                user: conn.user.as_deref(),
+                code,
+                reason,
+            });
+        }
+        // The reservation is released when the engine drops the slot, right after this.
+    }
+}

@@ -281,12 +281,47 @@ mod tests {
         let shared = SharedBuckets::default();
         let mut b = LocalBuckets::default();
         let now = S;
-        assert!(take(now, 4, Some(&conn), &mut b, Some(&user), Some(&shared)));
-        assert!(take(now, 4, Some(&conn), &mut b, Some(&user), Some(&shared)));
+        assert!(take(
+            now,
+            4,
+            Some(&conn),
+            &mut b,
+            Some(&user),
+            Some(&shared)
+        ));
+        assert!(take(
+            now,
+            4,
+            Some(&conn),
+            &mut b,
+            Some(&user),
+            Some(&shared)
+        ));
         // Bytes refuse: the user's message token is refunded, the connection's not taken.
-        assert!(!take(now, 4, Some(&conn), &mut b, Some(&user), Some(&shared)));
-        assert!(take(now, 2, Some(&conn), &mut b, Some(&user), Some(&shared)));
-        assert!(!take(now, 1, Some(&conn), &mut b, Some(&user), Some(&shared)));
+        assert!(!take(
+            now,
+            4,
+            Some(&conn),
+            &mut b,
+            Some(&user),
+            Some(&shared)
+        ));
+        assert!(take(
+            now,
+            2,
+            Some(&conn),
+            &mut b,
+            Some(&user),
+            Some(&shared)
+        ));
+        assert!(!take(
+            now,
+            1,
+            Some(&conn),
+            &mut b,
+            Some(&user),
+            Some(&shared)
+        ));
     }
 
     #[test]

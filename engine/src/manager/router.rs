@@ -10,12 +10,12 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use edge_ws_protocol::{CloseCode, Message};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use super::auth::UserContext;
 use super::events::{ErrorKind, Event};
+use super::json;
 use super::{ConnEntry, Manager, Scratch};
 use crate::{ConnectionId, PublishOptions, SendError, Socket};
 
@@ -170,35 +170,36 @@ impl<'c, 'io> Context<'c, 'io> {
         self.scratch.has_id.then_some(self.scratch.id.as_str())
     }
 
-    pub(crate) fn set_message_id(&mut self, id: Option<&RawValue>) {
+    pub(crate) fn set_message_id(&mut self, id: Option<&str>) {
         self.scratch.id.clear();
         self.scratch.has_id = id.is_some();
         if let Some(id) = id {
-            self.scratch.id.push_str(id.get());
+            self.scratch.id.push_str(id);
         }
     }
 
     /// Answers the current message: `{"type":kind,"id":<its id>,"data":data}` (no `id` if the
     /// message had none).
     pub fn reply<T: Serialize + ?Sized>(&mut self, kind: &str, data: &T) -> Result<(), ReplyError> {
-        self.envelope(kind, true, |out| serde_json::to_writer(out, data))
+        self.serialized(kind, true, data)
     }
 
     /// Like [`Context::reply`] with `data` already JSON (e.g. a part of the message); `None`
     /// leaves `data` out. The text is inserted as is: it must be valid JSON.
     pub fn reply_raw(&mut self, kind: &str, data_json: Option<&str>) -> Result<(), ReplyError> {
-        match data_json {
-            Some(d) => self.envelope(kind, true, |out| {
-                out.extend_from_slice(d.as_bytes());
-                Ok(())
-            }),
-            None => self.envelope_no_data(kind, true),
+        self.head(kind, true);
+        let out = &mut self.scratch.out;
+        if let Some(d) = data_json {
+            out.push_str(r#","data":"#);
+            out.push_str(d);
         }
+        out.push('}');
+        self.flush()
     }
 
     /// Pushes `{"type":kind,"data":data}` (no `id`: not an answer).
     pub fn send<T: Serialize + ?Sized>(&mut self, kind: &str, data: &T) -> Result<(), ReplyError> {
-        self.envelope(kind, false, |out| serde_json::to_writer(out, data))
+        self.serialized(kind, false, data)
     }
 
     /// Sends a raw text message.
@@ -224,16 +225,11 @@ impl<'c, 'io> Context<'c, 'io> {
                 message,
             });
         }
+        self.head("error", true);
         let out = &mut self.scratch.out;
-        out.clear();
-        out.extend_from_slice(br#"{"type":"error""#);
-        if self.scratch.has_id {
-            out.extend_from_slice(br#","id":"#);
-            out.extend_from_slice(self.scratch.id.as_bytes());
-        }
-        out.extend_from_slice(br#","error":"#);
-        serde_json::to_writer(&mut *out, message)?;
-        out.push(b'}');
+        out.push_str(r#","error":"#);
+        json::push_str(out, message);
+        out.push('}');
         self.flush()
     }
 
@@ -253,45 +249,40 @@ impl<'c, 'io> Context<'c, 'io> {
         &mut self.socket
     }
 
-    fn head(&mut self, kind: &str, with_id: bool) -> Result<(), ReplyError> {
-        let out = &mut self.scratch.out;
-        out.clear();
-        out.extend_from_slice(br#"{"type":"#);
-        serde_json::to_writer(&mut *out, kind)?;
-        if with_id && self.scratch.has_id {
-            out.extend_from_slice(br#","id":"#);
-            out.extend_from_slice(self.scratch.id.as_bytes());
-        }
-        Ok(())
+    /// Starts an envelope in the scratch buffer: `{"type":kind` and, for answers, the id.
+    fn head(&mut self, kind: &str, with_id: bool) {
+        self.scratch.head(kind, with_id);
     }
 
-    fn envelope(
+    fn serialized<T: Serialize + ?Sized>(
         &mut self,
         kind: &str,
         with_id: bool,
-        data: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+        data: &T,
     ) -> Result<(), ReplyError> {
-        self.head(kind, with_id)?;
-        let out = &mut self.scratch.out;
-        out.extend_from_slice(br#","data":"#);
-        data(out)?;
-        out.push(b'}');
-        self.flush()
-    }
-
-    fn envelope_no_data(&mut self, kind: &str, with_id: bool) -> Result<(), ReplyError> {
-        self.head(kind, with_id)?;
-        self.scratch.out.push(b'}');
+        let mut ser = std::mem::take(&mut self.scratch.ser);
+        ser.clear();
+        let written = serde_json::to_writer(&mut ser, data)
+            .map_err(ReplyError::from)
+            // serde_json writes UTF-8; checking costs a pass over the bytes, no allocation.
+            .and_then(|()| {
+                std::str::from_utf8(&ser)
+                    .map_err(|_| ReplyError::Serialize(de::Error::custom("reply is not UTF-8")))
+            })
+            .map(|json| {
+                self.scratch.head(kind, with_id);
+                let out = &mut self.scratch.out;
+                out.push_str(r#","data":"#);
+                out.push_str(json);
+                out.push('}');
+            });
+        self.scratch.ser = ser;
+        written?;
         self.flush()
     }
 
     fn flush(&mut self) -> Result<(), ReplyError> {
-        // Everything written is JSON text built from `&str`s: valid UTF-8 unless a raw
-        // fragment passed to `reply_raw` was not, which `from_utf8` catches.
-        let text = std::str::from_utf8(&self.scratch.out).map_err(|_| {
-            ReplyError::Serialize(de::Error::custom("reply is not valid UTF-8"))
-        })?;
-        self.socket.send_text(text)?;
+        self.socket.send_text(&self.scratch.out)?;
         Ok(())
     }
 }
@@ -320,15 +311,14 @@ pub trait App: 'static {
 pub struct Envelope<'a> {
     text: &'a str,
     kind: Cow<'a, str>,
-    id: Option<&'a RawValue>,
-    data: Option<&'a RawValue>,
+    id: Option<&'a str>,
+    data: Option<&'a str>,
 }
 
 impl<'a> Envelope<'a> {
     /// Parses `text` as an envelope (the router's own first step).
     pub fn parse(text: &'a str) -> Result<Envelope<'a>, ErrorKind> {
-        let raw: RawEnvelope<'a> =
-            serde_json::from_str(text).map_err(|_| ErrorKind::InvalidFormat)?;
+        let raw = json::scan(text).map_err(|_| ErrorKind::InvalidFormat)?;
         match raw.kind {
             Some(kind) if !kind.is_empty() => Ok(Envelope {
                 text,
@@ -347,12 +337,12 @@ impl<'a> Envelope<'a> {
 
     /// The raw JSON of `id`, if present.
     pub fn id(&self) -> Option<&'a str> {
-        self.id.map(RawValue::get)
+        self.id
     }
 
     /// The raw JSON of `data`, if present.
     pub fn data_raw(&self) -> Option<&'a str> {
-        self.data.map(RawValue::get)
+        self.data
     }
 
     /// Decodes `data` (absent decodes as `null`); an error converts into an
@@ -365,110 +355,6 @@ impl<'a> Envelope<'a> {
     /// The whole message text.
     pub fn text(&self) -> &'a str {
         self.text
-    }
-}
-
-/// The envelope as parsed: only an object is accepted (serde's derive would also take an
-/// array), `type` must be a string or null, duplicates of the three fields are refused.
-struct RawEnvelope<'a> {
-    kind: Option<Cow<'a, str>>,
-    id: Option<&'a RawValue>,
-    data: Option<&'a RawValue>,
-}
-
-enum Field {
-    Type,
-    Id,
-    Data,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Field {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Field;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
-                Ok(match v {
-                    "type" => Field::Type,
-                    "id" => Field::Id,
-                    "data" => Field::Data,
-                    _ => Field::Other,
-                })
-            }
-        }
-        d.deserialize_identifier(V)
-    }
-}
-
-struct Str<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Str<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Str<'de>, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for RawEnvelope<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawEnvelope<'de>, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawEnvelope<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEnvelope<'de>, A::Error> {
-                let mut out = RawEnvelope {
-                    kind: None,
-                    id: None,
-                    data: None,
-                };
-                let (mut seen_type, mut seen_id, mut seen_data) = (false, false, false);
-                while let Some(field) = map.next_key::<Field>()? {
-                    match field {
-                        Field::Type => {
-                            if std::mem::replace(&mut seen_type, true) {
-                                return Err(de::Error::duplicate_field("type"));
-                            }
-                            out.kind = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0);
-                        }
-                        Field::Id => {
-                            if std::mem::replace(&mut seen_id, true) {
-                                return Err(de::Error::duplicate_field("id"));
-                            }
-                            out.id = Some(map.next_value()?);
-                        }
-                        Field::Data => {
-                            if std::mem::replace(&mut seen_data, true) {
-                                return Err(de::Error::duplicate_field("data"));
-                            }
-                            out.data = Some(map.next_value()?);
-                        }
-                        Field::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(V)
     }
 }
 
@@ -601,12 +487,40 @@ impl Hasher for Fnv {
 
 #[derive(Default)]
 struct Routes {
-    map: HashMap<Box<str>, Route, BuildHasherDefault<Fnv>>,
+    /// The routes in registration order.
+    list: Vec<(Box<str>, Route)>,
+    /// Index into `list` by type, used once there are more than [`LINEAR_ROUTES`].
+    index: HashMap<Box<str>, usize, BuildHasherDefault<Fnv>>,
 }
 
+/// Up to this many routes, a linear scan (length, then bytes) beats hashing the type.
+const LINEAR_ROUTES: usize = 8;
+
 impl Routes {
+    fn entry(&mut self, kind: &str) -> &mut Route {
+        let i = match self.list.iter().position(|(k, _)| **k == *kind) {
+            Some(i) => i,
+            None => {
+                self.list.push((kind.into(), Route::default()));
+                self.index.insert(kind.into(), self.list.len() - 1);
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[i].1
+    }
+
+    #[inline]
+    fn get_mut(&mut self, kind: &str) -> Option<&mut Route> {
+        let i = if self.list.len() <= LINEAR_ROUTES {
+            self.list.iter().position(|(k, _)| **k == *kind)?
+        } else {
+            *self.index.get(kind)?
+        };
+        Some(&mut self.list[i].1)
+    }
+
     fn dispatch(&mut self, ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) {
-        let Some(route) = self.map.get_mut(msg.kind()) else {
+        let Some(route) = self.get_mut(msg.kind()) else {
             if msg.kind() == "ping" {
                 let _ = ctx.reply_raw("pong", msg.data_raw());
             } else {
@@ -673,8 +587,7 @@ pub struct Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut routes: Vec<&str> = self.routes.map.keys().map(|k| &**k).collect();
-        routes.sort_unstable();
+        let routes: Vec<&str> = self.routes.list.iter().map(|(k, _)| &**k).collect();
         f.debug_struct("Router")
             .field("middleware", &self.middleware.len())
             .field("routes", &routes)
@@ -713,7 +626,7 @@ impl Router {
     where
         F: FnMut(&mut Context<'_, '_>, &Envelope<'_>) -> Result<(), RouteError> + 'static,
     {
-        self.routes.map.entry(kind.into()).or_default().handler = Some(Box::new(handler));
+        self.routes.entry(kind).handler = Some(Box::new(handler));
         self
     }
 
@@ -723,7 +636,7 @@ impl Router {
     where
         F: Fn(&Envelope<'_>) -> Result<(), String> + 'static,
     {
-        self.routes.map.entry(kind.into()).or_default().schema = Some(Box::new(check));
+        self.routes.entry(kind).schema = Some(Box::new(check));
         self
     }
 
@@ -777,7 +690,7 @@ impl App for Router {
             let _ = ctx.fail(ErrorKind::InvalidFormat, ErrorKind::InvalidFormat.message());
             return;
         };
-        let raw: RawEnvelope<'_> = match serde_json::from_str(text) {
+        let raw = match json::scan(text) {
             Ok(r) => r,
             Err(_) => {
                 let _ = ctx.fail(ErrorKind::InvalidFormat, ErrorKind::InvalidFormat.message());
@@ -809,5 +722,53 @@ impl App for Router {
         if let Some(f) = &mut self.on_close {
             f(ctx, code, reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_parsing() {
+        let e = Envelope::parse(r#"{"type":"echo","id":7,"data":{"a":[1,2]},"x":null}"#).unwrap();
+        assert_eq!(e.kind(), "echo");
+        assert_eq!(e.id(), Some("7"));
+        assert_eq!(e.data_raw(), Some(r#"{"a":[1,2]}"#));
+        let e = Envelope::parse(r#" {"data":"d","type":"a\"b"} "#).unwrap();
+        assert_eq!(e.kind(), "a\"b");
+        assert_eq!(e.id(), None);
+        let e = Envelope::parse(r#"{"typ\u0065":"t","id":null}"#).unwrap();
+        assert_eq!((e.kind(), e.id()), ("t", Some("null")));
+        for bad in [
+            "",
+            "nope",
+            "[\"echo\"]",
+            "\"echo\"",
+            "{\"type\":1}",
+            "{\"type\":\"a\",\"type\":\"b\"}",
+            "{\"type\":\"a\"} x",
+            "{\"type\":\"a\"",
+        ] {
+            assert_eq!(
+                Envelope::parse(bad).err(),
+                Some(ErrorKind::InvalidFormat),
+                "{bad}"
+            );
+        }
+        for missing in ["{}", "{\"type\":null}", "{\"type\":\"\"}", "{\"data\":1}"] {
+            assert_eq!(
+                Envelope::parse(missing).err(),
+                Some(ErrorKind::MissingType),
+                "{missing}"
+            );
+        }
+        let e = Envelope::parse(r#"{"type":"n","data":{"x":5}}"#).unwrap();
+        #[derive(Deserialize)]
+        struct X {
+            x: u32,
+        }
+        assert_eq!(e.data::<X>().unwrap().x, 5);
+        assert_eq!(e.data::<String>().unwrap_err(), RouteError::invalid_data());
     }
 }
