@@ -3,9 +3,17 @@
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::MAX_IOVECS;
+
+/// Queued buffers up to this size are copied into one contiguous buffer before a send: the
+/// kernel walks an iovec per buffer, and for small WebSocket frames one copy here is cheaper
+/// (echo of 64 B frames, 8 per send: see docs/design/io-runtime.md).
+pub(super) const COALESCE_MAX: usize = 2048;
+
+/// Most bytes one coalesced buffer gathers.
+const COALESCE_TOTAL: usize = 64 * 1024;
 
 /// The most bytes handed to one send operation (its result is an `i32`).
 pub(super) const MAX_SEND_BYTES: usize = 1 << 30;
@@ -122,6 +130,7 @@ impl Conn {
     #[allow(clippy::vec_box)] // boxed: the kernel reads it in place while the slab may grow
     pub(super) fn plan_send(&mut self, pool: &mut Vec<Box<SendVec>>) -> SendPlan {
         debug_assert!(!self.queue.is_empty() && !self.has(SEND_INFLIGHT));
+        self.coalesce_head();
         let (ptr, len) = (self.queue[0].as_ptr(), self.queue[0].len());
         let plan = if self.queue.len() == 1 || len >= MAX_SEND_BYTES {
             self.commit(1);
@@ -156,6 +165,36 @@ impl Conn {
         };
         self.set(SEND_INFLIGHT);
         plan
+    }
+
+    /// Merges the small buffers at the head of the queue (none of them handed to the kernel
+    /// yet) into one, keeping their order.
+    fn coalesce_head(&mut self) {
+        if self.committed != 0 || self.queue.len() < 2 {
+            return;
+        }
+        let mut k = 0;
+        let mut total = 0;
+        for b in &self.queue {
+            if b.len() > COALESCE_MAX || total + b.len() > COALESCE_TOTAL {
+                break;
+            }
+            total += b.len();
+            k += 1;
+        }
+        if k < 2 {
+            return;
+        }
+        let mut merged = BytesMut::with_capacity(total);
+        for b in self.queue.drain(..k) {
+            merged.extend_from_slice(&b);
+        }
+        self.queue.push_front(merged.freeze());
+        // The urgent entries among the merged ones are now (part of) one entry.
+        let urgent_merged = (self.urgent as usize).min(k);
+        if urgent_merged > 0 {
+            self.urgent -= (urgent_merged - 1) as u32;
+        }
     }
 
     fn commit(&mut self, n: usize) {
@@ -248,27 +287,49 @@ mod tests {
     }
 
     #[test]
-    fn coalesces_and_handles_short_writes() {
+    fn coalesces_small_buffers_into_one_send() {
         let mut c = Conn::new(-1, 1);
         let mut sv = Vec::new();
         c.push(b("hello "));
         c.push(b("world"));
-        assert_eq!(c.queued, 11);
+        c.push_urgent(b("!"));
+        assert_eq!(c.queued, 12);
+        match c.plan_send(&mut sv) {
+            SendPlan::Single { len, .. } => assert_eq!(len, 12),
+            SendPlan::Vectored { .. } => panic!("small buffers should be merged"),
+        }
+        // urgent data first, then the rest in order, as one buffer
+        assert_eq!(contents(&c), vec!["!hello world"]);
+        c.complete_send(12);
+        assert!(c.queue.is_empty());
+    }
+
+    #[test]
+    fn vectored_send_handles_short_writes() {
+        let big = |ch: u8| Bytes::from(vec![ch; COALESCE_MAX + 1]);
+        let n = COALESCE_MAX + 1;
+        let mut c = Conn::new(-1, 1);
+        let mut sv = Vec::new();
+        c.push(big(b'a'));
+        c.push(big(b'b'));
+        assert_eq!(c.queued, 2 * n);
         match c.plan_send(&mut sv) {
             SendPlan::Vectored { n } => assert_eq!(n, 2),
             SendPlan::Single { .. } => panic!("expected vectored"),
         }
         assert_eq!(c.committed, 2);
         c.push(b("!"));
-        c.complete_send(8); // "hello " + "wo"
-        assert_eq!(contents(&c), vec!["rld", "!"]);
-        assert_eq!(c.queued, 4);
+        c.complete_send(n + 2); // all of "a…", two bytes of "b…"
+        assert_eq!(c.queue.len(), 2);
+        assert_eq!(c.queue[0].len(), n - 2);
+        assert_eq!(c.queued, n - 2 + 1);
         assert_eq!(c.committed, 1);
+        // the partially sent buffer is never merged with later ones
         match c.plan_send(&mut sv) {
             SendPlan::Vectored { n } => assert_eq!(n, 2),
             SendPlan::Single { .. } => panic!("expected vectored"),
         }
-        c.complete_send(4);
+        c.complete_send(n - 1);
         assert!(c.queue.is_empty());
         assert_eq!(c.queued, 0);
     }
