@@ -5,7 +5,7 @@
 //! connection holds no read buffer), and one send in flight per connection: bytes that arrive
 //! meanwhile collect in a pending buffer and go out in the next send (coalescing). Every
 //! completion batch ends with one submit + wait (`submit_and_wait(1)`).
-//! Shape, flags and pitfalls follow /work/shared/notes/io_uring-facts.md.
+//! Shape, flags and pitfalls follow docs/design/io-runtime.md.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
