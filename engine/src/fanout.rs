@@ -349,7 +349,7 @@ pub mod bench_support {
                         got += 1;
                         bytes += p.payload().len();
                     }
-                    None => std::hint::spin_loop(),
+                    None => std::thread::yield_now(),
                 }
             }
             bytes
@@ -376,7 +376,7 @@ pub mod bench_support {
         }
         while out.len() > 0 {
             out.flush(0, &inboxes);
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         let bytes = consumer.join().expect("consumer");
         let took = start.elapsed();
