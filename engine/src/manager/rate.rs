@@ -281,47 +281,13 @@ mod tests {
         let shared = SharedBuckets::default();
         let mut b = LocalBuckets::default();
         let now = S;
-        assert!(take(
-            now,
-            4,
-            Some(&conn),
-            &mut b,
-            Some(&user),
-            Some(&shared)
-        ));
-        assert!(take(
-            now,
-            4,
-            Some(&conn),
-            &mut b,
-            Some(&user),
-            Some(&shared)
-        ));
+        let mut take_n = |n| take(now, n, Some(&conn), &mut b, Some(&user), Some(&shared));
+        assert!(take_n(4));
+        assert!(take_n(4));
         // Bytes refuse: the user's message token is refunded, the connection's not taken.
-        assert!(!take(
-            now,
-            4,
-            Some(&conn),
-            &mut b,
-            Some(&user),
-            Some(&shared)
-        ));
-        assert!(take(
-            now,
-            2,
-            Some(&conn),
-            &mut b,
-            Some(&user),
-            Some(&shared)
-        ));
-        assert!(!take(
-            now,
-            1,
-            Some(&conn),
-            &mut b,
-            Some(&user),
-            Some(&shared)
-        ));
+        assert!(!take_n(4));
+        assert!(take_n(2));
+        assert!(!take_n(1));
     }
 
     #[test]
