@@ -180,6 +180,32 @@ impl EngineHandle {
         self.send_frame(to, encode(OpCode::Text, text.as_bytes()))
     }
 
+    /// Sends one text message to many connections on any cores: encoded once, the frame is
+    /// shared by refcount and handed to each connection's core through its lock-free queue
+    /// (one doorbell per core). Returns how many ids named an existing core.
+    pub fn send_text_to_many(&self, to: &[ConnectionId], text: &str) -> usize {
+        let frame = encode(OpCode::Text, text.as_bytes());
+        let mut woken = 0u64;
+        let mut n = 0;
+        for id in to {
+            let Some(q) = self.shared.queues.get(id.core()) else {
+                continue;
+            };
+            q.push(Command::Send {
+                conn: id.conn(),
+                frame: frame.clone(),
+            });
+            woken |= 1 << id.core().min(63);
+            n += 1;
+        }
+        while woken != 0 {
+            let c = woken.trailing_zeros() as usize;
+            woken &= woken - 1;
+            self.shared.wakers[c].wake();
+        }
+        n
+    }
+
     /// Sends a binary message to a connection on any core.
     pub fn send_binary(&self, to: ConnectionId, data: &[u8]) -> bool {
         self.send_frame(to, encode(OpCode::Binary, data))

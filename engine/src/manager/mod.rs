@@ -398,8 +398,8 @@ impl Manager {
     /// Sends `text` to every open connection of `user_id`; returns how many.
     pub fn send_to_user(&self, user_id: &str, text: &str) -> usize {
         let Some(h) = self.engine() else { return 0 };
-        let ids = self.user_sockets(user_id);
-        ids.iter().filter(|&&id| h.send_text(id, text)).count()
+        // Encoded once and shared by every socket of the user, on whichever cores they are.
+        h.send_text_to_many(&self.user_sockets(user_id), text)
     }
 
     /// Closes every open connection of `user_id`; returns how many.
