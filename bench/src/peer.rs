@@ -167,6 +167,40 @@ pub fn parse_upgrade(buf: &[u8]) -> Result<Option<Upgrade>, &'static [u8]> {
     )))
 }
 
+/// The whole `main` of a peer server: parses the command line, binds, and runs the
+/// one-thread accept loop; each accepted connection (TCP_NODELAY set) is handed to `conn`
+/// together with a clone of the relay's broadcast sender.
+pub fn serve<M, F, Fut>(name: &str, conn: F)
+where
+    M: Clone + Send + 'static,
+    F: Fn(tokio::net::TcpStream, tokio::sync::broadcast::Sender<M>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let args = parse_args(name);
+    prepare(&args);
+    let std_listener = listen(args.addr).unwrap_or_else(|e| {
+        eprintln!("{name}: listen {}: {e}", args.addr);
+        std::process::exit(1);
+    });
+    runtime().block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+        let (tx, _) = tokio::sync::broadcast::channel::<M>(BROADCAST_CAPACITY);
+        eprintln!("{name} listening on {}", args.addr);
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(conn(stream, tx.clone()));
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

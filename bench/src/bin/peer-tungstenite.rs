@@ -19,29 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 type Ws = WebSocketStream<TcpStream>;
 
 fn main() {
-    let args = peer::parse_args("peer-tungstenite");
-    peer::prepare(&args);
-    let std_listener = peer::listen(args.addr).unwrap_or_else(|e| {
-        eprintln!("peer-tungstenite: listen {}: {e}", args.addr);
-        std::process::exit(1);
-    });
-    peer::runtime().block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-        let (tx, _) = broadcast::channel::<Message>(peer::BROADCAST_CAPACITY);
-        eprintln!("peer-tungstenite listening on {}", args.addr);
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(connection(stream, tx.clone()));
-        }
-    });
+    peer::serve::<Message, _, _>("peer-tungstenite", connection);
 }
 
 async fn connection(stream: TcpStream, tx: broadcast::Sender<Message>) {
