@@ -116,32 +116,49 @@ impl DeflateParams {
     /// the client offered that parameter, and it answers a `server_max_window_bits` request
     /// with a value below 15 so that the parameter is present as RFC 7692 §7.1.2.1 requires.
     pub fn to_header_value(&self) -> String {
-        let mut s = String::with_capacity(96);
-        s.push_str(EXTENSION_NAME);
-        if self.server_no_context_takeover {
-            s.push_str("; ");
-            s.push_str(SERVER_NO_CONTEXT_TAKEOVER);
-        }
-        if self.client_no_context_takeover {
-            s.push_str("; ");
-            s.push_str(CLIENT_NO_CONTEXT_TAKEOVER);
-        }
-        if self.server_max_window_bits < MAX_WINDOW_BITS {
-            let _ = write!(
-                s,
-                "; {SERVER_MAX_WINDOW_BITS}={}",
-                self.server_max_window_bits
-            );
-        }
-        if self.client_max_window_bits < MAX_WINDOW_BITS {
-            let _ = write!(
-                s,
-                "; {CLIENT_MAX_WINDOW_BITS}={}",
-                self.client_max_window_bits
-            );
-        }
-        s
+        let bits = |b: u8| (b < MAX_WINDOW_BITS).then_some(b);
+        header(
+            self.server_no_context_takeover,
+            self.client_no_context_takeover,
+            bits(self.server_max_window_bits),
+            bits(self.client_max_window_bits).map(Some),
+        )
     }
+}
+
+/// Writes a `permessage-deflate` element: the flags, then the window sizes. For
+/// `client_max_window_bits`, `Some(None)` is the bare parameter (a client's offer without a
+/// value), `Some(Some(n))` carries `n`, `None` leaves it out.
+fn header(
+    server_no_context_takeover: bool,
+    client_no_context_takeover: bool,
+    server_max_window_bits: Option<u8>,
+    client_max_window_bits: Option<Option<u8>>,
+) -> String {
+    let mut s = String::with_capacity(96);
+    s.push_str(EXTENSION_NAME);
+    if server_no_context_takeover {
+        s.push_str("; ");
+        s.push_str(SERVER_NO_CONTEXT_TAKEOVER);
+    }
+    if client_no_context_takeover {
+        s.push_str("; ");
+        s.push_str(CLIENT_NO_CONTEXT_TAKEOVER);
+    }
+    if let Some(bits) = server_max_window_bits {
+        let _ = write!(s, "; {SERVER_MAX_WINDOW_BITS}={bits}");
+    }
+    match client_max_window_bits {
+        Some(Some(bits)) => {
+            let _ = write!(s, "; {CLIENT_MAX_WINDOW_BITS}={bits}");
+        }
+        Some(None) => {
+            s.push_str("; ");
+            s.push_str(CLIENT_MAX_WINDOW_BITS);
+        }
+        None => {}
+    }
+    s
 }
 
 /// Why a server's permessage-deflate answer is unacceptable to the client; the client must fail
@@ -341,30 +358,12 @@ impl ClientOffer {
         if !self.enabled {
             return String::new();
         }
-        let mut s = String::with_capacity(96);
-        s.push_str(EXTENSION_NAME);
-        if self.server_no_context_takeover {
-            s.push_str("; ");
-            s.push_str(SERVER_NO_CONTEXT_TAKEOVER);
-        }
-        if self.client_no_context_takeover {
-            s.push_str("; ");
-            s.push_str(CLIENT_NO_CONTEXT_TAKEOVER);
-        }
-        if let Some(bits) = self.server_max_window_bits {
-            let _ = write!(s, "; {SERVER_MAX_WINDOW_BITS}={bits}");
-        }
-        match self.client_max_window_bits {
-            Some(Some(bits)) => {
-                let _ = write!(s, "; {CLIENT_MAX_WINDOW_BITS}={bits}");
-            }
-            Some(None) => {
-                s.push_str("; ");
-                s.push_str(CLIENT_MAX_WINDOW_BITS);
-            }
-            None => {}
-        }
-        s
+        header(
+            self.server_no_context_takeover,
+            self.client_no_context_takeover,
+            self.server_max_window_bits,
+            self.client_max_window_bits,
+        )
     }
 
     fn accept(&self, answer: &[ExtensionOffer]) -> Result<Option<DeflateParams>, NegotiationError> {
