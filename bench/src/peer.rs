@@ -201,6 +201,108 @@ where
     });
 }
 
+/// Echo loop for a `Stream + Sink` WebSocket (tokio-tungstenite, tokio-websockets): every data
+/// message (`is_data`) is fed back, and everything already readable goes into the same flush.
+/// The library answers pings and closes itself.
+pub async fn echo_stream<S, M, E>(mut ws: S, is_data: fn(&M) -> bool)
+where
+    S: futures_util::Stream<Item = Result<M, E>> + futures_util::Sink<M> + Unpin,
+{
+    use futures_util::{FutureExt, SinkExt, StreamExt};
+    while let Some(Ok(msg)) = ws.next().await {
+        if is_data(&msg) && ws.feed(msg).await.is_err() {
+            return;
+        }
+        loop {
+            match ws.next().now_or_never() {
+                Some(Some(Ok(m))) => {
+                    if is_data(&m) && ws.feed(m).await.is_err() {
+                        return;
+                    }
+                }
+                Some(_) => {
+                    let _ = ws.flush().await;
+                    return;
+                }
+                None => break,
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Subscriber loop: relays every broadcast message to `ws`, whatever is queued in one flush;
+/// incoming frames are only read so the library can answer pings and closes.
+pub async fn subscriber_stream<S, M, E>(mut ws: S, mut rx: tokio::sync::broadcast::Receiver<M>)
+where
+    S: futures_util::Stream<Item = Result<M, E>> + futures_util::Sink<M> + Unpin,
+    M: Clone,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    loop {
+        tokio::select! {
+            m = rx.recv() => {
+                let msg = match m {
+                    Ok(m) => m,
+                    Err(RecvError::Lagged(n)) => {
+                        eprintln!("subscriber lagged, {n} messages lost");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if ws.feed(msg).await.is_err() {
+                    return;
+                }
+                loop {
+                    match rx.try_recv() {
+                        Ok(m) => {
+                            if ws.feed(m).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(TryRecvError::Lagged(n)) => {
+                            eprintln!("subscriber lagged, {n} messages lost");
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if ws.flush().await.is_err() {
+                    return;
+                }
+            }
+            m = ws.next() => match m {
+                // A close reply or pong may be queued: push it out.
+                Some(Ok(_)) => {
+                    if ws.flush().await.is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            },
+        }
+    }
+}
+
+/// Publisher loop: every data message received is sent to the broadcast channel (no
+/// subscribers is not an error).
+pub async fn publisher_stream<S, M, E>(
+    mut ws: S,
+    tx: tokio::sync::broadcast::Sender<M>,
+    is_data: fn(&M) -> bool,
+) where
+    S: futures_util::Stream<Item = Result<M, E>> + Unpin,
+{
+    use futures_util::StreamExt;
+    while let Some(Ok(msg)) = ws.next().await {
+        if is_data(&msg) {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

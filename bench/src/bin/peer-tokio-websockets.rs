@@ -6,7 +6,6 @@
 //! `tokio::sync::broadcast` (`Message` is cheaply clonable).
 
 use edge_ws_bench::peer::{self, Route};
-use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_websockets::{Message, ServerBuilder, WebSocketStream};
@@ -41,90 +40,19 @@ async fn connection(stream: TcpStream, tx: broadcast::Sender<Message>) {
     }
 }
 
-/// Queues the echo of a data message; false when the connection is done.
-async fn echo_one(ws: &mut Ws, msg: Message) -> bool {
-    if msg.is_text() || msg.is_binary() {
-        ws.feed(msg).await.is_ok()
-    } else {
-        // Pings are answered and closes replied to by tokio-websockets itself.
-        true
-    }
+/// Text and binary messages are relayed; the library handles the rest.
+fn is_data(m: &Message) -> bool {
+    m.is_text() || m.is_binary()
 }
 
-async fn echo(mut ws: Ws) {
-    while let Some(Ok(msg)) = ws.next().await {
-        if !echo_one(&mut ws, msg).await {
-            return;
-        }
-        // Everything already readable goes into the same flush.
-        loop {
-            match ws.next().now_or_never() {
-                Some(Some(Ok(m))) => {
-                    if !echo_one(&mut ws, m).await {
-                        return;
-                    }
-                }
-                Some(_) => {
-                    let _ = ws.flush().await;
-                    return;
-                }
-                None => break,
-            }
-        }
-        if ws.flush().await.is_err() {
-            return;
-        }
-    }
+async fn echo(ws: Ws) {
+    peer::echo_stream(ws, is_data).await;
 }
 
-async fn subscriber(mut ws: Ws, mut rx: broadcast::Receiver<Message>) {
-    loop {
-        tokio::select! {
-            m = rx.recv() => {
-                let msg = match m {
-                    Ok(m) => m,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("subscriber lagged, {n} messages lost");
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if ws.feed(msg).await.is_err() {
-                    return;
-                }
-                loop {
-                    match rx.try_recv() {
-                        Ok(m) => {
-                            if ws.feed(m).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                            eprintln!("subscriber lagged, {n} messages lost");
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if ws.flush().await.is_err() {
-                    return;
-                }
-            }
-            m = ws.next() => match m {
-                Some(Ok(_)) => {
-                    if ws.flush().await.is_err() {
-                        return;
-                    }
-                }
-                _ => return,
-            },
-        }
-    }
+async fn subscriber(ws: Ws, rx: broadcast::Receiver<Message>) {
+    peer::subscriber_stream(ws, rx).await;
 }
 
-async fn publisher(mut ws: Ws, tx: broadcast::Sender<Message>) {
-    while let Some(Ok(msg)) = ws.next().await {
-        if msg.is_text() || msg.is_binary() {
-            let _ = tx.send(msg);
-        }
-    }
+async fn publisher(ws: Ws, tx: broadcast::Sender<Message>) {
+    peer::publisher_stream(ws, tx, is_data).await;
 }

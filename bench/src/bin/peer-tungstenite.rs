@@ -6,7 +6,6 @@
 //! so memory per connection is what a default deployment gets.
 
 use edge_ws_bench::peer::{self, Route};
-use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -48,93 +47,19 @@ async fn connection(stream: TcpStream, tx: broadcast::Sender<Message>) {
     }
 }
 
-/// Queues the echo of a data message; false when the connection is done.
-async fn echo_one(ws: &mut Ws, msg: Message) -> bool {
-    match msg {
-        Message::Text(_) | Message::Binary(_) => ws.feed(msg).await.is_ok(),
-        // Pings are answered and closes replied to by tungstenite itself.
-        _ => true,
-    }
+/// Text and binary messages are relayed; the library handles the rest.
+fn is_data(m: &Message) -> bool {
+    matches!(m, Message::Text(_) | Message::Binary(_))
 }
 
-async fn echo(mut ws: Ws) {
-    while let Some(Ok(msg)) = ws.next().await {
-        if !echo_one(&mut ws, msg).await {
-            return;
-        }
-        // Everything already readable goes into the same flush.
-        loop {
-            match ws.next().now_or_never() {
-                Some(Some(Ok(m))) => {
-                    if !echo_one(&mut ws, m).await {
-                        return;
-                    }
-                }
-                Some(_) => {
-                    let _ = ws.flush().await;
-                    return;
-                }
-                None => break,
-            }
-        }
-        if ws.flush().await.is_err() {
-            return;
-        }
-    }
+async fn echo(ws: Ws) {
+    peer::echo_stream(ws, is_data).await;
 }
 
-async fn subscriber(mut ws: Ws, mut rx: broadcast::Receiver<Message>) {
-    loop {
-        tokio::select! {
-            m = rx.recv() => {
-                let msg = match m {
-                    Ok(m) => m,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("subscriber lagged, {n} messages lost");
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if ws.feed(msg).await.is_err() {
-                    return;
-                }
-                // Whatever else is queued goes out in the same flush.
-                loop {
-                    match rx.try_recv() {
-                        Ok(m) => {
-                            if ws.feed(m).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                            eprintln!("subscriber lagged, {n} messages lost");
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if ws.flush().await.is_err() {
-                    return;
-                }
-            }
-            m = ws.next() => match m {
-                // Pings are answered and closes replied to by tungstenite; data is ignored.
-                Some(Ok(_)) => {
-                    // A close reply or pong may be queued: push it out.
-                    if ws.flush().await.is_err() {
-                        return;
-                    }
-                }
-                _ => return,
-            },
-        }
-    }
+async fn subscriber(ws: Ws, rx: broadcast::Receiver<Message>) {
+    peer::subscriber_stream(ws, rx).await;
 }
 
-async fn publisher(mut ws: Ws, tx: broadcast::Sender<Message>) {
-    while let Some(Ok(msg)) = ws.next().await {
-        if matches!(msg, Message::Text(_) | Message::Binary(_)) {
-            // No subscribers is not an error.
-            let _ = tx.send(msg);
-        }
-    }
+async fn publisher(ws: Ws, tx: broadcast::Sender<Message>) {
+    peer::publisher_stream(ws, tx, is_data).await;
 }
