@@ -5,8 +5,6 @@
 #[path = "manager_util.rs"]
 mod util;
 
-use std::collections::HashSet;
-
 use edge_ws::manager::{Auth, Manager, RejectReason};
 use util::*;
 
@@ -103,8 +101,9 @@ fn per_user_limit_is_exact_under_concurrent_connects() {
     for user in ["carol", "dave"] {
         let ids = manager.user_sockets(user);
         assert_eq!(ids.len(), LIMIT, "{user}");
-        let cores: HashSet<usize> = ids.iter().map(|id| id.core()).collect();
-        assert_eq!(cores.len(), 2, "{user}'s sockets should span both cores");
+        // Which core wins each reservation is a race, so one user's winners may all sit on
+        // one core; that both cores accepted (and contended) is checked at the end, and
+        // `user_sockets` across cores in manager_lookups.rs.
     }
     assert_eq!(manager.users_online(), 2);
     drop(open);
