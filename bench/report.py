@@ -13,15 +13,23 @@ import statistics
 import sys
 from html import escape
 
-SERVER_ORDER = ["edge-ws", "floor", "tungstenite", "fastwebsockets", "tokio-websockets"]
+SERVER_ORDER = [
+    "edge-ws",
+    "floor",
+    "tungstenite",
+    "tungstenite-each",
+    "fastwebsockets",
+    "tokio-websockets",
+]
 COLORS = {
     "edge-ws": "#d62728",
     "floor": "#7f7f7f",
     "tungstenite": "#1f77b4",
+    "tungstenite-each": "#17becf",
     "fastwebsockets": "#ff7f0e",
     "tokio-websockets": "#2ca02c",
 }
-EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
 MODE_ORDER = {"echo": 0, "broadcast": 1, "idle": 2, "churn": 3}
 
 

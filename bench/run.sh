@@ -8,7 +8,8 @@
 # Environment (all optional):
 #   REPS=3                     repetitions
 #   QUICK=1                    smoke run: 1 rep, fewer scenarios, 1 s windows
-#   SERVERS="tungstenite fastwebsockets tokio-websockets floor edge-ws"   which servers
+#   SERVERS="tungstenite tungstenite-each fastwebsockets tokio-websockets floor edge-ws"
+#                              which servers (tungstenite-each: broadcast scenarios only)
 #   SCENARIOS="echo broadcast idle churn"   scenario name prefixes (e.g. "echo-64B-1000c-d8")
 #   WARMUP=1s DURATION=5s      per-scenario warm-up and measured window
 #   SERVER_CORE=0 CLIENT_CORE=1   cores for taskset
@@ -34,7 +35,7 @@ else
     WARMUP=${WARMUP:-1s}
     DURATION=${DURATION:-5s}
 fi
-SERVERS=${SERVERS:-"tungstenite fastwebsockets tokio-websockets floor edge-ws"}
+SERVERS=${SERVERS:-"tungstenite tungstenite-each fastwebsockets tokio-websockets floor edge-ws"}
 SCENARIOS=${SCENARIOS:-""}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
@@ -61,18 +62,23 @@ FULL_SCENARIOS=(
     "echo-4KiB-100c-d8|echo --size 4096 --conns 100 --depth 8"
     "echo-4KiB-1000c-d1|echo --size 4096 --conns 1000 --depth 1"
     "echo-4KiB-1000c-d8|echo --size 4096 --conns 1000 --depth 8"
-    "broadcast-64B-1000s|broadcast --size 64 --conns 1000 --depth 8"
-    "broadcast-1KiB-1000s|broadcast --size 1024 --conns 1000 --depth 8"
-    "broadcast-64B-10000s|broadcast --size 64 --conns 10000 --depth 8"
-    "broadcast-1KiB-10000s|broadcast --size 1024 --conns 10000 --depth 8"
+    "broadcast-64B-1000s-d8|broadcast --size 64 --conns 1000 --depth 8"
+    "broadcast-1KiB-1000s-d8|broadcast --size 1024 --conns 1000 --depth 8"
+    "broadcast-64B-10000s-d8|broadcast --size 64 --conns 10000 --depth 8"
+    "broadcast-1KiB-10000s-d8|broadcast --size 1024 --conns 10000 --depth 8"
+    "broadcast-64B-1000s-d512|broadcast --size 64 --conns 1000 --depth 512"
+    "broadcast-1KiB-1000s-d512|broadcast --size 1024 --conns 1000 --depth 512"
+    "broadcast-64B-10000s-d512|broadcast --size 64 --conns 10000 --depth 512"
+    "broadcast-1KiB-10000s-d512|broadcast --size 1024 --conns 10000 --depth 512"
     "idle-10000c|idle --size 16 --conns 10000"
     "churn-16t|churn --size 64 --threads 16"
 )
 QUICK_SCENARIOS=(
     "echo-64B-1000c-d8|echo --size 64 --conns 1000 --depth 8"
     "echo-4KiB-100c-d1|echo --size 4096 --conns 100 --depth 1"
-    "broadcast-64B-1000s|broadcast --size 64 --conns 1000 --depth 8"
-    "broadcast-1KiB-10000s|broadcast --size 1024 --conns 10000 --depth 8"
+    "broadcast-64B-1000s-d8|broadcast --size 64 --conns 1000 --depth 8"
+    "broadcast-64B-1000s-d512|broadcast --size 64 --conns 1000 --depth 512"
+    "broadcast-1KiB-10000s-d8|broadcast --size 1024 --conns 10000 --depth 8"
     "idle-10000c|idle --size 16 --conns 10000"
     "churn-16t|churn --size 64 --threads 16"
 )
@@ -119,6 +125,8 @@ server_cmd() {
     local name=$1 port=$2
     case $name in
         tungstenite) echo "$BIN/peer-tungstenite --addr 127.0.0.1:$port" ;;
+        # The same server with subscribers that send().await each message (no batching).
+        tungstenite-each) echo "$BIN/peer-tungstenite --addr 127.0.0.1:$port --send-each" ;;
         fastwebsockets) echo "$BIN/peer-fastwebsockets --addr 127.0.0.1:$port" ;;
         tokio-websockets) echo "$BIN/peer-tokio-websockets --addr 127.0.0.1:$port" ;;
         floor) echo "$BIN/tcp-echo-floor --addr 127.0.0.1:$port" ;;
@@ -217,6 +225,8 @@ for rep in $(seq 1 "$REPS"); do
                 [[ $mode == broadcast ]] && continue
                 extra=(--raw)
             fi
+            # Its only difference from tungstenite is the subscriber loop.
+            [[ $server == tungstenite-each && $mode != broadcast ]] && continue
             port=$(( port + 1 ))
             (( port > PORT_BASE + 50 )) && port=$(( PORT_BASE + 1 ))
             if ! cmd=$(server_cmd "$server" "$port"); then

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::OnceLock;
 
 use socket2::{Domain, Socket, Type};
 
@@ -46,19 +47,35 @@ pub struct PeerArgs {
     pub addr: SocketAddr,
     /// Core to pin the worker thread to.
     pub core: Option<usize>,
+    /// Subscribers `send().await` each message (write and flush per message, the shape of
+    /// axum's chat example) instead of flushing once per batch of queued messages.
+    pub send_each: bool,
+}
+
+static ARGS: OnceLock<PeerArgs> = OnceLock::new();
+
+/// The options [`serve`] was started with (defaults before that).
+pub fn args() -> &'static PeerArgs {
+    ARGS.get_or_init(|| PeerArgs {
+        addr: "127.0.0.1:9001".parse().expect("default addr"),
+        core: None,
+        send_each: false,
+    })
 }
 
 /// Parses `--addr HOST:PORT` and `--core N`; prints usage and exits on `--help` or errors.
 pub fn parse_args(name: &str) -> PeerArgs {
     let usage = format!(
-        "{name} [--addr 127.0.0.1:9001] [--core N]\n\n\
+        "{name} [--addr 127.0.0.1:9001] [--core N] [--send-each]\n\n\
          One worker thread. Paths: {SUB_PATH} subscribes, {PUB_PATH} publishes (relayed to every\n\
-         subscriber), anything else echoes text and binary messages.\n"
+         subscriber), anything else echoes text and binary messages.\n\
+         --send-each: subscribers write and flush every message on its own (no batching).\n"
     );
     let mut a = Args::from_env();
     let mut out = PeerArgs {
         addr: "127.0.0.1:9001".parse().expect("default addr"),
         core: None,
+        send_each: false,
     };
     let res: Result<(), String> = (|| {
         while let Some(arg) = a.next_arg()? {
@@ -68,6 +85,7 @@ pub fn parse_args(name: &str) -> PeerArgs {
                     out.addr = v.parse().map_err(|_| format!("bad --addr {v:?}"))?;
                 }
                 Arg::Long(n) if n == "core" => out.core = Some(a.parse()?),
+                Arg::Long(n) if n == "send-each" => out.send_each = true,
                 Arg::Long(n) if n == "help" => return Err(String::new()),
                 other => return Err(format!("unexpected argument {other:?}")),
             }
@@ -178,6 +196,7 @@ where
 {
     let args = parse_args(name);
     prepare(&args);
+    let _ = ARGS.set(args.clone());
     let std_listener = listen(args.addr).unwrap_or_else(|e| {
         eprintln!("{name}: listen {}: {e}", args.addr);
         std::process::exit(1);
@@ -233,8 +252,9 @@ where
     }
 }
 
-/// Subscriber loop: relays every broadcast message to `ws`, whatever is queued in one flush;
-/// incoming frames are only read so the library can answer pings and closes.
+/// Subscriber loop: relays every broadcast message to `ws`, whatever is queued in one flush
+/// (or one flush per message with `--send-each`); incoming frames are only read so the library
+/// can answer pings and closes.
 pub async fn subscriber_stream<S, M, E>(mut ws: S, mut rx: tokio::sync::broadcast::Receiver<M>)
 where
     S: futures_util::Stream<Item = Result<M, E>> + futures_util::Sink<M> + Unpin,
@@ -242,6 +262,7 @@ where
 {
     use futures_util::{SinkExt, StreamExt};
     use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let batch = !args().send_each;
     loop {
         tokio::select! {
             m = rx.recv() => {
@@ -256,17 +277,19 @@ where
                 if ws.feed(msg).await.is_err() {
                     return;
                 }
-                loop {
-                    match rx.try_recv() {
-                        Ok(m) => {
-                            if ws.feed(m).await.is_err() {
-                                return;
+                if batch {
+                    loop {
+                        match rx.try_recv() {
+                            Ok(m) => {
+                                if ws.feed(m).await.is_err() {
+                                    return;
+                                }
                             }
+                            Err(TryRecvError::Lagged(n)) => {
+                                eprintln!("subscriber lagged, {n} messages lost");
+                            }
+                            Err(_) => break,
                         }
-                        Err(TryRecvError::Lagged(n)) => {
-                            eprintln!("subscriber lagged, {n} messages lost");
-                        }
-                        Err(_) => break,
                     }
                 }
                 if ws.flush().await.is_err() {

@@ -23,7 +23,7 @@ use crate::config::{
     Config, SlowConsumerPolicy, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_IDLE_TIMEOUT, CLOSE_SLOW_CONSUMER,
 };
 use crate::engine::{Command, Shared};
-use crate::fanout::{Outbox, Publish, PublishOptions, Target, TopicShared};
+use crate::fanout::{concat_frames, Cork, Outbox, Publish, PublishOptions, Target, TopicShared};
 use crate::handler::{Handler, Rejection, Socket, Upgrade, UpgradeRequest};
 use crate::metrics::{add, inc, max, CoreMetrics};
 use crate::runtime::{ConnId, Io, Service};
@@ -182,6 +182,10 @@ pub(crate) struct CoreState {
     topics: HashMap<Arc<str>, LocalTopic>,
     /// Spilled publishes waiting for room in a ring to another core.
     outbox: Outbox,
+    /// Local deliveries held back to batch them (see [`Cork`]).
+    cork: Cork,
+    /// Largest run a cork holds, in frame bytes.
+    cork_max: usize,
     /// Per window size, a no-context-takeover compressor whose output every subscriber with
     /// that window and `server_no_context_takeover` can share.
     shared_encoders: HashMap<u8, Encoder>,
@@ -200,6 +204,10 @@ struct LocalTopic {
 
 /// Most publishes one core takes from its rings per wakeup before serving I/O again.
 const DRAIN_BUDGET: usize = 1024;
+
+/// Most frame bytes one corked run gathers (also at most a quarter of the write-buffer limit,
+/// so a run alone never trips the slow-consumer check).
+const CORK_MAX_BYTES: usize = 64 * 1024;
 
 struct TickSpans {
     handshake: u32,
@@ -257,8 +265,21 @@ impl CoreState {
         self.send_frame(io, id, frame, 1)
     }
 
-    /// Queues an encoded frame; `messages` is how many messages it counts as.
+    /// Queues an encoded frame; `messages` is how many messages it counts as. Corked
+    /// deliveries go first, so the frame never overtakes a publish made before it.
     pub(crate) fn send_frame(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        frame: Bytes,
+        messages: u64,
+    ) -> Result<(), SendError> {
+        self.uncork(io);
+        self.queue_frame(io, id, frame, messages)
+    }
+
+    /// [`CoreState::send_frame`] without flushing the cork.
+    fn queue_frame(
         &mut self,
         io: &mut Io<'_>,
         id: ConnId,
@@ -273,7 +294,7 @@ impl CoreState {
             return Err(SendError::Closed);
         }
         if io.queued_bytes(id) + frame.len() > self.cfg.write_buffer_limit {
-            return Err(self.slow_consumer(io, id));
+            return Err(self.slow_consumer(io, id, messages));
         }
         if !io.send(id, frame) {
             return Err(SendError::Closed);
@@ -331,8 +352,9 @@ impl CoreState {
         self.cfg.subprotocols.get(i).map(String::as_str)
     }
 
-    /// Subscribes `id` to `topic`.
-    pub(crate) fn subscribe(&mut self, id: ConnId, topic: &str) -> bool {
+    /// Subscribes `id` to `topic` (after delivering corked publishes, which predate it).
+    pub(crate) fn subscribe(&mut self, io: &mut Io<'_>, id: ConnId, topic: &str) -> bool {
+        self.uncork(io);
         let Some(conn) = self.conn(id) else {
             return false;
         };
@@ -353,8 +375,9 @@ impl CoreState {
         true
     }
 
-    /// Unsubscribes `id` from `topic`.
-    pub(crate) fn unsubscribe(&mut self, id: ConnId, topic: &str) -> bool {
+    /// Unsubscribes `id` from `topic` (after delivering corked publishes, which predate it).
+    pub(crate) fn unsubscribe(&mut self, io: &mut Io<'_>, id: ConnId, topic: &str) -> bool {
+        self.uncork(io);
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
@@ -462,12 +485,80 @@ impl CoreState {
         }
     }
 
-    /// Delivers a publish to this core's recipients.
-    pub(crate) fn deliver(&mut self, io: &mut Io<'_>, p: &Publish) {
+    /// Delivers a publish to this core's recipients: corked with the publishes before it when
+    /// it can be (same target, no exclude or filter), otherwise right away.
+    pub(crate) fn deliver(&mut self, io: &mut Io<'_>, p: &Arc<Publish>) {
+        if !self.cork.accepts(p, self.cork_max) {
+            self.uncork(io);
+            if !self.cork.accepts(p, self.cork_max) {
+                // Options per recipient, or a frame bigger than a run: its own delivery.
+                return self.deliver_now(io, p);
+            }
+        }
+        self.cork.push(p.clone());
+    }
+
+    /// Queues the corked run for its recipients: one buffer holding every frame of the run,
+    /// shared by refcount by every recipient that takes the frames uncompressed; recipients
+    /// that compress get each message framed for them, in order.
+    pub(crate) fn uncork(&mut self, io: &mut Io<'_>) {
+        if self.cork.is_empty() {
+            return;
+        }
         let me = self.core_index;
+        let run = self.cork.take();
+        let messages = run.len() as u64;
+        let payload_bytes: u64 = run.iter().map(|p| p.payload().len() as u64).sum();
+        let largest = run.iter().map(|p| p.payload().len()).max().unwrap_or(0);
+        let frames = concat_frames(&run);
         let mut ids = std::mem::take(&mut self.scratch_ids);
+        self.recipients(&run[0].target, &mut ids);
+        let (mut delivered, mut runs) = (0, 0);
+        let mut compressing = Vec::new();
+        for &id in &ids {
+            let Some(conn) = self.conn(id) else { continue };
+            if conn.phase != Phase::Open {
+                continue;
+            }
+            let compresses = conn
+                .extra
+                .as_ref()
+                .and_then(|e| e.encoder.as_ref())
+                .is_some_and(|enc| enc.compresses(largest));
+            if compresses {
+                compressing.push(id);
+                continue;
+            }
+            add(&self.metrics[me].bytes_out, payload_bytes);
+            if self.queue_frame(io, id, frames.clone(), messages).is_ok() {
+                delivered += messages;
+                runs += 1;
+            }
+        }
+        for p in &run {
+            let mut shared: [Option<Bytes>; 16] = Default::default();
+            for &id in &compressing {
+                if self.conn(id).is_none_or(|c| c.phase != Phase::Open) {
+                    continue;
+                }
+                let frame = self.frame_for(id, p, &mut shared);
+                add(&self.metrics[me].bytes_out, p.payload().len() as u64);
+                if self.queue_frame(io, id, frame, 1).is_ok() {
+                    delivered += 1;
+                    runs += 1;
+                }
+            }
+        }
+        self.scratch_ids = ids;
+        self.cork.recycle(run);
+        add(&self.metrics[me].deliveries, delivered);
+        add(&self.metrics[me].delivery_runs, runs);
+    }
+
+    /// This core's candidate recipients of a publish to `target` (open or not; callers check).
+    fn recipients(&self, target: &Target, ids: &mut Vec<ConnId>) {
         ids.clear();
-        match &p.target {
+        match target {
             Target::Topic(t) => {
                 if let Some(local) = self.topics.get(&*t.name) {
                     ids.extend_from_slice(&local.subs);
@@ -481,6 +572,15 @@ impl CoreState {
                     .map(|c| c.id),
             ),
         }
+    }
+
+    /// Delivers one publish (with its exclude and filter) to this core's recipients now; the
+    /// cork must be empty.
+    fn deliver_now(&mut self, io: &mut Io<'_>, p: &Publish) {
+        debug_assert!(self.cork.is_empty());
+        let me = self.core_index;
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        self.recipients(&p.target, &mut ids);
         let mut compressed: [Option<Bytes>; 16] = Default::default();
         let mut delivered = 0;
         let mut filtered = 0;
@@ -501,12 +601,13 @@ impl CoreState {
             }
             let frame = self.frame_for(id, p, &mut compressed);
             add(&self.metrics[me].bytes_out, p.payload().len() as u64);
-            if self.send_frame(io, id, frame, 1).is_ok() {
+            if self.queue_frame(io, id, frame, 1).is_ok() {
                 delivered += 1;
             }
         }
         self.scratch_ids = ids;
         add(&self.metrics[me].deliveries, delivered);
+        add(&self.metrics[me].delivery_runs, delivered);
         add(&self.metrics[me].deliveries_filtered, filtered);
     }
 
@@ -595,9 +696,10 @@ impl CoreState {
         }
     }
 
-    fn slow_consumer(&mut self, io: &mut Io<'_>, id: ConnId) -> SendError {
+    /// Applies the slow-consumer policy to a frame of `messages` messages that did not fit.
+    fn slow_consumer(&mut self, io: &mut Io<'_>, id: ConnId, messages: u64) -> SendError {
         match self.cfg.slow_consumer {
-            SlowConsumerPolicy::DropNewest => inc(&self.m().slow_consumer_drops),
+            SlowConsumerPolicy::DropNewest => add(&self.m().slow_consumer_drops, messages),
             SlowConsumerPolicy::Close => {
                 inc(&self.m().slow_consumer_closes);
                 // The client is not reading: what is queued would delay the close for as long
@@ -618,6 +720,8 @@ impl CoreState {
         code: CloseCode,
         reason: &str,
     ) {
+        // Publishes made before the close reach the peer before it.
+        self.uncork(io);
         let deadline = self.now_tick + self.ticks_per.close;
         let Some(conn) = self.conn_mut(id) else {
             return;
@@ -635,6 +739,7 @@ impl CoreState {
     /// Fails the connection for a protocol error: close frame with the error's code, then the
     /// socket closes once it is flushed.
     fn fail(&mut self, io: &mut Io<'_>, id: ConnId, err: ProtocolError) {
+        self.uncork(io);
         let code = err.close_code();
         let deadline = self.now_tick + self.ticks_per.close;
         let m = &self.metrics[self.core_index];
@@ -701,6 +806,7 @@ impl<H: Handler> WsService<H> {
         let metrics = shared.metrics.clone();
         let cores = shared.cores;
         let max_per_core = cfg.max_connections.div_ceil(cores).clamp(1, 1 << 22);
+        let cork_max = CORK_MAX_BYTES.min(cfg.write_buffer_limit / 4);
         WsService {
             state: CoreState {
                 core_index,
@@ -719,6 +825,8 @@ impl<H: Handler> WsService<H> {
                 out: Vec::new(),
                 topics: HashMap::new(),
                 outbox: Outbox::new(cores),
+                cork: Cork::default(),
+                cork_max,
                 shared_encoders: HashMap::new(),
                 scratch_ids: Vec::new(),
                 scratch_decoder: Decoder::new(Role::Server, decoder_cfg),
@@ -849,6 +957,8 @@ impl<H: Handler> WsService<H> {
         data: Option<Box<dyn Any>>,
     ) {
         let st = &mut self.state;
+        // A corked broadcast-to-all predates this connection: deliver it to the others first.
+        st.uncork(io);
         let mut out = std::mem::take(&mut st.out);
         out.clear();
         let cfg = st.cfg.clone();
@@ -1064,10 +1174,10 @@ impl<H: Handler> WsService<H> {
                     self.state.start_close(io, conn, code, &reason);
                 }
                 Command::Subscribe { conn, topic } => {
-                    self.state.subscribe(conn, &topic);
+                    self.state.subscribe(io, conn, &topic);
                 }
                 Command::Unsubscribe { conn, topic } => {
-                    self.state.unsubscribe(conn, &topic);
+                    self.state.unsubscribe(io, conn, &topic);
                 }
                 Command::ResolveUpgrade { conn, decision } => {
                     self.resolve_upgrade(io, conn, decision);
@@ -1210,6 +1320,10 @@ impl<H: Handler> Service for WsService<H> {
     fn on_wake(&mut self, io: &mut Io<'_>) {
         self.drain_commands(io);
         self.state.drain_inbox(io);
+    }
+
+    fn before_submit(&mut self, io: &mut Io<'_>) {
+        self.state.uncork(io);
     }
 
     fn on_shutdown(&mut self, io: &mut Io<'_>) {

@@ -164,6 +164,79 @@ impl Publish {
     }
 }
 
+/// Publishes a core accepted for its own recipients but has not queued yet: a run of
+/// consecutive publishes to one target, without per-recipient options, queued together as one
+/// contiguous buffer per recipient when the core flushes the cork (before its loop iteration
+/// submits, or before anything else is queued on the core). Each recipient then costs one
+/// queue entry and one send per run instead of one per message (docs/ARCHITECTURE.md, "Corked
+/// delivery").
+#[derive(Default)]
+pub(crate) struct Cork {
+    publishes: Vec<Arc<Publish>>,
+    bytes: usize,
+}
+
+impl Cork {
+    /// Nothing is waiting.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.publishes.is_empty()
+    }
+
+    /// Whether `p` may join the run: no exclude or filter, the same target as the run, and the
+    /// run stays within `max_bytes`.
+    pub(crate) fn accepts(&self, p: &Publish, max_bytes: usize) -> bool {
+        if p.opts.exclude.is_some() || p.opts.filter.is_some() {
+            return false;
+        }
+        if self.bytes + p.frame.len() > max_bytes {
+            return false;
+        }
+        match self.publishes.first().map(|f| (&f.target, &p.target)) {
+            None => true,
+            Some((Target::Topic(a), Target::Topic(b))) => Arc::ptr_eq(a, b),
+            Some((Target::All, Target::All)) => true,
+            Some(_) => false,
+        }
+    }
+
+    /// Adds `p` to the run (after [`Cork::accepts`]).
+    pub(crate) fn push(&mut self, p: Arc<Publish>) {
+        self.bytes += p.frame.len();
+        self.publishes.push(p);
+    }
+
+    /// Takes the run out; hand the vector back with [`Cork::recycle`].
+    pub(crate) fn take(&mut self) -> Vec<Arc<Publish>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.publishes)
+    }
+
+    /// Gives back the vector [`Cork::take`] returned, emptied, to reuse its allocation.
+    pub(crate) fn recycle(&mut self, mut v: Vec<Arc<Publish>>) {
+        v.clear();
+        if self.publishes.is_empty() && v.capacity() <= 4096 {
+            self.publishes = v;
+        }
+    }
+}
+
+/// The frames of `run` back to back in one buffer (the frame itself for a run of one).
+pub(crate) fn concat_frames(run: &[Arc<Publish>]) -> Bytes {
+    match run {
+        [] => Bytes::new(),
+        [one] => one.frame.clone(),
+        _ => {
+            let total = run.iter().map(|p| p.frame.len()).sum();
+            let mut out = Vec::with_capacity(total);
+            for p in run {
+                out.extend_from_slice(&p.frame);
+            }
+            Bytes::from(out)
+        }
+    }
+}
+
 /// The inbound lanes of one core.
 pub(crate) struct Inbox {
     /// `from_core[p]`: the ring core `p` writes to (single producer).

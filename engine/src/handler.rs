@@ -186,12 +186,12 @@ impl Socket<'_, '_> {
 
     /// Subscribes this connection to `topic`; returns `false` if it already was.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        self.state.subscribe(self.id, topic)
+        self.state.subscribe(self.io, self.id, topic)
     }
 
     /// Unsubscribes this connection from `topic`; returns `false` if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
-        self.state.unsubscribe(self.id, topic)
+        self.state.unsubscribe(self.io, self.id, topic)
     }
 
     /// The topics this connection is subscribed to.

@@ -88,6 +88,9 @@ counters! {
     publishes,
     /// Messages delivered to subscribers by fan-out on this core.
     deliveries,
+    /// Buffers fan-out queued for those deliveries: one per recipient per corked run of
+    /// publishes (`deliveries / delivery_runs` messages per queued buffer, on average).
+    delivery_runs,
     /// Fan-out recipients skipped by a publish's filter or exclude.
     deliveries_filtered,
     /// Publishes handed to another core's ring (one per target core).

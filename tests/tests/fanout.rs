@@ -72,6 +72,41 @@ impl Handler for PubSub {
                 let c = s.core().to_string();
                 let _ = s.send_text(&c);
             }
+            // Interleaves publishes to two topics with direct sends, in one callback.
+            "mix" => {
+                let (t1, t2) = (a, b);
+                for i in 0..100 {
+                    s.publish(t1, &format!("a {i}"));
+                    s.publish(t2, &format!("b {i}"));
+                    let _ = s.send_text(&format!("d {i}"));
+                }
+            }
+            // Membership changes between publishes in one callback.
+            "flip" => {
+                s.publish(a, "before-sub");
+                s.subscribe(a);
+                s.publish(a, "after-sub");
+                s.unsubscribe(a);
+                s.publish(a, "after-unsub");
+                let _ = s.send_text("flipped");
+            }
+            // A plain, a filtered and a plain publish in a row: order must hold for the VIP.
+            "pfp" => {
+                s.publish(a, "p1");
+                let opts = PublishOptions {
+                    exclude: None,
+                    filter: Some(Arc::new(|_, data| data.is_some_and(|d| d.is::<Vip>()))),
+                };
+                s.publish_with(a, b"vip", true, opts);
+                s.publish(a, "p2");
+            }
+            // Publishes, then closes the sender (a subscriber): the close comes last.
+            "pubclose" => {
+                for i in 0..10 {
+                    s.publish(a, &format!("{i}"));
+                }
+                s.close(edge_ws::CloseCode::NORMAL, "done");
+            }
             _ => {}
         }
     }
@@ -307,4 +342,79 @@ fn slow_subscriber_does_not_slow_the_others() {
         drop(slow);
         engine.join().unwrap();
     }
+}
+
+#[test]
+fn corked_runs_share_one_buffer_per_subscriber() {
+    // One engine core, so every publish of a burst lands in the same corked run.
+    let engine = engine(test_config(1));
+    let addr = engine.local_addr();
+    let mut subs: Vec<RawClient> = (0..4)
+        .map(|_| {
+            let mut c = RawClient::connect(addr, "/", None);
+            subscribe(&mut c, "ticks");
+            c
+        })
+        .collect();
+    let mut p = RawClient::connect(addr, "/", None);
+    let before = engine.handle().metrics();
+    cmd(&mut p, "burst ticks 1000");
+    for s in subs.iter_mut() {
+        for i in 0..1000 {
+            assert_eq!(text(s), format!("c0 {i}"));
+        }
+    }
+    let m = engine.handle().metrics();
+    let deliveries = m.deliveries - before.deliveries;
+    let runs = m.delivery_runs - before.delivery_runs;
+    assert_eq!(deliveries, 4000);
+    // ~12-byte frames: a 64 KiB run holds the whole burst; allow a few splits.
+    assert!(
+        runs <= 4 * 4,
+        "1000 publishes in one callback should reach each subscriber in a few buffers, got {runs}"
+    );
+    engine.handle().shutdown();
+    engine.join().unwrap();
+}
+
+#[test]
+fn corked_publishes_keep_order_with_sends_membership_filters_and_close() {
+    let engine = engine(test_config(1));
+    let addr = engine.local_addr();
+    // Publishes to two topics interleaved with direct sends reach a socket in call order.
+    let mut me = RawClient::connect(addr, "/", None);
+    subscribe(&mut me, "t1");
+    subscribe(&mut me, "t2");
+    cmd(&mut me, "mix t1 t2");
+    for i in 0..100 {
+        assert_eq!(text(&mut me), format!("a {i}"));
+        assert_eq!(text(&mut me), format!("b {i}"));
+        assert_eq!(text(&mut me), format!("d {i}"));
+    }
+    // A subscribe sees only later publishes; an unsubscribe still gets the earlier ones.
+    let mut f = RawClient::connect(addr, "/", None);
+    cmd(&mut f, "flip solo");
+    assert_eq!(text(&mut f), "after-sub");
+    assert_eq!(text(&mut f), "flipped");
+    // A filtered publish between two plain ones: the VIP gets all three in order.
+    let mut vip = RawClient::connect(addr, "/?vip=1", None);
+    let mut plain = RawClient::connect(addr, "/", None);
+    subscribe(&mut vip, "v");
+    subscribe(&mut plain, "v");
+    cmd(&mut plain, "pfp v");
+    for want in ["p1", "vip", "p2"] {
+        assert_eq!(text(&mut vip), want);
+    }
+    assert_eq!(text(&mut plain), "p1");
+    assert_eq!(text(&mut plain), "p2");
+    // Publishes made before a close reach the closing subscriber before its close frame.
+    let mut c = RawClient::connect(addr, "/", None);
+    subscribe(&mut c, "last");
+    cmd(&mut c, "pubclose last");
+    for i in 0..10 {
+        assert_eq!(text(&mut c), i.to_string());
+    }
+    assert_eq!(c.expect_close(), Some(1000));
+    engine.handle().shutdown();
+    engine.join().unwrap();
 }

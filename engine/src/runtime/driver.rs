@@ -608,6 +608,13 @@ struct Driver<S> {
 }
 
 impl<S: Service> Driver<S> {
+    /// Lets the service queue held-back output, then turns pending work into SQEs.
+    fn flush(&mut self) {
+        let (s, mut io) = self.io();
+        s.before_submit(&mut io);
+        self.core.flush();
+    }
+
     #[inline]
     fn io(&mut self) -> (&mut S, Io<'_>) {
         (
@@ -851,7 +858,7 @@ async fn run<S: Service>(mut drv: Driver<S>, afd: AsyncFd<EvFd>, waker: CoreWake
     let mut last_yield = Instant::now();
     loop {
         drv.check_flags(&waker);
-        drv.core.flush();
+        drv.flush();
         drv.core.enter(woke);
         woke = false;
         let mut budget = MAX_CQES_PER_ITER;
@@ -862,7 +869,7 @@ async fn run<S: Service>(mut drv: Driver<S>, afd: AsyncFd<EvFd>, waker: CoreWake
         if handled > 0 || drv.core.has_pending_work() {
             if budget == 0 || last_yield.elapsed() >= YIELD_EVERY {
                 // Submit leftovers before giving timers and other tasks a turn (pitfall 3).
-                drv.core.flush();
+                drv.flush();
                 drv.core.enter(false);
                 tokio::select! {
                     biased;

@@ -154,6 +154,9 @@ pub trait Service: 'static {
     /// Called once per loop iteration after one or more [`CoreWaker::wake`] calls (a burst of
     /// wakes costs one call): drain cross-core queues here. Default: nothing.
     fn on_wake(&mut self, _io: &mut Io<'_>) {}
+    /// Called once per loop iteration, before the output queued during it is turned into
+    /// submissions: the place to queue output held back to batch it (a cork). Default: nothing.
+    fn before_submit(&mut self, _io: &mut Io<'_>) {}
     /// Shutdown requested via [`CoreWaker::shutdown`] or [`Runtime::shutdown`]: the default
     /// calls [`Io::stop`] immediately; a layer that drains first overrides it and calls
     /// [`Io::stop`] later (e.g. from `on_tick`).
