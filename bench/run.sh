@@ -69,7 +69,6 @@ FULL_SCENARIOS=(
     "broadcast-64B-1000s-d512|broadcast --size 64 --conns 1000 --depth 512"
     "broadcast-1KiB-1000s-d512|broadcast --size 1024 --conns 1000 --depth 512"
     "broadcast-64B-10000s-d512|broadcast --size 64 --conns 10000 --depth 512"
-    "broadcast-1KiB-10000s-d512|broadcast --size 1024 --conns 10000 --depth 512"
     "idle-10000c|idle --size 16 --conns 10000"
     "churn-16t|churn --size 64 --threads 16"
 )
