@@ -486,7 +486,7 @@ impl CoreState {
     }
 
     /// Delivers a publish to this core's recipients: corked with the publishes before it when
-    /// it can be (same target, no exclude or filter), otherwise right away.
+    /// it can be (same target, no filter), otherwise right away.
     pub(crate) fn deliver(&mut self, io: &mut Io<'_>, p: &Arc<Publish>) {
         if !self.cork.accepts(p, self.cork_max) {
             self.uncork(io);
@@ -499,22 +499,23 @@ impl CoreState {
     }
 
     /// Queues the corked run for its recipients: one buffer holding every frame of the run,
-    /// shared by refcount by every recipient that takes the frames uncompressed; recipients
-    /// that compress get each message framed for them, in order.
+    /// shared by refcount by every recipient that takes the frames uncompressed and is excluded
+    /// from none of them; recipients that compress or are excluded from some get each of their
+    /// messages framed for them, in order.
     pub(crate) fn uncork(&mut self, io: &mut Io<'_>) {
         if self.cork.is_empty() {
             return;
         }
         let me = self.core_index;
-        let run = self.cork.take();
+        let (run, excluded) = self.cork.take();
         let messages = run.len() as u64;
         let payload_bytes: u64 = run.iter().map(|p| p.payload().len() as u64).sum();
         let largest = run.iter().map(|p| p.payload().len()).max().unwrap_or(0);
         let frames = concat_frames(&run);
         let mut ids = std::mem::take(&mut self.scratch_ids);
         self.recipients(&run[0].target, &mut ids);
-        let (mut delivered, mut runs) = (0, 0);
-        let mut compressing = Vec::new();
+        let (mut delivered, mut runs, mut filtered) = (0, 0, 0);
+        let mut one_by_one = Vec::new();
         for &id in &ids {
             let Some(conn) = self.conn(id) else { continue };
             if conn.phase != Phase::Open {
@@ -525,8 +526,8 @@ impl CoreState {
                 .as_ref()
                 .and_then(|e| e.encoder.as_ref())
                 .is_some_and(|enc| enc.compresses(largest));
-            if compresses {
-                compressing.push(id);
+            if compresses || excluded.contains(&ConnectionId::new(me, id)) {
+                one_by_one.push(id);
                 continue;
             }
             add(&self.metrics[me].bytes_out, payload_bytes);
@@ -537,8 +538,12 @@ impl CoreState {
         }
         for p in &run {
             let mut shared: [Option<Bytes>; 16] = Default::default();
-            for &id in &compressing {
+            for &id in &one_by_one {
                 if self.conn(id).is_none_or(|c| c.phase != Phase::Open) {
+                    continue;
+                }
+                if p.opts.exclude == Some(ConnectionId::new(me, id)) {
+                    filtered += 1;
                     continue;
                 }
                 let frame = self.frame_for(id, p, &mut shared);
@@ -550,9 +555,10 @@ impl CoreState {
             }
         }
         self.scratch_ids = ids;
-        self.cork.recycle(run);
+        self.cork.recycle(run, excluded);
         add(&self.metrics[me].deliveries, delivered);
         add(&self.metrics[me].delivery_runs, runs);
+        add(&self.metrics[me].deliveries_filtered, filtered);
     }
 
     /// This core's candidate recipients of a publish to `target` (open or not; callers check).

@@ -164,16 +164,23 @@ impl Publish {
     }
 }
 
+/// Most distinct excluded connections one corked run may name (each one gets its messages one
+/// by one, and every recipient is checked against the list).
+const CORK_MAX_EXCLUDED: usize = 16;
+
 /// Publishes a core accepted for its own recipients but has not queued yet: a run of
-/// consecutive publishes to one target, without per-recipient options, queued together as one
-/// contiguous buffer per recipient when the core flushes the cork (before its loop iteration
-/// submits, or before anything else is queued on the core). Each recipient then costs one
-/// queue entry and one send per run instead of one per message (docs/ARCHITECTURE.md, "Corked
-/// delivery").
+/// consecutive publishes to one target, without filters, queued together as one contiguous
+/// buffer per recipient when the core flushes the cork (before its loop iteration submits, or
+/// before anything else is queued on the core). Each recipient then costs one queue entry and
+/// one send per run instead of one per message (docs/ARCHITECTURE.md, "Corked delivery").
+/// Publishes may exclude a connection (typically their sender): the few excluded connections
+/// get the run's other messages one by one.
 #[derive(Default)]
 pub(crate) struct Cork {
     publishes: Vec<Arc<Publish>>,
     bytes: usize,
+    /// The distinct `exclude`s of the run's publishes.
+    excluded: Vec<ConnectionId>,
 }
 
 impl Cork {
@@ -183,11 +190,16 @@ impl Cork {
         self.publishes.is_empty()
     }
 
-    /// Whether `p` may join the run: no exclude or filter, the same target as the run, and the
-    /// run stays within `max_bytes`.
+    /// Whether `p` may join the run: no filter, the same target as the run, the run stays
+    /// within `max_bytes` and names at most [`CORK_MAX_EXCLUDED`] excluded connections.
     pub(crate) fn accepts(&self, p: &Publish, max_bytes: usize) -> bool {
-        if p.opts.exclude.is_some() || p.opts.filter.is_some() {
+        if p.opts.filter.is_some() {
             return false;
+        }
+        if let Some(x) = p.opts.exclude {
+            if self.excluded.len() >= CORK_MAX_EXCLUDED && !self.excluded.contains(&x) {
+                return false;
+            }
         }
         if self.bytes + p.frame.len() > max_bytes {
             return false;
@@ -202,21 +214,33 @@ impl Cork {
 
     /// Adds `p` to the run (after [`Cork::accepts`]).
     pub(crate) fn push(&mut self, p: Arc<Publish>) {
+        if let Some(x) = p.opts.exclude {
+            if !self.excluded.contains(&x) {
+                self.excluded.push(x);
+            }
+        }
         self.bytes += p.frame.len();
         self.publishes.push(p);
     }
 
-    /// Takes the run out; hand the vector back with [`Cork::recycle`].
-    pub(crate) fn take(&mut self) -> Vec<Arc<Publish>> {
+    /// Takes the run and its excluded connections out; hand them back with [`Cork::recycle`].
+    pub(crate) fn take(&mut self) -> (Vec<Arc<Publish>>, Vec<ConnectionId>) {
         self.bytes = 0;
-        std::mem::take(&mut self.publishes)
+        (
+            std::mem::take(&mut self.publishes),
+            std::mem::take(&mut self.excluded),
+        )
     }
 
-    /// Gives back the vector [`Cork::take`] returned, emptied, to reuse its allocation.
-    pub(crate) fn recycle(&mut self, mut v: Vec<Arc<Publish>>) {
-        v.clear();
-        if self.publishes.is_empty() && v.capacity() <= 4096 {
-            self.publishes = v;
+    /// Gives back what [`Cork::take`] returned, emptied, to reuse the allocations.
+    pub(crate) fn recycle(&mut self, mut run: Vec<Arc<Publish>>, mut excluded: Vec<ConnectionId>) {
+        run.clear();
+        excluded.clear();
+        if self.publishes.is_empty() && run.capacity() <= 4096 {
+            self.publishes = run;
+        }
+        if self.excluded.is_empty() {
+            self.excluded = excluded;
         }
     }
 }
@@ -328,6 +352,70 @@ mod tests {
             text: false,
             opts: PublishOptions::default(),
         })
+    }
+
+    #[test]
+    fn cork_runs_one_target_without_filters_and_few_excluded() {
+        let reg = TopicRegistry::default();
+        let (a, b) = (reg.get_or_create("a"), reg.get_or_create("b"));
+        let to = |t: &Arc<TopicShared>, exclude: Option<ConnectionId>| {
+            let opts = PublishOptions {
+                exclude,
+                filter: None,
+            };
+            Arc::new(Publish::new(Target::Topic(t.clone()), b"x", true, opts))
+        };
+        let mut cork = Cork::default();
+        assert!(cork.accepts(&to(&a, None), 1024));
+        cork.push(to(&a, None));
+        // Another topic, broadcast-to-all, or a filter: not in this run.
+        assert!(!cork.accepts(&to(&b, None), 1024));
+        assert!(!cork.accepts(&publish(1), 1024));
+        let filtered = Publish::new(
+            Target::Topic(a.clone()),
+            b"x",
+            true,
+            PublishOptions {
+                exclude: None,
+                filter: Some(Arc::new(|_, _| true)),
+            },
+        );
+        assert!(!cork.accepts(&filtered, 1024));
+        // Up to CORK_MAX_EXCLUDED distinct excluded connections; repeats are free.
+        for i in 0..CORK_MAX_EXCLUDED {
+            let p = to(
+                &a,
+                Some(ConnectionId::new(0, crate::runtime::ConnId::new(i, 1))),
+            );
+            assert!(cork.accepts(&p, 1024));
+            cork.push(p.clone());
+            cork.push(p);
+        }
+        let again = to(
+            &a,
+            Some(ConnectionId::new(0, crate::runtime::ConnId::new(3, 1))),
+        );
+        assert!(cork.accepts(&again, 1024));
+        let one_more = to(
+            &a,
+            Some(ConnectionId::new(0, crate::runtime::ConnId::new(99, 1))),
+        );
+        assert!(!cork.accepts(&one_more, 1024));
+        // The byte cap.
+        assert!(!cork.accepts(&to(&a, None), cork.bytes + 2));
+        let (run, excluded) = cork.take();
+        assert_eq!(run.len(), 1 + 2 * CORK_MAX_EXCLUDED);
+        assert_eq!(excluded.len(), CORK_MAX_EXCLUDED);
+        assert_eq!(concat_frames(&run).len(), run.len() * run[0].frame.len());
+        assert!(cork.is_empty());
+        cork.recycle(run, excluded);
+        assert!(cork.accepts(
+            &to(
+                &b,
+                Some(ConnectionId::new(0, crate::runtime::ConnId::new(99, 1)))
+            ),
+            1024
+        ));
     }
 
     #[test]

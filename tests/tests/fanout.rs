@@ -72,6 +72,17 @@ impl Handler for PubSub {
                 let c = s.core().to_string();
                 let _ = s.send_text(&c);
             }
+            // N publishes; the even ones exclude the sender.
+            "burstx" => {
+                let n: usize = b.parse().unwrap();
+                for i in 0..n {
+                    let opts = PublishOptions {
+                        exclude: (i % 2 == 0).then(|| s.id()),
+                        filter: None,
+                    };
+                    s.publish_with(a, format!("x {i}").as_bytes(), true, opts);
+                }
+            }
             // Interleaves publishes to two topics with direct sends, in one callback.
             "mix" => {
                 let (t1, t2) = (a, b);
@@ -415,6 +426,40 @@ fn corked_publishes_keep_order_with_sends_membership_filters_and_close() {
         assert_eq!(text(&mut c), i.to_string());
     }
     assert_eq!(c.expect_close(), Some(1000));
+    engine.handle().shutdown();
+    engine.join().unwrap();
+}
+
+#[test]
+fn corked_runs_with_an_excluded_sender() {
+    let engine = engine(test_config(1));
+    let addr = engine.local_addr();
+    let mut clients: Vec<RawClient> = (0..3)
+        .map(|_| {
+            let mut c = RawClient::connect(addr, "/", None);
+            subscribe(&mut c, "room");
+            c
+        })
+        .collect();
+    let before = engine.handle().metrics();
+    cmd(&mut clients[0], "burstx room 400");
+    for c in clients[1..].iter_mut() {
+        for i in 0..400 {
+            assert_eq!(text(c), format!("x {i}"));
+        }
+    }
+    // The sender gets only the publishes that did not exclude it, in order, and nothing else.
+    for i in (1..400).step_by(2) {
+        assert_eq!(text(&mut clients[0]), format!("x {i}"));
+    }
+    cmd(&mut clients[0], "core");
+    assert_eq!(text(&mut clients[0]), "0");
+    let m = engine.handle().metrics();
+    assert_eq!(m.deliveries - before.deliveries, 400 * 2 + 200);
+    assert_eq!(m.deliveries_filtered - before.deliveries_filtered, 200);
+    // The two others share runs; only the sender gets its 200 messages one by one.
+    let runs = m.delivery_runs - before.delivery_runs;
+    assert!(runs <= 200 + 2 * 4, "{runs} buffers queued");
     engine.handle().shutdown();
     engine.join().unwrap();
 }
