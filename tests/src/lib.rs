@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use edge_ws::{Config, Cores, Engine, Handler, Message, Socket};
-use edge_ws_protocol::handshake::{parse_response, ClientOutcome, ClientRequest};
+use edge_ws_protocol::deflate::{client_accept, client_offer, DeflateConfig};
+use edge_ws_protocol::handshake::{parse_response, ClientOutcome, ClientRequest, ClientResponse};
 use edge_ws_protocol::{Decoder, DecoderConfig, Encoder, OpCode, Role};
 
 /// Echoes every message back.
@@ -92,6 +93,26 @@ pub struct RawClient {
 impl RawClient {
     /// Connects and completes the upgrade (optionally offering `extensions`).
     pub fn connect(addr: SocketAddr, path: &str, extensions: Option<&str>) -> RawClient {
+        Self::upgrade(addr, path, extensions).0
+    }
+
+    /// Connects offering permessage-deflate as `cfg` describes; panics unless the server
+    /// accepts it. Received messages are inflated (sending stays uncompressed).
+    pub fn connect_deflate(addr: SocketAddr, path: &str, cfg: &DeflateConfig) -> RawClient {
+        let offer = client_offer(cfg);
+        let (mut c, resp) = Self::upgrade(addr, path, Some(&offer));
+        let params = client_accept(&resp.extensions, cfg)
+            .expect("valid deflate answer")
+            .expect("server accepted permessage-deflate");
+        c.decoder.set_deflate(&params);
+        c
+    }
+
+    fn upgrade(
+        addr: SocketAddr,
+        path: &str,
+        extensions: Option<&str>,
+    ) -> (RawClient, ClientResponse) {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -110,7 +131,7 @@ impl RawClient {
         stream.write_all(&out).unwrap();
         let mut buf = BytesMut::new();
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let resp = loop {
             assert!(Instant::now() < deadline, "handshake timed out");
             let mut chunk = [0u8; 4096];
             let n = stream.read(&mut chunk).expect("read handshake");
@@ -118,17 +139,18 @@ impl RawClient {
             buf.extend_from_slice(&chunk[..n]);
             match parse_response(&buf, &req, 8192).expect("valid 101") {
                 ClientOutcome::Partial => continue,
-                ClientOutcome::Complete(_, used) => {
+                ClientOutcome::Complete(resp, used) => {
                     let _ = buf.split_to(used);
-                    break;
+                    break resp;
                 }
             }
-        }
-        RawClient {
+        };
+        let client = RawClient {
             stream,
             buf,
             decoder: Decoder::new(Role::Client, DecoderConfig::default()),
-        }
+        };
+        (client, resp)
     }
 
     /// Writes raw bytes.

@@ -83,6 +83,14 @@ impl Handler for PubSub {
                     s.publish_with(a, format!("x {i}").as_bytes(), true, opts);
                 }
             }
+            // Big (compressible) and small publishes, alternating, in one callback.
+            "zmix" => {
+                let n: usize = b.parse().unwrap();
+                for i in 0..n {
+                    s.publish(a, &big_text(i));
+                    s.publish(a, &format!("small {i}"));
+                }
+            }
             // Interleaves publishes to two topics with direct sends, in one callback.
             "mix" => {
                 let (t1, t2) = (a, b);
@@ -121,6 +129,11 @@ impl Handler for PubSub {
             _ => {}
         }
     }
+}
+
+/// A message well over the deflate threshold of [`deflate_room`], numbered `i`.
+fn big_text(i: usize) -> String {
+    format!("{i:04} {}", "compressible text ".repeat(20))
 }
 
 fn engine(cfg: Config) -> Engine {
@@ -462,4 +475,72 @@ fn corked_runs_with_an_excluded_sender() {
     assert!(runs <= 200 + 2 * 4, "{runs} buffers queued");
     engine.handle().shutdown();
     engine.join().unwrap();
+}
+
+/// Subscribers with and without permessage-deflate on one core; returns the engine, the
+/// subscribers (deflate ones first) and a publisher.
+fn deflate_room(
+    server_no_context_takeover: bool,
+    deflated: usize,
+) -> (Engine, Vec<RawClient>, RawClient) {
+    use edge_ws_protocol::deflate::DeflateConfig;
+    let mut cfg = test_config(1);
+    cfg.deflate = Some(DeflateConfig {
+        enabled: true,
+        threshold: 64,
+        server_no_context_takeover,
+        ..DeflateConfig::default()
+    });
+    let engine = engine(cfg);
+    let addr = engine.local_addr();
+    let client_cfg = DeflateConfig {
+        enabled: true,
+        ..DeflateConfig::default()
+    };
+    let mut subs = Vec::new();
+    for _ in 0..deflated {
+        let mut c = RawClient::connect_deflate(addr, "/", &client_cfg);
+        subscribe(&mut c, "z");
+        subs.push(c);
+    }
+    let mut plain = RawClient::connect(addr, "/", None);
+    subscribe(&mut plain, "z");
+    subs.push(plain);
+    let publisher = RawClient::connect(addr, "/", None);
+    (engine, subs, publisher)
+}
+
+#[test]
+fn fan_out_with_deflate_shares_or_compresses_per_connection() {
+    // Big (compressed) and small (below the threshold) publishes, interleaved: first one per
+    // callback, then 40 in one callback (one corked run).
+    for no_takeover in [true, false] {
+        let (engine, mut subs, mut publisher) = deflate_room(no_takeover, 3);
+        let before = engine.handle().metrics();
+        for i in 0..20 {
+            cmd(&mut publisher, &format!("pub z {}", big_text(i)));
+            cmd(&mut publisher, &format!("pub z small {i}"));
+        }
+        cmd(&mut publisher, "zmix z 20");
+        for s in subs.iter_mut() {
+            for _ in 0..2 {
+                for i in 0..20 {
+                    assert_eq!(text(s), big_text(i));
+                    assert_eq!(text(s), format!("small {i}"));
+                }
+            }
+        }
+        let m = engine.handle().metrics();
+        let compressed = m.compressed_out - before.compressed_out;
+        if no_takeover {
+            // One compressed frame per big message, shared by the three deflate subscribers.
+            assert_eq!(compressed, 40, "shared compression");
+        } else {
+            // Each deflate subscriber keeps its context: its own compressed frame per message.
+            assert_eq!(compressed, 3 * 40, "per-connection compression");
+        }
+        assert_eq!(m.deliveries - before.deliveries, 4 * 80);
+        engine.handle().shutdown();
+        engine.join().unwrap();
+    }
 }
