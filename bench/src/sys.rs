@@ -229,33 +229,23 @@ pub fn event_buffer(n: usize) -> Vec<libc::epoll_event> {
 /// Sets `IP_BIND_ADDRESS_NO_PORT` so that a bind to a source address defers the port choice
 /// to connect (the 4-tuple, not the address, then has to be unique).
 pub fn set_bind_no_port(fd: RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: passes a pointer to a live c_int and its exact size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    set_flag(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
 }
 
 /// Sets `TCP_NODELAY` on a raw socket.
 pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    set_flag(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY)
+}
+
+/// Sets an integer socket option to 1.
+fn set_flag(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: passes a pointer to a live c_int and its exact size.
     let r = unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
+            level,
+            name,
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )

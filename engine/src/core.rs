@@ -546,9 +546,7 @@ impl CoreState {
                     filtered += 1;
                     continue;
                 }
-                let frame = self.frame_for(id, p, &mut shared);
-                add(&self.metrics[me].bytes_out, p.payload().len() as u64);
-                if self.queue_frame(io, id, frame, 1).is_ok() {
+                if self.deliver_one(io, id, p, &mut shared) {
                     delivered += 1;
                     runs += 1;
                 }
@@ -605,9 +603,7 @@ impl CoreState {
                 filtered += 1;
                 continue;
             }
-            let frame = self.frame_for(id, p, &mut compressed);
-            add(&self.metrics[me].bytes_out, p.payload().len() as u64);
-            if self.queue_frame(io, id, frame, 1).is_ok() {
+            if self.deliver_one(io, id, p, &mut compressed) {
                 delivered += 1;
             }
         }
@@ -615,6 +611,22 @@ impl CoreState {
         add(&self.metrics[me].deliveries, delivered);
         add(&self.metrics[me].delivery_runs, delivered);
         add(&self.metrics[me].deliveries_filtered, filtered);
+    }
+
+    /// Queues `p` alone for `id`, framed for it (see [`CoreState::frame_for`]); true if queued.
+    fn deliver_one(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        p: &Publish,
+        shared: &mut [Option<Bytes>; 16],
+    ) -> bool {
+        let frame = self.frame_for(id, p, shared);
+        add(
+            &self.metrics[self.core_index].bytes_out,
+            p.payload().len() as u64,
+        );
+        self.queue_frame(io, id, frame, 1).is_ok()
     }
 
     /// The frame `id` gets for `p`: the shared uncompressed frame; a compressed frame shared by
