@@ -220,6 +220,32 @@ where
     });
 }
 
+/// Runs one upgraded `Stream + Sink` WebSocket (tokio-tungstenite, tokio-websockets) by its
+/// route: echo, subscriber (`rx`, taken before the 101 so nothing published after it is
+/// missed) or publisher (`tx`). `is_data` tells text and binary messages from control frames.
+pub async fn relay<S, M, E>(
+    route: Route,
+    ws: S,
+    tx: tokio::sync::broadcast::Sender<M>,
+    rx: tokio::sync::broadcast::Receiver<M>,
+    is_data: fn(&M) -> bool,
+) where
+    S: futures_util::Stream<Item = Result<M, E>> + futures_util::Sink<M> + Unpin,
+    M: Clone,
+{
+    match route {
+        Route::Echo => {
+            drop(rx);
+            echo_stream(ws, is_data).await;
+        }
+        Route::Sub => subscriber_stream(ws, rx).await,
+        Route::Pub => {
+            drop(rx);
+            publisher_stream(ws, tx, is_data).await;
+        }
+    }
+}
+
 /// Echo loop for a `Stream + Sink` WebSocket (tokio-tungstenite, tokio-websockets): every data
 /// message (`is_data`) is fed back, and everything already readable goes into the same flush.
 /// The library answers pings and closes itself.

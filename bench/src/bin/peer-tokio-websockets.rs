@@ -5,15 +5,13 @@
 //! is already readable and flushed once per batch. Broadcast relay through
 //! `tokio::sync::broadcast` (`Message` is cheaply clonable).
 
-use edge_ws_bench::peer::{self, Route};
+use edge_ws_bench::peer;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
-use tokio_websockets::{Message, ServerBuilder, WebSocketStream};
+use tokio_websockets::{Message, ServerBuilder};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-type Ws = WebSocketStream<TcpStream>;
 
 fn main() {
     peer::serve::<Message, _, _>("peer-tokio-websockets", |stream, tx| {
@@ -27,32 +25,10 @@ async fn connection(stream: TcpStream, tx: broadcast::Sender<Message>) {
     let Ok((request, ws)) = ServerBuilder::new().accept(stream).await else {
         return;
     };
-    match peer::route(request.uri().path()) {
-        Route::Echo => {
-            drop(rx);
-            echo(ws).await;
-        }
-        Route::Sub => subscriber(ws, rx).await,
-        Route::Pub => {
-            drop(rx);
-            publisher(ws, tx).await;
-        }
-    }
+    peer::relay(peer::route(request.uri().path()), ws, tx, rx, is_data).await;
 }
 
 /// Text and binary messages are relayed; the library handles the rest.
 fn is_data(m: &Message) -> bool {
     m.is_text() || m.is_binary()
-}
-
-async fn echo(ws: Ws) {
-    peer::echo_stream(ws, is_data).await;
-}
-
-async fn subscriber(ws: Ws, rx: broadcast::Receiver<Message>) {
-    peer::subscriber_stream(ws, rx).await;
-}
-
-async fn publisher(ws: Ws, tx: broadcast::Sender<Message>) {
-    peer::publisher_stream(ws, tx, is_data).await;
 }

@@ -5,17 +5,14 @@
 //! Broadcast relay through `tokio::sync::broadcast`. Default WebSocketConfig (buffers included),
 //! so memory per connection is what a default deployment gets.
 
-use edge_ws_bench::peer::{self, Route};
+use edge_ws_bench::peer;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-type Ws = WebSocketStream<TcpStream>;
 
 fn main() {
     peer::serve::<Message, _, _>("peer-tungstenite", connection);
@@ -34,32 +31,10 @@ async fn connection(stream: TcpStream, tx: broadcast::Sender<Message>) {
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
         return;
     };
-    match peer::route(&path) {
-        Route::Echo => {
-            drop(rx);
-            echo(ws).await;
-        }
-        Route::Sub => subscriber(ws, rx).await,
-        Route::Pub => {
-            drop(rx);
-            publisher(ws, tx).await;
-        }
-    }
+    peer::relay(peer::route(&path), ws, tx, rx, is_data).await;
 }
 
 /// Text and binary messages are relayed; the library handles the rest.
 fn is_data(m: &Message) -> bool {
     matches!(m, Message::Text(_) | Message::Binary(_))
-}
-
-async fn echo(ws: Ws) {
-    peer::echo_stream(ws, is_data).await;
-}
-
-async fn subscriber(ws: Ws, rx: broadcast::Receiver<Message>) {
-    peer::subscriber_stream(ws, rx).await;
-}
-
-async fn publisher(ws: Ws, tx: broadcast::Sender<Message>) {
-    peer::publisher_stream(ws, tx, is_data).await;
 }

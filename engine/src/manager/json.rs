@@ -162,17 +162,8 @@ impl<'a> Scan<'a> {
                     self.expect(b':')?;
                     self.ws();
                     self.value(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        b'}' => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(Invalid),
+                    if self.item_end(b'}')? {
+                        return Ok(());
                     }
                 }
             }
@@ -188,17 +179,8 @@ impl<'a> Scan<'a> {
                 }
                 loop {
                     self.value(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        b']' => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(Invalid),
+                    if self.item_end(b']')? {
+                        return Ok(());
                     }
                 }
             }
@@ -206,6 +188,25 @@ impl<'a> Scan<'a> {
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             b'-' | b'0'..=b'9' => self.number(),
+            _ => Err(Invalid),
+        }
+    }
+
+    /// After an object member or array element: consumes `,` (more follow: `false`) or the
+    /// closing `close` (`true`), with the whitespace around them.
+    #[inline]
+    fn item_end(&mut self, close: u8) -> Result<bool, Invalid> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                self.ws();
+                Ok(false)
+            }
+            c if c == close => {
+                self.i += 1;
+                Ok(true)
+            }
             _ => Err(Invalid),
         }
     }
