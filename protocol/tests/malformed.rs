@@ -325,3 +325,110 @@ fn data_after_close_is_ignored() {
     assert_eq!(d.decode(&mut buf), Ok(None));
     assert!(d.is_closed());
 }
+
+/// A deflate stream of `chunks` MiB of zeros: one MiB compressed after a full flush (so the
+/// compressor forgets its window and every chunk compresses to the same bytes), repeated.
+fn zero_bomb(chunks: usize) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut c = Compress::new(Compression::best(), false);
+    let mut one = Vec::with_capacity(64 << 10);
+    c.compress_vec(&vec![0u8; 1 << 20], &mut one, FlushCompress::Full)
+        .unwrap();
+    one.repeat(chunks)
+}
+
+#[test]
+fn inflate_bomb_is_refused_while_its_frame_is_still_arriving() {
+    // 1 GiB of zeros in one compressed frame of about 1 MiB, fed 4 KiB at a time: the decoder
+    // must refuse it once the output passes the 1 MiB limit, long before the frame is whole.
+    let bomb = zero_bomb(1024);
+    assert!(
+        bomb.len() < 2 << 20,
+        "compressed bomb is {} bytes",
+        bomb.len()
+    );
+    let wire = masked(0xC2, &bomb);
+    let cfg = DecoderConfig {
+        max_frame_size: 16 << 20,
+        max_message_size: 1 << 20,
+        max_fragments: 16,
+    };
+    let mut d = Decoder::new(Role::Server, cfg);
+    d.set_deflate(&DeflateParams {
+        server_no_context_takeover: false,
+        client_no_context_takeover: false,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    });
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    let err = loop {
+        assert!(fed < wire.len(), "the whole bomb was accepted");
+        let end = (fed + 4096).min(wire.len());
+        buf.extend_from_slice(&wire[fed..end]);
+        fed = end;
+        match d.decode(&mut buf) {
+            Ok(None) => {
+                // Inflated input is consumed: the read buffer never holds the compressed frame.
+                assert!(buf.len() <= 4096, "read buffer holds {} bytes", buf.len());
+            }
+            Ok(Some(m)) => panic!("bomb decoded to a message of {} bytes", m.payload().len()),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, ProtocolError::MessageTooLarge);
+    // 1 MiB of zeros is ~1 KiB compressed: refused within a few KiB of input.
+    assert!(
+        fed <= 16 << 10,
+        "refused only after {fed} bytes of the frame"
+    );
+}
+
+#[test]
+fn compressed_fragments_stream_and_the_limit_spans_them() {
+    // Four fragments of 1 MiB zeros each (compressed): under a 3 MiB limit the fourth fails;
+    // under 4 MiB the message decodes whole.
+    let one = zero_bomb(1);
+    let mut wire = masked(0x42, &one); // binary, RSV1, not FIN
+    wire.extend(masked(0x00, &one));
+    wire.extend(masked(0x00, &one));
+    wire.extend(masked(0x80, &one)); // FIN continuation
+    let params = DeflateParams {
+        server_no_context_takeover: false,
+        client_no_context_takeover: false,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
+    for (limit, ok) in [(3 << 20, false), (4 << 20, true)] {
+        let cfg = DecoderConfig {
+            max_frame_size: 1 << 20,
+            max_message_size: limit,
+            max_fragments: 16,
+        };
+        let mut d = Decoder::new(Role::Server, cfg);
+        d.set_deflate(&params);
+        // One byte at a time through the first fragment's header, then in 1000-byte pieces.
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        let mut result = Ok(());
+        for piece in wire.chunks(1000) {
+            buf.extend_from_slice(piece);
+            match d.decode(&mut buf) {
+                Ok(Some(m)) => got = Some(m),
+                Ok(None) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if ok {
+            assert_eq!(result, Ok(()));
+            let m = got.expect("message decoded");
+            assert_eq!(m.payload().len(), 4 << 20);
+            assert!(m.payload().iter().all(|&b| b == 0));
+        } else {
+            assert_eq!(result, Err(ProtocolError::MessageTooLarge));
+        }
+    }
+}

@@ -35,9 +35,17 @@ impl Default for DecoderConfig {
 #[derive(Debug, Clone, Copy)]
 struct FrameState {
     header: FrameHeader,
+    /// Header bytes still at the front of the buffer (0 for a streamed frame, whose header is
+    /// consumed as soon as it is decoded).
     header_len: usize,
-    /// Payload bytes already unmasked (and UTF-8 checked where that applies).
+    /// Payload bytes already unmasked (and UTF-8 checked where that applies); for a streamed
+    /// frame, payload bytes already inflated and consumed.
     processed: usize,
+    /// A frame of a compressed message: its payload is inflated as it arrives and consumed
+    /// from the buffer, so the message limit is enforced on the output while the frame is
+    /// still arriving (an inflate bomb is refused after one buffer of output past the limit,
+    /// not after its whole compressed frame).
+    streamed: bool,
 }
 
 #[derive(Debug)]
@@ -55,6 +63,11 @@ struct Fragmented {
 /// unmasked twice). The payload of an unfragmented, uncompressed message is split off the read
 /// buffer without copying. Text is validated as it arrives, so an invalid byte fails the
 /// connection before the rest of its message has been received.
+///
+/// Frames of a compressed message (permessage-deflate) are different: their header is consumed
+/// at once and their payload is inflated as it arrives, then dropped from the buffer. The
+/// message limit is checked against the inflated output as it is produced, so a bomb fails
+/// after at most one inflate round past the limit, however large its compressed frame.
 #[derive(Debug)]
 pub struct Decoder {
     role: Role,
@@ -132,17 +145,37 @@ impl Decoder {
                     None => return Ok(None),
                     Some((header, header_len)) => {
                         self.check_header(&header)?;
+                        let streamed = self.starts_streamed(&header);
                         let s = FrameState {
                             header,
-                            header_len,
+                            header_len: if streamed { 0 } else { header_len },
                             processed: 0,
+                            streamed,
                         };
+                        if streamed {
+                            buf.advance(header_len);
+                        }
                         self.frame = Some(s);
                         s
                     }
                 },
             };
             let len = state.header.payload_len as usize;
+            if state.streamed {
+                let n = buf.len().min(len - state.processed);
+                if n > 0 {
+                    self.inflate_streamed(state, &mut buf[..n])?;
+                    buf.advance(n);
+                }
+                if state.processed + n < len {
+                    return Ok(None);
+                }
+                self.frame = None;
+                if let Some(msg) = self.finish_streamed(state.header)? {
+                    return Ok(Some(msg));
+                }
+                continue;
+            }
             let available = (buf.len() - state.header_len).min(len);
             if available > state.processed {
                 self.process(state, buf, available)?;
@@ -257,29 +290,19 @@ impl Decoder {
                 Ok(Some(Message::Close(frame)))
             }
             OpCode::Text | OpCode::Binary => {
+                // Compressed frames are streamed (see `starts_streamed`); these are plain.
                 if h.fin {
-                    if h.rsv1 {
-                        let mut out = BytesMut::new();
-                        self.inflate(&payload, true, h.opcode == OpCode::Text, &mut out)?;
-                        return Ok(Some(data_message(h.opcode, out)));
-                    }
                     if h.opcode == OpCode::Text {
                         self.utf8.finish()?;
                     }
                     return Ok(Some(data_message(h.opcode, payload)));
                 }
-                let mut f = Fragmented {
+                self.fragmented = Some(Fragmented {
                     opcode: h.opcode,
-                    compressed: h.rsv1,
-                    buf: BytesMut::new(),
+                    compressed: false,
+                    buf: payload,
                     fragments: 1,
-                };
-                if h.rsv1 {
-                    self.inflate(&payload, false, h.opcode == OpCode::Text, &mut f.buf)?;
-                } else {
-                    f.buf = payload;
-                }
-                self.fragmented = Some(f);
+                });
                 Ok(None)
             }
             OpCode::Continuation => {
@@ -287,17 +310,12 @@ impl Decoder {
                     .fragmented
                     .take()
                     .ok_or(ProtocolError::UnexpectedContinuation)?;
-                if f.compressed {
-                    let text = f.opcode == OpCode::Text;
-                    self.inflate(&payload, h.fin, text, &mut f.buf)?;
-                } else {
-                    f.buf.extend_from_slice(&payload);
-                }
+                f.buf.extend_from_slice(&payload);
                 if !h.fin {
                     self.fragmented = Some(f);
                     return Ok(None);
                 }
-                if f.opcode == OpCode::Text && !f.compressed {
+                if f.opcode == OpCode::Text {
                     self.utf8.finish()?;
                 }
                 Ok(Some(data_message(f.opcode, f.buf)))
@@ -305,28 +323,69 @@ impl Decoder {
         }
     }
 
-    /// Inflates one frame of a compressed message into `out`, validating text as it comes out.
-    fn inflate(
-        &mut self,
-        input: &[u8],
-        fin: bool,
-        text: bool,
-        out: &mut BytesMut,
-    ) -> Result<(), ProtocolError> {
-        let max = self.config.max_message_size;
-        let inflater = self.inflater.as_mut().ok_or(ProtocolError::ReservedBits)?;
-        let before = out.len();
-        inflater.decompress(input, out, max)?;
-        if fin {
-            inflater.finish_message(out, max)?;
-        }
-        if text {
-            self.utf8.feed(&out[before..])?;
-            if fin {
-                self.utf8.finish()?;
+    /// Whether a frame that just passed `check_header` belongs to a compressed message, and so
+    /// is inflated as it arrives. The first frame of such a message opens its buffer here.
+    fn starts_streamed(&mut self, h: &FrameHeader) -> bool {
+        match h.opcode {
+            OpCode::Text | OpCode::Binary if h.rsv1 => {
+                self.fragmented = Some(Fragmented {
+                    opcode: h.opcode,
+                    compressed: true,
+                    buf: BytesMut::new(),
+                    fragments: 1,
+                });
+                true
             }
+            OpCode::Continuation => self.fragmented.as_ref().is_some_and(|f| f.compressed),
+            _ => false,
+        }
+    }
+
+    /// Unmasks newly arrived payload bytes of a streamed frame and inflates them into the
+    /// message's buffer, validating text as it comes out.
+    fn inflate_streamed(
+        &mut self,
+        state: FrameState,
+        input: &mut [u8],
+    ) -> Result<(), ProtocolError> {
+        if let Some(key) = state.header.mask {
+            apply_mask(input, key, state.processed);
+        }
+        let max = self.config.max_message_size;
+        let f = self
+            .fragmented
+            .as_mut()
+            .ok_or(ProtocolError::UnexpectedContinuation)?;
+        let inflater = self.inflater.as_mut().ok_or(ProtocolError::ReservedBits)?;
+        let before = f.buf.len();
+        inflater.decompress(input, &mut f.buf, max)?;
+        if f.opcode == OpCode::Text {
+            self.utf8.feed(&f.buf[before..])?;
+        }
+        if let Some(fs) = self.frame.as_mut() {
+            fs.processed += input.len();
         }
         Ok(())
+    }
+
+    /// A streamed frame has all arrived: on the message's last frame, inflate the sync-flush
+    /// tail and hand out the message.
+    fn finish_streamed(&mut self, h: FrameHeader) -> Result<Option<Message>, ProtocolError> {
+        if !h.fin {
+            return Ok(None);
+        }
+        let mut f = self
+            .fragmented
+            .take()
+            .ok_or(ProtocolError::UnexpectedContinuation)?;
+        let inflater = self.inflater.as_mut().ok_or(ProtocolError::ReservedBits)?;
+        let before = f.buf.len();
+        inflater.finish_message(&mut f.buf, self.config.max_message_size)?;
+        if f.opcode == OpCode::Text {
+            self.utf8.feed(&f.buf[before..])?;
+            self.utf8.finish()?;
+        }
+        Ok(Some(data_message(f.opcode, f.buf)))
     }
 }
 

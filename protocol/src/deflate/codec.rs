@@ -19,6 +19,10 @@ const EMPTY_MESSAGE: u8 = 0x00;
 const MIN_ROUND: usize = 512;
 /// Largest output room handed to inflate per round: bounds the zero-filled but unused tail.
 const MAX_INFLATE_ROUND: usize = 256 << 10;
+/// Past this much output in one buffer, inflate grows the buffer once to all the cap still
+/// allows instead of doubling it: a doubling copy would hold two large buffers at once
+/// (1.5 times the cap), and Vec's doubling overshoots the cap by up to 2 times.
+const GROW_TO_CAP_AT: usize = 1 << 20;
 
 /// Compresses our outgoing messages for one connection (either role).
 ///
@@ -173,8 +177,10 @@ impl Decompressor {
             .clamp(MIN_ROUND, MAX_INFLATE_ROUND);
         loop {
             // One byte more than allowed, to see whether the limit is crossed.
-            let room = round.min(max.saturating_sub(self.message_len).saturating_add(1));
+            let rest = max.saturating_sub(self.message_len).saturating_add(1);
+            let room = round.min(rest);
             let len = out.len();
+            reserve_output(out, room, rest);
             out.resize(len + room, 0);
             let (in0, out0) = (self.inner.total_in(), self.inner.total_out());
             let result = self
@@ -230,6 +236,24 @@ impl Decompressor {
         out.truncate(entry);
         self.reset();
         err
+    }
+}
+
+/// Makes room for `room` more bytes of inflated output in `out`, when at most `rest` more may
+/// come. Small buffers grow as `BytesMut` grows them (doubling); a buffer past
+/// [`GROW_TO_CAP_AT`] grows once to hold all `rest` bytes (allocated, not yet touched, so it
+/// costs no memory until written), so a message never costs more than its cap plus the
+/// buffer it had reached when the jump was made.
+fn reserve_output(out: &mut BytesMut, room: usize, rest: usize) {
+    let len = out.len();
+    if out.capacity() - len >= room {
+        return;
+    }
+    // Jump only when the cap is a sane multiple of what is there (an unbounded cap doubles).
+    if len >= GROW_TO_CAP_AT && rest <= len.saturating_mul(64) {
+        out.reserve(rest.max(room));
+    } else {
+        out.reserve(room);
     }
 }
 
@@ -450,6 +474,38 @@ mod tests {
         }
         d.finish_message(&mut out, MAX).unwrap();
         assert_eq!(out, msg);
+    }
+
+    #[test]
+    fn a_large_limit_is_never_overshot_by_buffer_growth() {
+        // 64 MiB of zeros under a 16 MiB cap: the buffer holds at most the cap plus one round,
+        // not the 32 MiB a doubling Vec would reach.
+        let zeros = vec![0u8; 64 << 20];
+        let z = compress(&mut Compressor::new(1, 15, false), &zeros);
+        const LIMIT: usize = 16 << 20;
+        let mut d = Decompressor::new(15, false);
+        let mut out = BytesMut::new();
+        for piece in z.chunks(4096) {
+            if d.decompress(piece, &mut out, LIMIT).is_err() {
+                break;
+            }
+            assert!(out.len() <= LIMIT);
+            assert!(
+                out.capacity() <= LIMIT + GROW_TO_CAP_AT + MAX_INFLATE_ROUND,
+                "capacity {} for a {LIMIT}-byte cap",
+                out.capacity()
+            );
+        }
+        // A message within the cap comes out whole with the same bound.
+        let mut d = Decompressor::new(15, false);
+        let z = compress(&mut Compressor::new(1, 15, false), &zeros[..LIMIT]);
+        let mut out = BytesMut::new();
+        for piece in z.chunks(4096) {
+            d.decompress(piece, &mut out, LIMIT).unwrap();
+        }
+        d.finish_message(&mut out, LIMIT).unwrap();
+        assert_eq!(out.len(), LIMIT);
+        assert!(out.capacity() <= LIMIT + GROW_TO_CAP_AT + MAX_INFLATE_ROUND);
     }
 
     #[test]
