@@ -69,7 +69,11 @@ pub struct Config {
     pub max_message_size: usize,
     /// Largest single frame accepted.
     pub max_frame_size: usize,
-    /// Most fragments per message.
+    /// Most frames one fragmented message may have. The cost of a message is its bytes on the
+    /// wire (each frame's header is parsed once, each payload byte unmasked and copied or
+    /// inflated once), so this bounds only the header overhead of tiny fragments: the default,
+    /// 2^20, lets a 16 MiB message average 16-byte fragments (and the conformance suite's
+    /// 4 MiB in 64-byte fragments, 65,536 frames, pass).
     pub max_fragments: usize,
     /// Subprotocols the server speaks, in order of preference is the client's (first offered
     /// that appears here wins).
@@ -82,7 +86,12 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Close a connection that sent nothing for this long; `None` disables.
     pub idle_timeout: Option<Duration>,
-    /// Unsent bytes allowed per connection before the slow-consumer policy applies.
+    /// Bytes allowed to wait behind the frame being written before the slow-consumer policy
+    /// applies. The frame the kernel is writing does not count, and a frame of any size is
+    /// accepted when nothing else waits: a message within `max_message_size` is never refused
+    /// while the peer keeps reading. What a stalled peer can make the server hold is at most
+    /// the frame being written, this limit and one more frame (plus the kernel's socket
+    /// buffer). Control frames (pongs, pings) count too.
     pub write_buffer_limit: usize,
     /// What to do with a connection over its write buffer limit.
     pub slow_consumer: SlowConsumerPolicy,
@@ -112,7 +121,7 @@ impl Default for Config {
             max_request_len: edge_ws_protocol::handshake::MAX_REQUEST_LEN,
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
-            max_fragments: 65_536,
+            max_fragments: 1 << 20,
             subprotocols: Vec::new(),
             deflate: None,
             heartbeat_interval: Some(Duration::from_secs(30)),
@@ -124,6 +133,142 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             ring_capacity: crate::fanout::DEFAULT_RING_CAPACITY,
             tick: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Config {
+    /// Checks that the configuration can work, naming the first key that cannot (the engine
+    /// runs this before starting).
+    pub fn validate(&self) -> Result<(), crate::EngineError> {
+        let bad = |msg: String| Err(crate::EngineError::Config(msg));
+        if self.buf_count == 0 || !self.buf_count.is_power_of_two() {
+            return bad(format!(
+                "buf_count must be a power of two, got {}",
+                self.buf_count
+            ));
+        }
+        if self.buf_size == 0 {
+            return bad("buf_size must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
+        if self.ring_entries == 0 || self.ring_capacity == 0 {
+            return bad("ring_entries and ring_capacity must be at least 1".into());
+        }
+        if self.max_message_size == 0 || self.max_frame_size == 0 || self.max_fragments == 0 {
+            return bad(
+                "max_message_size, max_frame_size and max_fragments must be at least 1".into(),
+            );
+        }
+        if self.write_buffer_limit < 4096 {
+            return bad(format!(
+                "write_buffer_limit must be at least 4096 bytes, got {}: below that a reading \
+                 client's ordinary traffic is closed as a slow consumer",
+                self.write_buffer_limit
+            ));
+        }
+        if self.max_request_len < 1024 {
+            return bad(format!(
+                "max_request_len must be at least 1024 bytes (a browser's upgrade request \
+                 is 400-800), got {}",
+                self.max_request_len
+            ));
+        }
+        let zero = Duration::ZERO;
+        for (name, d) in [
+            ("tick", self.tick),
+            ("handshake_timeout", self.handshake_timeout),
+            ("close_timeout", self.close_timeout),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+        ] {
+            if d == zero {
+                return bad(format!("{name} must be longer than zero"));
+            }
+        }
+        for (name, d) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if let Some(d) = d {
+                if d < self.tick {
+                    return bad(format!(
+                        "{name} ({d:?}) is shorter than the timer tick ({:?}); use None to \
+                         disable it",
+                        self.tick
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &self.deflate {
+            for (name, bits) in [
+                ("server_max_window_bits", d.server_max_window_bits),
+                ("client_max_window_bits", d.client_max_window_bits),
+            ] {
+                if !(8..=15).contains(&bits) {
+                    return bad(format!("deflate {name} must be 8..=15, got {bits}"));
+                }
+            }
+            if d.level > 9 {
+                return bad(format!("deflate level must be 0..=9, got {}", d.level));
+            }
+        }
+        if self.subprotocols.len() > 254 {
+            return bad("at most 254 subprotocols can be configured".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        let c = Config {
+            deflate: Some(DeflateConfig::default()),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused_with_the_key_named() {
+        type Breaker = fn(&mut Config);
+        let cases: Vec<(&str, Breaker)> = vec![
+            ("buf_count", |c| c.buf_count = 1000),
+            ("buf_size", |c| c.buf_size = 0),
+            ("max_connections", |c| c.max_connections = 0),
+            ("ring_capacity", |c| c.ring_capacity = 0),
+            ("max_fragments", |c| c.max_fragments = 0),
+            ("write_buffer_limit", |c| c.write_buffer_limit = 100),
+            ("max_request_len", |c| c.max_request_len = 100),
+            ("tick", |c| c.tick = Duration::ZERO),
+            ("close_timeout", |c| c.close_timeout = Duration::ZERO),
+            ("heartbeat_interval", |c| {
+                c.heartbeat_interval = Some(Duration::from_millis(1))
+            }),
+            ("server_max_window_bits", |c| {
+                c.deflate = Some(DeflateConfig {
+                    server_max_window_bits: 7,
+                    ..DeflateConfig::default()
+                });
+            }),
+            ("level", |c| {
+                c.deflate = Some(DeflateConfig {
+                    level: 10,
+                    ..DeflateConfig::default()
+                });
+            }),
+        ];
+        for (key, break_it) in cases {
+            let mut c = Config::default();
+            break_it(&mut c);
+            let err = c.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
         }
     }
 }

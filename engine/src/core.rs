@@ -72,6 +72,19 @@ pub(crate) struct Extra {
     pending: Option<Box<(Request, usize)>>,
     /// The request path when the core's path table is full.
     path: Option<Box<str>>,
+    /// The pong for the most recent ping, held back while an earlier control frame still
+    /// waits to be written (see [`CoreState::answer_ping`]).
+    pending_pong: Option<Box<PendingPong>>,
+}
+
+/// A pong not yet queued: at most one per connection (RFC 6455 §5.5.3 lets an endpoint answer
+/// only the most recent ping).
+struct PendingPong {
+    payload: Bytes,
+    /// Tick since which the connection's output has made no progress with a pong held back.
+    since: u32,
+    /// The connection's queued bytes at `since`: any change means the peer is reading.
+    queued: usize,
 }
 
 /// A peer address in 20 bytes (a `SocketAddr` takes 32).
@@ -195,6 +208,8 @@ pub(crate) struct CoreState {
     /// Interned request paths.
     paths: Vec<Box<str>>,
     path_index: HashMap<Box<str>, u16>,
+    /// Connections holding a [`PendingPong`], retried before each submit.
+    pong_waiters: Vec<ConnId>,
 }
 
 struct LocalTopic {
@@ -293,7 +308,7 @@ impl CoreState {
         if conn.phase != Phase::Open {
             return Err(SendError::Closed);
         }
-        if io.queued_bytes(id) + frame.len() > self.cfg.write_buffer_limit {
+        if self.over_write_limit(io, id, frame.len()) {
             return Err(self.slow_consumer(io, id, messages));
         }
         if !io.send(id, frame) {
@@ -301,6 +316,110 @@ impl CoreState {
         }
         add(&self.m().messages_out, messages);
         Ok(())
+    }
+
+    /// The write-buffer rule: a frame is refused once `write_buffer_limit` bytes already wait
+    /// behind the frame being written. The frame the kernel is writing never counts, and a
+    /// frame of any size is accepted when nothing else waits, so a message within
+    /// `max_message_size` is never refused for a client that keeps reading, whatever the
+    /// limit. A connection so holds at most the frame in the kernel, the limit, and one frame.
+    #[inline]
+    fn over_write_limit(&self, io: &Io<'_>, id: ConnId, len: usize) -> bool {
+        let limit = self.cfg.write_buffer_limit;
+        // Cheap test first: nothing to decide while everything queued plus this frame fits.
+        io.queued_bytes(id) + len > limit && io.waiting_bytes(id) >= limit
+    }
+
+    /// Answers a ping. At most one pong per connection waits to be written: while an earlier
+    /// control frame has not reached the kernel, the newest ping's pong replaces any held one
+    /// (RFC 6455 §5.5.3), so a peer that sends pings and never reads costs a constant, not a
+    /// queue. Held pongs go out from `flush_pongs` once the way is clear; one held longer than
+    /// the heartbeat timeout means the peer is not reading, and the slow-consumer policy
+    /// applies (counted in `ping_flood_closes` when it closes).
+    fn answer_ping(&mut self, io: &mut Io<'_>, id: ConnId, payload: &[u8]) {
+        inc(&self.m().pings_in);
+        if !io.has_waiting_urgent(id) {
+            self.queue_pong(io, id, payload);
+            return;
+        }
+        inc(&self.m().pongs_superseded);
+        let now = self.now_tick;
+        let queued = io.queued_bytes(id);
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let payload = Bytes::copy_from_slice(payload);
+        let extra = conn.extra_mut();
+        match extra.pending_pong.as_mut() {
+            Some(p) => p.payload = payload,
+            None => {
+                extra.pending_pong = Some(Box::new(PendingPong {
+                    payload,
+                    since: now,
+                    queued,
+                }));
+                self.pong_waiters.push(id);
+            }
+        }
+    }
+
+    /// Queues a pong ahead of data (after anything already urgent), subject to the write
+    /// limit like every other frame.
+    fn queue_pong(&mut self, io: &mut Io<'_>, id: ConnId, payload: &[u8]) {
+        if self.over_write_limit(io, id, payload.len() + 2) {
+            self.slow_consumer(io, id, 0);
+            return;
+        }
+        let mut out = BytesMut::with_capacity(payload.len() + 2);
+        Encoder::server().encode(OpCode::Pong, payload, &mut out);
+        io.send_urgent(id, out.freeze());
+    }
+
+    /// Queues the held pongs whose way is clear; applies the slow-consumer policy where a pong
+    /// has been held while the connection's output made no progress for the heartbeat timeout
+    /// (a slow reader that still reads is never closed for its pings).
+    fn flush_pongs(&mut self, io: &mut Io<'_>) {
+        let mut waiters = std::mem::take(&mut self.pong_waiters);
+        let stalled_after = self.ticks_per.heartbeat_timeout;
+        let now = self.now_tick;
+        waiters.retain(|&id| {
+            let Some(conn) = self.conn_mut(id) else {
+                return false;
+            };
+            let open = conn.phase == Phase::Open;
+            let Some(extra) = conn.extra.as_mut() else {
+                return false;
+            };
+            let Some(pending) = extra
+                .pending_pong
+                .take_if(|_| !open || !io.has_waiting_urgent(id))
+            else {
+                let queued = io.queued_bytes(id);
+                let stalled = extra.pending_pong.as_mut().is_some_and(|p| {
+                    if p.queued != queued {
+                        p.queued = queued;
+                        p.since = now;
+                    }
+                    now.saturating_sub(p.since) >= stalled_after
+                });
+                if stalled {
+                    extra.pending_pong = None;
+                    if self.cfg.slow_consumer == SlowConsumerPolicy::Close {
+                        inc(&self.m().ping_flood_closes);
+                    }
+                    self.slow_consumer(io, id, 0);
+                    return false;
+                }
+                return true;
+            };
+            if open {
+                self.queue_pong(io, id, &pending.payload);
+            }
+            false
+        });
+        // Waiters added meanwhile (none: queue_pong never holds) keep their place.
+        waiters.append(&mut self.pong_waiters);
+        self.pong_waiters = waiters;
     }
 
     /// After decoding for `id`: if the shared decoder was left mid-message, it becomes the
@@ -720,6 +839,14 @@ impl CoreState {
             SlowConsumerPolicy::DropNewest => add(&self.m().slow_consumer_drops, messages),
             SlowConsumerPolicy::Close => {
                 inc(&self.m().slow_consumer_closes);
+                if let Some(c) = self.conn(id).filter(|c| c.phase == Phase::Open) {
+                    tracing::info!(
+                        peer = %c.peer(),
+                        code = CLOSE_SLOW_CONSUMER.0,
+                        waiting = io.waiting_bytes(id),
+                        "closing: slow consumer"
+                    );
+                }
                 // The client is not reading: what is queued would delay the close for as long
                 // as it takes to drain, so it is dropped and the close goes next.
                 io.discard_unsent(id);
@@ -765,6 +892,9 @@ impl CoreState {
             CloseCode::INVALID_DATA => inc(&m.invalid_data_errors),
             CloseCode::TOO_BIG => inc(&m.too_big_errors),
             _ => inc(&m.protocol_errors),
+        }
+        if let Some(c) = self.conn(id) {
+            tracing::info!(peer = %c.peer(), code = code.0, error = %err, "closing: protocol error");
         }
         if let Some(conn) = self.conn_mut(id) {
             let already_sent = conn.phase == Phase::Closing;
@@ -850,6 +980,7 @@ impl<H: Handler> WsService<H> {
                 scratch_decoder: Decoder::new(Role::Server, decoder_cfg),
                 paths: Vec::new(),
                 path_index: HashMap::new(),
+                pong_waiters: Vec::new(),
             },
             handler,
         }
@@ -881,6 +1012,7 @@ impl<H: Handler> WsService<H> {
             }
             Err(e) => {
                 inc(&st.metrics[st.core_index].rejected_bad_handshake);
+                tracing::info!(%peer, error = %e, "upgrade refused: bad handshake");
                 e.write_response(&mut out);
                 finish_http(st, io, id, &out);
             }
@@ -929,6 +1061,11 @@ impl<H: Handler> WsService<H> {
     fn reject_upgrade(&mut self, io: &mut Io<'_>, id: ConnId, rej: &Rejection) {
         let st = &mut self.state;
         inc(&st.metrics[st.core_index].rejected_by_application);
+        tracing::info!(
+            peer = %st.conn(id).map(Conn::peer).map_or_else(String::new, |p| p.to_string()),
+            status = rej.status,
+            "upgrade refused by the application"
+        );
         let mut out = std::mem::take(&mut st.out);
         out.clear();
         write_http_response(
@@ -1085,9 +1222,7 @@ impl<H: Handler> WsService<H> {
                 }
                 Message::Ping(p) => {
                     if conn.phase == Phase::Open {
-                        let mut out = BytesMut::with_capacity(p.len() + 2);
-                        Encoder::server().encode(OpCode::Pong, &p, &mut out);
-                        io.send_urgent(id, out.freeze());
+                        st.answer_ping(io, id, &p);
                     }
                 }
                 Message::Pong(_) => conn.ping_sent = 0,
@@ -1153,16 +1288,30 @@ impl<H: Handler> WsService<H> {
             }
         }
         for id in to_ping {
-            io.send_urgent(id, Bytes::from_static(&[0x89, 0x00]));
+            if st.over_write_limit(io, id, 2) {
+                st.slow_consumer(io, id, 0);
+            } else {
+                io.send_urgent(id, Bytes::from_static(&[0x89, 0x00]));
+            }
         }
         for (id, code) in to_abort {
             let m = &st.metrics[st.core_index];
-            let phase = st.conn(id).map(|c| c.phase);
+            let (phase, peer) = st.conn(id).map(|c| (c.phase, c.peer())).unzip();
+            let peer = peer.map_or_else(String::new, |p| p.to_string());
             match (phase, code) {
-                (Some(Phase::Handshake), _) => inc(&m.handshake_timeouts),
-                (_, Some(CLOSE_IDLE_TIMEOUT)) => inc(&m.idle_timeouts),
-                (_, Some(CLOSE_HEARTBEAT_TIMEOUT)) => inc(&m.heartbeat_timeouts),
-                _ => {}
+                (Some(Phase::Handshake), _) => {
+                    inc(&m.handshake_timeouts);
+                    tracing::info!(%peer, "dropped: handshake timeout");
+                }
+                (_, Some(CLOSE_IDLE_TIMEOUT)) => {
+                    inc(&m.idle_timeouts);
+                    tracing::info!(%peer, code = code.map(|c| c.0), "closing: idle timeout");
+                }
+                (_, Some(CLOSE_HEARTBEAT_TIMEOUT)) => {
+                    inc(&m.heartbeat_timeouts);
+                    tracing::info!(%peer, code = code.map(|c| c.0), "closing: heartbeat timeout");
+                }
+                _ => tracing::info!(%peer, ?phase, "dropped: close timeout"),
             }
             if let (Some(code), Some(conn)) = (code, st.conn_mut(id)) {
                 conn.close_code = code.0;
@@ -1342,10 +1491,17 @@ impl<H: Handler> Service for WsService<H> {
 
     fn before_submit(&mut self, io: &mut Io<'_>) {
         self.state.uncork(io);
+        if !self.state.pong_waiters.is_empty() {
+            self.state.flush_pongs(io);
+        }
     }
 
     fn on_shutdown(&mut self, io: &mut Io<'_>) {
         let st = &mut self.state;
+        tracing::info!(
+            open = st.open,
+            "shutting down: closing connections with 1001"
+        );
         st.draining = Some(st.now_tick + st.ticks_per.drain);
         io.stop_accepting();
         let ids: Vec<(ConnId, Phase)> =

@@ -501,23 +501,13 @@ impl EngineBuilder {
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
         let cfg = self.config;
+        cfg.validate()?;
         let cores = resolve_cores(&cfg.cores)?;
-        if cfg.buf_count == 0 || !cfg.buf_count.is_power_of_two() {
-            return Err(EngineError::Config(format!(
-                "buf_count must be a power of two, got {}",
-                cfg.buf_count
-            )));
-        }
         if cores.len() > MAX_CORES {
             return Err(EngineError::Config(format!(
                 "at most {MAX_CORES} cores are supported, {} configured",
                 cores.len()
             )));
-        }
-        if cfg.max_connections == 0 {
-            return Err(EngineError::Config(
-                "max_connections must be at least 1".into(),
-            ));
         }
         let n = cores.len();
         let ring_capacity = cfg.ring_capacity;

@@ -78,6 +78,14 @@ counters! {
     slow_consumer_drops,
     /// Connections closed because their write buffer was over its limit.
     slow_consumer_closes,
+    /// Pings received.
+    pings_in,
+    /// Pongs replaced by the pong for a newer ping before they could be written (RFC 6455
+    /// §5.5.3: only the most recent ping needs an answer).
+    pongs_superseded,
+    /// Of `slow_consumer_closes`: connections that kept sending pings while their pong could
+    /// not be written for the heartbeat timeout (a ping flood from a peer that does not read).
+    ping_flood_closes,
     /// Connections closed because no pong arrived within the heartbeat timeout.
     heartbeat_timeouts,
     /// Connections closed because nothing arrived within the idle timeout.

@@ -209,3 +209,47 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`, ...); 0 if unreadable.
+fn proc_status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// This process's resident memory now, in bytes. The engine under test runs in-process, so
+/// growth across a test is the server's growth (plus whatever the test itself allocated).
+pub fn rss_bytes() -> u64 {
+    proc_status_kib("VmRSS")
+}
+
+/// This process's peak resident memory so far (`VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_kib("VmHWM")
+}
+
+/// A masked client frame with any first byte (FIN, RSV bits, opcode) and payload, built by hand
+/// so a test can send what our encoder would not (e.g. RSV1 on a payload it compressed itself).
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x5a, 0x17, 0xc3, 0x08];
+    let mut v = Vec::with_capacity(payload.len() + 14);
+    v.push(first);
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&key);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    v
+}

@@ -1,8 +1,12 @@
 //! The edge-ws server binary: an engine configured from a TOML file (or defaults).
 //!
 //! ```text
-//! edge-ws [--config FILE] [--addr HOST:PORT] [--cores N] [--print-config]
+//! edge-ws [--config FILE] [--addr HOST:PORT] [--cores N] [--log-format text|json]
+//!         [--stats-interval SECS] [--print-config]
 //! ```
+//!
+//! Logs go to stderr through `tracing`, filtered by `RUST_LOG` (`info` when unset; e.g.
+//! `RUST_LOG=edge_ws=debug`, `RUST_LOG=warn`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,8 +28,15 @@ OPTIONS:
     -c, --config FILE     TOML configuration (every key optional; see docs/TUNING.md)
     -a, --addr ADDR       listen address, overrides the file (default 127.0.0.1:9001)
         --cores N         number of cores, overrides the file (default: all)
+        --log-format F    text (default) or json: one JSON object per line
+        --stats-interval S  log the counters every S seconds (default 60; 0: only at exit)
         --print-config    print the effective configuration and exit
     -h, --help            this text
+    -V, --version         print the version
+
+Logs go to stderr, filtered by RUST_LOG (default info; e.g. RUST_LOG=edge_ws=debug).
+Exit status: 0 after a clean shutdown, 1 if the server failed while running, 2 for a
+bad command line or configuration.
 
 Paths: /sub subscribes to the \"broadcast\" topic, every message sent on /pub is
 published to it (on every core), any other path echoes. GET /health answers JSON.
@@ -219,24 +230,111 @@ impl Handler for Demo {
     }
 }
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("edge-ws: {e}");
-        std::process::exit(2);
+/// How `run` failed: the command line or configuration (exit 2), or the server (exit 1).
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure::Usage(s)
     }
 }
 
-fn run() -> Result<(), String> {
+impl From<&str> for Failure {
+    fn from(s: &str) -> Self {
+        Failure::Usage(s.to_string())
+    }
+}
+
+fn main() {
+    match run() {
+        Ok(()) => {}
+        Err(Failure::Usage(e)) => {
+            eprintln!("edge-ws: {e}");
+            std::process::exit(2);
+        }
+        Err(Failure::Runtime(e)) => {
+            tracing::error!("{e}");
+            eprintln!("edge-ws: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log subscriber: `RUST_LOG` directives (`target=level,...`), `info` by default.
+fn init_logs(format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter: Targets = if spec.trim().is_empty() {
+        Targets::new().with_default(tracing::Level::INFO)
+    } else {
+        spec.parse()
+            .map_err(|e| format!("RUST_LOG={spec:?}: {e}"))?
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => registry.with(fmt.with_ansi(false)).try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+    };
+    result.map_err(|e| format!("cannot install the logger: {e}"))
+}
+
+/// One log line with every non-zero counter.
+fn log_counters(handle: &edge_ws::EngineHandle, what: &str) {
+    let m = handle.metrics();
+    let fields: Vec<String> = m
+        .fields()
+        .into_iter()
+        .filter(|&(_, v)| v != 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    tracing::info!(connections = handle.connections(), counters = %fields.join(" "), "{what}");
+}
+
+fn run() -> Result<(), Failure> {
     let mut args = std::env::args().skip(1);
     let mut config_path = None;
     let mut addr = None;
     let mut cores = None;
     let mut print = false;
+    let mut log_format = LogFormat::Text;
+    let mut stats_interval = Duration::from_secs(60);
     while let Some(a) = args.next() {
         match a.as_str() {
             "-h" | "--help" => {
                 print!("{HELP}");
                 return Ok(());
+            }
+            "-V" | "--version" => {
+                println!("edge-ws {}", env!("CARGO_PKG_VERSION"));
+                return Ok(());
+            }
+            "--log-format" => {
+                log_format = match args.next().as_deref() {
+                    Some("text") => LogFormat::Text,
+                    Some("json") => LogFormat::Json,
+                    other => {
+                        return Err(format!("--log-format: text or json, got {other:?}").into())
+                    }
+                }
+            }
+            "--stats-interval" => {
+                let v = args.next().ok_or("--stats-interval needs seconds")?;
+                stats_interval = Duration::from_secs(
+                    v.parse::<u64>()
+                        .map_err(|e| format!("--stats-interval {v}: {e}"))?,
+                );
             }
             "-c" | "--config" => config_path = Some(args.next().ok_or("--config needs a file")?),
             "-a" | "--addr" => {
@@ -254,7 +352,7 @@ fn run() -> Result<(), String> {
                 );
             }
             "--print-config" => print = true,
-            other => return Err(format!("unknown argument {other:?} (see --help)")),
+            other => return Err(format!("unknown argument {other:?} (see --help)").into()),
         }
     }
     let mut cfg = Config::default();
@@ -273,25 +371,37 @@ fn run() -> Result<(), String> {
         println!("{cfg:#?}");
         return Ok(());
     }
+    cfg.validate().map_err(|e| e.to_string())?;
+    init_logs(log_format)?;
     block_signals();
     let engine = Engine::builder()
         .config(cfg)
         .build(|_core| Demo)
-        .map_err(|e| e.to_string())?;
-    eprintln!(
-        "edge-ws listening on ws://{} ({} cores)",
-        engine.local_addr(),
-        engine.handle().cores()
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    tracing::info!(
+        addr = %engine.local_addr(),
+        cores = engine.handle().cores(),
+        version = env!("CARGO_PKG_VERSION"),
+        "edge-ws listening on ws://{}",
+        engine.local_addr()
     );
     let handle = engine.handle();
     std::thread::spawn(move || {
         wait_for_signal();
-        eprintln!("edge-ws: shutting down");
+        tracing::info!("signal received: shutting down");
         handle.shutdown();
     });
-    engine
-        .join()
-        .map_err(|_| "a core thread panicked".to_string())
+    if !stats_interval.is_zero() {
+        let handle = engine.handle();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(stats_interval);
+            log_counters(&handle, "counters");
+        });
+    }
+    let handle = engine.handle();
+    let result = engine.join();
+    log_counters(&handle, "stopped");
+    result.map_err(|_| Failure::Runtime("a core thread panicked".to_string()))
 }
 
 fn signal_set() -> libc::sigset_t {

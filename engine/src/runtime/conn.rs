@@ -233,6 +233,34 @@ impl Conn {
         }
     }
 
+    /// Bytes queued behind the entries handed to the kernel (which may be partly sent).
+    pub(super) fn waiting(&self) -> usize {
+        let in_kernel: usize = self
+            .queue
+            .iter()
+            .take(usize::from(self.committed))
+            .map(Bytes::len)
+            .sum();
+        self.queued - in_kernel.min(self.queued)
+    }
+
+    /// Drops every entry not yet handed to the kernel, keeping the committed ones even between
+    /// a partial send and its resubmission: the first of them may be partly on the wire, and
+    /// what follows it must be the rest of that frame (the stream carries whole frames only).
+    pub(super) fn drop_waiting(&mut self) {
+        let keep = usize::from(self.committed);
+        while self.queue.len() > keep {
+            if let Some(b) = self.queue.pop_back() {
+                self.queued -= b.len().min(self.queued);
+            }
+        }
+        self.urgent = 0;
+        if keep == 0 {
+            self.queued = 0;
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// Drops everything not in flight (abort / teardown).
     pub(super) fn drop_unsent(&mut self) {
         let keep = if self.has(SEND_INFLIGHT) {
@@ -353,6 +381,28 @@ mod tests {
         assert_eq!(c.urgent, 0);
         c.push_urgent(b("U4"));
         assert_eq!(contents(&c).last().unwrap(), "U4");
+    }
+
+    #[test]
+    fn drop_waiting_keeps_a_partly_sent_frame() {
+        let mut c = Conn::new(-1, 1);
+        let mut sv = Vec::new();
+        c.push(Bytes::from(vec![7u8; 4000]));
+        c.push(Bytes::from(vec![8u8; 4000]));
+        let _ = c.plan_send(&mut sv);
+        // The kernel took 1000 bytes of the first frame; the send is no longer in flight, the
+        // rest waits to be resubmitted.
+        c.complete_send(1000);
+        assert!(!c.has(SEND_INFLIGHT));
+        c.push(b("late"));
+        assert_eq!(c.waiting(), 4);
+        c.drop_waiting();
+        // The rest of the committed frames stays whole; only what was never submitted goes.
+        assert_eq!(c.queued, 7000);
+        assert_eq!(c.queue.iter().map(Bytes::len).sum::<usize>(), 7000);
+        assert_eq!(c.waiting(), 0);
+        c.push(b("close"));
+        assert_eq!(c.waiting(), 5);
     }
 
     #[test]

@@ -102,8 +102,11 @@ where
         listener,
         wakers,
         stats,
+        core_id,
         ..
     } = p;
+    // Every event this thread logs carries its core.
+    let _span = tracing::info_span!("core", index, cpu = core_id).entered();
     tokio_uring::start(async move {
         let waker = wakers[index].clone();
         let core = match Core::new(&cfg, index, stats, listener, &waker) {
@@ -709,6 +712,10 @@ impl<S: Service> Driver<S> {
             }
         }
         if res < 0 {
+            let e = io::Error::from_raw_os_error(-res);
+            if core.listener.is_some() && !core.stopping && !is_transient(&e) {
+                tracing::warn!(error = %e, "accept failed");
+            }
             return;
         }
         let fd = res;
@@ -719,12 +726,17 @@ impl<S: Service> Driver<S> {
         if core.conns.len() >= core.max_conns {
             sys::close_fd(fd);
             RuntimeStats::add(&core.stats().rejected_over_limit, 1);
+            tracing::info!(
+                limit = core.max_conns,
+                "connection refused: core at its limit"
+            );
             return;
         }
         let peer = match sys::setup_accepted(fd) {
             Ok(p) => p,
-            Err(_) => {
+            Err(e) => {
                 sys::close_fd(fd);
+                tracing::warn!(error = %e, "accepted socket setup failed");
                 return;
             }
         };
@@ -949,9 +961,13 @@ impl Io<'_> {
 
     /// Drops the output queued for `id` that has not been handed to the kernel yet (what is in
     /// flight completes). For a close that must go out now: discard, then `send`.
+    ///
+    /// Output already handed to the kernel stays queued even if only part of it was sent, so
+    /// the peer never sees a frame cut short: after a discard the stream resumes at a frame
+    /// boundary.
     pub fn discard_unsent(&mut self, id: ConnId) {
         if let Some(c) = self.core.conn_mut(id) {
-            c.drop_unsent();
+            c.drop_waiting();
         }
     }
 
@@ -959,6 +975,20 @@ impl Io<'_> {
     #[inline]
     pub fn queued_bytes(&self, id: ConnId) -> usize {
         self.core.conn(id).map_or(0, |c| c.queued)
+    }
+
+    /// Bytes queued for `id` behind the output handed to the kernel (0 if dead): what a
+    /// write-buffer limit counts, so that a frame of any size, once being written, never
+    /// counts against the frames queued after it.
+    pub fn waiting_bytes(&self, id: ConnId) -> usize {
+        self.core.conn(id).map_or(0, Conn::waiting)
+    }
+
+    /// Whether urgent output queued for `id` has not been handed to the kernel yet (a pong
+    /// queued now would wait behind it).
+    #[inline]
+    pub fn has_waiting_urgent(&self, id: ConnId) -> bool {
+        self.core.conn(id).is_some_and(|c| c.urgent > 0)
     }
 
     /// Flushes queued output, then closes the socket; [`Service::on_close`] follows. Received
