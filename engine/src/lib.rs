@@ -24,6 +24,7 @@
 //! engine.join().unwrap();
 //! ```
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 mod core;
@@ -32,7 +33,6 @@ pub mod fanout;
 mod handler;
 pub mod manager;
 pub mod metrics;
-pub mod runtime;
 
 pub use crate::config::{Config, Cores, SlowConsumerPolicy};
 pub use crate::core::SendError;
@@ -41,3 +41,4 @@ pub use crate::fanout::{Filter, PublishOptions};
 pub use crate::handler::{Handler, Rejection, Socket, Upgrade, UpgradeRequest};
 pub use crate::metrics::MetricsSnapshot;
 pub use edge_ws_protocol::{self as protocol, CloseCode, Message};
+pub use edge_ws_runtime as runtime;

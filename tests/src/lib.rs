@@ -56,28 +56,7 @@ pub fn ws_client(addr: SocketAddr, path: &str) -> tungstenite::WebSocket<TcpStre
 /// Raises the open-files limit to at least `n` (tests open thousands of sockets), raising the
 /// hard limit too where the process may (root); returns the soft limit in force afterwards.
 pub fn raise_nofile(n: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read/write the struct we pass, which lives on our stack.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < n {
-            let want = libc::rlimit {
-                rlim_cur: n,
-                rlim_max: n.max(lim.rlim_max),
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
-                lim.rlim_cur = n.min(lim.rlim_max);
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            }
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-        lim.rlim_cur
-    }
+    edge_ws::runtime::os::raise_nofile_limit(n)
 }
 
 /// A minimal blocking client over our own codec, for sending frames tungstenite won't

@@ -8,6 +8,8 @@
 //! Logs go to stderr through `tracing`, filtered by `RUST_LOG` (`info` when unset; e.g.
 //! `RUST_LOG=edge_ws=debug`, `RUST_LOG=warn`).
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -373,7 +375,7 @@ fn run() -> Result<(), Failure> {
     }
     cfg.validate().map_err(|e| e.to_string())?;
     init_logs(log_format)?;
-    block_signals();
+    edge_ws::runtime::os::block_termination_signals();
     let engine = Engine::builder()
         .config(cfg)
         .build(|_core| Demo)
@@ -387,7 +389,7 @@ fn run() -> Result<(), Failure> {
     );
     let handle = engine.handle();
     std::thread::spawn(move || {
-        wait_for_signal();
+        edge_ws::runtime::os::wait_for_termination();
         tracing::info!("signal received: shutting down");
         handle.shutdown();
     });
@@ -402,34 +404,4 @@ fn run() -> Result<(), Failure> {
     let result = engine.join();
     log_counters(&handle, "stopped");
     result.map_err(|_| Failure::Runtime("a core thread panicked".to_string()))
-}
-
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and modify the set we own on the stack.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        set
-    }
-}
-
-/// Blocks SIGINT/SIGTERM in this thread (and the threads it spawns after) so that only
-/// `wait_for_signal` receives them.
-fn block_signals() {
-    let set = signal_set();
-    // SAFETY: `set` is a valid, initialised signal set; a null old-set pointer is allowed.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-fn wait_for_signal() {
-    let set = signal_set();
-    let mut sig = 0;
-    // SAFETY: `set` is initialised and `sig` is a valid place for the result.
-    unsafe {
-        libc::sigwait(&set, &mut sig);
-    }
 }

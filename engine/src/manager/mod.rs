@@ -155,19 +155,7 @@ impl Inner {
     /// core; a few nanoseconds to read where `Instant::now` costs tens; its resolution of one
     /// kernel tick, 1–4 ms, is fine for buckets refilled over seconds).
     fn now(&self) -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime only writes the timespec we pass, which lives on our stack.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-        if rc == 0 {
-            (ts.tv_sec as u64)
-                .wrapping_mul(1_000_000_000)
-                .wrapping_add(ts.tv_nsec as u64)
-        } else {
-            self.epoch.elapsed().as_nanos() as u64
-        }
+        edge_ws_runtime::os::coarse_monotonic_nanos(self.epoch)
     }
 
     /// Counts a refusal, tells the listeners, and builds the engine's answer.

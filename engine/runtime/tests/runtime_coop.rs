@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edge_ws::runtime::{ConnId, CoreWaker, Io, Runtime, RuntimeConfig, Service};
+use edge_ws_runtime::{ConnId, CoreWaker, Io, Runtime, RuntimeConfig, Service};
 
 struct Echo;
 impl Service for Echo {

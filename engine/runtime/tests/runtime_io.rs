@@ -1,4 +1,4 @@
-//! Integration tests of `edge_ws::runtime` over real sockets on 127.0.0.1.
+//! Integration tests of `edge_ws_runtime` over real sockets on 127.0.0.1.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Once, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edge_ws::runtime::{ConnId, CoreWaker, Io, Runtime, RuntimeConfig, RuntimeError, Service};
+use edge_ws_runtime::{ConnId, CoreWaker, Io, Runtime, RuntimeConfig, RuntimeError, Service};
 
 const T: Duration = Duration::from_secs(20);
 

@@ -1,4 +1,14 @@
-//! The protocol-agnostic per-core io_uring transport.
+//! # edge-ws-runtime
+//!
+//! The protocol-agnostic per-core io_uring transport under edge-ws, and the crate that holds
+//! **every `unsafe` block of the engine**: io_uring submissions, the provided-buffer ring, the
+//! eventfd doorbell, the coarse clock and signal handling ([`os`]). Each block carries a
+//! `// SAFETY:` comment naming the check that makes it sound; the crates above are
+//! `#![forbid(unsafe_code)]`.
+//!
+//! It knows nothing of WebSocket: it moves bytes between sockets and a [`Service`]. It does not
+//! parse, frame, encrypt or route anything, and it never blocks a core on disk or locks.
+//!
 //!
 //! One OS thread per configured core (optionally pinned) runs a `tokio_uring` runtime, so tokio
 //! timers, `tokio::net` and tokio-uring file operations work on that thread. Inside it a driver
@@ -19,6 +29,7 @@
 mod bufring;
 mod conn;
 mod driver;
+pub mod os;
 mod sys;
 mod waker;
 
@@ -52,7 +63,8 @@ pub struct ConnId {
 }
 
 impl ConnId {
-    pub(crate) fn new(index: usize, generation: u32) -> Self {
+    /// An id from its parts (for tests and for layers that keep ids in their own tables).
+    pub fn new(index: usize, generation: u32) -> Self {
         debug_assert!(index <= u32::MAX as usize);
         ConnId {
             index: index as u32,
@@ -78,7 +90,8 @@ impl ConnId {
         self.index as usize
     }
 
-    pub(crate) fn generation(self) -> u32 {
+    /// The slot's generation.
+    pub fn generation(self) -> u32 {
         self.generation
     }
 }
