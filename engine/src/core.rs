@@ -330,15 +330,16 @@ impl CoreState {
         io.queued_bytes(id) + len > limit && io.waiting_bytes(id) >= limit
     }
 
-    /// Answers a ping. At most one pong per connection waits to be written: while an earlier
-    /// control frame has not reached the kernel, the newest ping's pong replaces any held one
-    /// (RFC 6455 §5.5.3), so a peer that sends pings and never reads costs a constant, not a
-    /// queue. Held pongs go out from `flush_pongs` once the way is clear; one held longer than
+    /// Answers a ping. While the connection's output is blocked (an earlier control frame
+    /// waits behind a send the kernel has not finished), at most one pong is held and the
+    /// newest ping's pong replaces it (RFC 6455 §5.5.3), so a peer that sends pings and never
+    /// reads costs a constant, not a queue. A peer that reads gets a pong for every ping
+    /// (Autobahn 2.10 checks that). Held pongs go out from `flush_pongs` once the way is clear; one held longer than
     /// the heartbeat timeout means the peer is not reading, and the slow-consumer policy
     /// applies (counted in `ping_flood_closes` when it closes).
     fn answer_ping(&mut self, io: &mut Io<'_>, id: ConnId, payload: &[u8]) {
         inc(&self.m().pings_in);
-        if !io.has_waiting_urgent(id) {
+        if !io.urgent_blocked(id) {
             self.queue_pong(io, id, payload);
             return;
         }
@@ -392,7 +393,7 @@ impl CoreState {
             };
             let Some(pending) = extra
                 .pending_pong
-                .take_if(|_| !open || !io.has_waiting_urgent(id))
+                .take_if(|_| !open || !io.urgent_blocked(id))
             else {
                 let queued = io.queued_bytes(id);
                 let stalled = extra.pending_pong.as_mut().is_some_and(|p| {

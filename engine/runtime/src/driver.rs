@@ -620,12 +620,7 @@ impl<S: Service> Driver<S> {
 
     #[inline]
     fn io(&mut self) -> (&mut S, Io<'_>) {
-        (
-            &mut self.service,
-            Io {
-                core: &mut self.core,
-            },
-        )
+        (&mut self.service, Io::uring(&mut self.core))
     }
 
     fn check_flags(&mut self, waker: &CoreWaker) {
@@ -926,16 +921,47 @@ async fn run<S: Service>(mut drv: Driver<S>, afd: AsyncFd<EvFd>, waker: CoreWake
 
 /// Handle into the core's driver, valid during a [`Service`] callback.
 ///
-/// Actions are recorded and submitted together at the end of the loop iteration.
+/// Actions are recorded and submitted together at the end of the loop iteration. Behind it is
+/// either a core's io_uring driver or the in-memory transport of [`crate::mem`] (tests of the
+/// layers above with no sockets): a two-way `match` per call, which keeps the hot path free of
+/// dynamic dispatch and the layers above free of a generic parameter.
 pub struct Io<'a> {
-    core: &'a mut Core,
+    backend: Backend<'a>,
+}
+
+enum Backend<'a> {
+    Uring(&'a mut Core),
+    Memory(&'a mut crate::mem::MemCore),
+}
+
+impl<'a> Io<'a> {
+    pub(crate) fn uring(core: &'a mut Core) -> Self {
+        Io {
+            backend: Backend::Uring(core),
+        }
+    }
+
+    pub(crate) fn memory(core: &'a mut crate::mem::MemCore) -> Self {
+        Io {
+            backend: Backend::Memory(core),
+        }
+    }
+
+    /// The queue of `id`, whichever the backend.
+    #[inline]
+    fn slot(&self, id: ConnId) -> Option<&Conn> {
+        match &self.backend {
+            Backend::Uring(c) => c.conn(id),
+            Backend::Memory(m) => m.conn(id),
+        }
+    }
 }
 
 impl fmt::Debug for Io<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Io")
-            .field("core_index", &self.core.index)
-            .field("connections", &self.core.conns.len())
+            .field("core_index", &self.core_index())
+            .field("connections", &self.connections())
             .finish()
     }
 }
@@ -945,7 +971,10 @@ impl Io<'_> {
     /// if `id` is dead or closing.
     #[inline]
     pub fn send(&mut self, id: ConnId, data: Bytes) -> bool {
-        self.core.send(id, data, false)
+        match &mut self.backend {
+            Backend::Uring(c) => c.send(id, data, false),
+            Backend::Memory(m) => m.send(id, data, false),
+        }
     }
 
     /// Queues `data` ahead of queued-but-not-yet-submitted output (after earlier urgent data and
@@ -956,7 +985,10 @@ impl Io<'_> {
     /// units, so a frame that must stay contiguous has to be one `send` call, not several.
     #[inline]
     pub fn send_urgent(&mut self, id: ConnId, data: Bytes) -> bool {
-        self.core.send(id, data, true)
+        match &mut self.backend {
+            Backend::Uring(c) => c.send(id, data, true),
+            Backend::Memory(m) => m.send(id, data, true),
+        }
     }
 
     /// Drops the output queued for `id` that has not been handed to the kernel yet (what is in
@@ -966,7 +998,11 @@ impl Io<'_> {
     /// the peer never sees a frame cut short: after a discard the stream resumes at a frame
     /// boundary.
     pub fn discard_unsent(&mut self, id: ConnId) {
-        if let Some(c) = self.core.conn_mut(id) {
+        let c = match &mut self.backend {
+            Backend::Uring(c) => c.conn_mut(id),
+            Backend::Memory(m) => m.conn_mut(id),
+        };
+        if let Some(c) = c {
             c.drop_waiting();
         }
     }
@@ -974,67 +1010,91 @@ impl Io<'_> {
     /// Bytes queued or in flight for `id` (0 if dead).
     #[inline]
     pub fn queued_bytes(&self, id: ConnId) -> usize {
-        self.core.conn(id).map_or(0, |c| c.queued)
+        self.slot(id).map_or(0, |c| c.queued)
     }
 
     /// Bytes queued for `id` behind the output handed to the kernel (0 if dead): what a
     /// write-buffer limit counts, so that a frame of any size, once being written, never
     /// counts against the frames queued after it.
     pub fn waiting_bytes(&self, id: ConnId) -> usize {
-        self.core.conn(id).map_or(0, Conn::waiting)
+        self.slot(id).map_or(0, Conn::waiting)
     }
 
-    /// Whether urgent output queued for `id` has not been handed to the kernel yet (a pong
-    /// queued now would wait behind it).
+    /// Whether urgent output queued for `id` waits behind output the kernel is still writing:
+    /// the peer is not taking what was sent, so more control frames would only pile up. (Urgent
+    /// output queued while nothing is in the kernel goes out with the next send and is not
+    /// blocked.)
     #[inline]
-    pub fn has_waiting_urgent(&self, id: ConnId) -> bool {
-        self.core.conn(id).is_some_and(|c| c.urgent > 0)
+    pub fn urgent_blocked(&self, id: ConnId) -> bool {
+        self.slot(id)
+            .is_some_and(|c| c.urgent > 0 && c.committed > 0)
     }
 
     /// Flushes queued output, then closes the socket; [`Service::on_close`] follows. Received
     /// data is no longer delivered. A peer that never reads keeps the connection flushing: use
     /// [`Io::abort`] after a timeout.
     pub fn close(&mut self, id: ConnId) {
-        self.core.close(id)
+        match &mut self.backend {
+            Backend::Uring(c) => c.close(id),
+            Backend::Memory(m) => m.close(id),
+        }
     }
 
     /// Drops queued output and closes now (cancelling in-flight operations);
     /// [`Service::on_close`] follows.
     pub fn abort(&mut self, id: ConnId) {
-        self.core.abort(id)
+        match &mut self.backend {
+            Backend::Uring(c) => c.abort(id),
+            Backend::Memory(m) => m.abort(id),
+        }
     }
 
     /// Whether `id` is open (not dead, not closing).
     #[inline]
     pub fn is_alive(&self, id: ConnId) -> bool {
-        self.core.conn(id).is_some_and(|c| c.state == State::Open)
+        self.slot(id).is_some_and(|c| c.state == State::Open)
     }
 
     /// Connections in this core's table (including those closing).
     pub fn connections(&self) -> usize {
-        self.core.conns.len()
+        match &self.backend {
+            Backend::Uring(c) => c.conns.len(),
+            Backend::Memory(m) => m.connections(),
+        }
     }
 
     /// Index of this core into `cfg.cores`.
     pub fn core_index(&self) -> usize {
-        self.core.index
+        match &self.backend {
+            Backend::Uring(c) => c.index,
+            Backend::Memory(m) => m.index,
+        }
     }
 
     /// This core's counters.
     pub fn stats(&self) -> &RuntimeStats {
-        self.core.stats()
+        match &self.backend {
+            Backend::Uring(c) => c.stats(),
+            Backend::Memory(m) => &m.stats,
+        }
     }
 
     /// Aborts all connections (each gets [`Service::on_close`]), stops accepting, and leaves the
     /// loop once everything in flight completed (at most 5 s); the core thread then ends.
     pub fn stop(&mut self) {
-        self.core.stop()
+        match &mut self.backend {
+            Backend::Uring(c) => c.stop(),
+            Backend::Memory(m) => m.stop(),
+        }
     }
 
     /// Cancels the multishot accept and closes this core's listener (graceful shutdown); open
     /// connections are unaffected.
     pub fn stop_accepting(&mut self) {
-        self.core.stop_accepting()
+        match &mut self.backend {
+            Backend::Uring(c) => c.stop_accepting(),
+            Backend::Memory(m) => m.accepting = false,
+        }
     }
 }
 

@@ -29,6 +29,7 @@
 mod bufring;
 mod conn;
 mod driver;
+pub mod mem;
 pub mod os;
 mod sys;
 mod waker;
