@@ -74,8 +74,9 @@ fn reference(d: &mut Decompress, data: &[u8], max: usize, nct: bool) -> Ref {
         let r = d.decompress_vec(&input[pos..], &mut out, FlushDecompress::None);
         pos += (d.total_in() - i0) as usize;
         match r {
+            // In stream order: output past the cap counts before corruption found after it.
+            _ if out.len() > max => return Ref::TooLarge,
             Err(_) => return Ref::Corrupt,
-            Ok(_) if out.len() > max => return Ref::TooLarge,
             Ok(Status::StreamEnd) => {
                 d.reset(false);
                 return Ref::Ok(out);

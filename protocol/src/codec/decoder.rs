@@ -358,10 +358,13 @@ impl Decoder {
             .ok_or(ProtocolError::UnexpectedContinuation)?;
         let inflater = self.inflater.as_mut().ok_or(ProtocolError::ReservedBits)?;
         let before = f.buf.len();
-        inflater.decompress(input, &mut f.buf, max)?;
+        let inflated = inflater.decompress_keeping(input, &mut f.buf, max);
         if f.opcode == OpCode::Text {
+            // Text produced before an inflate error is checked first: the error reported is
+            // the first in stream order, however the frame's bytes were split.
             self.utf8.feed(&f.buf[before..])?;
         }
+        inflated?;
         if let Some(fs) = self.frame.as_mut() {
             fs.processed += input.len();
         }
@@ -380,9 +383,12 @@ impl Decoder {
             .ok_or(ProtocolError::UnexpectedContinuation)?;
         let inflater = self.inflater.as_mut().ok_or(ProtocolError::ReservedBits)?;
         let before = f.buf.len();
-        inflater.finish_message(&mut f.buf, self.config.max_message_size)?;
+        let finished = inflater.finish_message_keeping(&mut f.buf, self.config.max_message_size);
         if f.opcode == OpCode::Text {
             self.utf8.feed(&f.buf[before..])?;
+        }
+        finished?;
+        if f.opcode == OpCode::Text {
             self.utf8.finish()?;
         }
         Ok(Some(data_message(f.opcode, f.buf)))

@@ -166,10 +166,24 @@ impl Decompressor {
         out: &mut BytesMut,
         max: usize,
     ) -> Result<(), ProtocolError> {
+        let entry = out.len();
+        self.decompress_keeping(input, out, max).inspect_err(|_| {
+            out.truncate(entry);
+        })
+    }
+
+    /// [`decompress`](Self::decompress), except that on an error `out` keeps what was inflated
+    /// before it (at most one byte past `max`): the decoder validates that text first, so that
+    /// the error it reports is the first in stream order however the input was split.
+    pub(crate) fn decompress_keeping(
+        &mut self,
+        input: &[u8],
+        out: &mut BytesMut,
+        max: usize,
+    ) -> Result<(), ProtocolError> {
         if self.stream_ended || input.is_empty() {
             return Ok(());
         }
-        let entry = out.len();
         let mut input = input;
         let mut round = input
             .len()
@@ -191,13 +205,15 @@ impl Decompressor {
             out.truncate(len + written);
             input = &input[consumed..];
             self.message_len += written;
+            // Output past the cap comes first in stream order: it was produced before inflate
+            // met the corrupt bits.
+            if self.message_len > max {
+                return Err(self.fail(ProtocolError::MessageTooLarge));
+            }
             let status = match result {
                 Ok(status) => status,
-                Err(_) => return Err(self.fail(out, entry, ProtocolError::InvalidDeflate)),
+                Err(_) => return Err(self.fail(ProtocolError::InvalidDeflate)),
             };
-            if self.message_len > max {
-                return Err(self.fail(out, entry, ProtocolError::MessageTooLarge));
-            }
             if status == Status::StreamEnd {
                 self.stream_ended = true;
                 return Ok(());
@@ -214,7 +230,20 @@ impl Decompressor {
     /// then resets the context if `no_context_takeover` (or the peer ended its stream).
     /// Subject to `max` like [`decompress`](Self::decompress).
     pub fn finish_message(&mut self, out: &mut BytesMut, max: usize) -> Result<(), ProtocolError> {
-        self.decompress(&TAIL, out, max)?;
+        let entry = out.len();
+        self.finish_message_keeping(out, max).inspect_err(|_| {
+            out.truncate(entry);
+        })
+    }
+
+    /// [`finish_message`](Self::finish_message), keeping on an error what was inflated before
+    /// it (see [`decompress_keeping`](Self::decompress_keeping)).
+    pub(crate) fn finish_message_keeping(
+        &mut self,
+        out: &mut BytesMut,
+        max: usize,
+    ) -> Result<(), ProtocolError> {
+        self.decompress_keeping(&TAIL, out, max)?;
         if self.no_context_takeover || self.stream_ended {
             self.reset();
         } else {
@@ -232,8 +261,7 @@ impl Decompressor {
         self.stream_ended = false;
     }
 
-    fn fail(&mut self, out: &mut BytesMut, entry: usize, err: ProtocolError) -> ProtocolError {
-        out.truncate(entry);
+    fn fail(&mut self, err: ProtocolError) -> ProtocolError {
         self.reset();
         err
     }
