@@ -143,7 +143,7 @@ if [[ $BUILD == 1 ]]; then
     cargo build "${flag[@]}" -p edge-ws-bench -j"$JOBS"
     if [[ " $SERVERS " == *" edge-ws "* && $EDGE_WS_ENABLED == 1 ]]; then
         log "building edge-ws ($PROFILE)"
-        cargo build "${flag[@]}" -p edge-ws --bins --examples -j"$JOBS" ||
+        cargo build "${flag[@]}" -p edge-ws -p edge-ws-server --bins --examples -j"$JOBS" ||
             log "edge-ws did not build: it will be skipped"
     fi
 fi

@@ -40,6 +40,13 @@ impl ConnectionId {
     pub(crate) fn conn(self) -> ConnId {
         self.conn
     }
+
+    /// The connection's slot in its core's table: dense and reused after the connection
+    /// closes (with a new id), so a layer above can keep per-connection state in a `Vec`
+    /// indexed by it, per core.
+    pub fn slot(self) -> usize {
+        self.conn.index()
+    }
 }
 
 impl std::fmt::Display for ConnectionId {

@@ -114,6 +114,18 @@ impl std::fmt::Debug for Socket<'_, '_> {
     }
 }
 
+impl<'io> Socket<'_, 'io> {
+    /// A shorter-lived `Socket` for the same connection, for handing to a nested layer (a
+    /// middleware, a router) while this one stays usable afterwards.
+    pub fn reborrow(&mut self) -> Socket<'_, 'io> {
+        Socket {
+            state: &mut *self.state,
+            io: &mut *self.io,
+            id: self.id,
+        }
+    }
+}
+
 impl Socket<'_, '_> {
     /// This connection's engine-wide id (usable from any thread through
     /// [`crate::EngineHandle::send_text`]).

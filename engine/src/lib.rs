@@ -31,7 +31,6 @@ mod core;
 mod engine;
 pub mod fanout;
 mod handler;
-pub mod manager;
 pub mod metrics;
 
 pub use crate::config::{Config, Cores, SlowConsumerPolicy};

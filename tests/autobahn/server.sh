@@ -13,7 +13,7 @@ start_edge_ws() {
   if [ -n "${EDGE_WS_BIN:-}" ]; then
     bin="$EDGE_WS_BIN"
   else
-    (cd "$root" && cargo build --release -p edge-ws --bin edge-ws -j"${JOBS:-2}" -q)
+    (cd "$root" && cargo build --release -p edge-ws-server --bin edge-ws -j"${JOBS:-2}" -q)
     bin="$root/target/release/edge-ws"
   fi
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

@@ -8,7 +8,7 @@ mod util;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edge_ws::manager::{
+use edge_ws_server::{
     ApiKeyAuth, Auth, AuthRejection, Event, JwtAuth, Manager, RejectReason, UserContext,
 };
 use util::*;

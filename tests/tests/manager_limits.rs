@@ -5,7 +5,7 @@
 #[path = "manager_util.rs"]
 mod util;
 
-use edge_ws::manager::{Auth, Manager, RejectReason};
+use edge_ws_server::{Auth, Manager, RejectReason};
 use util::*;
 
 const N: usize = 200;

@@ -7,7 +7,7 @@ mod util;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use edge_ws::manager::{ApiKeyAuth, Auth, Event, Manager, UserContext, CLOSE_FORBIDDEN};
+use edge_ws_server::{ApiKeyAuth, Auth, Event, Manager, UserContext, CLOSE_FORBIDDEN};
 use edge_ws::CloseCode;
 use util::*;
 

@@ -8,7 +8,7 @@ mod util;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_ws::manager::{AbusePolicy, Auth, ErrorKind, Manager, RateLimit, RouteError, Router};
+use edge_ws_server::{AbusePolicy, Auth, ErrorKind, Manager, RateLimit, RouteError, Router};
 use tungstenite::Message as T;
 use util::*;
 

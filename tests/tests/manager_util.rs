@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::task::{Context as TaskCx, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edge_ws::manager::{JwtAuth, Manager, Router, TokenSource};
+use edge_ws_server::{JwtAuth, Manager, Router, TokenSource};
 use edge_ws::{Config, Engine};
 use tungstenite::protocol::Role;
 use tungstenite::{Message as T, WebSocket};

@@ -10,10 +10,10 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::auth::RejectReason;
-use super::rate::SharedBuckets;
-use super::Inner;
-use crate::ConnectionId;
+use crate::identity::RejectReason;
+use crate::rate::SharedBuckets;
+use crate::Inner;
+use edge_ws::ConnectionId;
 
 const SHARDS: usize = 32;
 

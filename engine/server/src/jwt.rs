@@ -13,14 +13,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use edge_ws_protocol::handshake::Request;
+use edge_ws::protocol::handshake::Request;
 use hmac::{Hmac, Mac};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Sha256, Sha384, Sha512};
 
-use super::auth::{AuthRejection, RejectReason, UserContext};
+use crate::identity::{AuthRejection, RejectReason, UserContext};
 
 /// Longest token accepted.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -112,7 +112,7 @@ type UserMap = dyn Fn(&Value) -> Result<UserContext, AuthRejection> + Send + Syn
 ///
 /// ```
 /// use std::time::Duration;
-/// use edge_ws::manager::{JwtAuth, TokenSource};
+/// use edge_ws_server::{JwtAuth, TokenSource};
 /// let jwt = JwtAuth::hs256(b"secret")
 ///     .issuer("https://auth.example")
 ///     .audience("chat")

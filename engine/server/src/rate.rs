@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use edge_ws_protocol::CloseCode;
+use edge_ws::protocol::CloseCode;
 
 /// One limit: `rate` units per second with bursts of up to `burst` units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl Rule {
 /// A rate limit in messages per second and/or bytes per second, each with a burst.
 ///
 /// ```
-/// use edge_ws::manager::RateLimit;
+/// use edge_ws_server::RateLimit;
 /// // 50 messages/s with bursts of 100, and 1 MB/s with bursts of 256 KiB.
 /// let limit = RateLimit::new().messages(50.0, 100).bytes(1e6, 256 * 1024);
 /// # let _ = limit;
@@ -122,19 +122,19 @@ pub struct AbusePolicy {
     pub max_violations: u32,
     /// The window over which refused messages are counted.
     pub window: Duration,
-    /// The close code (default [`super::CLOSE_RATE_LIMITED`], 4029: the client may reconnect
+    /// The close code (default [`crate::CLOSE_RATE_LIMITED`], 4029: the client may reconnect
     /// after a back-off).
     pub code: CloseCode,
 }
 
 impl AbusePolicy {
-    /// Close with [`super::CLOSE_RATE_LIMITED`] after more than `max_violations` refused
+    /// Close with [`crate::CLOSE_RATE_LIMITED`] after more than `max_violations` refused
     /// messages within `window`.
     pub fn new(max_violations: u32, window: Duration) -> AbusePolicy {
         AbusePolicy {
             max_violations,
             window,
-            code: super::CLOSE_RATE_LIMITED,
+            code: crate::CLOSE_RATE_LIMITED,
         }
     }
 

@@ -1,5 +1,12 @@
-//! The connection manager: authentication, limits, middleware, JSON routing, rate limits,
-//! per-user lookups and bulk actions, on top of the engine's [`Handler`].
+//! # edge-ws-server
+//!
+//! The product layer on top of the engine: the connection manager (authentication, limits,
+//! middleware, JSON routing, rate limits, per-user lookups and bulk actions) as an engine
+//! [`Handler`], and the `edge-ws` server binary. It uses only the engine's public API.
+//!
+//! It does no I/O of its own and contains no `unsafe`: sockets, rings and timers belong to the
+//! engine and its runtime.
+//!
 //!
 //! A [`Manager`] is the shared half (`Send + Sync + Clone`): settings, the limit counters, the
 //! user → sockets index, statistics, event listeners and the [`EngineHandle`]. Each core runs
@@ -7,7 +14,7 @@
 //! [`Router`]:
 //!
 //! ```no_run
-//! use edge_ws::manager::{Auth, JwtAuth, Manager, RateLimit, Router, TokenSource};
+//! use edge_ws_server::{Auth, JwtAuth, Manager, RateLimit, Router, TokenSource};
 //! use edge_ws::Engine;
 //!
 //! let manager = Manager::builder()
@@ -50,8 +57,12 @@
 //! through [`EngineHandle::resolve_upgrade`]; [`Manager::start`] attaches the handle (with a
 //! hand-built engine, call [`Manager::attach`]).
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 mod auth;
 mod events;
+mod identity;
 mod json;
 mod jwt;
 mod limits;
@@ -64,12 +75,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use edge_ws_protocol::{CloseCode, Message};
+use edge_ws::protocol::{CloseCode, Message};
 
-pub use self::auth::{
-    ApiKeyAuth, Auth, AuthRejection, HandshakeInfo, RejectReason, UserContext, Validator,
-    ValidatorFuture,
-};
+pub use self::auth::{ApiKeyAuth, Auth, HandshakeInfo, Validator, ValidatorFuture};
+pub use self::identity::{AuthRejection, RejectReason, UserContext};
 pub use self::events::{ErrorKind, Event, ManagerStats};
 pub use self::jwt::{Algorithm, JwtAuth, TokenSource, MAX_TOKEN_LEN};
 pub use self::rate::{AbusePolicy, RateLimit};
@@ -78,8 +87,8 @@ pub use self::router::{App, Context, Envelope, Middleware, Next, ReplyError, Rou
 use self::events::Stats;
 use self::limits::{Reservation, Sharded, UserEntry};
 use self::rate::{LocalBuckets, SharedBuckets};
-use crate::fanout::Filter;
-use crate::{
+use edge_ws::fanout::Filter;
+use edge_ws::{
     ConnectionId, Engine, EngineBuilder, EngineError, EngineHandle, Handler, PublishOptions,
     Rejection, Socket, Upgrade, UpgradeRequest,
 };
@@ -155,7 +164,7 @@ impl Inner {
     /// core; a few nanoseconds to read where `Instant::now` costs tens; its resolution of one
     /// kernel tick, 1–4 ms, is fine for buckets refilled over seconds).
     fn now(&self) -> u64 {
-        edge_ws_runtime::os::coarse_monotonic_nanos(self.epoch)
+        edge_ws::runtime::os::coarse_monotonic_nanos(self.epoch)
     }
 
     /// Counts a refusal, tells the listeners, and builds the engine's answer.
@@ -636,7 +645,7 @@ impl<A: App> Handler for ManagerHandler<A> {
             buckets: LocalBuckets::default(),
             app: None,
         };
-        let key = socket.id.index();
+        let key = socket.id().slot();
         if self.conns.len() <= key {
             self.conns.resize_with(key + 1, || None);
         }
@@ -663,7 +672,7 @@ impl<A: App> Handler for ManagerHandler<A> {
             scratch,
             ..
         } = self;
-        let Some(Some(conn)) = conns.get_mut(socket.id.index()) else {
+        let Some(Some(conn)) = conns.get_mut(socket.id().slot()) else {
             return; // not admitted by a manager
         };
         let inner = &*manager.inner;
@@ -704,7 +713,7 @@ impl<A: App> Handler for ManagerHandler<A> {
     }
 
     fn on_close(&mut self, socket: &mut Socket<'_, '_>, code: CloseCode, reason: &str) {
-        let Some(mut conn) = self.conns.get_mut(socket.id.index()).and_then(Option::take) else {
+        let Some(mut conn) = self.conns.get_mut(socket.id().slot()).and_then(Option::take) else {
             return;
         };
         self.open -= 1;

@@ -9,15 +9,15 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use edge_ws_protocol::{CloseCode, Message};
+use edge_ws::protocol::{CloseCode, Message};
 use serde::de;
 use serde::{Deserialize, Serialize};
 
-use super::auth::UserContext;
-use super::events::{ErrorKind, Event};
-use super::json;
-use super::{ConnEntry, Manager, Scratch};
-use crate::{ConnectionId, PublishOptions, SendError, Socket};
+use crate::identity::UserContext;
+use crate::events::{ErrorKind, Event};
+use crate::json;
+use crate::{ConnEntry, Manager, Scratch};
+use edge_ws::{ConnectionId, PublishOptions, SendError, Socket};
 
 /// Why a reply was not queued.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +59,7 @@ impl<'c, 'io> Context<'c, 'io> {
         scratch.id.clear();
         scratch.has_id = false;
         Context {
-            socket: Socket {
-                state: &mut *socket.state,
-                io: &mut *socket.io,
-                id: socket.id,
-            },
+            socket: socket.reborrow(),
             conn,
             manager,
             scratch,
@@ -90,7 +86,7 @@ impl<'c, 'io> Context<'c, 'io> {
         self.socket.path()
     }
 
-    /// The authenticated user (`None` with [`super::Auth::None`]).
+    /// The authenticated user (`None` with [`crate::Auth::None`]).
     pub fn user(&self) -> Option<&UserContext> {
         self.conn.user.as_deref()
     }
@@ -160,7 +156,7 @@ impl<'c, 'io> Context<'c, 'io> {
     {
         let opts = PublishOptions {
             exclude: None,
-            filter: Some(super::user_filter(filter)),
+            filter: Some(crate::user_filter(filter)),
         };
         self.socket.broadcast_all(text.as_bytes(), true, opts);
     }
@@ -287,7 +283,7 @@ impl<'c, 'io> Context<'c, 'io> {
     }
 }
 
-/// The application behind a manager, one per core (like [`crate::Handler`], it need not be
+/// The application behind a manager, one per core (like [`edge_ws::Handler`], it need not be
 /// `Send`). [`Router`] is the JSON implementation; implement it yourself for another wire
 /// format. Rate limits and the size limit are applied before `on_message`.
 pub trait App: 'static {
@@ -556,7 +552,7 @@ impl Routes {
 /// per-core state without locks.
 ///
 /// ```
-/// use edge_ws::manager::{Router, RouteError};
+/// use edge_ws_server::{Router, RouteError};
 /// let router = Router::new()
 ///     .middleware(|ctx, msg, next| {
 ///         if msg.kind() == "admin" && !ctx.has_permission("admin") {

@@ -14,7 +14,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use edge_ws::manager::{Auth, JwtAuth, Manager, RateLimit, Router, TokenSource};
+use edge_ws_server::{Auth, JwtAuth, Manager, RateLimit, Router, TokenSource};
 use edge_ws::Engine;
 
 #[global_allocator]

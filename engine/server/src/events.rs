@@ -4,10 +4,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use edge_ws_protocol::CloseCode;
+use edge_ws::protocol::CloseCode;
 
-use super::auth::{RejectReason, UserContext};
-use crate::ConnectionId;
+use crate::identity::{RejectReason, UserContext};
+use edge_ws::ConnectionId;
 
 macro_rules! error_kinds {
     ($( $(#[$doc:meta])* $name:ident => $text:literal, )*) => {
@@ -60,7 +60,7 @@ impl fmt::Display for ErrorKind {
 }
 
 /// Something that happened to a connection. Listeners (see
-/// [`super::ManagerBuilder::on_event`]) run synchronously on the connection's core: keep them
+/// [`crate::ManagerBuilder::on_event`]) run synchronously on the connection's core: keep them
 /// short (count, log, hand off to a channel).
 #[derive(Debug)]
 #[non_exhaustive]
