@@ -13,12 +13,16 @@
 //! - [`Encoder`]: messages → frames (masking and compression per role and negotiation).
 //! - [`handshake`]: the HTTP/1.1 upgrade, both sides.
 //! - [`deflate`]: permessage-deflate negotiation and the (de)compressors.
+//! - [`Connection`]: one connection's protocol state machine (close handshake, automatic
+//!   pongs, heartbeat, idle and close deadlines), driven by the caller with [`ConnectionConfig`]
+//!   and yielding [`Event`]s; see [`connection`] for the order of calls.
 //! - [`ProtocolError`]: every peer fault, each mapped to its [`CloseCode`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod close;
 pub mod codec;
+pub mod connection;
 pub mod deflate;
 pub mod error;
 pub mod extension;
@@ -29,5 +33,6 @@ pub mod utf8;
 
 pub use close::CloseFrame;
 pub use codec::{Decoder, DecoderConfig, Encoder, Message, Role};
+pub use connection::{Connection, ConnectionConfig, Event};
 pub use error::{CloseCode, ProtocolError};
 pub use frame::{FrameHeader, OpCode};
