@@ -17,6 +17,8 @@
 #   JOBS=2                     cargo -j
 #   OUT=docs/bench-results/latest.jsonl
 #   EDGE_WS_ENABLED=1          0 leaves edge-ws out
+#   EDGE_WS_BASE_BIN=path      with "edge-ws-base" in SERVERS: a second edge-ws binary (say, an
+#                              earlier commit built in a git worktree) for a same-run A/B
 #
 # Every loop is bounded (scenario list × servers × REPS; each wsload has a hard deadline and an
 # outer `timeout`); servers are killed on exit (trap). Traffic stays on 127.0.0.1.
@@ -130,6 +132,11 @@ server_cmd() {
         tokio-websockets) echo "$BIN/peer-tokio-websockets --addr 127.0.0.1:$port" ;;
         floor) echo "$BIN/tcp-echo-floor --addr 127.0.0.1:$port" ;;
         edge-ws) edge_ws_cmd "$port" ;;
+        # A/B: another edge-ws binary (e.g. an earlier commit built in a worktree), same config.
+        edge-ws-base)
+            [[ -n ${EDGE_WS_BASE_BIN:-} && -x ${EDGE_WS_BASE_BIN:-} ]] || return 1
+            echo "$EDGE_WS_BASE_BIN --config bench/edge-ws.toml --addr 127.0.0.1:$port --cores 1"
+            ;;
         *) return 1 ;;
     esac
 }
