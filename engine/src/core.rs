@@ -11,8 +11,8 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use edge_ws_protocol::deflate::{negotiate_server, DeflateParams};
 use edge_ws_protocol::handshake::{
-    parse_request, select_protocol, write_accept, write_http_response, Accept, ParseOutcome,
-    Request,
+    parse_request, select_protocol, write_accept, write_http_response,
+    write_http_response_with_headers, Accept, ParseOutcome, Request,
 };
 use edge_ws_protocol::{
     codec::server_frame, CloseCode, Decoder, DecoderConfig, Encoder, Message, OpCode,
@@ -70,11 +70,20 @@ pub(crate) struct Extra {
     close_reason: Option<Box<str>>,
     /// A parsed upgrade request waiting for the handler's deferred decision.
     pending: Option<Box<(Request, usize)>>,
-    /// The request path when the core's path table is full.
-    path: Option<Box<str>>,
+    /// Names kept per connection only in rare cases.
+    names: Option<Box<Names>>,
     /// The pong for the most recent ping, held back while an earlier control frame still
     /// waits to be written (see [`CoreState::answer_ping`]).
     pending_pong: Option<Box<PendingPong>>,
+}
+
+/// Names a connection keeps for itself only in rare cases.
+#[derive(Default)]
+struct Names {
+    /// The request path when the core's path table is full.
+    path: Option<Box<str>>,
+    /// The subprotocol, when the handler chose one outside the configured list.
+    protocol: Option<Box<str>>,
 }
 
 /// A pong not yet queued: at most one per connection (RFC 6455 §5.5.3 lets an endpoint answer
@@ -459,7 +468,7 @@ impl CoreState {
             NO_PATH => c
                 .extra
                 .as_ref()
-                .and_then(|e| e.path.as_deref())
+                .and_then(|e| e.names.as_ref()?.path.as_deref())
                 .unwrap_or(""),
             i => &self.paths[i as usize],
         }
@@ -468,6 +477,13 @@ impl CoreState {
     /// The subprotocol agreed with `id`.
     pub(crate) fn protocol_of(&self, id: ConnId) -> Option<&str> {
         let c = self.conn(id)?;
+        if let Some(p) = c
+            .extra
+            .as_ref()
+            .and_then(|e| e.names.as_ref()?.protocol.as_deref())
+        {
+            return Some(p);
+        }
         let i = usize::from(c.protocol).checked_sub(1)?;
         self.cfg.subprotocols.get(i).map(String::as_str)
     }
@@ -920,6 +936,14 @@ fn close_frame(code: CloseCode, reason: &str) -> Bytes {
     out.freeze()
 }
 
+/// Which subprotocol an accepted upgrade answers with.
+enum Chosen {
+    /// The first the client offered among `Config::subprotocols`.
+    Configured,
+    /// The handler's choice for this request.
+    This(Option<String>),
+}
+
 /// The runtime service: one per core, wrapping the application's handler.
 pub(crate) struct WsService<H: Handler> {
     state: CoreState,
@@ -1045,7 +1069,12 @@ impl<H: Handler> WsService<H> {
                     request: &req,
                 });
                 match decision {
-                    Upgrade::Accept(data) => self.complete_upgrade(io, id, &req, used, data),
+                    Upgrade::Accept(data) => {
+                        self.complete_upgrade(io, id, &req, used, Chosen::Configured, data)
+                    }
+                    Upgrade::AcceptProtocol { protocol, data } => {
+                        self.complete_upgrade(io, id, &req, used, Chosen::This(protocol), data)
+                    }
                     Upgrade::Reject(rej) => self.reject_upgrade(io, id, &rej),
                     Upgrade::Defer => {
                         if let Some(conn) = self.state.conn_mut(id) {
@@ -1069,10 +1098,16 @@ impl<H: Handler> WsService<H> {
         );
         let mut out = std::mem::take(&mut st.out);
         out.clear();
-        write_http_response(
+        let headers: Vec<(&str, &str)> = rej
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        write_http_response_with_headers(
             rej.status,
             reason_phrase(rej.status),
             "text/plain",
+            &headers,
             rej.body.as_bytes(),
             &mut out,
         );
@@ -1097,7 +1132,7 @@ impl<H: Handler> WsService<H> {
         match decision {
             Ok(data) => {
                 let data = data.map(|d| d as Box<dyn Any>);
-                self.complete_upgrade(io, id, &req, used, data)
+                self.complete_upgrade(io, id, &req, used, Chosen::Configured, data)
             }
             Err(rej) => self.reject_upgrade(io, id, &rej),
         }
@@ -1110,16 +1145,27 @@ impl<H: Handler> WsService<H> {
         id: ConnId,
         req: &Request,
         used: usize,
+        chosen: Chosen,
         data: Option<Box<dyn Any>>,
     ) {
         let st = &mut self.state;
         // A corked broadcast-to-all predates this connection: deliver it to the others first.
         st.uncork(io);
-        let mut out = std::mem::take(&mut st.out);
-        out.clear();
         let cfg = st.cfg.clone();
         let supported: Vec<&str> = cfg.subprotocols.iter().map(|s| s.as_str()).collect();
-        let protocol = select_protocol(&req.protocols, &supported);
+        let protocol = match &chosen {
+            Chosen::Configured => select_protocol(&req.protocols, &supported),
+            Chosen::This(None) => None,
+            Chosen::This(Some(p)) if req.protocols.iter().any(|o| o == p) => Some(p.as_str()),
+            Chosen::This(Some(p)) => {
+                tracing::warn!(protocol = %p, offered = ?req.protocols, "handler chose a subprotocol the client did not offer");
+                let rej = Rejection::new(500, "subprotocol not offered by the client");
+                return self.reject_upgrade(io, id, &rej);
+            }
+        };
+        let st = &mut self.state;
+        let mut out = std::mem::take(&mut st.out);
+        out.clear();
         let deflate = cfg
             .deflate
             .as_ref()
@@ -1135,9 +1181,11 @@ impl<H: Handler> WsService<H> {
             },
             &mut out,
         );
-        let protocol_idx = protocol
-            .and_then(|p| cfg.subprotocols.iter().position(|s| s == p))
-            .map_or(0, |i| (i + 1).min(255) as u8);
+        let configured = protocol.and_then(|p| cfg.subprotocols.iter().position(|s| s == p));
+        let protocol_idx = configured.map_or(0, |i| (i + 1).min(255) as u8);
+        // A protocol outside the configured list (the handler's choice) is kept by name.
+        let own_protocol: Option<Box<str>> =
+            protocol.filter(|_| configured.is_none()).map(Into::into);
         let path_idx = st.intern_path(&req.path);
         let now = st.now_tick;
         let decoder_cfg = st.decoder_cfg;
@@ -1156,7 +1204,16 @@ impl<H: Handler> WsService<H> {
             ex.deflate = Some(p);
         }
         if path_idx == NO_PATH {
-            conn.extra_mut().path = Some(req.path.as_str().into());
+            conn.extra_mut()
+                .names
+                .get_or_insert_with(Default::default)
+                .path = Some(req.path.as_str().into());
+        }
+        if own_protocol.is_some() {
+            conn.extra_mut()
+                .names
+                .get_or_insert_with(Default::default)
+                .protocol = own_protocol;
         }
         conn.path = path_idx;
         conn.protocol = protocol_idx;

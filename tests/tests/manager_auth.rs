@@ -363,3 +363,32 @@ fn validator_auth() -> Auth {
         }
     })
 }
+
+#[test]
+fn refusals_tell_the_client_how_to_proceed() {
+    // 401 names the scheme (WWW-Authenticate); 429/503 say when to come back (Retry-After).
+    let manager = Manager::builder()
+        .auth(Auth::jwt(jwt()))
+        .max_connections_per_user(1)
+        .build();
+    let engine = start(&manager, config(1), basic_router);
+    let addr = engine.local_addr();
+    let (_, head) = send_upgrade(addr, "/", &[]).expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    assert!(head.contains("\r\nWWW-Authenticate: Bearer\r\n"), "{head}");
+    assert!(!head.contains("Retry-After"), "{head}");
+
+    let path = format!("/?token={}", token("alice"));
+    let _first = upgrade(addr, &path, &[]).open();
+    let (_, head) = send_upgrade(addr, &path, &[]).expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+    assert!(
+        head.contains(&format!(
+            "\r\nRetry-After: {}\r\n",
+            edge_ws_server::REFUSAL_RETRY_AFTER_SECS
+        )),
+        "{head}"
+    );
+    engine.handle().shutdown();
+    engine.join().unwrap();
+}

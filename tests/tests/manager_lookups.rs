@@ -7,8 +7,8 @@ mod util;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use edge_ws_server::{ApiKeyAuth, Auth, Event, Manager, UserContext, CLOSE_FORBIDDEN};
 use edge_ws::CloseCode;
+use edge_ws_server::{ApiKeyAuth, Auth, Event, Manager, UserContext, CLOSE_FORBIDDEN};
 use util::*;
 
 fn keyed_manager() -> Manager {

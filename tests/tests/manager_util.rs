@@ -10,8 +10,8 @@ use std::sync::{Arc, Barrier};
 use std::task::{Context as TaskCx, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edge_ws_server::{JwtAuth, Manager, Router, TokenSource};
 use edge_ws::{Config, Engine};
+use edge_ws_server::{JwtAuth, Manager, Router, TokenSource};
 use tungstenite::protocol::Role;
 use tungstenite::{Message as T, WebSocket};
 
@@ -133,8 +133,13 @@ impl Outcome {
     }
 }
 
-/// Sends an upgrade request for `path` with extra `headers` and reads the answer.
-pub fn upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Outcome {
+/// Sends an upgrade request for `path` with extra `headers` and reads the answer's head (status
+/// line and headers), leaving the stream just after it; `None` if the server dropped us first.
+pub fn send_upgrade(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(TcpStream, String)> {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.set_nodelay(true).unwrap();
@@ -146,19 +151,24 @@ pub fn upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Outcom
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return Outcome::Dropped;
-    }
+    s.write_all(req.as_bytes()).ok()?;
     // Byte by byte up to the blank line, so no frame after the 101 is consumed.
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match s.read(&mut b) {
             Ok(1) => head.push(b[0]),
-            _ => return Outcome::Dropped,
+            _ => return None,
         }
     }
-    let head = String::from_utf8(head).expect("ASCII head");
+    Some((s, String::from_utf8(head).expect("ASCII head")))
+}
+
+/// Sends an upgrade request for `path` with extra `headers` and reads the answer.
+pub fn upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Outcome {
+    let Some((mut s, head)) = send_upgrade(addr, path, headers) else {
+        return Outcome::Dropped;
+    };
     let status: u16 = head
         .split(' ')
         .nth(1)

@@ -14,8 +14,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use edge_ws_server::{Auth, JwtAuth, Manager, RateLimit, Router, TokenSource};
 use edge_ws::Engine;
+use edge_ws_server::{Auth, JwtAuth, Manager, RateLimit, Router, TokenSource};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -78,8 +78,8 @@ use std::time::{Duration, Instant};
 use edge_ws::protocol::{CloseCode, Message};
 
 pub use self::auth::{ApiKeyAuth, Auth, HandshakeInfo, Validator, ValidatorFuture};
-pub use self::identity::{AuthRejection, RejectReason, UserContext};
 pub use self::events::{ErrorKind, Event, ManagerStats};
+pub use self::identity::{AuthRejection, RejectReason, UserContext};
 pub use self::jwt::{Algorithm, JwtAuth, TokenSource, MAX_TOKEN_LEN};
 pub use self::rate::{AbusePolicy, RateLimit};
 pub use self::router::{App, Context, Envelope, Middleware, Next, ReplyError, RouteError, Router};
@@ -92,6 +92,10 @@ use edge_ws::{
     ConnectionId, Engine, EngineBuilder, EngineError, EngineHandle, Handler, PublishOptions,
     Rejection, Socket, Upgrade, UpgradeRequest,
 };
+
+/// `Retry-After` on a 429 or 503 refusal at the upgrade (limits, capacity, an unavailable
+/// validator): seconds before the client should try again.
+pub const REFUSAL_RETRY_AFTER_SECS: u64 = 5;
 
 /// 4000: "try again" — the client should reconnect with a back-off (generic).
 pub const CLOSE_TRY_AGAIN: CloseCode = CloseCode(4000);
@@ -178,7 +182,13 @@ impl Inner {
                 status: rej.status,
             });
         }
-        Rejection::new(rej.status, rej.message)
+        let answer = Rejection::new(rej.status, rej.message);
+        // What a well-behaved client needs to act on the refusal (RFC 9110 §11.6.1, §10.2.3).
+        match rej.status {
+            401 => answer.with_header("WWW-Authenticate", "Bearer"),
+            429 | 503 => answer.retry_after(REFUSAL_RETRY_AFTER_SECS),
+            _ => answer,
+        }
     }
 
     /// The slot of an admitted connection, after reserving its user's share.
@@ -713,7 +723,11 @@ impl<A: App> Handler for ManagerHandler<A> {
     }
 
     fn on_close(&mut self, socket: &mut Socket<'_, '_>, code: CloseCode, reason: &str) {
-        let Some(mut conn) = self.conns.get_mut(socket.id().slot()).and_then(Option::take) else {
+        let Some(mut conn) = self
+            .conns
+            .get_mut(socket.id().slot())
+            .and_then(Option::take)
+        else {
             return;
         };
         self.open -= 1;

@@ -13,8 +13,8 @@ use edge_ws::protocol::{CloseCode, Message};
 use serde::de;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::UserContext;
 use crate::events::{ErrorKind, Event};
+use crate::identity::UserContext;
 use crate::json;
 use crate::{ConnEntry, Manager, Scratch};
 use edge_ws::{ConnectionId, PublishOptions, SendError, Socket};

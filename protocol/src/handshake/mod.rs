@@ -50,6 +50,30 @@ pub fn write_http_response(
     write_response_with(status, reason, content_type, &[], body, out);
 }
 
+/// [`write_http_response`] with extra headers (e.g. `Retry-After`, `WWW-Authenticate`). Header
+/// names that are not HTTP tokens are skipped and CR/LF in values are dropped, so nothing a
+/// caller passes can split the response.
+pub fn write_http_response_with_headers(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let is_token = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let kept: Vec<(&str, &str)> = headers
+        .iter()
+        .copied()
+        .filter(|(n, _)| is_token(n))
+        .collect();
+    write_response_with(status, reason, content_type, &kept, body, out);
+}
+
 pub(crate) fn write_response_with(
     status: u16,
     reason: &str,

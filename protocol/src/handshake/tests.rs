@@ -860,3 +860,28 @@ fn client_rejects_bad_responses() {
         Ok(ClientOutcome::Complete(_, _))
     ));
 }
+
+#[test]
+fn extra_headers_cannot_split_the_response() {
+    let mut out = Vec::new();
+    write_http_response_with_headers(
+        429,
+        "Too Many Requests",
+        "text/plain",
+        &[
+            ("Retry-After", "30"),
+            ("X-Evil: 1\r\nSet-Cookie", "a"),
+            ("WWW-Authenticate", "Bearer\r\nSet-Cookie: b"),
+        ],
+        b"slow down",
+        &mut out,
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\r\nRetry-After: 30\r\n"), "{text}");
+    assert!(!text.contains("X-Evil"), "{text}");
+    assert!(
+        text.contains("\r\nWWW-Authenticate: BearerSet-Cookie: b\r\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\r\n").count(), 7, "{text}");
+}
