@@ -5,20 +5,25 @@
 //! - the stable-Rust driver `fuzz-stable` (`src/bin/fuzz-stable.rs`), which runs the committed
 //!   seed corpora (`seeds/<target>/`) and then generated inputs for a fixed time.
 //!
-//! Each module holds one target: its `Arbitrary` input type `Input`, its reference oracles and
-//! `run(input)`, which panics when a check fails. [`TARGETS`] lists them for the driver, which
-//! decodes a byte string into `Input` exactly like `fuzz_target!` does ([`run_bytes`]), so
-//! corpus files, seeds and crash artifacts mean the same to both harnesses.
+//! Each module holds one target: its input type, its reference oracles and `run(input)`, which
+//! panics when a check fails. Most targets take an `Arbitrary` input type `Input`; the driver
+//! decodes a byte string into it exactly like `fuzz_target!` does ([`run_bytes`]), so corpus
+//! files, seeds and crash artifacts mean the same to both harnesses. Byte targets
+//! (`connection`, `ot`) take the raw `&[u8]` (their library entry points read bytes
+//! themselves), as `fuzz_target!(|data: &[u8]| ...)` passes them. [`TARGETS`] lists them all
+//! for the driver.
 #![forbid(unsafe_code)]
 
 use arbitrary::{Arbitrary, Unstructured};
 use core::fmt::Debug;
 
+pub mod connection;
 pub mod deflate_negotiation;
 pub mod frame_stream;
 pub mod handshake_request;
 pub mod inflate;
 pub mod mask;
+pub mod ot;
 pub mod seed;
 pub mod utf8_incremental;
 
@@ -28,11 +33,12 @@ pub struct Target {
     pub name: &'static str,
     /// Decodes the bytes into the target's input and checks it; panics on a failed check.
     /// Returns `false` (and checks nothing) for bytes that `arbitrary` rejects, which
-    /// `fuzz_target!` skips too.
+    /// `fuzz_target!` skips too (a byte target never rejects).
     pub run: fn(&[u8]) -> bool,
-    /// The decoded input, pretty-printed (`None`: `arbitrary` rejects the bytes).
+    /// The decoded input, pretty-printed (`None`: `arbitrary` rejects the bytes); a byte
+    /// target's input as a hex dump.
     pub describe: fn(&[u8]) -> Option<String>,
-    /// The seed corpus: (file name, bytes), built from hand-written structured inputs.
+    /// The seed corpus: (file name, bytes), built from hand-written inputs.
     pub seeds: fn() -> Vec<(&'static str, Vec<u8>)>,
 }
 
@@ -60,6 +66,28 @@ pub fn describe<T: for<'a> Arbitrary<'a> + Debug>(data: &[u8]) -> Option<String>
     decode::<T>(data).map(|input| format!("{input:?}"))
 }
 
+/// `data` as a hex dump, 16 bytes a line with their ASCII form (the `describe` of a byte
+/// target).
+pub fn hex_dump(data: &[u8]) -> String {
+    let mut out = format!("{} bytes", data.len());
+    for (i, line) in data.chunks(16).enumerate() {
+        out += &format!("\n{:06x} ", i * 16);
+        for b in line {
+            out += &format!(" {b:02x}");
+        }
+        out += &"   ".repeat(16 - line.len());
+        out += "  ";
+        out.extend(line.iter().map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                char::from(b)
+            } else {
+                '.'
+            }
+        }));
+    }
+    out
+}
+
 /// Encodes named structured seeds (see [`seed`]).
 pub fn encode_seeds<T>(seeds: Vec<(&'static str, T)>) -> Vec<(&'static str, Vec<u8>)>
 where
@@ -72,26 +100,42 @@ where
 }
 
 macro_rules! targets {
-    ($($m:ident),* $(,)?) => {
+    ($($kind:ident $m:ident),* $(,)?) => {
         /// Every target, in the order the driver runs them.
-        pub const TARGETS: &[Target] = &[$(
-            Target {
-                name: stringify!($m),
-                run: |data| run_bytes(data, $m::run),
-                describe: describe::<$m::Input>,
-                seeds: || encode_seeds($m::seeds()),
+        pub const TARGETS: &[Target] = &[$(targets!(@$kind $m),)*];
+    };
+    // An `Arbitrary` input type `$m::Input`, structured seeds.
+    (@structured $m:ident) => {
+        Target {
+            name: stringify!($m),
+            run: |data| run_bytes(data, $m::run),
+            describe: describe::<$m::Input>,
+            seeds: || encode_seeds($m::seeds()),
+        }
+    };
+    // `$m::run(&[u8])`, seeds as bytes.
+    (@bytes $m:ident) => {
+        Target {
+            name: stringify!($m),
+            run: |data| {
+                $m::run(data);
+                true
             },
-        )*];
+            describe: |data| Some(hex_dump(data)),
+            seeds: $m::seeds,
+        }
     };
 }
 
 targets!(
-    frame_stream,
-    handshake_request,
-    inflate,
-    utf8_incremental,
-    mask,
-    deflate_negotiation,
+    structured frame_stream,
+    structured handshake_request,
+    structured inflate,
+    structured utf8_incremental,
+    structured mask,
+    structured deflate_negotiation,
+    bytes connection,
+    bytes ot,
 );
 
 /// The target called `name`.
