@@ -107,6 +107,25 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state shared by `cores` cores, each woken through its entry of `wakers`: empty
+    /// command queues, zeroed metrics, fan-out inboxes with `ring_capacity` publishes per lane,
+    /// no topics. The one place it is built, for [`EngineBuilder::build`] and for the
+    /// in-memory cores of [`crate::testing::MemEngine`] alike.
+    pub(crate) fn new(cores: usize, ring_capacity: usize, wakers: Arc<[CoreWaker]>) -> Self {
+        debug_assert_eq!(wakers.len(), cores, "one waker per core");
+        Shared {
+            cores,
+            queues: (0..cores).map(|_| SegQueue::new()).collect(),
+            wakers,
+            metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            runtime_stats: std::sync::OnceLock::new(),
+            inboxes: (0..cores)
+                .map(|_| Arc::new(Inbox::new(cores, ring_capacity)))
+                .collect(),
+            topics: TopicRegistry::default(),
+        }
+    }
+
     /// A mask with a bit for every core.
     pub(crate) fn all_cores_mask(&self) -> u64 {
         if self.cores >= 64 {
@@ -529,35 +548,15 @@ impl EngineBuilder {
             max_connections_per_core: cfg.max_connections.div_ceil(n),
             tick: cfg.tick,
         };
-        let metrics: Arc<[CoreMetrics]> = (0..n).map(|_| CoreMetrics::default()).collect();
-        let queues: Box<[SegQueue<Command>]> = (0..n).map(|_| SegQueue::new()).collect();
         let cfg = Arc::new(cfg);
         let shared_slot: Arc<std::sync::OnceLock<Arc<Shared>>> =
             Arc::new(std::sync::OnceLock::new());
-        let pending = Arc::new(std::sync::Mutex::new(Some((queues, metrics))));
         let slot = shared_slot.clone();
         let runtime = Runtime::start(rt_cfg, move |core, wakers| {
             // The first core to start builds the shared state (it needs the wakers, which
             // exist only once the runtime is up); the others reuse it.
             let shared = slot
-                .get_or_init(|| {
-                    let (queues, metrics) = pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take()
-                        .expect("shared state built once");
-                    Arc::new(Shared {
-                        cores: n,
-                        queues,
-                        wakers,
-                        metrics,
-                        runtime_stats: std::sync::OnceLock::new(),
-                        inboxes: (0..n)
-                            .map(|_| Arc::new(Inbox::new(n, ring_capacity)))
-                            .collect(),
-                        topics: TopicRegistry::default(),
-                    })
-                })
+                .get_or_init(|| Arc::new(Shared::new(n, ring_capacity, wakers)))
                 .clone();
             WsService::new(core, cfg.clone(), shared, factory(core))
         })?;

@@ -32,6 +32,7 @@ mod engine;
 pub mod fanout;
 mod handler;
 pub mod metrics;
+pub mod testing;
 
 pub use crate::config::{Config, Cores, SlowConsumerPolicy};
 pub use crate::core::SendError;

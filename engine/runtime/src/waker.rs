@@ -63,6 +63,18 @@ impl CoreWaker {
         })
     }
 
+    /// A doorbell for a core that no io_uring loop drives, such as a
+    /// [`MemDriver`](crate::mem::MemDriver) a test steps by hand. Nothing parks on it, so
+    /// [`wake`](CoreWaker::wake) and [`shutdown`](CoreWaker::shutdown) only record the request
+    /// and whoever drives the core decides when it runs (e.g. [`MemDriver::wake`]).
+    /// `index` is what [`core_index`](CoreWaker::core_index) reports. Fails only when no
+    /// eventfd can be created.
+    ///
+    /// [`MemDriver::wake`]: crate::mem::MemDriver::wake
+    pub fn detached(index: usize) -> io::Result<Self> {
+        Self::new(index)
+    }
+
     /// Makes the core call `Service::on_wake` soon (coalesced: many wakes, one call).
     ///
     /// Publish your data (e.g. push to a lock-free queue) before calling this.
