@@ -829,11 +829,6 @@ impl CoreState {
                 self.deliver(io, &p);
             }
         }
-        while budget > 0 {
-            let Some(p) = inbox.external.pop() else { break };
-            budget -= 1;
-            self.deliver(io, &p);
-        }
         if budget == 0 {
             self.shared.wakers[me].wake();
         }
@@ -1387,7 +1382,8 @@ impl<H: Handler> WsService<H> {
     fn drain_commands(&mut self, io: &mut Io<'_>) {
         let shared = self.state.shared.clone();
         let queue = &shared.queues[self.state.core_index];
-        let mut budget = 65_536;
+        // The same budget as the rings: publishes from outside threads come this way too.
+        let mut budget = DRAIN_BUDGET;
         while budget > 0 {
             let Some(cmd) = queue.pop() else { break };
             budget -= 1;
@@ -1407,6 +1403,7 @@ impl<H: Handler> WsService<H> {
                 Command::ResolveUpgrade { conn, decision } => {
                     self.resolve_upgrade(io, conn, decision);
                 }
+                Command::Deliver(p) => self.state.deliver(io, &p),
                 Command::CloseAll { code, reason } => {
                     let ids: Vec<ConnId> =
                         self.state.conns.iter().flatten().map(|c| c.id).collect();

@@ -93,6 +93,10 @@ pub(crate) enum Command {
         conn: ConnId,
         decision: Result<Option<Box<dyn std::any::Any + Send>>, Rejection>,
     },
+    /// A publish from outside the cores. It travels in the same queue as the other commands,
+    /// so what one thread does through the handle reaches each core in the order it did it
+    /// (a send after a publish arrives after it).
+    Deliver(Arc<Publish>),
 }
 
 /// State shared by every core and every handle: command queues, doorbells, metrics.
@@ -143,7 +147,7 @@ impl Shared {
         while mask != 0 {
             let c = mask.trailing_zeros() as usize;
             mask &= mask - 1;
-            self.inboxes[c].external.push(p.clone());
+            self.queues[c].push(Command::Deliver(p.clone()));
             self.wakers[c].wake();
         }
     }
@@ -172,6 +176,11 @@ impl std::fmt::Debug for EngineHandle {
 }
 
 impl EngineHandle {
+    /// A handle over `shared` (the engine's, or an in-memory engine's).
+    pub(crate) fn new(shared: Arc<Shared>, local_addr: SocketAddr) -> Self {
+        EngineHandle { shared, local_addr }
+    }
+
     /// The address the listeners are bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -565,10 +574,7 @@ impl EngineBuilder {
             .cloned()
             .ok_or_else(|| EngineError::Config("no core started".into()))?;
         let _ = shared.runtime_stats.set(runtime.stats());
-        let handle = EngineHandle {
-            shared,
-            local_addr: runtime.local_addr(),
-        };
+        let handle = EngineHandle::new(shared, runtime.local_addr());
         Ok(Engine { runtime, handle })
     }
 }

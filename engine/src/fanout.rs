@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use crossbeam_queue::{ArrayQueue, SegQueue};
+use crossbeam_queue::ArrayQueue;
 
 use crate::ConnectionId;
 
@@ -265,8 +265,6 @@ pub(crate) fn concat_frames(run: &[Arc<Publish>]) -> Bytes {
 pub(crate) struct Inbox {
     /// `from_core[p]`: the ring core `p` writes to (single producer).
     pub(crate) from_core: Box<[ArrayQueue<Arc<Publish>>]>,
-    /// From threads outside the cores (many producers).
-    pub(crate) external: SegQueue<Arc<Publish>>,
 }
 
 impl Inbox {
@@ -275,7 +273,6 @@ impl Inbox {
             from_core: (0..cores)
                 .map(|_| ArrayQueue::new(capacity.max(1)))
                 .collect(),
-            external: SegQueue::new(),
         }
     }
 }

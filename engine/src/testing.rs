@@ -10,7 +10,7 @@
 //! * a [`MemClient`] is one peer: it performs a real HTTP upgrade, sends masked frames, decodes
 //!   what the server sent, and can stop reading ([`MemClient::set_window`]);
 //! * nothing crosses cores on its own: [`MemEngine::pump`] rings every core's doorbell until
-//!   the publishes and commands in flight between cores (and from [`MemHandle`]) are delivered;
+//!   the publishes and commands in flight between cores (and from [`EngineHandle`]) are delivered;
 //! * time stands still: [`MemEngine::tick`] advances a fake clock and runs every core's timers
 //!   (the cores check their deadlines in a scan every 250 ms, so a timeout fires at the first
 //!   scan after it, as on the real loop; [`MemEngine::run_for`] ticks step by step).
@@ -19,7 +19,7 @@
 //! assert on exact bytes, close codes and counters. Handler state a test wants to inspect can be
 //! shared with it through an `Rc<RefCell<_>>` captured by the factory (a handler need not be
 //! `Send`). A handler must not call back into the [`MemEngine`] or a [`MemClient`] (they are
-//! busy running it: that panics); a [`MemHandle`] is fine, its work waits for the next pump.
+//! busy running it: that panics); a [`EngineHandle`] is fine, its work waits for the next pump.
 //!
 //! ```
 //! use edge_ws::testing::MemEngine;
@@ -46,11 +46,10 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use edge_ws_protocol::handshake::{
     parse_response, ClientOutcome, ClientRequest, ClientResponse, HandshakeError,
 };
@@ -58,13 +57,13 @@ use edge_ws_protocol::{CloseCode, Decoder, DecoderConfig, Encoder, Message, OpCo
 
 use crate::config::Config;
 use crate::core::WsService;
-use crate::engine::{Command, Shared};
-use crate::fanout::{Publish, PublishOptions, Target, MAX_CORES};
-use crate::handler::{Handler, Rejection};
-use crate::metrics::{inc, MetricsSnapshot};
+use crate::engine::Shared;
+use crate::fanout::MAX_CORES;
+use crate::handler::Handler;
+use crate::metrics::MetricsSnapshot;
 use crate::runtime::mem::MemDriver;
 use crate::runtime::{ConnId, CoreWaker};
-use crate::ConnectionId;
+use crate::{ConnectionId, EngineHandle};
 
 /// Most rounds [`MemEngine::pump`] runs before it decides the cores never settle.
 pub const MAX_PUMP_ROUNDS: usize = 64;
@@ -124,7 +123,6 @@ pub struct MemEngine<H: Handler> {
     cores: Rc<RefCell<Cores<H>>>,
     shared: Arc<Shared>,
     config: Arc<Config>,
-    shutdown: Arc<AtomicBool>,
 }
 
 impl<H: Handler> std::fmt::Debug for MemEngine<H> {
@@ -171,7 +169,6 @@ impl<H: Handler> MemEngine<H> {
             })),
             shared,
             config,
-            shutdown: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -189,11 +186,8 @@ impl<H: Handler> MemEngine<H> {
     /// outside the cores (any thread). What it sends is delivered by the next [`pump`].
     ///
     /// [`pump`]: MemEngine::pump
-    pub fn handle(&self) -> MemHandle {
-        MemHandle {
-            shared: self.shared.clone(),
-            shutdown: self.shutdown.clone(),
-        }
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle::new(self.shared.clone(), SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Every counter summed over the cores.
@@ -233,7 +227,7 @@ impl<H: Handler> MemEngine<H> {
     /// Delivers the work in flight between cores: rings every core's doorbell (each runs its
     /// `on_wake`: commands from handles, publishes from other cores and outside threads, its
     /// own spilled publishes) in core order, round after round, until a whole round leaves no
-    /// command or publish waiting anywhere; a shutdown asked for through [`MemHandle::shutdown`]
+    /// command or publish waiting anywhere; a shutdown asked for through [`EngineHandle::shutdown`]
     /// starts first. Returns the number of rounds it took (1 when there was nothing to do).
     ///
     /// Panics after [`MAX_PUMP_ROUNDS`] rounds that all left work behind.
@@ -241,7 +235,13 @@ impl<H: Handler> MemEngine<H> {
         let mut cores = self.cores.borrow_mut();
         for round in 1..=MAX_PUMP_ROUNDS {
             let mut busy = false;
-            if self.shutdown.swap(false, Ordering::SeqCst) {
+            // Every core's request is consumed (one shutdown call asks them all).
+            let asked = self
+                .shared
+                .wakers
+                .iter()
+                .fold(false, |a, w| w.take_shutdown() | a);
+            if asked {
                 for d in cores.drivers.iter_mut() {
                     d.shutdown();
                 }
@@ -260,12 +260,14 @@ impl<H: Handler> MemEngine<H> {
         panic!("MemEngine::pump: work still waiting after {MAX_PUMP_ROUNDS} rounds");
     }
 
-    /// Whether any command queue, ring or external publish queue holds something.
+    /// Whether any command queue or ring holds something.
     fn work_waiting(&self) -> bool {
         self.shared.queues.iter().any(|q| !q.is_empty())
-            || self.shared.inboxes.iter().any(|inbox| {
-                !inbox.external.is_empty() || inbox.from_core.iter().any(|lane| !lane.is_empty())
-            })
+            || self
+                .shared
+                .inboxes
+                .iter()
+                .any(|inbox| inbox.from_core.iter().any(|lane| !lane.is_empty()))
     }
 
     /// Advances the fake clock by `by` and runs one timer tick on every core at the new time
@@ -691,187 +693,5 @@ impl MemClient {
     fn pull(&mut self) {
         let sent = self.wire.borrow_mut().take_sent(self.core, self.conn);
         self.rx.extend_from_slice(&sent);
-    }
-}
-
-/// The [`crate::EngineHandle`] operations for a [`MemEngine`]: `Send + Sync + Clone`, usable
-/// from any thread; it only queues work (commands, publishes) the way the real handle does, and
-/// [`MemEngine::pump`] delivers it.
-#[derive(Clone)]
-pub struct MemHandle {
-    shared: Arc<Shared>,
-    shutdown: Arc<AtomicBool>,
-}
-
-impl std::fmt::Debug for MemHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemHandle")
-            .field("cores", &self.shared.cores)
-            .finish()
-    }
-}
-
-impl MemHandle {
-    /// Number of cores.
-    pub fn cores(&self) -> usize {
-        self.shared.cores
-    }
-
-    /// Open WebSocket connections over all cores.
-    pub fn connections(&self) -> u64 {
-        self.shared.connections()
-    }
-
-    /// Every counter summed over the cores.
-    pub fn metrics(&self) -> MetricsSnapshot {
-        MetricsSnapshot::sum(self.shared.metrics.iter())
-    }
-
-    /// Sends a text message to a connection on any core (see
-    /// [`crate::EngineHandle::send_text`]).
-    pub fn send_text(&self, to: ConnectionId, text: &str) -> bool {
-        self.send_frame(
-            to,
-            edge_ws_protocol::codec::server_frame(OpCode::Text, text.as_bytes()),
-        )
-    }
-
-    /// Sends a binary message to a connection on any core.
-    pub fn send_binary(&self, to: ConnectionId, data: &[u8]) -> bool {
-        self.send_frame(
-            to,
-            edge_ws_protocol::codec::server_frame(OpCode::Binary, data),
-        )
-    }
-
-    fn send_frame(&self, to: ConnectionId, frame: Bytes) -> bool {
-        self.push(
-            to.core(),
-            Command::Send {
-                conn: to.conn(),
-                frame,
-            },
-        )
-    }
-
-    /// Starts the close handshake of one connection.
-    pub fn close(&self, to: ConnectionId, code: CloseCode, reason: &str) -> bool {
-        self.push(
-            to.core(),
-            Command::Close {
-                conn: to.conn(),
-                code,
-                reason: reason.to_owned(),
-            },
-        )
-    }
-
-    /// Starts the close handshake of every connection on every core.
-    pub fn close_all(&self, code: CloseCode, reason: &str) {
-        for core in 0..self.shared.cores {
-            self.push(
-                core,
-                Command::CloseAll {
-                    code,
-                    reason: reason.to_owned(),
-                },
-            );
-        }
-    }
-
-    /// Subscribes a connection (on any core) to `topic`.
-    pub fn subscribe(&self, id: ConnectionId, topic: &str) -> bool {
-        self.push(
-            id.core(),
-            Command::Subscribe {
-                conn: id.conn(),
-                topic: topic.to_owned(),
-            },
-        )
-    }
-
-    /// Unsubscribes a connection (on any core) from `topic`.
-    pub fn unsubscribe(&self, id: ConnectionId, topic: &str) -> bool {
-        self.push(
-            id.core(),
-            Command::Unsubscribe {
-                conn: id.conn(),
-                topic: topic.to_owned(),
-            },
-        )
-    }
-
-    /// Publishes a text message to every subscriber of `topic`, on every core.
-    pub fn publish(&self, topic: &str, text: &str) {
-        self.publish_with(topic, text.as_bytes(), true, PublishOptions::default());
-    }
-
-    /// Publishes a text or binary message to `topic` with options (see
-    /// [`crate::EngineHandle::publish_with`]).
-    pub fn publish_with(&self, topic: &str, payload: &[u8], text: bool, opts: PublishOptions) {
-        let Some(t) = self.shared.topics.get(topic) else {
-            inc(&self.shared.metrics[0].publishes);
-            return;
-        };
-        self.publish_external(Publish::new(Target::Topic(t), payload, text, opts));
-    }
-
-    /// Sends a message to every open connection (that passes the filter) on every core.
-    pub fn broadcast_all(&self, payload: &[u8], text: bool, opts: PublishOptions) {
-        self.publish_external(Publish::new(Target::All, payload, text, opts));
-    }
-
-    /// Subscribers of `topic` over all cores.
-    pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.shared.topics.get(topic).map_or(0, |t| t.subscribers())
-    }
-
-    /// Every topic known to the engine with its subscriber count, sorted by name.
-    pub fn topics(&self) -> Vec<(String, usize)> {
-        self.shared.topics.list()
-    }
-
-    /// Decides a deferred upgrade (see [`crate::EngineHandle::resolve_upgrade`]).
-    pub fn resolve_upgrade(
-        &self,
-        id: ConnectionId,
-        decision: Result<Option<Box<dyn std::any::Any + Send>>, Rejection>,
-    ) -> bool {
-        self.push(
-            id.core(),
-            Command::ResolveUpgrade {
-                conn: id.conn(),
-                decision,
-            },
-        )
-    }
-
-    /// Graceful shutdown of every core, started by the next [`MemEngine::pump`].
-    pub fn shutdown(&self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-        for w in self.shared.wakers.iter() {
-            w.shutdown();
-        }
-    }
-
-    fn publish_external(&self, p: Publish) {
-        let p = Arc::new(p);
-        inc(&self.shared.metrics[0].publishes);
-        let mut mask = p.cores(self.shared.all_cores_mask());
-        while mask != 0 {
-            let c = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            self.shared.inboxes[c].external.push(p.clone());
-            self.shared.wakers[c].wake();
-        }
-    }
-
-    fn push(&self, core: usize, cmd: Command) -> bool {
-        let Some(q) = self.shared.queues.get(core) else {
-            return false;
-        };
-        q.push(cmd);
-        self.shared.wakers[core].wake();
-        true
     }
 }

@@ -971,9 +971,6 @@ fn shutdown_closes_everyone_with_1001_and_stops_once_they_are_gone() {
 }
 
 #[test]
-#[ignore = "EngineHandle commands overtake its publishes: a core drains its command queue before \
-            its fan-out inbox, so a send (or close) queued after a publish from the same thread \
-            arrives first (or drops the publish)"]
 fn a_handle_send_after_a_handle_publish_arrives_after_it() {
     let (engine, _log) = engine(1);
     let mut c = engine.connect(0, "/");

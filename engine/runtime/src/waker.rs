@@ -131,15 +131,16 @@ impl CoreWaker {
         self.inner.fd.as_raw_fd()
     }
 
-    /// Consumes a pending wake; cheap when none is pending.
+    /// Consumes a pending wake; cheap when none is pending. (For a driver of the core other
+    /// than the runtime's own, such as an in-memory test engine.)
     #[inline]
-    pub(crate) fn take_wake(&self) -> bool {
+    pub fn take_wake(&self) -> bool {
         self.inner.wake.load(Ordering::Relaxed) && self.inner.wake.swap(false, Ordering::SeqCst)
     }
 
-    /// Consumes a pending shutdown request.
+    /// Consumes a pending shutdown request (see [`CoreWaker::take_wake`]).
     #[inline]
-    pub(crate) fn take_shutdown(&self) -> bool {
+    pub fn take_shutdown(&self) -> bool {
         self.inner.shutdown.load(Ordering::Relaxed)
             && self.inner.shutdown.swap(false, Ordering::SeqCst)
     }

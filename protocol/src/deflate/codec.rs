@@ -323,7 +323,7 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             v.extend_from_slice(words[(x % 8) as usize]);
-            if x % 5 == 0 {
+            if x.is_multiple_of(5) {
                 v.push((x >> 8) as u8);
             }
         }
