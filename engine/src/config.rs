@@ -100,7 +100,9 @@ pub struct Config {
     /// On graceful shutdown: how long to wait for clients to answer the 1001 close.
     pub drain_timeout: Duration,
     /// Capacity of each core-to-core fan-out ring (publishes); a full ring spills to the
-    /// publishing core's overflow queue.
+    /// publishing core's overflow queue (counted, never lost). 0 (the default): automatic,
+    /// 4096 per ring, lowered on many-core machines so the cores² rings stay within 64 MiB
+    /// ([`crate::fanout::auto_ring_capacity`]).
     pub ring_capacity: usize,
     /// Granularity of the timers (handshake, heartbeat, idle, close, drain).
     pub tick: Duration,
@@ -131,7 +133,7 @@ impl Default for Config {
             slow_consumer: SlowConsumerPolicy::Close,
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
-            ring_capacity: crate::fanout::DEFAULT_RING_CAPACITY,
+            ring_capacity: 0,
             tick: Duration::from_millis(100),
         }
     }
@@ -154,8 +156,8 @@ impl Config {
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());
         }
-        if self.ring_entries == 0 || self.ring_capacity == 0 {
-            return bad("ring_entries and ring_capacity must be at least 1".into());
+        if self.ring_entries == 0 {
+            return bad("ring_entries must be at least 1".into());
         }
         if self.max_message_size == 0 || self.max_frame_size == 0 || self.max_fragments == 0 {
             return bad(
@@ -242,7 +244,7 @@ mod tests {
             ("buf_count", |c| c.buf_count = 1000),
             ("buf_size", |c| c.buf_size = 0),
             ("max_connections", |c| c.max_connections = 0),
-            ("ring_capacity", |c| c.ring_capacity = 0),
+            ("ring_entries", |c| c.ring_entries = 0),
             ("max_fragments", |c| c.max_fragments = 0),
             ("write_buffer_limit", |c| c.write_buffer_limit = 100),
             ("max_request_len", |c| c.max_request_len = 100),

@@ -501,7 +501,7 @@ impl CoreState {
         let local = self.local_topic(topic);
         local.subs.push(id);
         if local.subs.len() == 1 {
-            local.shared.cores.fetch_or(1 << me, Ordering::AcqRel);
+            local.shared.cores.insert(me);
         }
         local.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         let name = local.shared.name.clone();
@@ -532,7 +532,7 @@ impl CoreState {
                 local.subs.swap_remove(i);
                 local.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
                 if local.subs.is_empty() {
-                    local.shared.cores.fetch_and(!(1 << me), Ordering::AcqRel);
+                    local.shared.cores.remove(me);
                 }
             }
         }
@@ -598,25 +598,27 @@ impl CoreState {
     fn dispatch(&mut self, io: &mut Io<'_>, p: Arc<Publish>) {
         let me = self.core_index;
         inc(&self.metrics[me].publishes);
-        let mask = p.cores(self.shared.all_cores_mask());
-        let mut others = mask & !(1 << me);
         let mut spilled = false;
-        while others != 0 {
-            let c = others.trailing_zeros() as usize;
-            others &= others - 1;
-            let lane = &self.shared.inboxes[c].from_core[me];
-            inc(&self.metrics[me].forwarded);
-            if self.outbox.push(c, lane, p.clone()) {
-                inc(&self.metrics[me].spills);
+        let mut local = false;
+        let (shared, outbox, m) = (&self.shared, &mut self.outbox, &self.metrics[me]);
+        p.for_each_core(shared.cores, |c| {
+            if c == me {
+                local = true;
+                return;
+            }
+            let lane = &shared.inboxes[c].from_core[me];
+            inc(&m.forwarded);
+            if outbox.push(c, lane, p.clone()) {
+                inc(&m.spills);
                 spilled = true;
             }
-            self.shared.wakers[c].wake();
-        }
+            shared.wakers[c].wake();
+        });
         if spilled {
             // Come back soon to move the overflow into the ring.
             self.shared.wakers[me].wake();
         }
-        if mask & (1 << me) != 0 {
+        if local {
             self.deliver(io, &p);
         }
     }
@@ -833,12 +835,10 @@ impl CoreState {
             self.shared.wakers[me].wake();
         }
         if self.outbox.len() > 0 {
-            let (left, mut moved) = self.outbox.flush(me, &self.shared.inboxes);
-            while moved != 0 {
-                let c = moved.trailing_zeros() as usize;
-                moved &= moved - 1;
-                self.shared.wakers[c].wake();
-            }
+            let shared = &self.shared;
+            let left = self
+                .outbox
+                .flush(me, &shared.inboxes, |c| shared.wakers[c].wake());
             if left {
                 self.shared.wakers[me].wake();
             }

@@ -11,7 +11,7 @@ use edge_ws_protocol::{CloseCode, Encoder, OpCode};
 
 use crate::config::{Config, Cores, SlowConsumerPolicy};
 use crate::core::WsService;
-use crate::fanout::{Inbox, Publish, PublishOptions, Target, TopicRegistry, MAX_CORES};
+use crate::fanout::{auto_ring_capacity, Inbox, Publish, PublishOptions, Target, TopicRegistry};
 use crate::handler::{Handler, Rejection};
 use crate::metrics::{CoreMetrics, MetricsSnapshot};
 use crate::runtime::{ConnId, CoreWaker, Runtime, RuntimeConfig, RuntimeError, RuntimeStats};
@@ -112,7 +112,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The state shared by `cores` cores, each woken through its entry of `wakers`: empty
-    /// command queues, zeroed metrics, fan-out inboxes with `ring_capacity` publishes per lane,
+    /// command queues, zeroed metrics, fan-out inboxes with `ring_capacity` publishes per lane
+    /// (0: [`auto_ring_capacity`]),
     /// no topics. The one place it is built, for [`EngineBuilder::build`] and for the
     /// in-memory cores of [`crate::testing::MemEngine`] alike.
     pub(crate) fn new(cores: usize, ring_capacity: usize, wakers: Arc<[CoreWaker]>) -> Self {
@@ -123,19 +124,16 @@ impl Shared {
             wakers,
             metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
             runtime_stats: std::sync::OnceLock::new(),
-            inboxes: (0..cores)
-                .map(|_| Arc::new(Inbox::new(cores, ring_capacity)))
-                .collect(),
-            topics: TopicRegistry::default(),
-        }
-    }
-
-    /// A mask with a bit for every core.
-    pub(crate) fn all_cores_mask(&self) -> u64 {
-        if self.cores >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.cores) - 1
+            inboxes: {
+                let capacity = match ring_capacity {
+                    0 => auto_ring_capacity(cores),
+                    c => c,
+                };
+                (0..cores)
+                    .map(|_| Arc::new(Inbox::new(cores, capacity)))
+                    .collect()
+            },
+            topics: TopicRegistry::new(cores),
         }
     }
 
@@ -143,13 +141,10 @@ impl Shared {
     fn publish_external(&self, p: Publish) {
         let p = Arc::new(p);
         crate::metrics::inc(&self.metrics[0].publishes);
-        let mut mask = p.cores(self.all_cores_mask());
-        while mask != 0 {
-            let c = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
+        p.for_each_core(self.cores, |c| {
             self.queues[c].push(Command::Deliver(p.clone()));
             self.wakers[c].wake();
-        }
+        });
     }
 
     /// Open WebSocket connections over all cores.
@@ -538,14 +533,11 @@ impl EngineBuilder {
         let cfg = self.config;
         cfg.validate()?;
         let cores = resolve_cores(&cfg.cores)?;
-        if cores.len() > MAX_CORES {
-            return Err(EngineError::Config(format!(
-                "at most {MAX_CORES} cores are supported, {} configured",
-                cores.len()
-            )));
-        }
         let n = cores.len();
-        let ring_capacity = cfg.ring_capacity;
+        let ring_capacity = match cfg.ring_capacity {
+            0 => auto_ring_capacity(n),
+            c => c,
+        };
         let rt_cfg = RuntimeConfig {
             addr: cfg.addr,
             cores,

@@ -24,11 +24,59 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::ConnectionId;
 
-/// Most cores a topic's core mask can name.
-pub const MAX_CORES: usize = 64;
-
-/// Default capacity of each core-to-core ring.
+/// Capacity of each core-to-core ring when `Config::ring_capacity` is 0 (automatic) and the
+/// machine has few cores; see [`auto_ring_capacity`].
 pub const DEFAULT_RING_CAPACITY: usize = 4096;
+
+/// Bytes all the core-to-core rings of an engine may take together when their capacity is
+/// automatic: there are cores² rings (one per ordered pair) of 16-byte slots, allocated and
+/// initialised up front.
+const AUTO_RING_BUDGET: usize = 64 << 20;
+
+/// The ring capacity used when `Config::ring_capacity` is 0: [`DEFAULT_RING_CAPACITY`], lowered
+/// on many-core machines so that the cores² rings stay within 64 MiB (64 cores: 1024 per ring;
+/// 192 cores: 113), never below 64. A full ring spills to the publisher's overflow queue, so a
+/// smaller ring costs spills under bursts, never messages.
+pub fn auto_ring_capacity(cores: usize) -> usize {
+    let per_ring = AUTO_RING_BUDGET / (16 * cores.max(1) * cores.max(1));
+    per_ring.clamp(64, DEFAULT_RING_CAPACITY)
+}
+
+/// A set of cores, one bit per core, in as many words as the configured cores need: no limit
+/// on the number of cores. Changed with atomic or/and of one word, read word by word.
+#[derive(Debug)]
+pub(crate) struct CoreSet {
+    words: Box<[AtomicU64]>,
+}
+
+impl CoreSet {
+    pub(crate) fn new(cores: usize) -> Self {
+        CoreSet {
+            words: (0..cores.div_ceil(64).max(1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn insert(&self, core: usize) {
+        self.words[core / 64].fetch_or(1 << (core % 64), Ordering::AcqRel);
+    }
+
+    pub(crate) fn remove(&self, core: usize) {
+        self.words[core / 64].fetch_and(!(1 << (core % 64)), Ordering::AcqRel);
+    }
+
+    /// Calls `f` with every core in the set, in increasing order.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(usize)) {
+        for (w, word) in self.words.iter().enumerate() {
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                f(w * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+    }
+}
 
 /// A predicate over a recipient: its id and its user data slot. Runs on the recipient's core.
 pub type Filter = Arc<dyn Fn(ConnectionId, Option<&dyn Any>) -> bool + Send + Sync>;
@@ -55,8 +103,8 @@ impl std::fmt::Debug for PublishOptions {
 #[derive(Debug)]
 pub struct TopicShared {
     pub(crate) name: Arc<str>,
-    /// Bit `c` set: core `c` has at least one local subscriber.
-    pub(crate) cores: AtomicU64,
+    /// The cores with at least one local subscriber.
+    pub(crate) cores: CoreSet,
     /// Subscribers over all cores.
     pub(crate) subscribers: AtomicUsize,
 }
@@ -74,12 +122,21 @@ impl TopicShared {
 }
 
 /// Name → topic, shared by all cores; only touched when a core first meets a name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TopicRegistry {
     map: Mutex<HashMap<Arc<str>, Arc<TopicShared>>>,
+    /// How many cores a topic's core set spans.
+    cores: usize,
 }
 
 impl TopicRegistry {
+    pub(crate) fn new(cores: usize) -> Self {
+        TopicRegistry {
+            map: Mutex::new(HashMap::new()),
+            cores,
+        }
+    }
+
     pub(crate) fn get_or_create(&self, name: &str) -> Arc<TopicShared> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = map.get(name) {
@@ -88,7 +145,7 @@ impl TopicRegistry {
         let name: Arc<str> = name.into();
         let t = Arc::new(TopicShared {
             name: name.clone(),
-            cores: AtomicU64::new(0),
+            cores: CoreSet::new(self.cores),
             subscribers: AtomicUsize::new(0),
         });
         map.insert(name, t.clone());
@@ -155,11 +212,12 @@ impl Publish {
         &self.frame[self.header_len..]
     }
 
-    /// The cores this publish goes to, from the topic's core mask (or all of `all`).
-    pub(crate) fn cores(&self, all: u64) -> u64 {
+    /// Calls `f` with every core this publish goes to: the topic's cores with subscribers, or
+    /// all `cores`.
+    pub(crate) fn for_each_core(&self, cores: usize, mut f: impl FnMut(usize)) {
         match &self.target {
-            Target::Topic(t) => t.cores.load(Ordering::Acquire),
-            Target::All => all,
+            Target::Topic(t) => t.cores.for_each(f),
+            Target::All => (0..cores).for_each(&mut f),
         }
     }
 }
@@ -310,25 +368,34 @@ impl Outbox {
     }
 
     /// Moves spilled publishes into their lanes (`inboxes[target].from_core[me]`) while there
-    /// is room. Returns whether any overflow remains and the mask of targets that got some.
-    pub(crate) fn flush(&mut self, me: usize, inboxes: &[Arc<Inbox>]) -> (bool, u64) {
+    /// is room, calling `moved(target)` once for each target that got some. Returns whether any
+    /// overflow remains.
+    pub(crate) fn flush(
+        &mut self,
+        me: usize,
+        inboxes: &[Arc<Inbox>],
+        mut moved: impl FnMut(usize),
+    ) -> bool {
         let mut left = false;
-        let mut moved = 0u64;
         for (target, q) in self.overflow.iter_mut().enumerate() {
             if q.is_empty() {
                 continue;
             }
             let lane = &inboxes[target].from_core[me];
+            let mut any = false;
             while let Some(p) = q.pop_front() {
                 if let Err(p) = lane.push(p) {
                     q.push_front(p);
                     break;
                 }
-                moved |= 1 << target;
+                any = true;
+            }
+            if any {
+                moved(target);
             }
             left |= !q.is_empty();
         }
-        (left, moved)
+        left
     }
 
     /// Publishes waiting in overflow queues.
@@ -352,8 +419,40 @@ mod tests {
     }
 
     #[test]
+    fn core_sets_span_any_number_of_cores() {
+        // 192 hardware threads: three words; members come back in order, removal is exact.
+        let set = CoreSet::new(192);
+        for c in [0, 1, 63, 64, 127, 128, 191] {
+            set.insert(c);
+        }
+        set.remove(1);
+        let mut got = Vec::new();
+        set.for_each(|c| got.push(c));
+        assert_eq!(got, vec![0, 63, 64, 127, 128, 191]);
+        // A broadcast to all reaches every core, a topic only those with subscribers.
+        let reg = TopicRegistry::new(192);
+        let t = reg.get_or_create("t");
+        t.cores.insert(150);
+        let p = Publish::new(Target::Topic(t), b"x", true, PublishOptions::default());
+        let mut to = Vec::new();
+        p.for_each_core(192, |c| to.push(c));
+        assert_eq!(to, vec![150]);
+        let all = Publish::new(Target::All, b"x", true, PublishOptions::default());
+        let mut n = 0;
+        all.for_each_core(192, |_| n += 1);
+        assert_eq!(n, 192);
+        // Rings shrink on many-core machines, never below 64.
+        assert_eq!(auto_ring_capacity(2), DEFAULT_RING_CAPACITY);
+        assert_eq!(auto_ring_capacity(64), 1024);
+        assert!(
+            auto_ring_capacity(192) >= 64 && auto_ring_capacity(192) * 16 * 192 * 192 <= 64 << 20
+        );
+        assert_eq!(auto_ring_capacity(4096), 64);
+    }
+
+    #[test]
     fn cork_runs_one_target_without_filters_and_few_excluded() {
-        let reg = TopicRegistry::default();
+        let reg = TopicRegistry::new(2);
         let (a, b) = (reg.get_or_create("a"), reg.get_or_create("b"));
         let to = |t: &Arc<TopicShared>, exclude: Option<ConnectionId>| {
             let opts = PublishOptions {
@@ -437,14 +536,15 @@ mod tests {
         for _ in 0..50 {
             seen.push(lane.pop().unwrap().payload()[0]);
         }
-        let (left, moved) = out.flush(0, &inboxes);
+        let mut moved = Vec::new();
+        let left = out.flush(0, &inboxes, |c| moved.push(c));
         assert!(left, "50 slots freed, 100 waiting");
-        assert_eq!(moved, 0b10);
+        assert_eq!(moved, vec![1]);
         assert_eq!(out.len(), 50);
         while let Some(p) = lane.pop() {
             seen.push(p.payload()[0]);
         }
-        let (left, _) = out.flush(0, &inboxes);
+        let left = out.flush(0, &inboxes, |_| {});
         assert!(!left);
         while let Some(p) = lane.pop() {
             seen.push(p.payload()[0]);
@@ -455,7 +555,7 @@ mod tests {
 
     #[test]
     fn registry_interns_topics() {
-        let r = TopicRegistry::default();
+        let r = TopicRegistry::new(2);
         let a = r.get_or_create("chat");
         let b = r.get_or_create("chat");
         assert!(Arc::ptr_eq(&a, &b));
@@ -529,11 +629,11 @@ pub mod bench_support {
                 spills += 1;
             }
             if out.len() > 0 {
-                out.flush(0, &inboxes);
+                out.flush(0, &inboxes, |_| {});
             }
         }
         while out.len() > 0 {
-            out.flush(0, &inboxes);
+            out.flush(0, &inboxes, |_| {});
             std::thread::yield_now();
         }
         let bytes = consumer.join().expect("consumer");

@@ -722,6 +722,40 @@ fn subscribers_on_both_cores_receive_a_publish_after_the_pump() {
 }
 
 #[test]
+fn fan_out_spans_more_than_64_cores() {
+    // 130 cores (three words of core set, 16,900 rings at the automatic capacity): subscribers
+    // on cores 0, 64, 100 and 129 get a publish made on core 70, and a handle publish; the
+    // cores without subscribers are not even woken for them.
+    let (engine, _log) = engine(130);
+    let mut subs: Vec<MemClient> = [0, 64, 100, 129]
+        .into_iter()
+        .map(|core| engine.connect(core, "/"))
+        .collect();
+    for s in subs.iter_mut() {
+        subscribe(s, "wide");
+    }
+    let mut publisher = engine.connect(70, "/");
+    publisher.send_text("!pub wide from core 70");
+    engine.pump();
+    engine.handle().publish("wide", "from outside");
+    engine.pump();
+    for s in subs.iter_mut() {
+        assert_eq!(
+            texts(s),
+            ["from core 70", "from outside"],
+            "subscriber on core {}",
+            s.core()
+        );
+    }
+    let m = engine.metrics();
+    assert_eq!(m.deliveries, 8);
+    assert_eq!(
+        m.forwarded, 4,
+        "core 70 forwarded to the four cores with subscribers only"
+    );
+}
+
+#[test]
 fn exclude_and_filter_pick_the_recipients_on_every_core() {
     let (engine, _log) = engine(2);
     let mut plain0 = engine.connect(0, "/");
