@@ -217,6 +217,43 @@ def markdown(groups, env):
         ],
     )
 
+    # Idle memory as a slope: RSS growth against connection count over every idle scenario of
+    # a server (least squares over the per-scenario medians), so one 2 MiB allocator step or
+    # one lucky point does not decide the figure.
+    slopes = []
+    by_server = {}
+    for scen, by in groups:
+        for label, rs in by.items():
+            rs = [r for r in rs if r.get("mode") == "idle" and r.get("rss_after_kb") is not None]
+            if not rs:
+                continue
+            growth = sorted((r["rss_after_kb"] - r["rss_before_kb"]) * 1024 for r in rs)
+            base = sorted(r["rss_before_kb"] for r in rs)
+            by_server.setdefault(label, []).append(
+                (rs[0]["conns"], growth[len(growth) // 2], base[len(base) // 2])
+            )
+    for label, pts in by_server.items():
+        if len(pts) < 2:
+            continue
+        n = len(pts)
+        mx = sum(p[0] for p in pts) / n
+        my = sum(p[1] for p in pts) / n
+        sxx = sum((p[0] - mx) ** 2 for p in pts)
+        if sxx == 0:
+            continue
+        slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+        base = sorted(p[2] for p in pts)[n // 2]
+        span = f"{min(p[0] for p in pts)}–{max(p[0] for p in pts)}"
+        slopes.append((label, slope, span, n, base))
+    if slopes:
+        out.append("## Idle memory slope (RSS growth per connection, least squares)")
+        out.append("")
+        out.append("| server | bytes per idle connection | connections | points | base RSS |")
+        out.append("|---|---:|---|---:|---:|")
+        for label, slope, span, n, base in slopes:
+            out.append(f"| {label} | {slope:.0f} B | {span} | {n} | {base} KiB |")
+        out.append("")
+
     # The load generator must not be the bottleneck: client CPU/msg below the server's.
     checks = []
     for scen, by in groups:

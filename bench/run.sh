@@ -17,6 +17,8 @@
 #   JOBS=2                     cargo -j
 #   OUT=docs/bench-results/latest.jsonl
 #   EDGE_WS_ENABLED=1          0 leaves edge-ws out
+#   THP=off                    idle scenarios run the server with transparent huge pages off
+#                              (bench/src/bin/nothp.rs); THP=on keeps the system's setting
 #   EDGE_WS_BASE_BIN=path      with "edge-ws-base" in SERVERS: a second edge-ws binary (say, an
 #                              earlier commit built in a git worktree) for a same-run A/B
 #
@@ -71,7 +73,10 @@ FULL_SCENARIOS=(
     "broadcast-64B-1000s-d512|broadcast --size 64 --conns 1000 --depth 512"
     "broadcast-1KiB-1000s-d512|broadcast --size 1024 --conns 1000 --depth 512"
     "broadcast-64B-10000s-d512|broadcast --size 64 --conns 10000 --depth 512"
+    "idle-5000c|idle --size 16 --conns 5000"
     "idle-10000c|idle --size 16 --conns 10000"
+    "idle-15000c|idle --size 16 --conns 15000"
+    "idle-19000c|idle --size 16 --conns 19000"
     "churn-16t|churn --size 64 --threads 16"
 )
 QUICK_SCENARIOS=(
@@ -238,6 +243,12 @@ for rep in $(seq 1 "$REPS"); do
             if ! cmd=$(server_cmd "$server" "$port"); then
                 [[ " $skipped " == *" $server "* ]] || skipped="$skipped $server"
                 continue
+            fi
+            # Idle memory is measured with transparent huge pages off for the server (nothp):
+            # with them, RSS grows in 2 MiB steps and "bytes per connection" depends on where
+            # the steps fall. THP=on keeps them (the system's setting) for comparison.
+            if [[ $mode == idle && ${THP:-off} == off ]]; then
+                cmd="$BIN/nothp $cmd"
             fi
             # shellcheck disable=SC2086
             taskset -c "$SERVER_CORE" $cmd >>"$SERVER_LOG" 2>&1 &
