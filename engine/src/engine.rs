@@ -191,17 +191,22 @@ impl EngineHandle {
         self.shared.connections()
     }
 
-    /// Every counter summed over the cores.
+    /// Every counter, the engine's and the runtime's, summed over the cores.
     pub fn metrics(&self) -> MetricsSnapshot {
-        MetricsSnapshot::sum(self.shared.metrics.iter())
+        let mut s = MetricsSnapshot::sum(self.shared.metrics.iter());
+        if let Some(rt) = self.shared.runtime_stats.get() {
+            s.add_runtime(rt.iter());
+        }
+        s
     }
 
-    /// Counters of one core.
+    /// Counters of one core (`None` if there is no such core).
     pub fn core_metrics(&self, core: usize) -> Option<MetricsSnapshot> {
-        self.shared
-            .metrics
-            .get(core)
-            .map(|m| MetricsSnapshot::sum(std::iter::once(m)))
+        let mut s = MetricsSnapshot::sum(std::iter::once(self.shared.metrics.get(core)?));
+        if let Some(rt) = self.shared.runtime_stats.get() {
+            s.add_runtime(rt.get(core));
+        }
+        Some(s)
     }
 
     /// Sends a text message to a connection on any core. Returns `false` if the id names no

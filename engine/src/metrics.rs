@@ -1,13 +1,21 @@
-//! Per-core counters, aggregated on read without locks.
+//! Per-core counters, aggregated on read without locks: the engine's one metrics registry.
 //!
 //! Each core owns one [`CoreMetrics`] (its own cache lines) and is its only writer, so an
-//! update is a relaxed load and store with no read-modify-write bus lock. Readers on any thread
-//! sum the cores' values into a [`MetricsSnapshot`].
+//! update is a relaxed load and store with no read-modify-write bus lock. The runtime under it
+//! keeps its own per-core block ([`RuntimeStats`], also one writer per core) for what only it
+//! sees (sockets accepted or refused at the limit, bytes on the wire, sends, ring entries).
+//! Readers on any thread sum both into one [`MetricsSnapshot`], whose
+//! [`fields`](MetricsSnapshot::fields) list every counter by name for an exporter.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::runtime::RuntimeStats;
+
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    (
+        engine { $( $(#[$doc:meta])* $name:ident ),* $(,)? }
+        runtime { $( $(#[$rdoc:meta])* $rname:ident = $src:ident ),* $(,)? }
+    ) => {
         /// One core's counters. Written only by that core.
         #[derive(Debug, Default)]
         #[repr(align(128))]
@@ -21,10 +29,12 @@ macro_rules! counters {
         #[non_exhaustive]
         pub struct MetricsSnapshot {
             $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[$rdoc])* pub $rname: u64, )*
         }
 
         impl MetricsSnapshot {
-            /// Sums `cores`.
+            /// Sums the engine counters of `cores` (the runtime's are 0 until
+            /// [`add_runtime`](Self::add_runtime)).
             pub fn sum<'a>(cores: impl IntoIterator<Item = &'a CoreMetrics>) -> Self {
                 let mut s = MetricsSnapshot::default();
                 for c in cores {
@@ -33,81 +43,108 @@ macro_rules! counters {
                 s
             }
 
-            /// `(name, value)` for every counter, in declaration order (for exporters).
+            /// Adds the runtime's counters of `cores`.
+            pub fn add_runtime<'a>(&mut self, cores: impl IntoIterator<Item = &'a RuntimeStats>) {
+                for c in cores {
+                    $( self.$rname += c.$src.load(Relaxed); )*
+                }
+            }
+
+            /// `(name, value)` for every counter, engine then runtime, in declaration order
+            /// (for exporters).
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
-                vec![ $( (stringify!($name), self.$name), )* ]
+                vec![
+                    $( (stringify!($name), self.$name), )*
+                    $( (stringify!($rname), self.$rname), )*
+                ]
             }
         }
     };
 }
 
 counters! {
-    /// TCP connections accepted.
-    accepted,
-    /// Connections refused before the handshake because the core was at its connection limit.
-    rejected_over_limit,
-    /// Handshakes refused: malformed or invalid upgrade requests (answered 4xx).
-    rejected_bad_handshake,
-    /// Handshakes refused by the application's `on_upgrade` hook.
-    rejected_by_application,
-    /// Connections dropped because the handshake did not complete in time (slowloris).
-    handshake_timeouts,
-    /// Plain HTTP requests answered (health checks, 400 "Expected WebSocket").
-    http_requests,
-    /// WebSocket connections opened (handshake completed).
-    opened,
-    /// WebSocket connections closed, for any reason.
-    closed,
-    /// Messages received (text and binary).
-    messages_in,
-    /// Payload bytes received in those messages.
-    bytes_in,
-    /// Messages queued for sending (text and binary).
-    messages_out,
-    /// Payload bytes of those messages.
-    bytes_out,
-    /// Compressed messages sent.
-    compressed_out,
-    /// Connections closed with 1002 (protocol error).
-    protocol_errors,
-    /// Connections closed with 1007 (invalid UTF-8).
-    invalid_data_errors,
-    /// Connections closed with 1009 (message too big).
-    too_big_errors,
-    /// Messages not queued because the connection's write buffer was over its limit.
-    slow_consumer_drops,
-    /// Connections closed because their write buffer was over its limit.
-    slow_consumer_closes,
-    /// Pings received.
-    pings_in,
-    /// Pongs replaced by the pong for a newer ping before they could be written (RFC 6455
-    /// §5.5.3: only the most recent ping needs an answer).
-    pongs_superseded,
-    /// Of `slow_consumer_closes`: connections that kept sending pings while their pong could
-    /// not be written for the heartbeat timeout (a ping flood from a peer that does not read).
-    ping_flood_closes,
-    /// Connections closed because no pong arrived within the heartbeat timeout.
-    heartbeat_timeouts,
-    /// Connections closed because nothing arrived within the idle timeout.
-    idle_timeouts,
-    /// Sends to a connection id that no longer exists.
-    sends_to_closed,
-    /// Publishes made on this core (or, for external publishes, counted on core 0).
-    publishes,
-    /// Messages delivered to subscribers by fan-out on this core.
-    deliveries,
-    /// Buffers fan-out queued for those deliveries: one per recipient per corked run of
-    /// publishes (`deliveries / delivery_runs` messages per queued buffer, on average).
-    delivery_runs,
-    /// Fan-out recipients skipped by a publish's filter or exclude.
-    deliveries_filtered,
-    /// Publishes handed to another core's ring (one per target core).
-    forwarded,
-    /// Publishes spilled to the local overflow queue because a ring to another core was full.
-    spills,
-    /// Highest number of publishes found waiting in one inbound ring (a high-water mark, not a
-    /// count; the snapshot sums it over cores).
-    ring_depth_hwm,
+    engine {
+        /// TCP connections accepted.
+        accepted,
+        /// Handshakes refused: malformed or invalid upgrade requests (answered 4xx).
+        rejected_bad_handshake,
+        /// Handshakes refused by the application's `on_upgrade` hook.
+        rejected_by_application,
+        /// Connections dropped because the handshake did not complete in time (slowloris).
+        handshake_timeouts,
+        /// Plain HTTP requests answered (health checks, 400 "Expected WebSocket").
+        http_requests,
+        /// WebSocket connections opened (handshake completed).
+        opened,
+        /// WebSocket connections closed, for any reason.
+        closed,
+        /// Messages received (text and binary).
+        messages_in,
+        /// Payload bytes received in those messages.
+        bytes_in,
+        /// Messages queued for sending (text and binary).
+        messages_out,
+        /// Payload bytes of those messages.
+        bytes_out,
+        /// Compressed messages sent.
+        compressed_out,
+        /// Connections closed with 1002 (protocol error).
+        protocol_errors,
+        /// Connections closed with 1007 (invalid UTF-8).
+        invalid_data_errors,
+        /// Connections closed with 1009 (message too big).
+        too_big_errors,
+        /// Messages not queued because the connection's write buffer was over its limit.
+        slow_consumer_drops,
+        /// Connections closed because their write buffer was over its limit.
+        slow_consumer_closes,
+        /// Pings received.
+        pings_in,
+        /// Pongs replaced by the pong for a newer ping before they could be written (RFC 6455
+        /// §5.5.3: only the most recent ping needs an answer).
+        pongs_superseded,
+        /// Of `slow_consumer_closes`: connections that kept sending pings while their pong could
+        /// not be written for the heartbeat timeout (a ping flood from a peer that does not read).
+        ping_flood_closes,
+        /// Connections closed because no pong arrived within the heartbeat timeout.
+        heartbeat_timeouts,
+        /// Connections closed because nothing arrived within the idle timeout.
+        idle_timeouts,
+        /// Sends to a connection id that no longer exists.
+        sends_to_closed,
+        /// Publishes made on this core (or, for external publishes, counted on core 0).
+        publishes,
+        /// Messages delivered to subscribers by fan-out on this core.
+        deliveries,
+        /// Buffers fan-out queued for those deliveries: one per recipient per corked run of
+        /// publishes (`deliveries / delivery_runs` messages per queued buffer, on average).
+        delivery_runs,
+        /// Fan-out recipients skipped by a publish's filter or exclude.
+        deliveries_filtered,
+        /// Publishes handed to another core's ring (one per target core).
+        forwarded,
+        /// Publishes spilled to the local overflow queue because a ring to another core was full.
+        spills,
+        /// Highest number of publishes found waiting in one inbound ring (a high-water mark, not a
+        /// count; the snapshot sums it over cores).
+        ring_depth_hwm,
+    }
+    runtime {
+        /// Connections closed at accept because the core was at its connection limit.
+        rejected_over_limit = rejected_over_limit,
+        /// Bytes received on the sockets (frames and handshakes; `bytes_in` counts payloads).
+        socket_bytes_in = bytes_in,
+        /// Bytes the kernel accepted for sending (`bytes_out` counts payloads).
+        socket_bytes_out = bytes_out,
+        /// Send operations submitted (each carries every frame queued for its connection).
+        sends = sends,
+        /// `io_uring_enter` calls.
+        submissions = submissions,
+        /// Times a core woke from its parked state.
+        wakeups = wakeups,
+        /// Multishot receives that ended because every receive buffer was in use.
+        recv_enobufs = recv_enobufs,
+    }
 }
 
 #[inline]

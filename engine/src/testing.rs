@@ -188,15 +188,16 @@ impl<H: Handler> MemEngine<H> {
 
     /// Every counter summed over the cores.
     pub fn metrics(&self) -> MetricsSnapshot {
-        MetricsSnapshot::sum(self.shared.metrics.iter())
+        let mut s = MetricsSnapshot::sum(self.shared.metrics.iter());
+        s.add_runtime(self.cores.borrow().drivers.iter().map(|d| d.stats()));
+        s
     }
 
-    /// Counters of one core.
+    /// Counters of one core (`None` if there is no such core).
     pub fn core_metrics(&self, core: usize) -> Option<MetricsSnapshot> {
-        self.shared
-            .metrics
-            .get(core)
-            .map(|m| MetricsSnapshot::sum(std::iter::once(m)))
+        let mut s = MetricsSnapshot::sum(std::iter::once(self.shared.metrics.get(core)?));
+        s.add_runtime(self.cores.borrow().drivers.get(core).map(|d| d.stats()));
+        Some(s)
     }
 
     /// Open WebSocket connections over all cores.

@@ -101,3 +101,38 @@ fn a_message_of_max_message_size_is_echoed_and_published_at_default_limits() {
     engine.handle().shutdown();
     engine.join().unwrap();
 }
+
+#[test]
+fn one_snapshot_holds_the_engine_and_the_runtime_counters() {
+    let mut cfg = test_config(1);
+    cfg.max_connections = 2;
+    let engine = Engine::builder().config(cfg).build(|_| Relay).unwrap();
+    let addr = engine.local_addr();
+    let mut a = RawClient::connect(addr, "/echo", None);
+    let _b = RawClient::connect(addr, "/echo", None);
+    // The third is closed at accept by the runtime (the core is at its limit).
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1];
+    match std::io::Read::read(&mut c, &mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection over the limit stayed open: {other:?}"),
+    }
+    a.send(OpCode::Binary, b"ping");
+    assert_eq!(recv_data(&mut a), b"ping");
+    let m = engine.handle().metrics();
+    assert_eq!(m.rejected_over_limit, 1, "{m:?}");
+    assert_eq!((m.accepted, m.opened), (2, 2));
+    assert!(m.socket_bytes_in > m.bytes_in && m.socket_bytes_out > m.bytes_out, "{m:?}");
+    assert!(m.sends >= 3 && m.submissions > 0, "{m:?}");
+    let names: Vec<&str> = m.fields().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"rejected_over_limit") && names.contains(&"opened"));
+    assert_eq!(
+        engine.handle().core_metrics(0).unwrap().rejected_over_limit,
+        1
+    );
+    drop((a, _b));
+    engine.handle().shutdown();
+    engine.join().unwrap();
+}
