@@ -23,7 +23,7 @@ use crate::config::{
     Config, SlowConsumerPolicy, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_IDLE_TIMEOUT, CLOSE_SLOW_CONSUMER,
 };
 use crate::engine::{Command, Shared};
-use crate::fanout::{concat_frames, Cork, Outbox, Publish, PublishOptions, Target, TopicShared};
+use crate::fanout::{concat_frames, ChannelShared, Cork, Outbox, Publish, PublishOptions, Target};
 use crate::handler::{Handler, Rejection, Socket, Upgrade, UpgradeRequest};
 use crate::metrics::{add, inc, max, CoreMetrics};
 use crate::runtime::{ConnId, Io, Service};
@@ -57,7 +57,7 @@ pub(crate) enum Phase {
     Finishing,
 }
 
-/// What only some connections need: compression state, topics, close details, a deferred
+/// What only some connections need: compression state, channels, close details, a deferred
 /// upgrade, an uninterned path. Boxed so that a plain idle connection pays 8 bytes for it.
 #[derive(Default)]
 pub(crate) struct Extra {
@@ -65,8 +65,8 @@ pub(crate) struct Extra {
     pub(crate) encoder: Option<Box<Encoder>>,
     /// The agreed permessage-deflate parameters.
     pub(crate) deflate: Option<DeflateParams>,
-    /// Topics this connection is subscribed to (left on close).
-    pub(crate) topics: Vec<Arc<str>>,
+    /// Channels this connection is subscribed to (left on close).
+    pub(crate) channels: Vec<Arc<str>>,
     close_reason: Option<Box<str>>,
     /// A parsed upgrade request waiting for the handler's deferred decision.
     pending: Option<Box<(Request, usize)>>,
@@ -169,8 +169,8 @@ impl Conn {
         self.extra.get_or_insert_with(Default::default)
     }
 
-    pub(crate) fn topics(&self) -> &[Arc<str>] {
-        self.extra.as_ref().map_or(&[], |e| &e.topics)
+    pub(crate) fn channels(&self) -> &[Arc<str>] {
+        self.extra.as_ref().map_or(&[], |e| &e.channels)
     }
 
     pub(crate) fn peer(&self) -> SocketAddr {
@@ -200,8 +200,8 @@ pub(crate) struct CoreState {
     last_scan: u32,
     draining: Option<u32>,
     out: Vec<u8>,
-    /// Topics this core has met: local subscribers and the shared topic.
-    topics: HashMap<Arc<str>, LocalTopic>,
+    /// Channels this core has met: local subscribers and the shared channel.
+    channels: HashMap<Arc<str>, LocalChannel>,
     /// Spilled publishes waiting for room in a ring to another core.
     outbox: Outbox,
     /// Local deliveries held back to batch them (see [`Cork`]).
@@ -221,8 +221,8 @@ pub(crate) struct CoreState {
     pong_waiters: Vec<ConnId>,
 }
 
-struct LocalTopic {
-    shared: Arc<TopicShared>,
+struct LocalChannel {
+    shared: Arc<ChannelShared>,
     subs: Vec<ConnId>,
 }
 
@@ -488,17 +488,17 @@ impl CoreState {
         self.cfg.subprotocols.get(i).map(String::as_str)
     }
 
-    /// Subscribes `id` to `topic` (after delivering corked publishes, which predate it).
-    pub(crate) fn subscribe(&mut self, io: &mut Io<'_>, id: ConnId, topic: &str) -> bool {
+    /// Subscribes `id` to `channel` (after delivering corked publishes, which predate it).
+    pub(crate) fn subscribe(&mut self, io: &mut Io<'_>, id: ConnId, channel: &str) -> bool {
         self.uncork(io);
         let Some(conn) = self.conn(id) else {
             return false;
         };
-        if conn.phase != Phase::Open || conn.topics().iter().any(|t| &**t == topic) {
+        if conn.phase != Phase::Open || conn.channels().iter().any(|t| &**t == channel) {
             return false;
         }
         let me = self.core_index;
-        let local = self.local_topic(topic);
+        let local = self.local_channel(channel);
         local.subs.push(id);
         if local.subs.len() == 1 {
             local.shared.cores.insert(me);
@@ -506,28 +506,28 @@ impl CoreState {
         local.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         let name = local.shared.name.clone();
         if let Some(c) = self.conn_mut(id) {
-            c.extra_mut().topics.push(name);
+            c.extra_mut().channels.push(name);
         }
         true
     }
 
-    /// Unsubscribes `id` from `topic` (after delivering corked publishes, which predate it).
-    pub(crate) fn unsubscribe(&mut self, io: &mut Io<'_>, id: ConnId, topic: &str) -> bool {
+    /// Unsubscribes `id` from `channel` (after delivering corked publishes, which predate it).
+    pub(crate) fn unsubscribe(&mut self, io: &mut Io<'_>, id: ConnId, channel: &str) -> bool {
         self.uncork(io);
         let Some(conn) = self.conn_mut(id) else {
             return false;
         };
-        let Some(pos) = conn.topics().iter().position(|t| &**t == topic) else {
+        let Some(pos) = conn.channels().iter().position(|t| &**t == channel) else {
             return false;
         };
-        conn.extra_mut().topics.swap_remove(pos);
-        self.remove_subscriber(id, topic);
+        conn.extra_mut().channels.swap_remove(pos);
+        self.remove_subscriber(id, channel);
         true
     }
 
-    fn remove_subscriber(&mut self, id: ConnId, topic: &str) {
+    fn remove_subscriber(&mut self, id: ConnId, channel: &str) {
         let me = self.core_index;
-        if let Some(local) = self.topics.get_mut(topic) {
+        if let Some(local) = self.channels.get_mut(channel) {
             if let Some(i) = local.subs.iter().position(|&c| c == id) {
                 local.subs.swap_remove(i);
                 local.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
@@ -538,46 +538,46 @@ impl CoreState {
         }
     }
 
-    /// Leaves every topic (on close).
+    /// Leaves every channel (on close).
     fn leave_all(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let topics = conn
+        let channels = conn
             .extra
             .as_mut()
-            .map(|e| std::mem::take(&mut e.topics))
+            .map(|e| std::mem::take(&mut e.channels))
             .unwrap_or_default();
-        for t in &topics {
+        for t in &channels {
             self.remove_subscriber(id, t);
         }
     }
 
-    fn local_topic(&mut self, name: &str) -> &mut LocalTopic {
-        if !self.topics.contains_key(name) {
-            let shared = self.shared.topics.get_or_create(name);
-            self.topics.insert(
+    fn local_channel(&mut self, name: &str) -> &mut LocalChannel {
+        if !self.channels.contains_key(name) {
+            let shared = self.shared.channels.get_or_create(name);
+            self.channels.insert(
                 shared.name.clone(),
-                LocalTopic {
+                LocalChannel {
                     shared,
                     subs: Vec::new(),
                 },
             );
         }
-        self.topics.get_mut(name).expect("inserted above")
+        self.channels.get_mut(name).expect("inserted above")
     }
 
-    /// Publishes to `topic` from this core.
-    pub(crate) fn publish_topic(
+    /// Publishes to `channel` from this core.
+    pub(crate) fn publish_channel(
         &mut self,
         io: &mut Io<'_>,
-        topic: &str,
+        channel: &str,
         payload: &[u8],
         text: bool,
         opts: PublishOptions,
     ) {
-        let shared = self.local_topic(topic).shared.clone();
-        let p = Arc::new(Publish::new(Target::Topic(shared), payload, text, opts));
+        let shared = self.local_channel(channel).shared.clone();
+        let p = Arc::new(Publish::new(Target::Channel(shared), payload, text, opts));
         self.dispatch(io, p);
     }
 
@@ -701,8 +701,8 @@ impl CoreState {
     fn recipients(&self, target: &Target, ids: &mut Vec<ConnId>) {
         ids.clear();
         match target {
-            Target::Topic(t) => {
-                if let Some(local) = self.topics.get(&*t.name) {
+            Target::Channel(t) => {
+                if let Some(local) = self.channels.get(&*t.name) {
                     ids.extend_from_slice(&local.subs);
                 }
             }
@@ -991,7 +991,7 @@ impl<H: Handler> WsService<H> {
                 last_scan: 0,
                 draining: None,
                 out: Vec::new(),
-                topics: HashMap::new(),
+                channels: HashMap::new(),
                 outbox: Outbox::new(cores),
                 cork: Cork::default(),
                 cork_max,
@@ -1394,11 +1394,11 @@ impl<H: Handler> WsService<H> {
                 Command::Close { conn, code, reason } => {
                     self.state.start_close(io, conn, code, &reason);
                 }
-                Command::Subscribe { conn, topic } => {
-                    self.state.subscribe(io, conn, &topic);
+                Command::Subscribe { conn, channel } => {
+                    self.state.subscribe(io, conn, &channel);
                 }
-                Command::Unsubscribe { conn, topic } => {
-                    self.state.unsubscribe(io, conn, &topic);
+                Command::Unsubscribe { conn, channel } => {
+                    self.state.unsubscribe(io, conn, &channel);
                 }
                 Command::ResolveUpgrade { conn, decision } => {
                     self.resolve_upgrade(io, conn, decision);

@@ -11,8 +11,8 @@ use edge_ws_protocol::{CloseCode, Encoder, OpCode};
 
 use crate::config::{Config, Cores, SlowConsumerPolicy};
 use crate::core::WsService;
-use crate::fanout::{auto_ring_capacity, Inbox, Publish, PublishOptions, Target, TopicRegistry};
-use crate::handler::{Handler, Rejection};
+use crate::fanout::{auto_ring_capacity, ChannelRegistry, Inbox, Publish, PublishOptions, Target};
+use crate::handler::{Handler, MessageKind, Rejection};
 use crate::metrics::{CoreMetrics, MetricsSnapshot};
 use crate::runtime::{ConnId, CoreWaker, Runtime, RuntimeConfig, RuntimeError, RuntimeStats};
 
@@ -83,11 +83,11 @@ pub(crate) enum Command {
     },
     Subscribe {
         conn: ConnId,
-        topic: String,
+        channel: String,
     },
     Unsubscribe {
         conn: ConnId,
-        topic: String,
+        channel: String,
     },
     ResolveUpgrade {
         conn: ConnId,
@@ -107,14 +107,14 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<[CoreMetrics]>,
     pub(crate) runtime_stats: std::sync::OnceLock<Arc<[RuntimeStats]>>,
     pub(crate) inboxes: Box<[Arc<Inbox>]>,
-    pub(crate) topics: TopicRegistry,
+    pub(crate) channels: ChannelRegistry,
 }
 
 impl Shared {
     /// The state shared by `cores` cores, each woken through its entry of `wakers`: empty
     /// command queues, zeroed metrics, fan-out inboxes with `ring_capacity` publishes per lane
     /// (0: [`auto_ring_capacity`]),
-    /// no topics. The one place it is built, for [`EngineBuilder::build`] and for the
+    /// no channels. The one place it is built, for [`EngineBuilder::build`] and for the
     /// in-memory cores of [`crate::testing::MemEngine`] alike.
     pub(crate) fn new(cores: usize, ring_capacity: usize, wakers: Arc<[CoreWaker]>) -> Self {
         debug_assert_eq!(wakers.len(), cores, "one waker per core");
@@ -133,7 +133,7 @@ impl Shared {
                     .map(|_| Arc::new(Inbox::new(cores, capacity)))
                     .collect()
             },
-            topics: TopicRegistry::new(cores),
+            channels: ChannelRegistry::new(cores),
         }
     }
 
@@ -281,66 +281,81 @@ impl EngineHandle {
         }
     }
 
-    /// Publishes a text message to every subscriber of `topic`, on every core.
-    pub fn publish(&self, topic: &str, text: &str) {
-        self.publish_with(topic, text.as_bytes(), true, PublishOptions::default());
+    /// Publishes a text message to every subscriber of `channel`, on every core.
+    pub fn publish(&self, channel: &str, text: &str) {
+        self.publish_with(
+            channel,
+            text.as_bytes(),
+            MessageKind::Text,
+            PublishOptions::default(),
+        );
     }
 
-    /// Publishes a text or binary message to `topic` with options (exclude, filter). The frame
+    /// Publishes a text or binary message to `channel` with options (exclude, filter). The frame
     /// is encoded once and shared by every recipient. Messages from one thread arrive at each
     /// subscriber in the order they were published.
-    pub fn publish_with(&self, topic: &str, payload: &[u8], text: bool, opts: PublishOptions) {
-        let Some(t) = self.shared.topics.get(topic) else {
+    pub fn publish_with(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        kind: MessageKind,
+        opts: PublishOptions,
+    ) {
+        let text = kind.is_text();
+        let Some(t) = self.shared.channels.get(channel) else {
             // Nobody ever subscribed: nothing to deliver, no cross-core traffic.
             crate::metrics::inc(&self.shared.metrics[0].publishes);
             return;
         };
         self.shared
-            .publish_external(Publish::new(Target::Topic(t), payload, text, opts));
+            .publish_external(Publish::new(Target::Channel(t), payload, text, opts));
     }
 
     /// Sends a message to every open connection (that passes the filter) on every core.
-    pub fn broadcast_all(&self, payload: &[u8], text: bool, opts: PublishOptions) {
+    pub fn broadcast_all(&self, payload: &[u8], kind: MessageKind, opts: PublishOptions) {
         self.shared
-            .publish_external(Publish::new(Target::All, payload, text, opts));
+            .publish_external(Publish::new(Target::All, payload, kind.is_text(), opts));
     }
 
-    /// Subscribes a connection (on any core) to `topic`.
-    pub fn subscribe(&self, id: ConnectionId, topic: &str) -> bool {
+    /// Subscribes a connection (on any core) to `channel`.
+    pub fn subscribe(&self, id: ConnectionId, channel: &str) -> bool {
         self.push(
             id.core(),
             Command::Subscribe {
                 conn: id.conn(),
-                topic: topic.to_owned(),
+                channel: channel.to_owned(),
             },
         )
     }
 
-    /// Unsubscribes a connection (on any core) from `topic`.
-    pub fn unsubscribe(&self, id: ConnectionId, topic: &str) -> bool {
+    /// Unsubscribes a connection (on any core) from `channel`.
+    pub fn unsubscribe(&self, id: ConnectionId, channel: &str) -> bool {
         self.push(
             id.core(),
             Command::Unsubscribe {
                 conn: id.conn(),
-                topic: topic.to_owned(),
+                channel: channel.to_owned(),
             },
         )
     }
 
-    /// Subscribers of `topic` over all cores.
-    pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.shared.topics.get(topic).map_or(0, |t| t.subscribers())
+    /// Subscribers of `channel` over all cores.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.shared
+            .channels
+            .get(channel)
+            .map_or(0, |t| t.subscribers())
     }
 
-    /// Every topic known to the engine with its subscriber count, sorted by name.
-    pub fn topics(&self) -> Vec<(String, usize)> {
-        self.shared.topics.list()
+    /// Every channel known to the engine with its subscriber count, sorted by name.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        self.shared.channels.list()
     }
 
-    /// Creates a topic (channel) ahead of its first subscriber, so it is listed by
-    /// [`EngineHandle::topics`].
-    pub fn create_topic(&self, topic: &str) {
-        self.shared.topics.get_or_create(topic);
+    /// Creates a channel (channel) ahead of its first subscriber, so it is listed by
+    /// [`EngineHandle::channels`].
+    pub fn create_channel(&self, channel: &str) {
+        self.shared.channels.get_or_create(channel);
     }
 
     /// Decides an upgrade the handler deferred ([`crate::Upgrade::Defer`]): `Ok(data)` opens

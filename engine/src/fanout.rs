@@ -1,7 +1,7 @@
-//! Topics and cross-core fan-out.
+//! Channels and cross-core fan-out.
 //!
 //! A publish is encoded once into a `Publish` (header and payload in one `Bytes`) and shared
-//! by refcount with every core that has subscribers to its topic (a bit in the topic's core
+//! by refcount with every core that has subscribers to its channel (a bit in the channel's core
 //! mask) and every recipient there. Cores hand publishes to each other through lanes: one
 //! bounded lock-free ring per (producer core, consumer core) pair, plus one unbounded lock-free
 //! queue per consumer core for publishers outside the cores (any thread, through the
@@ -10,8 +10,8 @@
 //! order, as soon as there is room; it never blocks and never drops. The target core is woken
 //! only if it is parked, so a burst costs one wakeup.
 //!
-//! No lock is taken on the publish path: the topic registry (a mutex-protected map from name to
-//! [`TopicShared`]) is consulted only the first time a core meets a topic name; after that the
+//! No lock is taken on the publish path: the channel registry (a mutex-protected map from name to
+//! [`ChannelShared`]) is consulted only the first time a core meets a channel name; after that the
 //! core uses its own cached `Arc`.
 
 use std::any::Any;
@@ -99,9 +99,9 @@ impl std::fmt::Debug for PublishOptions {
     }
 }
 
-/// A topic as every core sees it.
+/// A channel as every core sees it.
 #[derive(Debug)]
-pub struct TopicShared {
+pub struct ChannelShared {
     pub(crate) name: Arc<str>,
     /// The cores with at least one local subscriber.
     pub(crate) cores: CoreSet,
@@ -109,8 +109,8 @@ pub struct TopicShared {
     pub(crate) subscribers: AtomicUsize,
 }
 
-impl TopicShared {
-    /// The topic's name.
+impl ChannelShared {
+    /// The channel's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -121,29 +121,29 @@ impl TopicShared {
     }
 }
 
-/// Name → topic, shared by all cores; only touched when a core first meets a name.
+/// Name → channel, shared by all cores; only touched when a core first meets a name.
 #[derive(Debug)]
-pub(crate) struct TopicRegistry {
-    map: Mutex<HashMap<Arc<str>, Arc<TopicShared>>>,
-    /// How many cores a topic's core set spans.
+pub(crate) struct ChannelRegistry {
+    map: Mutex<HashMap<Arc<str>, Arc<ChannelShared>>>,
+    /// How many cores a channel's core set spans.
     cores: usize,
 }
 
-impl TopicRegistry {
+impl ChannelRegistry {
     pub(crate) fn new(cores: usize) -> Self {
-        TopicRegistry {
+        ChannelRegistry {
             map: Mutex::new(HashMap::new()),
             cores,
         }
     }
 
-    pub(crate) fn get_or_create(&self, name: &str) -> Arc<TopicShared> {
+    pub(crate) fn get_or_create(&self, name: &str) -> Arc<ChannelShared> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = map.get(name) {
             return t.clone();
         }
         let name: Arc<str> = name.into();
-        let t = Arc::new(TopicShared {
+        let t = Arc::new(ChannelShared {
             name: name.clone(),
             cores: CoreSet::new(self.cores),
             subscribers: AtomicUsize::new(0),
@@ -152,7 +152,7 @@ impl TopicRegistry {
         t
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<TopicShared>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<ChannelShared>> {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -160,7 +160,7 @@ impl TopicRegistry {
             .cloned()
     }
 
-    /// `(name, subscribers)` of every known topic, sorted by name.
+    /// `(name, subscribers)` of every known channel, sorted by name.
     pub(crate) fn list(&self) -> Vec<(String, usize)> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<_> = map
@@ -174,7 +174,7 @@ impl TopicRegistry {
 
 /// What a publish targets.
 pub(crate) enum Target {
-    Topic(Arc<TopicShared>),
+    Channel(Arc<ChannelShared>),
     /// Every open connection.
     All,
 }
@@ -212,11 +212,11 @@ impl Publish {
         &self.frame[self.header_len..]
     }
 
-    /// Calls `f` with every core this publish goes to: the topic's cores with subscribers, or
+    /// Calls `f` with every core this publish goes to: the channel's cores with subscribers, or
     /// all `cores`.
     pub(crate) fn for_each_core(&self, cores: usize, mut f: impl FnMut(usize)) {
         match &self.target {
-            Target::Topic(t) => t.cores.for_each(f),
+            Target::Channel(t) => t.cores.for_each(f),
             Target::All => (0..cores).for_each(&mut f),
         }
     }
@@ -264,7 +264,7 @@ impl Cork {
         }
         match self.publishes.first().map(|f| (&f.target, &p.target)) {
             None => true,
-            Some((Target::Topic(a), Target::Topic(b))) => Arc::ptr_eq(a, b),
+            Some((Target::Channel(a), Target::Channel(b))) => Arc::ptr_eq(a, b),
             Some((Target::All, Target::All)) => true,
             Some(_) => false,
         }
@@ -429,11 +429,11 @@ mod tests {
         let mut got = Vec::new();
         set.for_each(|c| got.push(c));
         assert_eq!(got, vec![0, 63, 64, 127, 128, 191]);
-        // A broadcast to all reaches every core, a topic only those with subscribers.
-        let reg = TopicRegistry::new(192);
+        // A broadcast to all reaches every core, a channel only those with subscribers.
+        let reg = ChannelRegistry::new(192);
         let t = reg.get_or_create("t");
         t.cores.insert(150);
-        let p = Publish::new(Target::Topic(t), b"x", true, PublishOptions::default());
+        let p = Publish::new(Target::Channel(t), b"x", true, PublishOptions::default());
         let mut to = Vec::new();
         p.for_each_core(192, |c| to.push(c));
         assert_eq!(to, vec![150]);
@@ -452,23 +452,23 @@ mod tests {
 
     #[test]
     fn cork_runs_one_target_without_filters_and_few_excluded() {
-        let reg = TopicRegistry::new(2);
+        let reg = ChannelRegistry::new(2);
         let (a, b) = (reg.get_or_create("a"), reg.get_or_create("b"));
-        let to = |t: &Arc<TopicShared>, exclude: Option<ConnectionId>| {
+        let to = |t: &Arc<ChannelShared>, exclude: Option<ConnectionId>| {
             let opts = PublishOptions {
                 exclude,
                 filter: None,
             };
-            Arc::new(Publish::new(Target::Topic(t.clone()), b"x", true, opts))
+            Arc::new(Publish::new(Target::Channel(t.clone()), b"x", true, opts))
         };
         let mut cork = Cork::default();
         assert!(cork.accepts(&to(&a, None), 1024));
         cork.push(to(&a, None));
-        // Another topic, broadcast-to-all, or a filter: not in this run.
+        // Another channel, broadcast-to-all, or a filter: not in this run.
         assert!(!cork.accepts(&to(&b, None), 1024));
         assert!(!cork.accepts(&publish(1), 1024));
         let filtered = Publish::new(
-            Target::Topic(a.clone()),
+            Target::Channel(a.clone()),
             b"x",
             true,
             PublishOptions {
@@ -554,8 +554,8 @@ mod tests {
     }
 
     #[test]
-    fn registry_interns_topics() {
-        let r = TopicRegistry::new(2);
+    fn registry_interns_channels() {
+        let r = ChannelRegistry::new(2);
         let a = r.get_or_create("chat");
         let b = r.get_or_create("chat");
         assert!(Arc::ptr_eq(&a, &b));

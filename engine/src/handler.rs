@@ -93,6 +93,29 @@ impl std::fmt::Debug for Upgrade {
     }
 }
 
+/// Whether a message goes out as text (valid UTF-8, opcode 1) or binary (opcode 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// A text message: the payload must be valid UTF-8.
+    Text,
+    /// A binary message.
+    Binary,
+}
+
+impl MessageKind {
+    /// The kind of `message`: text for a text message, binary for anything else.
+    pub fn of(message: &Message) -> MessageKind {
+        match message {
+            Message::Text(_) => MessageKind::Text,
+            _ => MessageKind::Binary,
+        }
+    }
+
+    pub(crate) fn is_text(self) -> bool {
+        self == MessageKind::Text
+    }
+}
+
 /// An HTTP answer refusing an upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -227,30 +250,30 @@ impl Socket<'_, '_> {
             .send_data(self.io, to.conn(), true, text.as_bytes())
     }
 
-    /// Subscribes this connection to `topic`; returns `false` if it already was.
-    pub fn subscribe(&mut self, topic: &str) -> bool {
-        self.state.subscribe(self.io, self.id, topic)
+    /// Subscribes this connection to `channel`; returns `false` if it already was.
+    pub fn subscribe(&mut self, channel: &str) -> bool {
+        self.state.subscribe(self.io, self.id, channel)
     }
 
-    /// Unsubscribes this connection from `topic`; returns `false` if it was not subscribed.
-    pub fn unsubscribe(&mut self, topic: &str) -> bool {
-        self.state.unsubscribe(self.io, self.id, topic)
+    /// Unsubscribes this connection from `channel`; returns `false` if it was not subscribed.
+    pub fn unsubscribe(&mut self, channel: &str) -> bool {
+        self.state.unsubscribe(self.io, self.id, channel)
     }
 
-    /// The topics this connection is subscribed to.
-    pub fn topics(&self) -> Vec<String> {
+    /// The channels this connection is subscribed to.
+    pub fn channels(&self) -> Vec<String> {
         self.state
             .conn(self.id)
-            .map(|c| c.topics().iter().map(|t| t.to_string()).collect())
+            .map(|c| c.channels().iter().map(|t| t.to_string()).collect())
             .unwrap_or_default()
     }
 
-    /// Publishes a text message to every subscriber of `topic` on every core (this connection
+    /// Publishes a text message to every subscriber of `channel` on every core (this connection
     /// included if subscribed; use [`Socket::publish_with`] to exclude it).
-    pub fn publish(&mut self, topic: &str, text: &str) {
-        self.state.publish_topic(
+    pub fn publish(&mut self, channel: &str, text: &str) {
+        self.state.publish_channel(
             self.io,
-            topic,
+            channel,
             text.as_bytes(),
             true,
             PublishOptions::default(),
@@ -258,14 +281,21 @@ impl Socket<'_, '_> {
     }
 
     /// Publishes a text or binary message with options (exclude, filter).
-    pub fn publish_with(&mut self, topic: &str, payload: &[u8], text: bool, opts: PublishOptions) {
+    pub fn publish_with(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        kind: MessageKind,
+        opts: PublishOptions,
+    ) {
         self.state
-            .publish_topic(self.io, topic, payload, text, opts);
+            .publish_channel(self.io, channel, payload, kind.is_text(), opts);
     }
 
     /// Sends a message to every open connection on every core that passes `opts`' filter.
-    pub fn broadcast_all(&mut self, payload: &[u8], text: bool, opts: PublishOptions) {
-        self.state.publish_all(self.io, payload, text, opts);
+    pub fn broadcast_all(&mut self, payload: &[u8], kind: MessageKind, opts: PublishOptions) {
+        self.state
+            .publish_all(self.io, payload, kind.is_text(), opts);
     }
 
     /// Starts the close handshake with `code` and `reason`.

@@ -38,7 +38,7 @@ pub use crate::config::{Config, Cores, SlowConsumerPolicy};
 pub use crate::core::SendError;
 pub use crate::engine::{ConnectionId, Engine, EngineBuilder, EngineError, EngineHandle};
 pub use crate::fanout::{Filter, PublishOptions};
-pub use crate::handler::{Handler, Rejection, Socket, Upgrade, UpgradeRequest};
+pub use crate::handler::{Handler, MessageKind, Rejection, Socket, Upgrade, UpgradeRequest};
 pub use crate::metrics::MetricsSnapshot;
 pub use edge_ws_protocol::{self as protocol, CloseCode, Message};
 pub use edge_ws_runtime as runtime;

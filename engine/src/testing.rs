@@ -3,7 +3,7 @@
 //! [`MemEngine`] runs N cores, each the engine's own per-core WebSocket service on a
 //! [`MemDriver`] (the runtime's in-memory transport), sharing one engine state exactly as
 //! [`crate::EngineBuilder::build`] builds it: command queues, doorbells, metrics, fan-out rings
-//! and the topic registry. Only the transport differs, so handshakes, framing, the close
+//! and the channel registry. Only the transport differs, so handshakes, framing, the close
 //! handshake, pings, heartbeats, timeouts, slow consumers, fan-out and the cork behave as they do
 //! on io_uring, and a test can drive them one step at a time:
 //!

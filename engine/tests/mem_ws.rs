@@ -12,8 +12,8 @@ use edge_ws::protocol::handshake::{accept_key, ClientRequest};
 use edge_ws::protocol::OpCode;
 use edge_ws::testing::{ConnectError, MemClient, MemEngine, MAX_PUMP_ROUNDS};
 use edge_ws::{
-    CloseCode, Config, ConnectionId, Handler, Message, MetricsSnapshot, PublishOptions, Rejection,
-    SendError, SlowConsumerPolicy, Socket, Upgrade, UpgradeRequest,
+    CloseCode, Config, ConnectionId, Handler, Message, MessageKind, MetricsSnapshot,
+    PublishOptions, Rejection, SendError, SlowConsumerPolicy, Socket, Upgrade, UpgradeRequest,
 };
 
 /// What the handlers saw, shared with the test (handlers of every core run on its thread).
@@ -90,16 +90,16 @@ impl Handler for App {
                     exclude: Some(s.id()),
                     filter: None,
                 };
-                s.publish_with(a, b.as_bytes(), true, opts);
+                s.publish_with(a, b.as_bytes(), MessageKind::Text, opts);
             }
             "pubvip" => {
                 let opts = PublishOptions {
                     exclude: None,
                     filter: Some(Arc::new(|_, data| data.is_some_and(|d| d.is::<Vip>()))),
                 };
-                s.publish_with(a, b.as_bytes(), true, opts);
+                s.publish_with(a, b.as_bytes(), MessageKind::Text, opts);
             }
-            "all" => s.broadcast_all(a.as_bytes(), true, PublishOptions::default()),
+            "all" => s.broadcast_all(a.as_bytes(), MessageKind::Text, PublishOptions::default()),
             "burst" => {
                 for i in 0..b.parse::<usize>().unwrap() {
                     s.publish(a, &format!("{a} {i}"));
@@ -165,8 +165,8 @@ fn request<'a>(path: &'a str, protocols: &'a [&'a str]) -> ClientRequest<'a> {
     }
 }
 
-fn subscribe(c: &mut MemClient, topic: &str) {
-    c.send_text(&format!("!sub {topic}"));
+fn subscribe(c: &mut MemClient, channel: &str) {
+    c.send_text(&format!("!sub {channel}"));
     assert_eq!(c.recv_text().as_deref(), Some("subscribed"));
 }
 
@@ -802,7 +802,7 @@ fn broadcast_all_reaches_every_open_connection_on_every_core() {
 }
 
 #[test]
-fn order_holds_across_topics_and_direct_sends_from_one_publisher() {
+fn order_holds_across_channels_and_direct_sends_from_one_publisher() {
     let (engine, _log) = engine(2);
     let mut publisher = engine.connect(0, "/");
     let mut both_far = engine.connect(1, "/");
@@ -942,13 +942,13 @@ fn handle_operations_from_another_thread_arrive_after_the_pump() {
     assert_eq!(a.recv(), Some(Message::Binary(vec![1, 2].into())));
     assert_eq!(engine.metrics().sends_to_closed, 1);
     assert_eq!(handle.subscriber_count("news"), 2);
-    assert_eq!(handle.topics(), [("news".to_owned(), 2)]);
+    assert_eq!(handle.channels(), [("news".to_owned(), 2)]);
 
     let h = handle.clone();
     std::thread::spawn(move || {
         h.publish("news", "extra");
         h.publish("nobody-listens", "lost");
-        h.broadcast_all(b"all", false, PublishOptions::default());
+        h.broadcast_all(b"all", MessageKind::Binary, PublishOptions::default());
     })
     .join()
     .unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edge_ws::{Config, Engine, Handler, Message, Socket};
+use edge_ws::{Config, Engine, Handler, Message, MessageKind, Socket};
 use edge_ws_protocol::OpCode;
 use edge_ws_tests::{test_config, wait_until, RawClient};
 
@@ -20,8 +20,12 @@ impl Handler for Relay {
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
         match socket.path() {
             "/pub" => {
-                let text = matches!(message, Message::Text(_));
-                socket.publish_with("big", message.payload(), text, Default::default());
+                socket.publish_with(
+                    "big",
+                    message.payload(),
+                    MessageKind::of(&message),
+                    Default::default(),
+                );
             }
             "/sub" => {}
             _ => {
@@ -124,7 +128,10 @@ fn one_snapshot_holds_the_engine_and_the_runtime_counters() {
     let m = engine.handle().metrics();
     assert_eq!(m.rejected_over_limit, 1, "{m:?}");
     assert_eq!((m.accepted, m.opened), (2, 2));
-    assert!(m.socket_bytes_in > m.bytes_in && m.socket_bytes_out > m.bytes_out, "{m:?}");
+    assert!(
+        m.socket_bytes_in > m.bytes_in && m.socket_bytes_out > m.bytes_out,
+        "{m:?}"
+    );
     assert!(m.sends >= 3 && m.submissions > 0, "{m:?}");
     let names: Vec<&str> = m.fields().into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"rejected_over_limit") && names.contains(&"opened"));

@@ -1,14 +1,14 @@
 //! Fan-out across cores over real sockets: exactly-once in-order delivery from publishers on
 //! both cores and an outside thread, exclude and filter, unsubscribe and close, slow
-//! subscribers, ring spills, and topics with no subscribers.
+//! subscribers, ring spills, and channels with no subscribers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_ws::{
-    Config, Engine, EngineHandle, Handler, Message, PublishOptions, SlowConsumerPolicy, Socket,
-    Upgrade,
+    Config, Engine, EngineHandle, Handler, Message, MessageKind, PublishOptions,
+    SlowConsumerPolicy, Socket, Upgrade,
 };
 use edge_ws_protocol::OpCode;
 use edge_ws_tests::*;
@@ -52,14 +52,14 @@ impl Handler for PubSub {
                     exclude: Some(s.id()),
                     filter: None,
                 };
-                s.publish_with(a, b.as_bytes(), true, opts);
+                s.publish_with(a, b.as_bytes(), MessageKind::Text, opts);
             }
             "pubvip" => {
                 let opts = PublishOptions {
                     exclude: None,
                     filter: Some(Arc::new(|_, data| data.is_some_and(|d| d.is::<Vip>()))),
                 };
-                s.publish_with(a, b.as_bytes(), true, opts);
+                s.publish_with(a, b.as_bytes(), MessageKind::Text, opts);
             }
             "burst" => {
                 let n: usize = b.parse().unwrap();
@@ -80,7 +80,7 @@ impl Handler for PubSub {
                         exclude: (i % 2 == 0).then(|| s.id()),
                         filter: None,
                     };
-                    s.publish_with(a, format!("x {i}").as_bytes(), true, opts);
+                    s.publish_with(a, format!("x {i}").as_bytes(), MessageKind::Text, opts);
                 }
             }
             // Big (compressible) and small publishes, alternating, in one callback.
@@ -91,7 +91,7 @@ impl Handler for PubSub {
                     s.publish(a, &format!("small {i}"));
                 }
             }
-            // Interleaves publishes to two topics with direct sends, in one callback.
+            // Interleaves publishes to two channels with direct sends, in one callback.
             "mix" => {
                 let (t1, t2) = (a, b);
                 for i in 0..100 {
@@ -116,7 +116,7 @@ impl Handler for PubSub {
                     exclude: None,
                     filter: Some(Arc::new(|_, data| data.is_some_and(|d| d.is::<Vip>()))),
                 };
-                s.publish_with(a, b"vip", true, opts);
+                s.publish_with(a, b"vip", MessageKind::Text, opts);
                 s.publish(a, "p2");
             }
             // Publishes, then closes the sender (a subscriber): the close comes last.
@@ -154,8 +154,8 @@ fn cmd(c: &mut RawClient, s: &str) {
     c.send(OpCode::Text, s.as_bytes());
 }
 
-fn subscribe(c: &mut RawClient, topic: &str) {
-    cmd(c, &format!("sub {topic}"));
+fn subscribe(c: &mut RawClient, channel: &str) {
+    cmd(c, &format!("sub {channel}"));
     assert_eq!(text(c), "subscribed");
 }
 
@@ -258,7 +258,7 @@ fn exclude_filter_unsubscribe_and_close() {
         core_answer == "0" || core_answer == "1",
         "c got {core_answer} instead of nothing"
     );
-    // close leaves all topics
+    // close leaves all channels
     assert_eq!(engine.handle().subscriber_count("news"), 2);
     drop(b);
     assert!(wait_until(Duration::from_secs(5), || engine
@@ -296,7 +296,7 @@ fn full_ring_spills_and_still_delivers_in_order() {
 }
 
 #[test]
-fn topic_without_subscribers_costs_no_cross_core_traffic() {
+fn channel_without_subscribers_costs_no_cross_core_traffic() {
     let engine = engine(test_config(2));
     let addr = engine.local_addr();
     let mut local_sub = client_on_core(addr, 0);
@@ -314,7 +314,7 @@ fn topic_without_subscribers_costs_no_cross_core_traffic() {
         after.forwarded, before.forwarded,
         "nothing crossed to core 1"
     );
-    // From outside: a topic never subscribed is not even queued.
+    // From outside: a channel never subscribed is not even queued.
     engine.handle().publish("never", "x");
     assert_eq!(engine.handle().metrics().forwarded, after.forwarded);
     engine.handle().shutdown();
@@ -405,7 +405,7 @@ fn corked_runs_share_one_buffer_per_subscriber() {
 fn corked_publishes_keep_order_with_sends_membership_filters_and_close() {
     let engine = engine(test_config(1));
     let addr = engine.local_addr();
-    // Publishes to two topics interleaved with direct sends reach a socket in call order.
+    // Publishes to two channels interleaved with direct sends reach a socket in call order.
     let mut me = RawClient::connect(addr, "/", None);
     subscribe(&mut me, "t1");
     subscribe(&mut me, "t2");

@@ -153,23 +153,23 @@ fn middleware_runs_in_order_around_the_route_and_can_stop() {
 fn app_router() -> Router {
     Router::new()
         .schema("join", |msg| match msg.data::<String>() {
-            Ok(room) if !room.is_empty() && room.len() <= 32 => Ok(()),
-            _ => Err("room must be a non-empty string of at most 32 bytes".into()),
+            Ok(channel) if !channel.is_empty() && channel.len() <= 32 => Ok(()),
+            _ => Err("channel must be a non-empty string of at most 32 bytes".into()),
         })
         .route("join", |ctx, msg| {
-            let room: String = msg.data()?;
-            ctx.join(&room);
-            let mut rooms = ctx.rooms();
-            rooms.sort();
-            ctx.reply("rooms", &rooms)?;
+            let channel: String = msg.data()?;
+            ctx.join(&channel);
+            let mut channels = ctx.channels();
+            channels.sort();
+            ctx.reply("channels", &channels)?;
             Ok(())
         })
         .route("leave", |ctx, msg| {
-            let room: String = msg.data()?;
-            if !ctx.leave(&room) {
-                return Err(RouteError::new("not in that room"));
+            let channel: String = msg.data()?;
+            if !ctx.leave(&channel) {
+                return Err(RouteError::new("not in that channel"));
             }
-            ctx.reply("rooms", &ctx.rooms())?;
+            ctx.reply("channels", &ctx.channels())?;
             Ok(())
         })
         .route("add", |ctx, msg| {
@@ -211,27 +211,27 @@ fn schema_checks_route_errors_and_the_message_context() {
 
     assert_eq!(
         ask(&mut ws, r#"{"type":"join","id":1,"data":""}"#),
-        r#"{"type":"error","id":1,"error":"room must be a non-empty string of at most 32 bytes"}"#
+        r#"{"type":"error","id":1,"error":"channel must be a non-empty string of at most 32 bytes"}"#
     );
     assert_eq!(
         ask(&mut ws, r#"{"type":"join","id":2,"data":42}"#),
-        r#"{"type":"error","id":2,"error":"room must be a non-empty string of at most 32 bytes"}"#
+        r#"{"type":"error","id":2,"error":"channel must be a non-empty string of at most 32 bytes"}"#
     );
     assert_eq!(
         ask(&mut ws, r#"{"type":"join","data":"lobby"}"#),
-        r#"{"type":"rooms","data":["lobby"]}"#
+        r#"{"type":"channels","data":["lobby"]}"#
     );
     assert_eq!(
         ask(&mut ws, r#"{"type":"join","data":"games"}"#),
-        r#"{"type":"rooms","data":["games","lobby"]}"#
+        r#"{"type":"channels","data":["games","lobby"]}"#
     );
     assert_eq!(
         ask(&mut ws, r#"{"type":"leave","data":"games"}"#),
-        r#"{"type":"rooms","data":["lobby"]}"#
+        r#"{"type":"channels","data":["lobby"]}"#
     );
     assert_eq!(
         ask(&mut ws, r#"{"type":"leave","id":"l","data":"games"}"#),
-        r#"{"type":"error","id":"l","error":"not in that room"}"#
+        r#"{"type":"error","id":"l","error":"not in that channel"}"#
     );
     assert_eq!(
         ask(&mut ws, r#"{"type":"add","id":9,"data":[2,40]}"#),

@@ -89,8 +89,8 @@ use self::limits::{Reservation, Sharded, UserEntry};
 use self::rate::{LocalBuckets, SharedBuckets};
 use edge_ws::fanout::Filter;
 use edge_ws::{
-    ConnectionId, Engine, EngineBuilder, EngineError, EngineHandle, Handler, PublishOptions,
-    Rejection, Socket, Upgrade, UpgradeRequest,
+    ConnectionId, Engine, EngineBuilder, EngineError, EngineHandle, Handler, MessageKind,
+    PublishOptions, Rejection, Socket, Upgrade, UpgradeRequest,
 };
 
 /// `Retry-After` on a 429 or 503 refusal at the upgrade (limits, capacity, an unavailable
@@ -428,14 +428,18 @@ impl Manager {
             exclude: None,
             filter: Some(user_filter(filter)),
         };
-        h.broadcast_all(text.as_bytes(), true, opts);
+        h.broadcast_all(text.as_bytes(), MessageKind::Text, opts);
         true
     }
 
     /// Sends `text` to every open connection.
     pub fn broadcast_all(&self, text: &str) -> bool {
         let Some(h) = self.engine() else { return false };
-        h.broadcast_all(text.as_bytes(), true, PublishOptions::default());
+        h.broadcast_all(
+            text.as_bytes(),
+            MessageKind::Text,
+            PublishOptions::default(),
+        );
         true
     }
 

@@ -17,7 +17,7 @@ use crate::events::{ErrorKind, Event};
 use crate::identity::UserContext;
 use crate::json;
 use crate::{ConnEntry, Manager, Scratch};
-use edge_ws::{ConnectionId, PublishOptions, SendError, Socket};
+use edge_ws::{ConnectionId, MessageKind, PublishOptions, SendError, Socket};
 
 /// Why a reply was not queued.
 #[derive(Debug, thiserror::Error)]
@@ -120,33 +120,34 @@ impl<'c, 'io> Context<'c, 'io> {
         self.conn.app = Some(Box::new(value));
     }
 
-    /// The rooms (topics) this connection is in.
-    pub fn rooms(&self) -> Vec<String> {
-        self.socket.topics()
+    /// The channels this connection is in.
+    pub fn channels(&self) -> Vec<String> {
+        self.socket.channels()
     }
 
-    /// Joins `room`; `false` if already in it.
-    pub fn join(&mut self, room: &str) -> bool {
-        self.socket.subscribe(room)
+    /// Joins `channel`; `false` if already in it.
+    pub fn join(&mut self, channel: &str) -> bool {
+        self.socket.subscribe(channel)
     }
 
-    /// Leaves `room`; `false` if not in it.
-    pub fn leave(&mut self, room: &str) -> bool {
-        self.socket.unsubscribe(room)
+    /// Leaves `channel`; `false` if not in it.
+    pub fn leave(&mut self, channel: &str) -> bool {
+        self.socket.unsubscribe(channel)
     }
 
-    /// Sends `text` to everyone in `room` on every core (this connection included if in it).
-    pub fn publish(&mut self, room: &str, text: &str) {
-        self.socket.publish(room, text);
+    /// Sends `text` to everyone in `channel` on every core (this connection included if in it).
+    pub fn publish(&mut self, channel: &str, text: &str) {
+        self.socket.publish(channel, text);
     }
 
-    /// Sends `text` to everyone else in `room`.
-    pub fn publish_others(&mut self, room: &str, text: &str) {
+    /// Sends `text` to everyone else in `channel`.
+    pub fn publish_others(&mut self, channel: &str, text: &str) {
         let opts = PublishOptions {
             exclude: Some(self.socket.id()),
             filter: None,
         };
-        self.socket.publish_with(room, text.as_bytes(), true, opts);
+        self.socket
+            .publish_with(channel, text.as_bytes(), MessageKind::Text, opts);
     }
 
     /// Sends `text` to every connection on every core whose user passes `filter`.
@@ -158,7 +159,8 @@ impl<'c, 'io> Context<'c, 'io> {
             exclude: None,
             filter: Some(crate::user_filter(filter)),
         };
-        self.socket.broadcast_all(text.as_bytes(), true, opts);
+        self.socket
+            .broadcast_all(text.as_bytes(), MessageKind::Text, opts);
     }
 
     /// The raw JSON of the current message's `id`, if it had one.
@@ -566,9 +568,9 @@ impl Routes {
 ///         Ok(())
 ///     })
 ///     .route("join", |ctx, msg| {
-///         let room: String = msg.data()?;
-///         ctx.join(&room);
-///         ctx.reply("joined", &room).map_err(|e| RouteError::new(e.to_string()))
+///         let channel: String = msg.data()?;
+///         ctx.join(&channel);
+///         ctx.reply("joined", &channel).map_err(|e| RouteError::new(e.to_string()))
 ///     });
 /// # let _ = router;
 /// ```

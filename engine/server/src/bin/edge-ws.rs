@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use edge_ws::protocol::deflate::DeflateConfig;
-use edge_ws::{Config, Cores, Engine, Handler, Message, SlowConsumerPolicy, Socket};
+use edge_ws::{Config, Cores, Engine, Handler, Message, MessageKind, SlowConsumerPolicy, Socket};
 use serde::Deserialize;
 
 #[global_allocator]
@@ -40,7 +40,7 @@ Logs go to stderr, filtered by RUST_LOG (default info; e.g. RUST_LOG=edge_ws=deb
 Exit status: 0 after a clean shutdown, 1 if the server failed while running, 2 for a
 bad command line or configuration.
 
-Paths: /sub subscribes to the \"broadcast\" topic, every message sent on /pub is
+Paths: /sub subscribes to the \"broadcast\" channel, every message sent on /pub is
 published to it (on every core), any other path echoes. GET /health answers JSON.
 SIGINT/SIGTERM: graceful shutdown (1001 to every client, then exit).
 ";
@@ -221,8 +221,12 @@ impl Handler for Demo {
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
         match socket.path() {
             "/pub" => {
-                let text = matches!(message, Message::Text(_));
-                socket.publish_with(TOPIC, message.payload(), text, Default::default());
+                socket.publish_with(
+                    TOPIC,
+                    message.payload(),
+                    MessageKind::of(&message),
+                    Default::default(),
+                );
             }
             "/sub" => {}
             _ => {
