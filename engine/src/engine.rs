@@ -220,7 +220,8 @@ impl EngineHandle {
     /// (one doorbell per core). Returns how many ids named an existing core.
     pub fn send_text_to_many(&self, to: &[ConnectionId], text: &str) -> usize {
         let frame = encode(OpCode::Text, text.as_bytes());
-        let mut woken = 0u64;
+        // One doorbell per core however many recipients it has (any number of cores).
+        let mut woken = vec![false; self.shared.cores];
         let mut n = 0;
         for id in to {
             let Some(q) = self.shared.queues.get(id.core()) else {
@@ -230,18 +231,19 @@ impl EngineHandle {
                 conn: id.conn(),
                 frame: frame.clone(),
             });
-            woken |= 1 << id.core().min(63);
+            woken[id.core()] = true;
             n += 1;
         }
-        while woken != 0 {
-            let c = woken.trailing_zeros() as usize;
-            woken &= woken - 1;
-            self.shared.wakers[c].wake();
+        for (c, w) in woken.into_iter().enumerate() {
+            if w {
+                self.shared.wakers[c].wake();
+            }
         }
         n
     }
 
-    /// Sends a binary message to a connection on any core.
+    /// Sends a binary message to a connection on any core. Returns `false` if the id names no
+    /// core; a stale id is counted (`sends_to_closed`) by the core that finds it gone.
     pub fn send_binary(&self, to: ConnectionId, data: &[u8]) -> bool {
         self.send_frame(to, encode(OpCode::Binary, data))
     }
@@ -256,7 +258,8 @@ impl EngineHandle {
         )
     }
 
-    /// Starts the close handshake of one connection.
+    /// Starts the close handshake of one connection. Returns `false` if the id names no core
+    /// (the command is queued otherwise; a connection already gone is left alone).
     pub fn close(&self, to: ConnectionId, code: CloseCode, reason: &str) -> bool {
         self.push(
             to.core(),
@@ -317,7 +320,9 @@ impl EngineHandle {
             .publish_external(Publish::new(Target::All, payload, kind.is_text(), opts));
     }
 
-    /// Subscribes a connection (on any core) to `channel`.
+    /// Subscribes a connection (on any core) to `channel`. Returns `false` if the id names no
+    /// core; otherwise the subscription is queued to the connection's core, which ignores it
+    /// if the connection is gone or already subscribed.
     pub fn subscribe(&self, id: ConnectionId, channel: &str) -> bool {
         self.push(
             id.core(),
@@ -328,7 +333,8 @@ impl EngineHandle {
         )
     }
 
-    /// Unsubscribes a connection (on any core) from `channel`.
+    /// Unsubscribes a connection (on any core) from `channel`. Returns `false` if the id names
+    /// no core (see [`EngineHandle::subscribe`]).
     pub fn unsubscribe(&self, id: ConnectionId, channel: &str) -> bool {
         self.push(
             id.core(),
@@ -352,7 +358,7 @@ impl EngineHandle {
         self.shared.channels.list()
     }
 
-    /// Creates a channel (channel) ahead of its first subscriber, so it is listed by
+    /// Creates a channel ahead of its first subscriber, so it is listed by
     /// [`EngineHandle::channels`].
     pub fn create_channel(&self, channel: &str) {
         self.shared.channels.get_or_create(channel);
@@ -360,7 +366,8 @@ impl EngineHandle {
 
     /// Decides an upgrade the handler deferred ([`crate::Upgrade::Defer`]): `Ok(data)` opens
     /// the WebSocket (with `data` in the socket's user data slot), `Err` answers with the
-    /// rejection. Ignored if the connection is gone (e.g. handshake timeout).
+    /// rejection. Ignored if the connection is gone (e.g. handshake timeout). Returns `false`
+    /// if the id names no core.
     pub fn resolve_upgrade(
         &self,
         id: ConnectionId,
