@@ -244,7 +244,13 @@ impl<H: Handler> MemEngine<H> {
                 }
                 busy = true;
             }
-            for d in cores.drivers.iter_mut() {
+            for (i, d) in cores.drivers.iter_mut().enumerate() {
+                // Only a core whose doorbell rang runs `on_wake`, as on the real runtime: work
+                // queued without a wake is a bug, and shows as a pump that never settles.
+                if !self.shared.wakers[i].take_wake() {
+                    busy |= self.work_waiting();
+                    continue;
+                }
                 d.wake();
                 // A core's spilled publishes show here too: its flush either moves some into
                 // the (then non-empty) ring or finds the ring full.

@@ -756,6 +756,21 @@ fn fan_out_spans_more_than_64_cores() {
 }
 
 #[test]
+fn send_to_many_rings_every_core_past_the_first_64() {
+    let (engine, _log) = engine(130);
+    let mut clients: Vec<MemClient> = [1, 65, 129]
+        .into_iter()
+        .map(|c| engine.connect(c, "/"))
+        .collect();
+    let ids: Vec<_> = clients.iter().map(MemClient::id).collect();
+    assert_eq!(engine.handle().send_text_to_many(&ids, "to all three"), 3);
+    engine.pump();
+    for c in clients.iter_mut() {
+        assert_eq!(texts(c), ["to all three"], "client on core {}", c.core());
+    }
+}
+
+#[test]
 fn exclude_and_filter_pick_the_recipients_on_every_core() {
     let (engine, _log) = engine(2);
     let mut plain0 = engine.connect(0, "/");
