@@ -142,8 +142,8 @@ impl Default for Config {
 impl Config {
     /// Checks that the configuration can work, naming the first key that cannot (the engine
     /// runs this before starting).
-    pub fn validate(&self) -> Result<(), crate::EngineError> {
-        let bad = |msg: String| Err(crate::EngineError::Config(msg));
+    pub fn validate(&self) -> Result<(), crate::error::EngineError> {
+        let bad = |msg: String| Err(crate::error::EngineError::Config(msg));
         if self.buf_count == 0 || !self.buf_count.is_power_of_two() {
             return bad(format!(
                 "buf_count must be a power of two, got {}",

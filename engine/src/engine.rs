@@ -5,154 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use crossbeam_queue::SegQueue;
 use edge_ws_protocol::deflate::DeflateConfig;
 use edge_ws_protocol::{CloseCode, Encoder, OpCode};
 
 use crate::config::{Config, Cores, SlowConsumerPolicy};
-use crate::core::WsService;
-use crate::fanout::{auto_ring_capacity, ChannelRegistry, Inbox, Publish, PublishOptions, Target};
-use crate::handler::{Handler, MessageKind, Rejection};
-use crate::metrics::{CoreMetrics, MetricsSnapshot};
-use crate::runtime::{ConnId, CoreWaker, Runtime, RuntimeConfig, RuntimeError, RuntimeStats};
-
-/// A connection's engine-wide id: its core and its per-core id (which carries a generation,
-/// so a stale id never reaches a newer connection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnectionId {
-    core: u32,
-    conn: ConnId,
-}
-
-impl ConnectionId {
-    pub(crate) fn new(core: usize, conn: ConnId) -> Self {
-        ConnectionId {
-            core: core as u32,
-            conn,
-        }
-    }
-
-    /// The index of the core the connection lives on.
-    pub fn core(self) -> usize {
-        self.core as usize
-    }
-
-    pub(crate) fn conn(self) -> ConnId {
-        self.conn
-    }
-
-    /// The connection's slot in its core's table: dense and reused after the connection
-    /// closes (with a new id), so a layer above can keep per-connection state in a `Vec`
-    /// indexed by it, per core.
-    pub fn slot(self) -> usize {
-        self.conn.index()
-    }
-}
-
-impl std::fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.core, self.conn)
-    }
-}
-
-/// Errors starting the engine.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// The configuration is not usable.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The runtime could not start (bind failure, core that does not exist, io_uring setup).
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-}
-
-pub(crate) enum Command {
-    Send {
-        conn: ConnId,
-        frame: Bytes,
-    },
-    Close {
-        conn: ConnId,
-        code: CloseCode,
-        reason: String,
-    },
-    CloseAll {
-        code: CloseCode,
-        reason: String,
-    },
-    Subscribe {
-        conn: ConnId,
-        channel: String,
-    },
-    Unsubscribe {
-        conn: ConnId,
-        channel: String,
-    },
-    ResolveUpgrade {
-        conn: ConnId,
-        decision: Result<Option<Box<dyn std::any::Any + Send>>, Rejection>,
-    },
-    /// A publish from outside the cores. It travels in the same queue as the other commands,
-    /// so what one thread does through the handle reaches each core in the order it did it
-    /// (a send after a publish arrives after it).
-    Deliver(Arc<Publish>),
-}
-
-/// State shared by every core and every handle: command queues, doorbells, metrics.
-pub(crate) struct Shared {
-    pub(crate) cores: usize,
-    pub(crate) queues: Box<[SegQueue<Command>]>,
-    pub(crate) wakers: Arc<[CoreWaker]>,
-    pub(crate) metrics: Arc<[CoreMetrics]>,
-    pub(crate) runtime_stats: std::sync::OnceLock<Arc<[RuntimeStats]>>,
-    pub(crate) inboxes: Box<[Arc<Inbox>]>,
-    pub(crate) channels: ChannelRegistry,
-}
-
-impl Shared {
-    /// The state shared by `cores` cores, each woken through its entry of `wakers`: empty
-    /// command queues, zeroed metrics, fan-out inboxes with `ring_capacity` publishes per lane
-    /// (0: [`auto_ring_capacity`]),
-    /// no channels. The one place it is built, for [`EngineBuilder::build`] and for the
-    /// in-memory cores of [`crate::testing::MemEngine`] alike.
-    pub(crate) fn new(cores: usize, ring_capacity: usize, wakers: Arc<[CoreWaker]>) -> Self {
-        debug_assert_eq!(wakers.len(), cores, "one waker per core");
-        Shared {
-            cores,
-            queues: (0..cores).map(|_| SegQueue::new()).collect(),
-            wakers,
-            metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
-            runtime_stats: std::sync::OnceLock::new(),
-            inboxes: {
-                let capacity = match ring_capacity {
-                    0 => auto_ring_capacity(cores),
-                    c => c,
-                };
-                (0..cores)
-                    .map(|_| Arc::new(Inbox::new(cores, capacity)))
-                    .collect()
-            },
-            channels: ChannelRegistry::new(cores),
-        }
-    }
-
-    /// Hands a publish from outside the cores to every core that should see it.
-    fn publish_external(&self, p: Publish) {
-        let p = Arc::new(p);
-        crate::metrics::inc(&self.metrics[0].publishes);
-        p.for_each_core(self.cores, |c| {
-            self.queues[c].push(Command::Deliver(p.clone()));
-            self.wakers[c].wake();
-        });
-    }
-
-    /// Open WebSocket connections over all cores.
-    pub(crate) fn connections(&self) -> u64 {
-        let s = MetricsSnapshot::sum(self.metrics.iter());
-        s.opened.saturating_sub(s.closed)
-    }
-}
+use crate::error::EngineError;
+use crate::fanout::{auto_ring_capacity, Publish, PublishOptions, Target};
+use crate::handler::Handler;
+use crate::ids::{ConnectionId, MessageKind};
+use crate::metrics::MetricsSnapshot;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::service::WsService;
+use crate::shared::{Command, Shared};
+use crate::upgrade::Rejection;
 
 /// A `Send + Sync + Clone` handle to a running engine, for code outside the cores.
 #[derive(Clone)]

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
-use crate::ConnectionId;
+use crate::ids::ConnectionId;
 
 /// Capacity of each core-to-core ring when `Config::ring_capacity` is 0 (automatic) and the
 /// machine has few cores; see [`auto_ring_capacity`].

@@ -4,14 +4,13 @@ use std::any::Any;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use edge_ws_protocol::handshake::Request;
-
-use crate::fanout::PublishOptions;
 use edge_ws_protocol::{CloseCode, Message};
 
-use crate::core::{CoreState, SendError};
+use crate::connection::{CoreState, SendError};
+use crate::fanout::PublishOptions;
+use crate::ids::{ConnectionId, MessageKind};
 use crate::runtime::{ConnId, Io};
-use crate::ConnectionId;
+use crate::upgrade::{Upgrade, UpgradeRequest};
 
 /// Application callbacks for one core.
 ///
@@ -45,110 +44,6 @@ pub trait Handler: 'static {
     /// fail from here on; its user data is still readable.
     fn on_close(&mut self, socket: &mut Socket<'_, '_>, code: CloseCode, reason: &str) {
         let _ = (socket, code, reason);
-    }
-}
-
-/// An upgrade request as the handler sees it.
-#[derive(Debug)]
-pub struct UpgradeRequest<'a> {
-    /// The id the connection will have once open (also the key for `resolve_upgrade`).
-    pub id: ConnectionId,
-    /// The peer's address.
-    pub peer: SocketAddr,
-    /// The parsed request: path, query, headers, offered subprotocols.
-    pub request: &'a Request,
-}
-
-/// The handler's decision on an upgrade request.
-pub enum Upgrade {
-    /// Open the WebSocket; the value (if any) goes into the socket's user data slot. The
-    /// subprotocol is the first the client offered among [`crate::Config::subprotocols`].
-    Accept(Option<Box<dyn Any>>),
-    /// Open the WebSocket speaking `protocol`, the handler's choice for this request (it must
-    /// be one the client offered, see [`Request::protocols`]; otherwise the upgrade is answered
-    /// 500, since no client could accept it). `None` opens it with no subprotocol whatever the
-    /// configured list says.
-    AcceptProtocol {
-        /// The subprotocol to answer with.
-        protocol: Option<String>,
-        /// The socket's user data.
-        data: Option<Box<dyn Any>>,
-    },
-    /// Answer with an HTTP error; no WebSocket.
-    Reject(Rejection),
-    /// Decide later with [`crate::EngineHandle::resolve_upgrade`].
-    Defer,
-}
-
-impl std::fmt::Debug for Upgrade {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Upgrade::Accept(d) => write!(f, "Accept(data: {})", d.is_some()),
-            Upgrade::AcceptProtocol { protocol, data } => {
-                write!(f, "AcceptProtocol({protocol:?}, data: {})", data.is_some())
-            }
-            Upgrade::Reject(r) => write!(f, "Reject({r:?})"),
-            Upgrade::Defer => f.write_str("Defer"),
-        }
-    }
-}
-
-/// Whether a message goes out as text (valid UTF-8, opcode 1) or binary (opcode 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MessageKind {
-    /// A text message: the payload must be valid UTF-8.
-    Text,
-    /// A binary message.
-    Binary,
-}
-
-impl MessageKind {
-    /// The kind of `message`: text for a text message, binary for anything else.
-    pub fn of(message: &Message) -> MessageKind {
-        match message {
-            Message::Text(_) => MessageKind::Text,
-            _ => MessageKind::Binary,
-        }
-    }
-
-    pub(crate) fn is_text(self) -> bool {
-        self == MessageKind::Text
-    }
-}
-
-/// An HTTP answer refusing an upgrade.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Rejection {
-    /// HTTP status, e.g. 401, 403, 429, 503.
-    pub status: u16,
-    /// A short plain-text body.
-    pub body: String,
-    /// Extra response headers, e.g. `Retry-After` with a 429 or 503, `WWW-Authenticate` with
-    /// a 401. Names that are not HTTP tokens are left out and CR/LF are dropped from values, so
-    /// a header cannot split the response.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Rejection {
-    /// A rejection with `status` and `body`.
-    pub fn new(status: u16, body: impl Into<String>) -> Self {
-        Rejection {
-            status,
-            body: body.into(),
-            headers: Vec::new(),
-        }
-    }
-
-    /// Adds a response header.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// Adds `Retry-After: <seconds>` (for 429 and 503: when the client may try again).
-    pub fn retry_after(self, seconds: u64) -> Self {
-        self.with_header("Retry-After", seconds.to_string())
     }
 }
 

@@ -26,19 +26,30 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+// Layers, each using only those above it in this list: names and errors; configuration and
+// counters; fan-out types; what cores and handles share; connections and their output;
+// the application API; the runtime service; the engine; the in-memory test engine.
 pub mod config;
-mod core;
+mod connection;
 mod engine;
+mod error;
 pub mod fanout;
 mod handler;
+mod ids;
 pub mod metrics;
+mod service;
+mod shared;
 pub mod testing;
+mod upgrade;
 
 pub use crate::config::{Config, Cores, SlowConsumerPolicy};
-pub use crate::core::SendError;
-pub use crate::engine::{ConnectionId, Engine, EngineBuilder, EngineError, EngineHandle};
+pub use crate::connection::SendError;
+pub use crate::engine::{Engine, EngineBuilder, EngineHandle};
+pub use crate::error::EngineError;
 pub use crate::fanout::{Filter, PublishOptions};
-pub use crate::handler::{Handler, MessageKind, Rejection, Socket, Upgrade, UpgradeRequest};
+pub use crate::handler::{Handler, Socket};
+pub use crate::ids::{ConnectionId, MessageKind};
 pub use crate::metrics::MetricsSnapshot;
+pub use crate::upgrade::{Rejection, Upgrade, UpgradeRequest};
 pub use edge_ws_protocol::{self as protocol, CloseCode, Message};
 pub use edge_ws_runtime as runtime;

@@ -56,12 +56,12 @@ use edge_ws_protocol::handshake::{
 use edge_ws_protocol::{CloseCode, Decoder, DecoderConfig, Encoder, Message, OpCode, Role};
 
 use crate::config::Config;
-use crate::core::WsService;
-use crate::engine::Shared;
 use crate::handler::Handler;
 use crate::metrics::MetricsSnapshot;
 use crate::runtime::mem::MemDriver;
 use crate::runtime::{ConnId, CoreWaker};
+use crate::service::WsService;
+use crate::shared::Shared;
 use crate::{ConnectionId, EngineHandle};
 
 /// Most rounds [`MemEngine::pump`] runs before it decides the cores never settle.

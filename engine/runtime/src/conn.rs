@@ -26,7 +26,7 @@ pub(super) enum State {
     /// `close()` was called: sending what is queued, then tearing down. Received data is dropped.
     Flushing,
     /// Cancel/close submitted; the slot is freed when every operation completed.
-    Closing,
+    TearingDown,
 }
 
 /// A multishot receive is in the kernel.
@@ -64,7 +64,7 @@ pub(super) enum SendPlan {
 }
 
 /// A connection slot. Idle cost: this struct (see `docs/design/io-runtime.md`), no buffers.
-pub(super) struct Conn {
+pub(super) struct Slot {
     /// Output: entries `[0, committed)` were handed to the kernel (the first may be partially
     /// sent, already advanced); then `urgent` urgent entries; then normal ones.
     pub(super) queue: VecDeque<Bytes>,
@@ -80,9 +80,9 @@ pub(super) struct Conn {
     pub(super) flags: u8,
 }
 
-impl Conn {
+impl Slot {
     pub(super) fn new(fd: RawFd, generation: u32) -> Self {
-        Conn {
+        Slot {
             queue: VecDeque::new(),
             sendvec: None,
             queued: 0,
@@ -290,7 +290,7 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
-    fn contents(c: &Conn) -> Vec<String> {
+    fn contents(c: &Slot) -> Vec<String> {
         c.queue
             .iter()
             .map(|b| String::from_utf8(b.to_vec()).unwrap())
@@ -300,23 +300,23 @@ mod tests {
     #[test]
     fn slot_size() {
         // Printed for docs/design/io-runtime.md (idle-connection cost).
-        println!("size_of::<Conn>() = {}", std::mem::size_of::<Conn>());
+        println!("size_of::<Slot>() = {}", std::mem::size_of::<Slot>());
         // Same shape as slab's private `Entry<T>`.
         #[allow(dead_code)]
         enum SlabEntry {
             Vacant(usize),
-            Occupied(Conn),
+            Occupied(Slot),
         }
         println!(
             "size_of::<slab entry>() = {}",
             std::mem::size_of::<SlabEntry>()
         );
-        assert!(std::mem::size_of::<Conn>() <= 72);
+        assert!(std::mem::size_of::<Slot>() <= 72);
     }
 
     #[test]
     fn coalesces_small_buffers_into_one_send() {
-        let mut c = Conn::new(-1, 1);
+        let mut c = Slot::new(-1, 1);
         let mut sv = Vec::new();
         c.push(b("hello "));
         c.push(b("world"));
@@ -336,7 +336,7 @@ mod tests {
     fn vectored_send_handles_short_writes() {
         let big = |ch: u8| Bytes::from(vec![ch; COALESCE_MAX + 1]);
         let n = COALESCE_MAX + 1;
-        let mut c = Conn::new(-1, 1);
+        let mut c = Slot::new(-1, 1);
         let mut sv = Vec::new();
         c.push(big(b'a'));
         c.push(big(b'b'));
@@ -364,7 +364,7 @@ mod tests {
 
     #[test]
     fn urgent_goes_after_committed_and_earlier_urgent() {
-        let mut c = Conn::new(-1, 1);
+        let mut c = Slot::new(-1, 1);
         let mut sv = Vec::new();
         c.push(b("a"));
         let _ = c.plan_send(&mut sv); // "a" in flight
@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn drop_waiting_keeps_a_partly_sent_frame() {
-        let mut c = Conn::new(-1, 1);
+        let mut c = Slot::new(-1, 1);
         let mut sv = Vec::new();
         c.push(Bytes::from(vec![7u8; 4000]));
         c.push(Bytes::from(vec![8u8; 4000]));
@@ -407,7 +407,7 @@ mod tests {
 
     #[test]
     fn drop_unsent_keeps_in_flight() {
-        let mut c = Conn::new(-1, 1);
+        let mut c = Slot::new(-1, 1);
         let mut sv = Vec::new();
         c.push(b("abc"));
         let _ = c.plan_send(&mut sv);

@@ -19,7 +19,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::bufring::BufRing;
 use super::conn::{
-    Conn, SendPlan, SendVec, State, CLOSE_INFLIGHT, IN_DIRTY, IN_REARM, RECV_ARMED, SEND_INFLIGHT,
+    SendPlan, SendVec, Slot, State, CLOSE_INFLIGHT, IN_DIRTY, IN_REARM, RECV_ARMED, SEND_INFLIGHT,
 };
 use super::{
     sys, ConnId, CoreWaker, RuntimeConfig, RuntimeError, RuntimeStats, Service, StartReport,
@@ -143,7 +143,7 @@ pub(super) struct Core {
     /// Dropped explicitly, before `bufs` and before the connections' send buffers.
     ring: ManuallyDrop<IoUring>,
     bufs: ManuallyDrop<BufRing>,
-    conns: Slab<Conn>,
+    conns: Slab<Slot>,
     /// Boxed so a `SendVec` keeps its address while the kernel reads it, even if the slab grows.
     #[allow(clippy::vec_box)]
     pool: Vec<Box<SendVec>>,
@@ -294,14 +294,14 @@ impl Core {
     }
 
     #[inline]
-    fn conn(&self, id: ConnId) -> Option<&Conn> {
+    fn conn(&self, id: ConnId) -> Option<&Slot> {
         self.conns
             .get(id.index())
             .filter(|c| c.generation == id.generation())
     }
 
     #[inline]
-    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Slot> {
         self.conns
             .get_mut(id.index())
             .filter(|c| c.generation == id.generation())
@@ -343,7 +343,7 @@ impl Core {
 
     fn abort(&mut self, id: ConnId) {
         if let Some(c) = self.conn_mut(id) {
-            if c.state != State::Closing {
+            if c.state != State::TearingDown {
                 self.teardown(id.index());
             }
         }
@@ -355,10 +355,10 @@ impl Core {
         let Some(c) = self.conns.get_mut(idx) else {
             return;
         };
-        if c.state == State::Closing {
+        if c.state == State::TearingDown {
             return;
         }
-        c.state = State::Closing;
+        c.state = State::TearingDown;
         c.drop_unsent();
         c.clear(IN_REARM);
         c.set(CLOSE_INFLIGHT);
@@ -384,7 +384,7 @@ impl Core {
     /// Frees a closing slot once nothing in the kernel references it; returns its id.
     fn try_free(&mut self, idx: usize) -> Option<ConnId> {
         let c = self.conns.get(idx)?;
-        if c.state != State::Closing || c.has(RECV_ARMED | SEND_INFLIGHT | CLOSE_INFLIGHT) {
+        if c.state != State::TearingDown || c.has(RECV_ARMED | SEND_INFLIGHT | CLOSE_INFLIGHT) {
             return None;
         }
         let mut c = self.conns.remove(idx);
@@ -453,7 +453,7 @@ impl Core {
                     continue;
                 }
                 c.clear(IN_DIRTY);
-                if c.state != State::Closing && !c.has(SEND_INFLIGHT) && !c.queue.is_empty() {
+                if c.state != State::TearingDown && !c.has(SEND_INFLIGHT) && !c.queue.is_empty() {
                     self.submit_send(idx);
                 }
             }
@@ -737,7 +737,7 @@ impl<S: Service> Driver<S> {
         };
         core.next_gen = (core.next_gen + 1) & GEN_MASK;
         let generation = core.next_gen;
-        let idx = core.conns.insert(Conn::new(fd, generation));
+        let idx = core.conns.insert(Slot::new(fd, generation));
         let st = &core.stats[core.index];
         RuntimeStats::add(&st.accepted, 1);
         RuntimeStats::set(&st.connections, core.conns.len() as u64);
@@ -832,7 +832,7 @@ impl<S: Service> Driver<S> {
             failed = !matches!(-res, libc::EINTR | libc::EAGAIN);
         }
         match c.state {
-            State::Closing => {
+            State::TearingDown => {
                 c.drop_unsent();
                 self.maybe_free(idx);
             }
@@ -949,7 +949,7 @@ impl<'a> Io<'a> {
 
     /// The queue of `id`, whichever the backend.
     #[inline]
-    fn slot(&self, id: ConnId) -> Option<&Conn> {
+    fn slot(&self, id: ConnId) -> Option<&Slot> {
         match &self.backend {
             Backend::Uring(c) => c.conn(id),
             Backend::Memory(m) => m.conn(id),
@@ -1017,7 +1017,7 @@ impl Io<'_> {
     /// write-buffer limit counts, so that a frame of any size, once being written, never
     /// counts against the frames queued after it.
     pub fn waiting_bytes(&self, id: ConnId) -> usize {
-        self.slot(id).map_or(0, Conn::waiting)
+        self.slot(id).map_or(0, Slot::waiting)
     }
 
     /// Whether urgent output queued for `id` waits behind output the kernel is still writing:

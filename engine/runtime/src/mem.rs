@@ -19,12 +19,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::conn::{Conn, SendVec, State, SEND_INFLIGHT};
+use crate::conn::{SendVec, Slot, State, SEND_INFLIGHT};
 use crate::{ConnId, Io, RuntimeStats, Service, GEN_MASK};
 
 /// One connection of the memory core: its queue and what the peer has been sent.
 struct MemSlot {
-    conn: Conn,
+    conn: Slot,
     /// Bytes delivered to the peer, not yet taken by the test.
     wire: Vec<u8>,
     /// How many more bytes the peer accepts; `None`: any number.
@@ -88,11 +88,11 @@ impl MemCore {
             .filter(|s| s.conn.generation == id.generation())
     }
 
-    pub(crate) fn conn(&self, id: ConnId) -> Option<&Conn> {
+    pub(crate) fn conn(&self, id: ConnId) -> Option<&Slot> {
         self.slot(id).map(|s| &s.conn)
     }
 
-    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Slot> {
         self.slot_mut(id).map(|s| &mut s.conn)
     }
 
@@ -131,10 +131,10 @@ impl MemCore {
 
     pub(crate) fn abort(&mut self, id: ConnId) {
         let Some(s) = self.slot_mut(id) else { return };
-        if s.conn.state == State::Closing {
+        if s.conn.state == State::TearingDown {
             return;
         }
-        s.conn.state = State::Closing;
+        s.conn.state = State::TearingDown;
         s.conn.drop_unsent();
         self.closing.push_back(id);
     }
@@ -164,7 +164,7 @@ impl MemCore {
             let Some(s) = self.slots.get_mut(idx) else {
                 continue;
             };
-            if s.conn.state == State::Closing {
+            if s.conn.state == State::TearingDown {
                 continue;
             }
             loop {
@@ -208,7 +208,7 @@ impl MemCore {
             if s.conn.queue.is_empty() && !s.conn.has(SEND_INFLIGHT) {
                 match s.conn.state {
                     State::Flushing => {
-                        s.conn.state = State::Closing;
+                        s.conn.state = State::TearingDown;
                         self.closing.push_back(id);
                     }
                     State::Open if s.had_output => {
@@ -274,7 +274,7 @@ impl<S: Service> MemDriver<S> {
         self.core.next_gen = (self.core.next_gen + 1) & GEN_MASK;
         let generation = self.core.next_gen;
         let idx = self.core.slots.insert(MemSlot {
-            conn: Conn::new(-1, generation),
+            conn: Slot::new(-1, generation),
             wire: Vec::new(),
             window: None,
             had_output: false,

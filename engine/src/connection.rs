@@ -1,5 +1,9 @@
-//! One core's WebSocket layer: handshakes, framing, timers and the close handshake, on top of
-//! the protocol-agnostic [`crate::runtime`] transport.
+//! One core's connections and their output: the connection table, the write limits and the
+//! slow-consumer policy, control frames under backpressure, the close paths, and fan-out
+//! delivery with its cork. This is the one place that queues frames for a connection (every
+//! send, reply and delivery goes through [`CoreState::send_frame`] or the cork), so it is the
+//! one place that keeps the cork rule: corked deliveries go out before anything queued after
+//! them.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -8,26 +12,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
-use edge_ws_protocol::deflate::{negotiate_server, DeflateParams};
-use edge_ws_protocol::handshake::{
-    parse_request, select_protocol, write_accept, write_http_response,
-    write_http_response_with_headers, Accept, ParseOutcome, Request,
-};
+use bytes::{Bytes, BytesMut};
+use edge_ws_protocol::deflate::DeflateParams;
+use edge_ws_protocol::handshake::Request;
 use edge_ws_protocol::{
-    codec::server_frame, CloseCode, Decoder, DecoderConfig, Encoder, Message, OpCode,
-    ProtocolError, Role,
+    codec::server_frame, CloseCode, Decoder, DecoderConfig, Encoder, OpCode, ProtocolError, Role,
 };
 
-use crate::config::{
-    Config, SlowConsumerPolicy, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_IDLE_TIMEOUT, CLOSE_SLOW_CONSUMER,
-};
-use crate::engine::{Command, Shared};
+use crate::config::{Config, SlowConsumerPolicy, CLOSE_SLOW_CONSUMER};
 use crate::fanout::{concat_frames, ChannelShared, Cork, Outbox, Publish, PublishOptions, Target};
-use crate::handler::{Handler, Rejection, Socket, Upgrade, UpgradeRequest};
+use crate::ids::ConnectionId;
 use crate::metrics::{add, inc, max, CoreMetrics};
-use crate::runtime::{ConnId, Io, Service};
-use crate::ConnectionId;
+use crate::runtime::{ConnId, Io};
+use crate::shared::Shared;
 
 /// Why a send did not queue a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -67,41 +64,41 @@ pub(crate) struct Extra {
     pub(crate) deflate: Option<DeflateParams>,
     /// Channels this connection is subscribed to (left on close).
     pub(crate) channels: Vec<Arc<str>>,
-    close_reason: Option<Box<str>>,
+    pub(crate) close_reason: Option<Box<str>>,
     /// A parsed upgrade request waiting for the handler's deferred decision.
-    pending: Option<Box<(Request, usize)>>,
+    pub(crate) pending: Option<Box<(Request, usize)>>,
     /// Names kept per connection only in rare cases.
-    names: Option<Box<Names>>,
+    pub(crate) names: Option<Box<Names>>,
     /// The pong for the most recent ping, held back while an earlier control frame still
     /// waits to be written (see [`CoreState::answer_ping`]).
-    pending_pong: Option<Box<PendingPong>>,
+    pub(crate) pending_pong: Option<Box<PendingPong>>,
 }
 
 /// Names a connection keeps for itself only in rare cases.
 #[derive(Default)]
-struct Names {
+pub(crate) struct Names {
     /// The request path when the core's path table is full.
-    path: Option<Box<str>>,
+    pub(crate) path: Option<Box<str>>,
     /// The subprotocol, when the handler chose one outside the configured list.
-    protocol: Option<Box<str>>,
+    pub(crate) protocol: Option<Box<str>>,
 }
 
 /// A pong not yet queued: at most one per connection (RFC 6455 §5.5.3 lets an endpoint answer
 /// only the most recent ping).
-struct PendingPong {
-    payload: Bytes,
+pub(crate) struct PendingPong {
+    pub(crate) payload: Bytes,
     /// Tick since which the connection's output has made no progress with a pong held back.
-    since: u32,
+    pub(crate) since: u32,
     /// The connection's queued bytes at `since`: any change means the peer is reading.
-    queued: usize,
+    pub(crate) queued: usize,
 }
 
 /// A peer address in 20 bytes (a `SocketAddr` takes 32).
 #[derive(Clone, Copy)]
 pub(crate) struct PeerAddr {
-    ip: [u8; 16],
-    port: u16,
-    v6: bool,
+    pub(crate) ip: [u8; 16],
+    pub(crate) port: u16,
+    pub(crate) v6: bool,
 }
 
 impl From<SocketAddr> for PeerAddr {
@@ -132,35 +129,35 @@ impl From<PeerAddr> for SocketAddr {
 }
 
 /// No interned path: see `Extra::path`.
-const NO_PATH: u16 = u16::MAX;
+pub(crate) const NO_PATH: u16 = u16::MAX;
 
 /// Most distinct request paths a core interns (beyond, paths are stored per connection).
-const MAX_PATHS: usize = 1024;
+pub(crate) const MAX_PATHS: usize = 1024;
 
 /// One connection's WebSocket state. Kept small: an idle, uncompressed connection holds no
 /// decoder, no encoder and no read buffer, only this (see `per_connection_state_stays_small`).
 pub(crate) struct Conn {
-    id: ConnId,
-    phase: Phase,
+    pub(crate) id: ConnId,
+    pub(crate) phase: Phase,
     /// The 101 was sent (so `on_close` is due).
-    opened: bool,
+    pub(crate) opened: bool,
     /// 1 + index into the configured subprotocols; 0 when none was agreed.
-    protocol: u8,
+    pub(crate) protocol: u8,
     /// Index into the core's path table, or `NO_PATH`.
-    path: u16,
+    pub(crate) path: u16,
     /// The close code to report; 0 when none yet.
-    close_code: u16,
+    pub(crate) close_code: u16,
     /// Handshake or close deadline, in ticks.
-    deadline: u32,
-    last_seen: u32,
+    pub(crate) deadline: u32,
+    pub(crate) last_seen: u32,
     /// Tick a heartbeat ping went out at; 0 when none is outstanding.
-    ping_sent: u32,
-    peer: PeerAddr,
-    rbuf: BytesMut,
+    pub(crate) ping_sent: u32,
+    pub(crate) peer: PeerAddr,
+    pub(crate) rbuf: BytesMut,
     pub(crate) data: Option<Box<dyn Any>>,
     /// This connection's own decoder: only while a message is in flight, or always with
     /// permessage-deflate (the inflater's context). Otherwise the core's shared one is used.
-    decoder: Option<Box<Decoder>>,
+    pub(crate) decoder: Option<Box<Decoder>>,
     pub(crate) extra: Option<Box<Extra>>,
 }
 
@@ -177,7 +174,7 @@ impl Conn {
         self.peer.into()
     }
 
-    fn set_close(&mut self, code: CloseCode, reason: &str) {
+    pub(crate) fn set_close(&mut self, code: CloseCode, reason: &str) {
         self.close_code = code.0;
         if !reason.is_empty() || self.extra.is_some() {
             self.extra_mut().close_reason = Some(reason.into());
@@ -188,63 +185,63 @@ impl Conn {
 /// Everything a core owns besides the handler.
 pub(crate) struct CoreState {
     pub(crate) core_index: usize,
-    cfg: Arc<Config>,
-    shared: Arc<Shared>,
-    conns: Vec<Option<Conn>>,
-    open: usize,
-    metrics: Arc<[CoreMetrics]>,
-    decoder_cfg: DecoderConfig,
-    start: Instant,
-    now_tick: u32,
-    ticks_per: TickSpans,
-    last_scan: u32,
-    draining: Option<u32>,
-    out: Vec<u8>,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conns: Vec<Option<Conn>>,
+    pub(crate) open: usize,
+    pub(crate) metrics: Arc<[CoreMetrics]>,
+    pub(crate) decoder_cfg: DecoderConfig,
+    pub(crate) start: Instant,
+    pub(crate) now_tick: u32,
+    pub(crate) ticks_per: TickSpans,
+    pub(crate) last_scan: u32,
+    pub(crate) draining: Option<u32>,
+    pub(crate) out: Vec<u8>,
     /// Channels this core has met: local subscribers and the shared channel.
-    channels: HashMap<Arc<str>, LocalChannel>,
+    pub(crate) channels: HashMap<Arc<str>, LocalChannel>,
     /// Spilled publishes waiting for room in a ring to another core.
-    outbox: Outbox,
+    pub(crate) outbox: Outbox,
     /// Local deliveries held back to batch them (see [`Cork`]).
-    cork: Cork,
+    pub(crate) cork: Cork,
     /// Largest run a cork holds, in frame bytes.
-    cork_max: usize,
+    pub(crate) cork_max: usize,
     /// Per window size, a no-context-takeover compressor whose output every subscriber with
     /// that window and `server_no_context_takeover` can share.
-    shared_encoders: HashMap<u8, Encoder>,
-    scratch_ids: Vec<ConnId>,
+    pub(crate) shared_encoders: HashMap<u8, Encoder>,
+    pub(crate) scratch_ids: Vec<ConnId>,
     /// The decoder idle connections share (see `Conn::decoder`).
-    scratch_decoder: Decoder,
+    pub(crate) scratch_decoder: Decoder,
     /// Interned request paths.
-    paths: Vec<Box<str>>,
-    path_index: HashMap<Box<str>, u16>,
+    pub(crate) paths: Vec<Box<str>>,
+    pub(crate) path_index: HashMap<Box<str>, u16>,
     /// Connections holding a [`PendingPong`], retried before each submit.
-    pong_waiters: Vec<ConnId>,
+    pub(crate) pong_waiters: Vec<ConnId>,
 }
 
-struct LocalChannel {
-    shared: Arc<ChannelShared>,
-    subs: Vec<ConnId>,
+pub(crate) struct LocalChannel {
+    pub(crate) shared: Arc<ChannelShared>,
+    pub(crate) subs: Vec<ConnId>,
 }
 
 /// Most publishes one core takes from its rings per wakeup before serving I/O again.
-const DRAIN_BUDGET: usize = 1024;
+pub(crate) const DRAIN_BUDGET: usize = 1024;
 
 /// Most frame bytes one corked run gathers (also at most a quarter of the write-buffer limit,
 /// so a run alone never trips the slow-consumer check).
-const CORK_MAX_BYTES: usize = 64 * 1024;
+pub(crate) const CORK_MAX_BYTES: usize = 64 * 1024;
 
-struct TickSpans {
-    handshake: u32,
-    heartbeat: Option<u32>,
-    heartbeat_timeout: u32,
-    idle: Option<u32>,
-    close: u32,
-    drain: u32,
-    scan: u32,
+pub(crate) struct TickSpans {
+    pub(crate) handshake: u32,
+    pub(crate) heartbeat: Option<u32>,
+    pub(crate) heartbeat_timeout: u32,
+    pub(crate) idle: Option<u32>,
+    pub(crate) close: u32,
+    pub(crate) drain: u32,
+    pub(crate) scan: u32,
 }
 
 impl CoreState {
-    fn m(&self) -> &CoreMetrics {
+    pub(crate) fn m(&self) -> &CoreMetrics {
         &self.metrics[self.core_index]
     }
 
@@ -303,7 +300,7 @@ impl CoreState {
     }
 
     /// [`CoreState::send_frame`] without flushing the cork.
-    fn queue_frame(
+    pub(crate) fn queue_frame(
         &mut self,
         io: &mut Io<'_>,
         id: ConnId,
@@ -333,7 +330,7 @@ impl CoreState {
     /// `max_message_size` is never refused for a client that keeps reading, whatever the
     /// limit. A connection so holds at most the frame in the kernel, the limit, and one frame.
     #[inline]
-    fn over_write_limit(&self, io: &Io<'_>, id: ConnId, len: usize) -> bool {
+    pub(crate) fn over_write_limit(&self, io: &Io<'_>, id: ConnId, len: usize) -> bool {
         let limit = self.cfg.write_buffer_limit;
         // Cheap test first: nothing to decide while everything queued plus this frame fits.
         io.queued_bytes(id) + len > limit && io.waiting_bytes(id) >= limit
@@ -346,7 +343,7 @@ impl CoreState {
     /// (Autobahn 2.10 checks that). Held pongs go out from `flush_pongs` once the way is clear; one held longer than
     /// the heartbeat timeout means the peer is not reading, and the slow-consumer policy
     /// applies (counted in `ping_flood_closes` when it closes).
-    fn answer_ping(&mut self, io: &mut Io<'_>, id: ConnId, payload: &[u8]) {
+    pub(crate) fn answer_ping(&mut self, io: &mut Io<'_>, id: ConnId, payload: &[u8]) {
         inc(&self.m().pings_in);
         if !io.urgent_blocked(id) {
             self.queue_pong(io, id, payload);
@@ -375,7 +372,7 @@ impl CoreState {
 
     /// Queues a pong ahead of data (after anything already urgent), subject to the write
     /// limit like every other frame.
-    fn queue_pong(&mut self, io: &mut Io<'_>, id: ConnId, payload: &[u8]) {
+    pub(crate) fn queue_pong(&mut self, io: &mut Io<'_>, id: ConnId, payload: &[u8]) {
         if self.over_write_limit(io, id, payload.len() + 2) {
             self.slow_consumer(io, id, 0);
             return;
@@ -388,7 +385,7 @@ impl CoreState {
     /// Queues the held pongs whose way is clear; applies the slow-consumer policy where a pong
     /// has been held while the connection's output made no progress for the heartbeat timeout
     /// (a slow reader that still reads is never closed for its pings).
-    fn flush_pongs(&mut self, io: &mut Io<'_>) {
+    pub(crate) fn flush_pongs(&mut self, io: &mut Io<'_>) {
         let mut waiters = std::mem::take(&mut self.pong_waiters);
         let stalled_after = self.ticks_per.heartbeat_timeout;
         let now = self.now_tick;
@@ -434,7 +431,7 @@ impl CoreState {
 
     /// After decoding for `id`: if the shared decoder was left mid-message, it becomes the
     /// connection's own; the shared one is always left idle for the next connection.
-    fn park_decoder(&mut self, id: ConnId) {
+    pub(crate) fn park_decoder(&mut self, id: ConnId) {
         if self.scratch_decoder.is_idle() {
             return;
         }
@@ -448,7 +445,7 @@ impl CoreState {
     }
 
     /// The index of `path` in the core's path table (`NO_PATH` when the table is full).
-    fn intern_path(&mut self, path: &str) -> u16 {
+    pub(crate) fn intern_path(&mut self, path: &str) -> u16 {
         if let Some(&i) = self.path_index.get(path) {
             return i;
         }
@@ -525,7 +522,7 @@ impl CoreState {
         true
     }
 
-    fn remove_subscriber(&mut self, id: ConnId, channel: &str) {
+    pub(crate) fn remove_subscriber(&mut self, id: ConnId, channel: &str) {
         let me = self.core_index;
         if let Some(local) = self.channels.get_mut(channel) {
             if let Some(i) = local.subs.iter().position(|&c| c == id) {
@@ -539,7 +536,7 @@ impl CoreState {
     }
 
     /// Leaves every channel (on close).
-    fn leave_all(&mut self, id: ConnId) {
+    pub(crate) fn leave_all(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -553,7 +550,7 @@ impl CoreState {
         }
     }
 
-    fn local_channel(&mut self, name: &str) -> &mut LocalChannel {
+    pub(crate) fn local_channel(&mut self, name: &str) -> &mut LocalChannel {
         if !self.channels.contains_key(name) {
             let shared = self.shared.channels.get_or_create(name);
             self.channels.insert(
@@ -595,7 +592,7 @@ impl CoreState {
 
     /// Hands a publish to every other core with subscribers (through the rings), then delivers
     /// it to this core's own subscribers.
-    fn dispatch(&mut self, io: &mut Io<'_>, p: Arc<Publish>) {
+    pub(crate) fn dispatch(&mut self, io: &mut Io<'_>, p: Arc<Publish>) {
         let me = self.core_index;
         inc(&self.metrics[me].publishes);
         let mut spilled = false;
@@ -698,7 +695,7 @@ impl CoreState {
     }
 
     /// This core's candidate recipients of a publish to `target` (open or not; callers check).
-    fn recipients(&self, target: &Target, ids: &mut Vec<ConnId>) {
+    pub(crate) fn recipients(&self, target: &Target, ids: &mut Vec<ConnId>) {
         ids.clear();
         match target {
             Target::Channel(t) => {
@@ -718,7 +715,7 @@ impl CoreState {
 
     /// Delivers one publish (with its exclude and filter) to this core's recipients now; the
     /// cork must be empty.
-    fn deliver_now(&mut self, io: &mut Io<'_>, p: &Publish) {
+    pub(crate) fn deliver_now(&mut self, io: &mut Io<'_>, p: &Publish) {
         debug_assert!(self.cork.is_empty());
         let me = self.core_index;
         let mut ids = std::mem::take(&mut self.scratch_ids);
@@ -752,7 +749,7 @@ impl CoreState {
     }
 
     /// Queues `p` alone for `id`, framed for it (see [`CoreState::frame_for`]); true if queued.
-    fn deliver_one(
+    pub(crate) fn deliver_one(
         &mut self,
         io: &mut Io<'_>,
         id: ConnId,
@@ -770,7 +767,12 @@ impl CoreState {
     /// The frame `id` gets for `p`: the shared uncompressed frame; a compressed frame shared by
     /// every no-context-takeover recipient with the same window; or, for connections that keep
     /// their compression context, a frame compressed for that connection alone.
-    fn frame_for(&mut self, id: ConnId, p: &Publish, shared: &mut [Option<Bytes>; 16]) -> Bytes {
+    pub(crate) fn frame_for(
+        &mut self,
+        id: ConnId,
+        p: &Publish,
+        shared: &mut [Option<Bytes>; 16],
+    ) -> Bytes {
         let opcode = if p.text { OpCode::Text } else { OpCode::Binary };
         let Some(conn) = self.conns[id.index()].as_mut() else {
             return p.frame.clone();
@@ -819,7 +821,7 @@ impl CoreState {
 
     /// Takes publishes from the other cores' rings and from outside threads, delivers them, and
     /// moves this core's own spilled publishes on.
-    fn drain_inbox(&mut self, io: &mut Io<'_>) {
+    pub(crate) fn drain_inbox(&mut self, io: &mut Io<'_>) {
         let me = self.core_index;
         let inbox = self.shared.inboxes[me].clone();
         let mut budget = DRAIN_BUDGET;
@@ -846,7 +848,12 @@ impl CoreState {
     }
 
     /// Applies the slow-consumer policy to a frame of `messages` messages that did not fit.
-    fn slow_consumer(&mut self, io: &mut Io<'_>, id: ConnId, messages: u64) -> SendError {
+    pub(crate) fn slow_consumer(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        messages: u64,
+    ) -> SendError {
         match self.cfg.slow_consumer {
             SlowConsumerPolicy::DropNewest => add(&self.m().slow_consumer_drops, messages),
             SlowConsumerPolicy::Close => {
@@ -895,7 +902,7 @@ impl CoreState {
 
     /// Fails the connection for a protocol error: close frame with the error's code, then the
     /// socket closes once it is flushed.
-    fn fail(&mut self, io: &mut Io<'_>, id: ConnId, err: ProtocolError) {
+    pub(crate) fn fail(&mut self, io: &mut Io<'_>, id: ConnId, err: ProtocolError) {
         self.uncork(io);
         let code = err.close_code();
         let deadline = self.now_tick + self.ticks_per.close;
@@ -925,653 +932,10 @@ impl CoreState {
     }
 }
 
-fn close_frame(code: CloseCode, reason: &str) -> Bytes {
+pub(crate) fn close_frame(code: CloseCode, reason: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(2 + 125);
     Encoder::server().encode_close(code, reason, &mut out);
     out.freeze()
-}
-
-/// Which subprotocol an accepted upgrade answers with.
-enum Chosen {
-    /// The first the client offered among `Config::subprotocols`.
-    Configured,
-    /// The handler's choice for this request.
-    This(Option<String>),
-}
-
-/// The runtime service: one per core, wrapping the application's handler.
-pub(crate) struct WsService<H: Handler> {
-    state: CoreState,
-    handler: H,
-}
-
-impl<H: Handler> WsService<H> {
-    pub(crate) fn new(
-        core_index: usize,
-        cfg: Arc<Config>,
-        shared: Arc<Shared>,
-        handler: H,
-    ) -> Self {
-        let tick = cfg.tick.max(std::time::Duration::from_millis(1));
-        let ticks = |d: std::time::Duration| -> u32 {
-            (d.as_nanos().div_ceil(tick.as_nanos())).clamp(1, u32::MAX as u128 / 4) as u32
-        };
-        let ticks_per = TickSpans {
-            handshake: ticks(cfg.handshake_timeout),
-            heartbeat: cfg.heartbeat_interval.map(ticks),
-            heartbeat_timeout: ticks(cfg.heartbeat_timeout),
-            idle: cfg.idle_timeout.map(ticks),
-            close: ticks(cfg.close_timeout),
-            drain: ticks(cfg.drain_timeout),
-            // Timers are checked by a scan over the core's connections every ~250 ms.
-            scan: ticks(std::time::Duration::from_millis(250)),
-        };
-        let decoder_cfg = DecoderConfig {
-            max_frame_size: cfg.max_frame_size,
-            max_message_size: cfg.max_message_size,
-            max_fragments: cfg.max_fragments,
-        };
-        let metrics = shared.metrics.clone();
-        let cores = shared.cores;
-        let max_per_core = cfg.max_connections.div_ceil(cores).clamp(1, 1 << 22);
-        let cork_max = CORK_MAX_BYTES.min(cfg.write_buffer_limit / 4);
-        WsService {
-            state: CoreState {
-                core_index,
-                cfg,
-                shared,
-                // Reserved up front like the runtime's table (no resident copies from doubling).
-                conns: Vec::with_capacity(max_per_core),
-                open: 0,
-                metrics,
-                decoder_cfg,
-                start: Instant::now(),
-                now_tick: 1,
-                ticks_per,
-                last_scan: 0,
-                draining: None,
-                out: Vec::new(),
-                channels: HashMap::new(),
-                outbox: Outbox::new(cores),
-                cork: Cork::default(),
-                cork_max,
-                shared_encoders: HashMap::new(),
-                scratch_ids: Vec::new(),
-                scratch_decoder: Decoder::new(Role::Server, decoder_cfg),
-                paths: Vec::new(),
-                path_index: HashMap::new(),
-                pong_waiters: Vec::new(),
-            },
-            handler,
-        }
-    }
-
-    fn socket<'a, 'io>(
-        state: &'a mut CoreState,
-        io: &'a mut Io<'io>,
-        id: ConnId,
-    ) -> Socket<'a, 'io> {
-        Socket { state, io, id }
-    }
-
-    fn handshake(&mut self, io: &mut Io<'_>, id: ConnId) {
-        let st = &mut self.state;
-        let max = st.cfg.max_request_len;
-        let mut out = std::mem::take(&mut st.out);
-        out.clear();
-        let Some(conn) = st.conn_mut(id) else {
-            st.out = out;
-            return;
-        };
-        let peer = conn.peer();
-        let outcome = parse_request(&conn.rbuf, max);
-        match outcome {
-            Ok(ParseOutcome::Partial) => {
-                st.out = out;
-                return;
-            }
-            Err(e) => {
-                inc(&st.metrics[st.core_index].rejected_bad_handshake);
-                tracing::info!(%peer, error = %e, "upgrade refused: bad handshake");
-                e.write_response(&mut out);
-                finish_http(st, io, id, &out);
-            }
-            Ok(ParseOutcome::NotUpgrade(info, _)) => {
-                inc(&st.metrics[st.core_index].http_requests);
-                if info.method == "GET" && info.path == "/health" {
-                    let body = format!(
-                        "{{\"status\":\"ok\",\"cores\":{},\"connections\":{}}}",
-                        st.shared.cores,
-                        st.shared.connections()
-                    );
-                    write_http_response(200, "OK", "application/json", body.as_bytes(), &mut out);
-                } else {
-                    write_http_response(
-                        400,
-                        "Bad Request",
-                        "text/plain",
-                        b"Expected WebSocket",
-                        &mut out,
-                    );
-                }
-                finish_http(st, io, id, &out);
-            }
-            Ok(ParseOutcome::Complete(req, used)) => {
-                st.out = out;
-                let decision = self.handler.on_upgrade(&UpgradeRequest {
-                    id: ConnectionId::new(self.state.core_index, id),
-                    peer,
-                    request: &req,
-                });
-                match decision {
-                    Upgrade::Accept(data) => {
-                        self.complete_upgrade(io, id, &req, used, Chosen::Configured, data)
-                    }
-                    Upgrade::AcceptProtocol { protocol, data } => {
-                        self.complete_upgrade(io, id, &req, used, Chosen::This(protocol), data)
-                    }
-                    Upgrade::Reject(rej) => self.reject_upgrade(io, id, &rej),
-                    Upgrade::Defer => {
-                        if let Some(conn) = self.state.conn_mut(id) {
-                            conn.extra_mut().pending = Some(Box::new((req, used)));
-                        }
-                    }
-                }
-                return;
-            }
-        }
-        st.out = out;
-    }
-
-    fn reject_upgrade(&mut self, io: &mut Io<'_>, id: ConnId, rej: &Rejection) {
-        let st = &mut self.state;
-        inc(&st.metrics[st.core_index].rejected_by_application);
-        tracing::info!(
-            peer = %st.conn(id).map(Conn::peer).map_or_else(String::new, |p| p.to_string()),
-            status = rej.status,
-            "upgrade refused by the application"
-        );
-        let mut out = std::mem::take(&mut st.out);
-        out.clear();
-        let headers: Vec<(&str, &str)> = rej
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        write_http_response_with_headers(
-            rej.status,
-            reason_phrase(rej.status),
-            "text/plain",
-            &headers,
-            rej.body.as_bytes(),
-            &mut out,
-        );
-        finish_http(st, io, id, &out);
-        st.out = out;
-    }
-
-    /// Answers a deferred upgrade (from [`crate::EngineHandle::resolve_upgrade`]).
-    fn resolve_upgrade(
-        &mut self,
-        io: &mut Io<'_>,
-        id: ConnId,
-        decision: Result<Option<Box<dyn Any + Send>>, Rejection>,
-    ) {
-        let Some(conn) = self.state.conn_mut(id) else {
-            return;
-        };
-        let Some(pending) = conn.extra.as_mut().and_then(|e| e.pending.take()) else {
-            return;
-        };
-        let (req, used) = *pending;
-        match decision {
-            Ok(data) => {
-                let data = data.map(|d| d as Box<dyn Any>);
-                self.complete_upgrade(io, id, &req, used, Chosen::Configured, data)
-            }
-            Err(rej) => self.reject_upgrade(io, id, &rej),
-        }
-    }
-
-    /// Negotiates subprotocol and compression, sends the 101 and opens the WebSocket.
-    fn complete_upgrade(
-        &mut self,
-        io: &mut Io<'_>,
-        id: ConnId,
-        req: &Request,
-        used: usize,
-        chosen: Chosen,
-        data: Option<Box<dyn Any>>,
-    ) {
-        let st = &mut self.state;
-        // A corked broadcast-to-all predates this connection: deliver it to the others first.
-        st.uncork(io);
-        let cfg = st.cfg.clone();
-        let supported: Vec<&str> = cfg.subprotocols.iter().map(|s| s.as_str()).collect();
-        let protocol = match &chosen {
-            Chosen::Configured => select_protocol(&req.protocols, &supported),
-            Chosen::This(None) => None,
-            Chosen::This(Some(p)) if req.protocols.iter().any(|o| o == p) => Some(p.as_str()),
-            Chosen::This(Some(p)) => {
-                tracing::warn!(protocol = %p, offered = ?req.protocols, "handler chose a subprotocol the client did not offer");
-                let rej = Rejection::new(500, "subprotocol not offered by the client");
-                return self.reject_upgrade(io, id, &rej);
-            }
-        };
-        let st = &mut self.state;
-        let mut out = std::mem::take(&mut st.out);
-        out.clear();
-        let deflate = cfg
-            .deflate
-            .as_ref()
-            .filter(|d| d.enabled)
-            .and_then(|d| negotiate_server(&req.extensions, d).map(|p| (d, p)));
-        let ext = deflate.as_ref().map(|(_, p)| p.to_header_value());
-        write_accept(
-            req,
-            &Accept {
-                protocol,
-                extensions: ext.as_deref(),
-                extra_headers: &[],
-            },
-            &mut out,
-        );
-        let configured = protocol.and_then(|p| cfg.subprotocols.iter().position(|s| s == p));
-        let protocol_idx = configured.map_or(0, |i| (i + 1).min(255) as u8);
-        // A protocol outside the configured list (the handler's choice) is kept by name.
-        let own_protocol: Option<Box<str>> =
-            protocol.filter(|_| configured.is_none()).map(Into::into);
-        let path_idx = st.intern_path(&req.path);
-        let now = st.now_tick;
-        let decoder_cfg = st.decoder_cfg;
-        let Some(conn) = st.conn_mut(id) else {
-            st.out = out;
-            return;
-        };
-        if let Some((d, p)) = deflate {
-            let mut decoder = Decoder::new(Role::Server, decoder_cfg);
-            decoder.set_deflate(&p);
-            conn.decoder = Some(Box::new(decoder));
-            let mut e = Encoder::server();
-            e.set_deflate(&p, d.level, d.threshold);
-            let ex = conn.extra_mut();
-            ex.encoder = Some(Box::new(e));
-            ex.deflate = Some(p);
-        }
-        if path_idx == NO_PATH {
-            conn.extra_mut()
-                .names
-                .get_or_insert_with(Default::default)
-                .path = Some(req.path.as_str().into());
-        }
-        if own_protocol.is_some() {
-            conn.extra_mut()
-                .names
-                .get_or_insert_with(Default::default)
-                .protocol = own_protocol;
-        }
-        conn.path = path_idx;
-        conn.protocol = protocol_idx;
-        conn.rbuf.advance(used);
-        conn.phase = Phase::Open;
-        conn.opened = true;
-        conn.last_seen = now;
-        if data.is_some() {
-            conn.data = data;
-        }
-        io.send(id, Bytes::copy_from_slice(&out));
-        st.open += 1;
-        inc(&st.metrics[st.core_index].opened);
-        st.out = out;
-        self.handler
-            .on_open(&mut Self::socket(&mut self.state, io, id));
-        self.read_frames(io, id);
-    }
-
-    fn read_frames(&mut self, io: &mut Io<'_>, id: ConnId) {
-        self.decode_frames(io, id);
-        self.state.park_decoder(id);
-    }
-
-    fn decode_frames(&mut self, io: &mut Io<'_>, id: ConnId) {
-        let now = self.state.now_tick;
-        let close_ticks = self.state.ticks_per.close;
-        loop {
-            let st = &mut self.state;
-            let Some(conn) = st.conns.get_mut(id.index()).and_then(Option::as_mut) else {
-                return;
-            };
-            if conn.id != id || !matches!(conn.phase, Phase::Open | Phase::Closing) {
-                return;
-            }
-            let decoder = match conn.decoder.as_deref_mut() {
-                Some(d) => d,
-                None => &mut st.scratch_decoder,
-            };
-            let msg = match decoder.decode(&mut conn.rbuf) {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    if conn.rbuf.is_empty() {
-                        // Idle connections hold no read memory.
-                        conn.rbuf = BytesMut::new();
-                    }
-                    return;
-                }
-                Err(e) => {
-                    st.fail(io, id, e);
-                    return;
-                }
-            };
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    if conn.phase != Phase::Open {
-                        continue; // after our close, data is discarded
-                    }
-                    let m = &st.metrics[st.core_index];
-                    inc(&m.messages_in);
-                    add(&m.bytes_in, msg.payload().len() as u64);
-                    self.handler
-                        .on_message(&mut Self::socket(&mut self.state, io, id), msg);
-                }
-                Message::Ping(p) => {
-                    if conn.phase == Phase::Open {
-                        st.answer_ping(io, id, &p);
-                    }
-                }
-                Message::Pong(_) => conn.ping_sent = 0,
-                Message::Close(frame) => {
-                    let (code, reason) = match &frame {
-                        Some(f) => (f.code, f.reason_str().into_owned()),
-                        None => (CloseCode::NO_STATUS, String::new()),
-                    };
-                    if conn.phase == Phase::Open {
-                        // Echo the peer's code (RFC 6455 §5.5.1), or an empty close if it sent none.
-                        let reply = match &frame {
-                            Some(f) => close_frame(f.code, ""),
-                            None => Bytes::from_static(&[0x88, 0x00]),
-                        };
-                        conn.set_close(code, &reason);
-                        // After the data already queued (RFC 6455 §5.5.1 allows finishing it;
-                        // no data frame may follow our close).
-                        io.send(id, reply);
-                    }
-                    conn.phase = Phase::Finishing;
-                    conn.deadline = now + close_ticks;
-                    conn.rbuf = BytesMut::new();
-                    // The server closes the TCP connection first (RFC 6455 §7.1.1).
-                    io.close(id);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn scan_timers(&mut self, io: &mut Io<'_>) {
-        let st = &mut self.state;
-        let now = st.now_tick;
-        let tp = &st.ticks_per;
-        let mut to_abort: Vec<(ConnId, Option<CloseCode>)> = Vec::new();
-        let mut to_ping = Vec::new();
-        for conn in st.conns.iter_mut().flatten() {
-            match conn.phase {
-                Phase::Handshake | Phase::Closing | Phase::Finishing => {
-                    if now >= conn.deadline && conn.deadline != 0 {
-                        to_abort.push((conn.id, None));
-                    }
-                }
-                Phase::Open => {
-                    let quiet = now.saturating_sub(conn.last_seen);
-                    if let Some(idle) = tp.idle {
-                        if quiet >= idle {
-                            to_abort.push((conn.id, Some(CLOSE_IDLE_TIMEOUT)));
-                            continue;
-                        }
-                    }
-                    if let Some(hb) = tp.heartbeat {
-                        if conn.ping_sent != 0 {
-                            if now.saturating_sub(conn.ping_sent) >= tp.heartbeat_timeout {
-                                to_abort.push((conn.id, Some(CLOSE_HEARTBEAT_TIMEOUT)));
-                            }
-                        } else if quiet >= hb {
-                            conn.ping_sent = now;
-                            to_ping.push(conn.id);
-                        }
-                    }
-                }
-            }
-        }
-        for id in to_ping {
-            if st.over_write_limit(io, id, 2) {
-                st.slow_consumer(io, id, 0);
-            } else {
-                io.send_urgent(id, Bytes::from_static(&[0x89, 0x00]));
-            }
-        }
-        for (id, code) in to_abort {
-            let m = &st.metrics[st.core_index];
-            let (phase, peer) = st.conn(id).map(|c| (c.phase, c.peer())).unzip();
-            let peer = peer.map_or_else(String::new, |p| p.to_string());
-            match (phase, code) {
-                (Some(Phase::Handshake), _) => {
-                    inc(&m.handshake_timeouts);
-                    tracing::info!(%peer, "dropped: handshake timeout");
-                }
-                (_, Some(CLOSE_IDLE_TIMEOUT)) => {
-                    inc(&m.idle_timeouts);
-                    tracing::info!(%peer, code = code.map(|c| c.0), "closing: idle timeout");
-                }
-                (_, Some(CLOSE_HEARTBEAT_TIMEOUT)) => {
-                    inc(&m.heartbeat_timeouts);
-                    tracing::info!(%peer, code = code.map(|c| c.0), "closing: heartbeat timeout");
-                }
-                _ => tracing::info!(%peer, ?phase, "dropped: close timeout"),
-            }
-            if let (Some(code), Some(conn)) = (code, st.conn_mut(id)) {
-                conn.close_code = code.0;
-                // Best effort: tell the client why (nothing queued may follow the close), then
-                // drop it without waiting.
-                io.discard_unsent(id);
-                io.send(id, close_frame(code, ""));
-                io.close(id);
-            } else {
-                io.abort(id);
-            }
-        }
-    }
-
-    fn drain_commands(&mut self, io: &mut Io<'_>) {
-        let shared = self.state.shared.clone();
-        let queue = &shared.queues[self.state.core_index];
-        // The same budget as the rings: publishes from outside threads come this way too.
-        let mut budget = DRAIN_BUDGET;
-        while budget > 0 {
-            let Some(cmd) = queue.pop() else { break };
-            budget -= 1;
-            match cmd {
-                Command::Send { conn, frame } => {
-                    let _ = self.state.send_frame(io, conn, frame, 1);
-                }
-                Command::Close { conn, code, reason } => {
-                    self.state.start_close(io, conn, code, &reason);
-                }
-                Command::Subscribe { conn, channel } => {
-                    self.state.subscribe(io, conn, &channel);
-                }
-                Command::Unsubscribe { conn, channel } => {
-                    self.state.unsubscribe(io, conn, &channel);
-                }
-                Command::ResolveUpgrade { conn, decision } => {
-                    self.resolve_upgrade(io, conn, decision);
-                }
-                Command::Deliver(p) => self.state.deliver(io, &p),
-                Command::CloseAll { code, reason } => {
-                    let ids: Vec<ConnId> =
-                        self.state.conns.iter().flatten().map(|c| c.id).collect();
-                    for id in ids {
-                        self.state.start_close(io, id, code, &reason);
-                    }
-                }
-            }
-        }
-        if budget == 0 {
-            // More work queued: come back after serving I/O.
-            self.state.shared.wakers[self.state.core_index].wake();
-        }
-    }
-
-    fn check_drained(&mut self, io: &mut Io<'_>) {
-        if let Some(deadline) = self.state.draining {
-            if self.state.conns.iter().all(Option::is_none) || self.state.now_tick >= deadline {
-                io.stop();
-            }
-        }
-    }
-}
-
-fn finish_http(st: &mut CoreState, io: &mut Io<'_>, id: ConnId, response: &[u8]) {
-    let deadline = st.now_tick + st.ticks_per.close;
-    if let Some(conn) = st.conn_mut(id) {
-        conn.phase = Phase::Finishing;
-        conn.deadline = deadline;
-        conn.rbuf = BytesMut::new();
-    }
-    io.send(id, Bytes::copy_from_slice(response));
-    io.close(id);
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        503 => "Service Unavailable",
-        _ => "Rejected",
-    }
-}
-
-impl<H: Handler> Service for WsService<H> {
-    fn on_open(&mut self, _io: &mut Io<'_>, id: ConnId, peer: SocketAddr) {
-        let st = &mut self.state;
-        let idx = id.index();
-        if st.conns.len() <= idx {
-            st.conns.resize_with(idx + 1, || None);
-        }
-        st.conns[idx] = Some(Conn {
-            id,
-            phase: Phase::Handshake,
-            deadline: st.now_tick + st.ticks_per.handshake,
-            last_seen: st.now_tick,
-            ping_sent: 0,
-            opened: false,
-            protocol: 0,
-            path: NO_PATH,
-            close_code: 0,
-            peer: peer.into(),
-            rbuf: BytesMut::new(),
-            data: None,
-            decoder: None,
-            extra: None,
-        });
-        inc(&st.metrics[st.core_index].accepted);
-        if st.draining.is_some() {
-            _io.abort(id);
-        }
-    }
-
-    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
-        let now = self.state.now_tick;
-        let Some(conn) = self.state.conn_mut(id) else {
-            return;
-        };
-        conn.last_seen = now;
-        match conn.phase {
-            Phase::Handshake => {
-                conn.rbuf.extend_from_slice(data);
-                if conn.extra.as_ref().is_none_or(|e| e.pending.is_none()) {
-                    self.handshake(io, id);
-                }
-            }
-            Phase::Open | Phase::Closing => {
-                conn.rbuf.extend_from_slice(data);
-                self.read_frames(io, id);
-            }
-            Phase::Finishing => {}
-        }
-    }
-
-    fn on_close(&mut self, io: &mut Io<'_>, id: ConnId) {
-        let st = &mut self.state;
-        let Some(conn) = st.conn(id) else { return };
-        let was_open = conn.opened;
-        let code = match conn.close_code {
-            0 => CloseCode::ABNORMAL,
-            c => CloseCode(c),
-        };
-        let reason = conn
-            .extra
-            .as_ref()
-            .and_then(|e| e.close_reason.clone())
-            .unwrap_or_default();
-        st.leave_all(id);
-        if was_open {
-            inc(&st.metrics[st.core_index].closed);
-            st.open -= 1;
-            if let Some(c) = st.conn_mut(id) {
-                c.phase = Phase::Finishing;
-            }
-            self.handler
-                .on_close(&mut Self::socket(&mut self.state, io, id), code, &reason);
-        }
-        self.state.conns[id.index()] = None;
-        self.check_drained(io);
-    }
-
-    fn on_tick(&mut self, io: &mut Io<'_>, now: Instant) {
-        let elapsed = now.duration_since(self.state.start);
-        let tick = self.state.cfg.tick.max(std::time::Duration::from_millis(1));
-        self.state.now_tick = 1 + (elapsed.as_nanos() / tick.as_nanos()) as u32;
-        if self.state.now_tick.wrapping_sub(self.state.last_scan) >= self.state.ticks_per.scan {
-            self.state.last_scan = self.state.now_tick;
-            self.scan_timers(io);
-        }
-        self.check_drained(io);
-    }
-
-    fn on_wake(&mut self, io: &mut Io<'_>) {
-        self.drain_commands(io);
-        self.state.drain_inbox(io);
-    }
-
-    fn before_submit(&mut self, io: &mut Io<'_>) {
-        self.state.uncork(io);
-        if !self.state.pong_waiters.is_empty() {
-            self.state.flush_pongs(io);
-        }
-    }
-
-    fn on_shutdown(&mut self, io: &mut Io<'_>) {
-        let st = &mut self.state;
-        tracing::info!(
-            open = st.open,
-            "shutting down: closing connections with 1001"
-        );
-        st.draining = Some(st.now_tick + st.ticks_per.drain);
-        io.stop_accepting();
-        let ids: Vec<(ConnId, Phase)> =
-            st.conns.iter().flatten().map(|c| (c.id, c.phase)).collect();
-        for (id, phase) in ids {
-            match phase {
-                Phase::Open => {
-                    st.start_close(io, id, CloseCode::GOING_AWAY, "server shutting down")
-                }
-                Phase::Handshake => io.abort(id),
-                _ => {}
-            }
-        }
-        self.check_drained(io);
-    }
 }
 
 #[cfg(test)]
