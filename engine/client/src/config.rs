@@ -1,0 +1,275 @@
+//! [`ClientBuilder`]: everything a connection can be told, and [`Client`], the entry point.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_ws_protocol::deflate::DeflateConfig;
+
+use crate::error::{Error, Result};
+use crate::reconnect::ReconnectBuilder;
+use crate::request::{IntoRequest, Request};
+use crate::socket::WebSocket;
+
+/// The entry point: [`Client::connect`] with the defaults, or [`Client::builder`] to set
+/// timeouts, limits, headers, subprotocols and compression.
+///
+/// ```no_run
+/// use edge_ws_client::{Client, Message};
+///
+/// # async fn run() -> edge_ws_client::Result<()> {
+/// let mut ws = Client::connect("ws://127.0.0.1:9001/echo").await?;
+/// ws.send(Message::text("hello")).await?;
+/// if let Some(reply) = ws.recv().await {
+///     println!("{:?}", reply?);
+/// }
+/// ws.close(1000, "done").await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Client;
+
+impl Client {
+    /// Connects with the default settings (see [`ClientBuilder`]). Must be called inside a
+    /// tokio runtime with I/O and time enabled: the connection's task is started with
+    /// [`tokio::spawn`].
+    pub async fn connect(request: impl IntoRequest) -> Result<WebSocket> {
+        ClientBuilder::new().connect(request).await
+    }
+
+    /// A builder with the default settings.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    /// A [`ReconnectBuilder`] for `request` with the default connection settings.
+    pub fn reconnecting(request: impl IntoRequest) -> ReconnectBuilder {
+        ClientBuilder::new().reconnecting(request)
+    }
+}
+
+/// Connection settings; reusable (`Clone`) for any number of connections.
+///
+/// | setting | default |
+/// | --- | --- |
+/// | [`deflate`](Self::deflate) | offered, [`DeflateConfig::default`] |
+/// | [`connect_timeout`](Self::connect_timeout) | 10 s |
+/// | [`handshake_timeout`](Self::handshake_timeout) | 10 s |
+/// | [`max_message_size`](Self::max_message_size) / [`max_frame_size`](Self::max_frame_size) | 16 MiB each |
+/// | [`keepalive`](Self::keepalive) | a ping after 30 s without a byte from the server, 10 s for its pong |
+/// | [`close_timeout`](Self::close_timeout) | 5 s |
+/// | [`write_queue_limit`](Self::write_queue_limit) | 1 MiB |
+/// | [`read_queue_limit`](Self::read_queue_limit) | 256 messages, 4 MiB |
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    pub(crate) inner: Arc<Settings>,
+}
+
+/// The settings behind a builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) protocols: Vec<String>,
+    pub(crate) deflate: Option<DeflateConfig>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_frame_size: usize,
+    pub(crate) max_fragments: usize,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) write_queue_limit: usize,
+    pub(crate) read_queue_messages: usize,
+    pub(crate) read_queue_bytes: usize,
+    pub(crate) max_response_len: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            headers: Vec::new(),
+            protocols: Vec::new(),
+            deflate: Some(DeflateConfig::default()),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_message_size: 16 << 20,
+            max_frame_size: 16 << 20,
+            max_fragments: 1 << 16,
+            ping_interval: Some(Duration::from_secs(30)),
+            pong_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            write_queue_limit: 1 << 20,
+            read_queue_messages: 256,
+            read_queue_bytes: 4 << 20,
+            max_response_len: 16 << 10,
+        }
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientBuilder {
+    /// The defaults (see the table above).
+    pub fn new() -> Self {
+        ClientBuilder {
+            inner: Arc::new(Settings::default()),
+        }
+    }
+
+    fn set(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        f(Arc::make_mut(&mut self.inner));
+        self
+    }
+
+    /// Adds a header line to every request (before the request's own).
+    pub fn header(self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let (name, value) = (name.into(), value.into());
+        self.set(|s| s.headers.push((name, value)))
+    }
+
+    /// Offers these subprotocols on every request, in order of preference (before the
+    /// request's own). The one the server chose is [`WebSocket::protocol`].
+    pub fn protocols<I, S>(self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let protocols: Vec<String> = protocols.into_iter().map(Into::into).collect();
+        self.set(|s| s.protocols.extend(protocols))
+    }
+
+    /// The permessage-deflate offer; `None` offers no compression. The config's `threshold`
+    /// and `level` apply to what we send; its window and context-takeover fields shape the
+    /// offer and must be honoured by the server's answer.
+    pub fn deflate(self, deflate: Option<DeflateConfig>) -> Self {
+        self.set(|s| s.deflate = deflate)
+    }
+
+    /// How long resolving the host and opening the TCP connection may take.
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.set(|s| s.connect_timeout = timeout)
+    }
+
+    /// How long the server may take to answer the upgrade request.
+    pub fn handshake_timeout(self, timeout: Duration) -> Self {
+        self.set(|s| s.handshake_timeout = timeout)
+    }
+
+    /// The largest message accepted from the server, after reassembly and inflation; a larger
+    /// one fails the connection with 1009 ([`Error::Protocol`]).
+    pub fn max_message_size(self, bytes: usize) -> Self {
+        self.set(|s| s.max_message_size = bytes)
+    }
+
+    /// The largest single frame accepted from the server (compressed size for compressed
+    /// frames).
+    pub fn max_frame_size(self, bytes: usize) -> Self {
+        self.set(|s| s.max_frame_size = bytes)
+    }
+
+    /// The most frames one fragmented message from the server may have. Default 65,536.
+    pub fn max_fragments(self, frames: usize) -> Self {
+        self.set(|s| s.max_fragments = frames)
+    }
+
+    /// Keepalive: after `interval` without a byte from the server, send a ping; if no pong
+    /// comes within `pong_timeout`, close with 4002 and end the connection with
+    /// [`Error::PongTimeout`]. `None` sends no pings (the server's pings are answered either
+    /// way). Time is counted in 10 ms steps.
+    pub fn keepalive(self, interval: Option<Duration>, pong_timeout: Duration) -> Self {
+        self.set(|s| {
+            s.ping_interval = interval;
+            s.pong_timeout = pong_timeout;
+        })
+    }
+
+    /// How long the close handshake may take (our close frame to the server's reply, and the
+    /// server closing TCP after it) before the connection is dropped with
+    /// [`Error::CloseTimeout`].
+    pub fn close_timeout(self, timeout: Duration) -> Self {
+        self.set(|s| s.close_timeout = timeout)
+    }
+
+    /// Bytes allowed to wait to be written (messages queued by the application plus encoded
+    /// frames not yet taken by the kernel). While they are at or over the limit,
+    /// [`send`](crate::Sender::send) waits and [`try_send`](crate::Sender::try_send) fails
+    /// with [`Error::WouldBlock`]; below it a message of any size is accepted, so at most the
+    /// limit plus one message is held.
+    pub fn write_queue_limit(self, bytes: usize) -> Self {
+        self.set(|s| s.write_queue_limit = bytes)
+    }
+
+    /// Received messages that may wait for the application. Once `messages` messages or
+    /// `bytes` bytes wait, the connection stops reading the socket (TCP flow control then
+    /// slows the server) until the application takes some; pings already decoded are still
+    /// answered. At most `bytes` plus one message is held.
+    pub fn read_queue_limit(self, messages: usize, bytes: usize) -> Self {
+        self.set(|s| {
+            s.read_queue_messages = messages;
+            s.read_queue_bytes = bytes;
+        })
+    }
+
+    /// Cap on the server's response header block. Default 16 KiB.
+    pub fn max_response_len(self, bytes: usize) -> Self {
+        self.set(|s| s.max_response_len = bytes)
+    }
+
+    /// Connects: TCP, the upgrade request, the server's 101, permessage-deflate negotiation;
+    /// then starts the connection's task with [`tokio::spawn`] (call this inside a tokio
+    /// runtime with I/O and time enabled; a current-thread runtime is fine).
+    pub async fn connect(&self, request: impl IntoRequest) -> Result<WebSocket> {
+        let request = request.into_request()?;
+        self.inner.validate()?;
+        let request = request.with_defaults(&self.inner.headers, &self.inner.protocols);
+        request.validate()?;
+        let established = crate::handshake::connect(&self.inner, &request).await?;
+        Ok(crate::socket::spawn(&self.inner, established))
+    }
+
+    /// A [`ReconnectBuilder`] for `request` with these connection settings.
+    pub fn reconnecting(&self, request: impl IntoRequest) -> ReconnectBuilder {
+        ReconnectBuilder::new(self.clone(), request.into_request())
+    }
+}
+
+impl Settings {
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |s: &str| Err(Error::Config(s.to_owned()));
+        if self.max_message_size == 0 || self.max_frame_size == 0 || self.max_fragments == 0 {
+            return bad("max_message_size, max_frame_size and max_fragments must be at least 1");
+        }
+        if self.write_queue_limit == 0 {
+            return bad("write_queue_limit must be at least 1 byte");
+        }
+        if self.read_queue_messages == 0 || self.read_queue_bytes == 0 {
+            return bad("read_queue_limit must allow at least 1 message and 1 byte");
+        }
+        if self.max_response_len < 256 {
+            return bad("max_response_len must be at least 256 bytes");
+        }
+        for (name, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("close_timeout", self.close_timeout),
+            ("pong_timeout", self.pong_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("{name} must be longer than zero")));
+            }
+        }
+        if self.ping_interval.is_some_and(|d| d.is_zero()) {
+            return bad("the keepalive interval must be longer than zero (None disables it)");
+        }
+        Ok(())
+    }
+}
+
+/// Needed by [`ReconnectBuilder`]: the request may fail to parse; that error is reported when
+/// the client starts.
+pub(crate) type PendingRequest = Result<Request>;

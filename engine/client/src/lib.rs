@@ -1,0 +1,76 @@
+//! # edge-ws-client
+//!
+//! An async WebSocket client (RFC 6455, permessage-deflate RFC 7692) on tokio, built on the
+//! sans-IO [`Connection`](edge_ws_protocol::Connection) of [`edge_ws_protocol`] in the
+//! client role.
+//!
+//! What it does:
+//! - [`Client::connect`] / [`ClientBuilder`]: `ws://` URLs, extra headers, subprotocols (the
+//!   chosen one is [`WebSocket::protocol`]), a permessage-deflate offer (on by default),
+//!   connect and handshake timeouts, message and frame size limits, keepalive pings with a
+//!   pong timeout, a close timeout, and bounded write and read queues.
+//! - [`WebSocket`]: `send` (waits while the write queue is at its limit) and `try_send`
+//!   ([`Error::WouldBlock`]), `recv`, `close(code, reason)` (the close handshake, then TCP
+//!   closed), [`Stream`](futures_core::Stream) and [`Sink`](futures_sink::Sink), and
+//!   [`split`](WebSocket::split) into a [`Sender`] (`Clone`) and a [`Receiver`].
+//! - One task per connection, started with [`tokio::spawn`], owns the socket: it answers the
+//!   server's pings even while the application only sends and never reads, sends keepalive
+//!   pings, and stops reading the socket (instead of buffering without bound) while the
+//!   application does not take received messages.
+//! - [`ReconnectingClient`]: reconnects with exponential backoff and full jitter, honouring
+//!   close codes (4000–4499 reconnect, 4500–4999 stop, 1000/1001 as configured), with an
+//!   [`on_connect`](ReconnectBuilder::on_connect) hook to resubscribe and
+//!   [`ReconnectEvent`]s to observe.
+//! - Masking and handshake keys come from the operating system's generator ([`getrandom`]),
+//!   masking keys 64 per system call.
+//!
+//! What it refuses to do:
+//! - TLS: a `wss://` URL fails with [`Error::TlsNotSupported`] (for now).
+//! - Run without a tokio runtime: connecting spawns a task, so it must be called inside a
+//!   runtime (current-thread or multi-thread) with I/O and time enabled.
+//! - Buffer without bound: both queues are bounded, and a full write queue makes `send` wait.
+//! - Drop messages silently: what could not be sent or read is counted in [`Stats`].
+//! - Hand pings, pongs or close frames to the application: the task handles them; how the
+//!   connection ended is [`WebSocket::close_info`].
+//! - Predictable masking keys: there is no fallback generator.
+//! - HTTP proxies, redirects, cookies, connection pools and load balancing.
+//!
+//! ```no_run
+//! use edge_ws_client::{Client, Message};
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> edge_ws_client::Result<()> {
+//!     let mut ws = Client::builder()
+//!         .protocols(["echo"])
+//!         .connect("ws://127.0.0.1:9001/")
+//!         .await?;
+//!     ws.send(Message::text("hello")).await?;
+//!     assert_eq!(ws.recv().await.transpose()?, Some(Message::text("hello")));
+//!     ws.close(1000, "bye").await
+//! }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod driver;
+mod error;
+mod handshake;
+mod keys;
+mod message;
+mod pipe;
+pub mod reconnect;
+mod request;
+mod socket;
+
+pub use crate::config::{Client, ClientBuilder};
+pub use crate::error::{Error, Result};
+pub use crate::message::{CloseInfo, Message, Stats};
+pub use crate::reconnect::{
+    Backoff, Events, Jitter, ReconnectBuilder, ReconnectEvent, ReconnectingClient,
+};
+pub use crate::request::{IntoRequest, IntoUrl, Request, Url};
+pub use crate::socket::{ConnectionInfo, Receiver, Sender, WebSocket};
+pub use edge_ws_protocol::connection::Side;
+pub use edge_ws_protocol::deflate::{DeflateConfig, DeflateParams};
+pub use edge_ws_protocol::CloseCode;
