@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use edge_ws_protocol::connection::{Connection, ConnectionConfig};
 use edge_ws_protocol::deflate::DeflateParams;
 use edge_ws_protocol::handshake::Request;
-use edge_ws_protocol::{
-    codec::server_frame, CloseCode, Decoder, DecoderConfig, Encoder, OpCode, ProtocolError, Role,
-};
+use edge_ws_protocol::{codec::server_frame, CloseCode, Decoder, Encoder, OpCode, ProtocolError};
 
 use crate::config::{Config, SlowConsumerPolicy, CLOSE_SLOW_CONSUMER};
 use crate::fanout::{concat_frames, ChannelShared, Cork, Outbox, Publish, PublishOptions, Target};
@@ -69,9 +68,9 @@ pub(crate) struct Extra {
     pub(crate) pending: Option<Box<(Request, usize)>>,
     /// Names kept per connection only in rare cases.
     pub(crate) names: Option<Box<Names>>,
-    /// The pong for the most recent ping, held back while an earlier control frame still
-    /// waits to be written (see [`CoreState::answer_ping`]).
-    pub(crate) pending_pong: Option<Box<PendingPong>>,
+    /// While the connection holds a pong it cannot write yet: since when its output has not
+    /// moved (see [`CoreState::flush_pongs`]).
+    pub(crate) pong_stall: Option<PongStall>,
 }
 
 /// Names a connection keeps for itself only in rare cases.
@@ -83,10 +82,10 @@ pub(crate) struct Names {
     pub(crate) protocol: Option<Box<str>>,
 }
 
-/// A pong not yet queued: at most one per connection (RFC 6455 §5.5.3 lets an endpoint answer
-/// only the most recent ping).
-pub(crate) struct PendingPong {
-    pub(crate) payload: Bytes,
+/// How long a connection has held a pong it could not write (its [`Connection`] holds the pong
+/// itself: at most one, the newest ping's).
+#[derive(Clone, Copy)]
+pub(crate) struct PongStall {
     /// Tick since which the connection's output has made no progress with a pong held back.
     pub(crate) since: u32,
     /// The connection's queued bytes at `since`: any change means the peer is reading.
@@ -147,17 +146,17 @@ pub(crate) struct Conn {
     pub(crate) path: u16,
     /// The close code to report; 0 when none yet.
     pub(crate) close_code: u16,
-    /// Handshake or close deadline, in ticks.
+    /// The handshake deadline, or the flush deadline of a plain HTTP answer, in ticks.
     pub(crate) deadline: u32,
-    pub(crate) last_seen: u32,
-    /// Tick a heartbeat ping went out at; 0 when none is outstanding.
-    pub(crate) ping_sent: u32,
     pub(crate) peer: PeerAddr,
-    pub(crate) rbuf: BytesMut,
+    /// Bytes received and not decoded yet; `None` while there are none, so an idle connection
+    /// holds no buffer.
+    pub(crate) rbuf: Option<Box<BytesMut>>,
     pub(crate) data: Option<Box<dyn Any>>,
-    /// This connection's own decoder: only while a message is in flight, or always with
-    /// permessage-deflate (the inflater's context). Otherwise the core's shared one is used.
-    pub(crate) decoder: Option<Box<Decoder>>,
+    /// The WebSocket state machine: close handshake, pongs, heartbeat, idle and close
+    /// deadlines, and a decoder of its own only while a message is in flight (or with
+    /// permessage-deflate); otherwise it decodes with the core's shared one.
+    pub(crate) ws: Connection,
     pub(crate) extra: Option<Box<Extra>>,
 }
 
@@ -190,7 +189,6 @@ pub(crate) struct CoreState {
     pub(crate) conns: Vec<Option<Conn>>,
     pub(crate) open: usize,
     pub(crate) metrics: Arc<[CoreMetrics]>,
-    pub(crate) decoder_cfg: DecoderConfig,
     pub(crate) start: Instant,
     pub(crate) now_tick: u32,
     pub(crate) ticks_per: TickSpans,
@@ -209,12 +207,14 @@ pub(crate) struct CoreState {
     /// that window and `server_no_context_takeover` can share.
     pub(crate) shared_encoders: HashMap<u8, Encoder>,
     pub(crate) scratch_ids: Vec<ConnId>,
-    /// The decoder idle connections share (see `Conn::decoder`).
+    /// The decoder idle connections share (see `Conn::ws`).
     pub(crate) scratch_decoder: Decoder,
+    /// What every connection's state machine is told (ticks, limits), one copy per core.
+    pub(crate) ws_cfg: ConnectionConfig,
     /// Interned request paths.
     pub(crate) paths: Vec<Box<str>>,
     pub(crate) path_index: HashMap<Box<str>, u16>,
-    /// Connections holding a [`PendingPong`], retried before each submit.
+    /// Connections holding a pong they could not write, retried before each submit.
     pub(crate) pong_waiters: Vec<ConnId>,
 }
 
@@ -336,112 +336,91 @@ impl CoreState {
         io.queued_bytes(id) + len > limit && io.waiting_bytes(id) >= limit
     }
 
-    /// Answers a ping. While the connection's output is blocked (an earlier control frame
-    /// waits behind a send the kernel has not finished), at most one pong is held and the
-    /// newest ping's pong replaces it (RFC 6455 §5.5.3), so a peer that sends pings and never
-    /// reads costs a constant, not a queue. A peer that reads gets a pong for every ping
-    /// (Autobahn 2.10 checks that). Held pongs go out from `flush_pongs` once the way is clear; one held longer than
-    /// the heartbeat timeout means the peer is not reading, and the slow-consumer policy
-    /// applies (counted in `ping_flood_closes` when it closes).
-    pub(crate) fn answer_ping(&mut self, io: &mut Io<'_>, id: ConnId, payload: &[u8]) {
-        inc(&self.m().pings_in);
-        if !io.urgent_blocked(id) {
-            self.queue_pong(io, id, payload);
-            return;
-        }
-        inc(&self.m().pongs_superseded);
+    /// Writes the control frames `id`'s state machine has for it: pongs and heartbeat pings
+    /// jump ahead of queued data (when the way is clear: while an earlier control frame still
+    /// waits behind a send the kernel has not finished, the newest ping's pong is held, at most
+    /// one, RFC 6455 §5.5.3) and pass the write limit like every other frame; a close frame
+    /// goes after the data already queued, with the corked deliveries made before it. A held
+    /// pong puts the connection on the list `flush_pongs` retries before each submit.
+    pub(crate) fn flush_control(&mut self, io: &mut Io<'_>, id: ConnId) {
+        let cfg = self.ws_cfg;
         let now = self.now_tick;
-        let queued = io.queued_bytes(id);
-        let Some(conn) = self.conn_mut(id) else {
-            return;
-        };
-        let payload = Bytes::copy_from_slice(payload);
-        let extra = conn.extra_mut();
-        match extra.pending_pong.as_mut() {
-            Some(p) => p.payload = payload,
-            None => {
-                extra.pending_pong = Some(Box::new(PendingPong {
-                    payload,
-                    since: now,
-                    queued,
-                }));
-                self.pong_waiters.push(id);
-            }
-        }
-    }
-
-    /// Queues a pong ahead of data (after anything already urgent), subject to the write
-    /// limit like every other frame.
-    pub(crate) fn queue_pong(&mut self, io: &mut Io<'_>, id: ConnId, payload: &[u8]) {
-        if self.over_write_limit(io, id, payload.len() + 2) {
-            self.slow_consumer(io, id, 0);
-            return;
-        }
-        let mut out = BytesMut::with_capacity(payload.len() + 2);
-        Encoder::server().encode(OpCode::Pong, payload, &mut out);
-        io.send_urgent(id, out.freeze());
-    }
-
-    /// Queues the held pongs whose way is clear; applies the slow-consumer policy where a pong
-    /// has been held while the connection's output made no progress for the heartbeat timeout
-    /// (a slow reader that still reads is never closed for its pings).
-    pub(crate) fn flush_pongs(&mut self, io: &mut Io<'_>) {
-        let mut waiters = std::mem::take(&mut self.pong_waiters);
-        let stalled_after = self.ticks_per.heartbeat_timeout;
-        let now = self.now_tick;
-        waiters.retain(|&id| {
+        loop {
+            let slot_free = !io.urgent_blocked(id);
             let Some(conn) = self.conn_mut(id) else {
-                return false;
+                return;
             };
-            let open = conn.phase == Phase::Open;
-            let Some(extra) = conn.extra.as_mut() else {
-                return false;
-            };
-            let Some(pending) = extra
-                .pending_pong
-                .take_if(|_| !open || !io.urgent_blocked(id))
-            else {
-                let queued = io.queued_bytes(id);
-                let stalled = extra.pending_pong.as_mut().is_some_and(|p| {
-                    if p.queued != queued {
-                        p.queued = queued;
-                        p.since = now;
+            let Some(t) = conn.ws.poll_transmit(&cfg, slot_free, None) else {
+                if conn.ws.held_pong().is_some() {
+                    let extra = conn.extra_mut();
+                    if extra.pong_stall.is_none() {
+                        extra.pong_stall = Some(PongStall {
+                            since: now,
+                            queued: io.queued_bytes(id),
+                        });
+                        self.pong_waiters.push(id);
                     }
-                    now.saturating_sub(p.since) >= stalled_after
-                });
-                if stalled {
-                    extra.pending_pong = None;
-                    if self.cfg.slow_consumer == SlowConsumerPolicy::Close {
-                        inc(&self.m().ping_flood_closes);
-                    }
-                    self.slow_consumer(io, id, 0);
-                    return false;
                 }
-                return true;
+                return;
             };
-            if open {
-                self.queue_pong(io, id, &pending.payload);
+            if t.urgent {
+                if self.over_write_limit(io, id, t.bytes.len()) {
+                    self.slow_consumer(io, id, 0);
+                    return;
+                }
+                io.send_urgent(id, t.bytes);
+            } else {
+                // Our close: publishes made before it reach the peer before it.
+                self.uncork(io);
+                io.send(id, t.bytes);
             }
-            false
-        });
-        // Waiters added meanwhile (none: queue_pong never holds) keep their place.
-        waiters.append(&mut self.pong_waiters);
-        self.pong_waiters = waiters;
+        }
     }
 
-    /// After decoding for `id`: if the shared decoder was left mid-message, it becomes the
-    /// connection's own; the shared one is always left idle for the next connection.
-    pub(crate) fn park_decoder(&mut self, id: ConnId) {
-        if self.scratch_decoder.is_idle() {
-            return;
-        }
-        let fresh = Decoder::new(Role::Server, self.decoder_cfg);
-        let used = std::mem::replace(&mut self.scratch_decoder, fresh);
-        if let Some(conn) = self.conn_mut(id) {
-            if conn.decoder.is_none() && !used.is_closed() {
-                conn.decoder = Some(Box::new(used));
+    /// Retries the connections holding a pong; applies the slow-consumer policy where a pong
+    /// has been held while the connection's output made no progress for the heartbeat timeout
+    /// (a peer that floods pings and does not read; a slow reader that still reads is never
+    /// closed for its pings), counted in `ping_flood_closes` when it closes.
+    pub(crate) fn flush_pongs(&mut self, io: &mut Io<'_>) {
+        let waiters = std::mem::take(&mut self.pong_waiters);
+        let stalled_after = self.ticks_per.heartbeat_timeout;
+        let mut keep = Vec::new();
+        for id in waiters {
+            let open = self.conn(id).is_some_and(|c| c.phase == Phase::Open);
+            if !open {
+                continue;
             }
+            // Not re-registered by this flush: the stall record below stays the one in force.
+            self.flush_control(io, id);
+            let now = self.now_tick;
+            let queued = io.queued_bytes(id);
+            let Some(conn) = self.conn_mut(id) else {
+                continue;
+            };
+            if conn.ws.held_pong().is_none() {
+                if let Some(e) = conn.extra.as_mut() {
+                    e.pong_stall = None;
+                }
+                continue;
+            }
+            let Some(stall) = conn.extra.as_mut().and_then(|e| e.pong_stall.as_mut()) else {
+                continue;
+            };
+            if stall.queued != queued {
+                stall.queued = queued;
+                stall.since = now;
+            }
+            if now.saturating_sub(stall.since) >= stalled_after {
+                if self.cfg.slow_consumer == SlowConsumerPolicy::Close {
+                    inc(&self.m().ping_flood_closes);
+                }
+                self.slow_consumer(io, id, 0);
+                continue;
+            }
+            keep.push(id);
         }
+        keep.append(&mut self.pong_waiters);
+        self.pong_waiters = keep;
     }
 
     /// The index of `path` in the core's path table (`NO_PATH` when the table is full).
@@ -875,8 +854,8 @@ impl CoreState {
         SendError::SlowConsumer
     }
 
-    /// Sends a close frame (ahead of queued data) and waits for the reply until the close
-    /// timeout.
+    /// Starts the close handshake: the close frame goes after the data already queued, and
+    /// the state machine waits for the reply until the close timeout.
     pub(crate) fn start_close(
         &mut self,
         io: &mut Io<'_>,
@@ -884,9 +863,10 @@ impl CoreState {
         code: CloseCode,
         reason: &str,
     ) {
-        // Publishes made before the close reach the peer before it.
+        // Publishes made before the close reach the peer before it (while it is still open).
         self.uncork(io);
-        let deadline = self.now_tick + self.ticks_per.close;
+        let cfg = self.ws_cfg;
+        let now = self.now_tick;
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -894,48 +874,27 @@ impl CoreState {
             return;
         }
         conn.phase = Phase::Closing;
-        conn.deadline = deadline;
         conn.set_close(code, reason);
-        // After the data already queued: no data frame may follow a close (RFC 6455 §5.5.1).
-        io.send(id, close_frame(code, reason));
+        conn.ws.close(&cfg, code, reason, now);
+        self.flush_control(io, id);
     }
 
-    /// Fails the connection for a protocol error: close frame with the error's code, then the
-    /// socket closes once it is flushed.
-    pub(crate) fn fail(&mut self, io: &mut Io<'_>, id: ConnId, err: ProtocolError) {
-        self.uncork(io);
+    /// Counts and logs a peer's protocol error (the state machine has queued its close frame).
+    pub(crate) fn count_protocol_error(&mut self, id: ConnId, err: ProtocolError) {
         let code = err.close_code();
-        let deadline = self.now_tick + self.ticks_per.close;
         let m = &self.metrics[self.core_index];
         match code {
             CloseCode::INVALID_DATA => inc(&m.invalid_data_errors),
             CloseCode::TOO_BIG => inc(&m.too_big_errors),
             _ => inc(&m.protocol_errors),
         }
-        if let Some(c) = self.conn(id) {
+        if let Some(c) = self.conn_mut(id) {
             tracing::info!(peer = %c.peer(), code = code.0, error = %err, "closing: protocol error");
-        }
-        if let Some(conn) = self.conn_mut(id) {
-            let already_sent = conn.phase == Phase::Closing;
-            conn.phase = Phase::Finishing;
-            conn.deadline = deadline;
-            if conn.close_code == 0 {
-                conn.close_code = code.0;
-            }
-            conn.rbuf = BytesMut::new();
-            if !already_sent {
-                // After the echoes already queued: no data frame may follow a close.
-                io.send(id, close_frame(code, &err.to_string()));
+            if c.close_code == 0 {
+                c.close_code = code.0;
             }
         }
-        io.close(id);
     }
-}
-
-pub(crate) fn close_frame(code: CloseCode, reason: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(2 + 125);
-    Encoder::server().encode_close(code, reason, &mut out);
-    out.freeze()
 }
 
 #[cfg(test)]

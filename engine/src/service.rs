@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
+use edge_ws_protocol::connection::{Connection, ConnectionConfig, Event, TimeoutAction};
 use edge_ws_protocol::deflate::negotiate_server;
 use edge_ws_protocol::handshake::{
     parse_request, select_protocol, write_accept, write_http_response,
     write_http_response_with_headers, Accept, ParseOutcome, Request,
 };
-use edge_ws_protocol::{CloseCode, Decoder, DecoderConfig, Encoder, Message, Role};
+use edge_ws_protocol::{CloseCode, DecoderConfig, Encoder, Role};
 
 use crate::config::{Config, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_IDLE_TIMEOUT};
 use crate::fanout::{Cork, Outbox};
@@ -25,9 +26,7 @@ use crate::runtime::{ConnId, Io, Service};
 use crate::shared::{Command, Shared};
 use crate::upgrade::{Rejection, Upgrade, UpgradeRequest};
 
-use crate::connection::{
-    close_frame, Conn, CoreState, Phase, TickSpans, CORK_MAX_BYTES, DRAIN_BUDGET, NO_PATH,
-};
+use crate::connection::{Conn, CoreState, Phase, TickSpans, CORK_MAX_BYTES, DRAIN_BUDGET, NO_PATH};
 /// Which subprotocol an accepted upgrade answers with.
 enum Chosen {
     /// The first the client offered among `Config::subprotocols`.
@@ -68,6 +67,14 @@ impl<H: Handler> WsService<H> {
             max_message_size: cfg.max_message_size,
             max_fragments: cfg.max_fragments,
         };
+        let ws_cfg = ConnectionConfig {
+            role: Role::Server,
+            limits: decoder_cfg,
+            heartbeat_interval: ticks_per.heartbeat,
+            heartbeat_timeout: ticks_per.heartbeat_timeout,
+            idle_timeout: ticks_per.idle,
+            close_timeout: ticks_per.close,
+        };
         let metrics = shared.metrics.clone();
         let cores = shared.cores;
         let max_per_core = cfg.max_connections.div_ceil(cores).clamp(1, 1 << 22);
@@ -81,7 +88,6 @@ impl<H: Handler> WsService<H> {
                 conns: Vec::with_capacity(max_per_core),
                 open: 0,
                 metrics,
-                decoder_cfg,
                 start: Instant::now(),
                 now_tick: 1,
                 ticks_per,
@@ -94,7 +100,8 @@ impl<H: Handler> WsService<H> {
                 cork_max,
                 shared_encoders: HashMap::new(),
                 scratch_ids: Vec::new(),
-                scratch_decoder: Decoder::new(Role::Server, decoder_cfg),
+                scratch_decoder: ws_cfg.decoder(),
+                ws_cfg,
                 paths: Vec::new(),
                 path_index: HashMap::new(),
                 pong_waiters: Vec::new(),
@@ -121,7 +128,8 @@ impl<H: Handler> WsService<H> {
             return;
         };
         let peer = conn.peer();
-        let outcome = parse_request(&conn.rbuf, max);
+        let empty = BytesMut::new();
+        let outcome = parse_request(conn.rbuf.as_deref().unwrap_or(&empty), max);
         match outcome {
             Ok(ParseOutcome::Partial) => {
                 st.out = out;
@@ -280,15 +288,14 @@ impl<H: Handler> WsService<H> {
             protocol.filter(|_| configured.is_none()).map(Into::into);
         let path_idx = st.intern_path(&req.path);
         let now = st.now_tick;
-        let decoder_cfg = st.decoder_cfg;
+        let ws_cfg = st.ws_cfg;
         let Some(conn) = st.conn_mut(id) else {
             st.out = out;
             return;
         };
+        conn.ws = Connection::new(now);
         if let Some((d, p)) = deflate {
-            let mut decoder = Decoder::new(Role::Server, decoder_cfg);
-            decoder.set_deflate(&p);
-            conn.decoder = Some(Box::new(decoder));
+            conn.ws.set_deflate(&ws_cfg, &p);
             let mut e = Encoder::server();
             e.set_deflate(&p, d.level, d.threshold);
             let ex = conn.extra_mut();
@@ -309,10 +316,11 @@ impl<H: Handler> WsService<H> {
         }
         conn.path = path_idx;
         conn.protocol = protocol_idx;
-        conn.rbuf.advance(used);
+        if let Some(b) = conn.rbuf.as_deref_mut() {
+            b.advance(used);
+        }
         conn.phase = Phase::Open;
         conn.opened = true;
-        conn.last_seen = now;
         if data.is_some() {
             conn.data = data;
         }
@@ -325,14 +333,12 @@ impl<H: Handler> WsService<H> {
         self.read_frames(io, id);
     }
 
+    /// Decodes what arrived for `id` into handler callbacks; the state machine handles the
+    /// control frames, whose answers go out through `CoreState::flush_control`.
     fn read_frames(&mut self, io: &mut Io<'_>, id: ConnId) {
-        self.decode_frames(io, id);
-        self.state.park_decoder(id);
-    }
-
-    fn decode_frames(&mut self, io: &mut Io<'_>, id: ConnId) {
         let now = self.state.now_tick;
-        let close_ticks = self.state.ticks_per.close;
+        let cfg = self.state.ws_cfg;
+        let superseded_before = self.state.conn(id).map_or(0, |c| c.ws.pongs_superseded());
         loop {
             let st = &mut self.state;
             let Some(conn) = st.conns.get_mut(id.index()).and_then(Option::as_mut) else {
@@ -341,138 +347,119 @@ impl<H: Handler> WsService<H> {
             if conn.id != id || !matches!(conn.phase, Phase::Open | Phase::Closing) {
                 return;
             }
-            let decoder = match conn.decoder.as_deref_mut() {
-                Some(d) => d,
-                None => &mut st.scratch_decoder,
+            let Some(rbuf) = conn.rbuf.as_deref_mut() else {
+                break;
             };
-            let msg = match decoder.decode(&mut conn.rbuf) {
-                Ok(Some(m)) => m,
+            let event = conn.ws.poll_event(&cfg, &mut st.scratch_decoder, rbuf, now);
+            let drained = rbuf.is_empty();
+            match event {
                 Ok(None) => {
-                    if conn.rbuf.is_empty() {
+                    if drained {
                         // Idle connections hold no read memory.
-                        conn.rbuf = BytesMut::new();
+                        conn.rbuf = None;
                     }
-                    return;
+                    break;
                 }
-                Err(e) => {
-                    st.fail(io, id, e);
-                    return;
-                }
-            };
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    if conn.phase != Phase::Open {
-                        continue; // after our close, data is discarded
-                    }
+                Ok(Some(Event::Message(msg))) => {
                     let m = &st.metrics[st.core_index];
                     inc(&m.messages_in);
                     add(&m.bytes_in, msg.payload().len() as u64);
                     self.handler
                         .on_message(&mut Self::socket(&mut self.state, io, id), msg);
                 }
-                Message::Ping(p) => {
-                    if conn.phase == Phase::Open {
-                        st.answer_ping(io, id, &p);
-                    }
+                Ok(Some(Event::Ping)) => {
+                    inc(&st.metrics[st.core_index].pings_in);
+                    st.flush_control(io, id);
                 }
-                Message::Pong(_) => conn.ping_sent = 0,
-                Message::Close(frame) => {
-                    let (code, reason) = match &frame {
-                        Some(f) => (f.code, f.reason_str().into_owned()),
-                        None => (CloseCode::NO_STATUS, String::new()),
-                    };
-                    if conn.phase == Phase::Open {
-                        // Echo the peer's code (RFC 6455 §5.5.1), or an empty close if it sent none.
-                        let reply = match &frame {
-                            Some(f) => close_frame(f.code, ""),
-                            None => Bytes::from_static(&[0x88, 0x00]),
-                        };
-                        conn.set_close(code, &reason);
-                        // After the data already queued (RFC 6455 §5.5.1 allows finishing it;
-                        // no data frame may follow our close).
-                        io.send(id, reply);
-                    }
+                Ok(Some(Event::Pong(_))) => {}
+                Ok(Some(Event::Closed { code, reason, .. })) => {
                     conn.phase = Phase::Finishing;
-                    conn.deadline = now + close_ticks;
-                    conn.rbuf = BytesMut::new();
-                    // The server closes the TCP connection first (RFC 6455 §7.1.1).
+                    conn.rbuf = None;
+                    if conn.close_code == 0 {
+                        let reason = String::from_utf8_lossy(&reason).into_owned();
+                        conn.set_close(code, &reason);
+                    }
+                    // The close reply (if any) after the data already queued, then the server
+                    // closes the TCP connection first (RFC 6455 §7.1.1).
+                    st.flush_control(io, id);
                     io.close(id);
-                    return;
+                    break;
                 }
+                Err(e) => st.count_protocol_error(id, e),
             }
+        }
+        if let Some(c) = self.state.conn(id) {
+            let superseded = c.ws.pongs_superseded().saturating_sub(superseded_before);
+            add(&self.state.m().pongs_superseded, u64::from(superseded));
         }
     }
 
     fn scan_timers(&mut self, io: &mut Io<'_>) {
         let st = &mut self.state;
         let now = st.now_tick;
-        let tp = &st.ticks_per;
-        let mut to_abort: Vec<(ConnId, Option<CloseCode>)> = Vec::new();
-        let mut to_ping = Vec::new();
+        let cfg = st.ws_cfg;
+        let mut to_abort: Vec<ConnId> = Vec::new();
+        let mut due = Vec::new();
         for conn in st.conns.iter_mut().flatten() {
-            match conn.phase {
-                Phase::Handshake | Phase::Closing | Phase::Finishing => {
-                    if now >= conn.deadline && conn.deadline != 0 {
-                        to_abort.push((conn.id, None));
-                    }
+            if conn.opened {
+                if conn.ws.poll_timeout(&cfg).is_some_and(|d| now >= d) {
+                    due.push(conn.id);
                 }
-                Phase::Open => {
-                    let quiet = now.saturating_sub(conn.last_seen);
-                    if let Some(idle) = tp.idle {
-                        if quiet >= idle {
-                            to_abort.push((conn.id, Some(CLOSE_IDLE_TIMEOUT)));
-                            continue;
-                        }
-                    }
-                    if let Some(hb) = tp.heartbeat {
-                        if conn.ping_sent != 0 {
-                            if now.saturating_sub(conn.ping_sent) >= tp.heartbeat_timeout {
-                                to_abort.push((conn.id, Some(CLOSE_HEARTBEAT_TIMEOUT)));
-                            }
-                        } else if quiet >= hb {
-                            conn.ping_sent = now;
-                            to_ping.push(conn.id);
-                        }
-                    }
-                }
+            } else if now >= conn.deadline && conn.deadline != 0 {
+                // The handshake, or the flush of a plain HTTP answer.
+                to_abort.push(conn.id);
             }
         }
-        for id in to_ping {
-            if st.over_write_limit(io, id, 2) {
-                st.slow_consumer(io, id, 0);
-            } else {
-                io.send_urgent(id, Bytes::from_static(&[0x89, 0x00]));
-            }
-        }
-        for (id, code) in to_abort {
+        for id in to_abort {
             let m = &st.metrics[st.core_index];
-            let (phase, peer) = st.conn(id).map(|c| (c.phase, c.peer())).unzip();
-            let peer = peer.map_or_else(String::new, |p| p.to_string());
-            match (phase, code) {
-                (Some(Phase::Handshake), _) => {
+            if let Some(c) = st.conn(id) {
+                if c.phase == Phase::Handshake {
                     inc(&m.handshake_timeouts);
-                    tracing::info!(%peer, "dropped: handshake timeout");
+                    tracing::info!(peer = %c.peer(), "dropped: handshake timeout");
                 }
-                (_, Some(CLOSE_IDLE_TIMEOUT)) => {
-                    inc(&m.idle_timeouts);
-                    tracing::info!(%peer, code = code.map(|c| c.0), "closing: idle timeout");
-                }
-                (_, Some(CLOSE_HEARTBEAT_TIMEOUT)) => {
-                    inc(&m.heartbeat_timeouts);
-                    tracing::info!(%peer, code = code.map(|c| c.0), "closing: heartbeat timeout");
-                }
-                _ => tracing::info!(%peer, ?phase, "dropped: close timeout"),
             }
-            if let (Some(code), Some(conn)) = (code, st.conn_mut(id)) {
+            io.abort(id);
+        }
+        for id in due {
+            let Some(conn) = st.conn_mut(id) else {
+                continue;
+            };
+            let peer = conn.peer();
+            let action = conn.ws.handle_timeout(&cfg, now);
+            let (code, counter, what) = match action {
+                None => continue,
+                Some(TimeoutAction::Ping) => {
+                    st.flush_control(io, id);
+                    continue;
+                }
+                Some(TimeoutAction::CloseTimeout) => {
+                    tracing::info!(%peer, "dropped: close timeout");
+                    io.abort(id);
+                    continue;
+                }
+                Some(TimeoutAction::HeartbeatTimeout) => (
+                    CLOSE_HEARTBEAT_TIMEOUT,
+                    &st.metrics[st.core_index].heartbeat_timeouts,
+                    "closing: heartbeat timeout",
+                ),
+                Some(TimeoutAction::IdleTimeout) => (
+                    CLOSE_IDLE_TIMEOUT,
+                    &st.metrics[st.core_index].idle_timeouts,
+                    "closing: idle timeout",
+                ),
+            };
+            inc(counter);
+            tracing::info!(%peer, code = code.0, "{what}");
+            if let Some(conn) = st.conn_mut(id) {
                 conn.close_code = code.0;
-                // Best effort: tell the client why (nothing queued may follow the close), then
-                // drop it without waiting.
-                io.discard_unsent(id);
-                io.send(id, close_frame(code, ""));
-                io.close(id);
-            } else {
-                io.abort(id);
+                conn.phase = Phase::Finishing;
+                conn.rbuf = None;
             }
+            // Best effort: the peer is presumably not reading, so nothing queued may delay the
+            // close; then drop it without waiting.
+            io.discard_unsent(id);
+            st.flush_control(io, id);
+            io.close(id);
         }
     }
 
@@ -530,7 +517,7 @@ fn finish_http(st: &mut CoreState, io: &mut Io<'_>, id: ConnId, response: &[u8])
     if let Some(conn) = st.conn_mut(id) {
         conn.phase = Phase::Finishing;
         conn.deadline = deadline;
-        conn.rbuf = BytesMut::new();
+        conn.rbuf = None;
     }
     io.send(id, Bytes::copy_from_slice(response));
     io.close(id);
@@ -559,16 +546,14 @@ impl<H: Handler> Service for WsService<H> {
             id,
             phase: Phase::Handshake,
             deadline: st.now_tick + st.ticks_per.handshake,
-            last_seen: st.now_tick,
-            ping_sent: 0,
             opened: false,
             protocol: 0,
             path: NO_PATH,
             close_code: 0,
             peer: peer.into(),
-            rbuf: BytesMut::new(),
+            rbuf: None,
             data: None,
-            decoder: None,
+            ws: Connection::new(st.now_tick),
             extra: None,
         });
         inc(&st.metrics[st.core_index].accepted);
@@ -578,20 +563,22 @@ impl<H: Handler> Service for WsService<H> {
     }
 
     fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
-        let now = self.state.now_tick;
         let Some(conn) = self.state.conn_mut(id) else {
             return;
         };
-        conn.last_seen = now;
         match conn.phase {
             Phase::Handshake => {
-                conn.rbuf.extend_from_slice(data);
+                conn.rbuf
+                    .get_or_insert_with(Default::default)
+                    .extend_from_slice(data);
                 if conn.extra.as_ref().is_none_or(|e| e.pending.is_none()) {
                     self.handshake(io, id);
                 }
             }
             Phase::Open | Phase::Closing => {
-                conn.rbuf.extend_from_slice(data);
+                conn.rbuf
+                    .get_or_insert_with(Default::default)
+                    .extend_from_slice(data);
                 self.read_frames(io, id);
             }
             Phase::Finishing => {}

@@ -266,6 +266,9 @@ impl<'c> Session<'c> {
                         self.fed
                     );
                 }
+                Ok(Some(Event::Ping)) => {
+                    assert!(!self.event_due, "an error is followed by Closed");
+                }
                 Ok(Some(Event::Pong(p))) => {
                     assert!(!self.event_due, "an error is followed by Closed");
                     assert!(p.len() <= 125);

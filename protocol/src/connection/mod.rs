@@ -84,7 +84,8 @@
 //!     }
 //! }
 //! assert!(matches!(&events[0], Event::Message(Message::Text(t)) if &t[..] == b"hello"));
-//! assert!(matches!(&events[1], Event::Closed { code, .. } if code.0 == 1000));
+//! assert!(matches!(&events[1], Event::Ping)); // its pong waits in poll_transmit
+//! assert!(matches!(&events[2], Event::Closed { code, .. } if code.0 == 1000));
 //!
 //! // The close came in before the pong could be written: only the close reply goes out.
 //! let reply = conn.poll_transmit(&cfg, true, None).unwrap();
@@ -186,6 +187,10 @@ pub enum Side {
 pub enum Event {
     /// A complete data message: only [`Message::Text`] (valid UTF-8) or [`Message::Binary`].
     Message(Message),
+    /// A ping arrived and its pong waits in [`Connection::poll_transmit`]: a driver that can
+    /// write it now should, so that every ping a reading peer sends gets its own pong. While
+    /// the driver cannot, the pong stays held and a newer ping's replaces it.
+    Ping,
     /// A pong arrived (it already counted as the heartbeat's answer).
     Pong(Bytes),
     /// The connection ended; reported once. See [`State::Closed`] for what to do with TCP.
@@ -422,6 +427,7 @@ impl Connection {
                 Message::Ping(payload) => {
                     if self.state_bits() == OPEN {
                         self.hold_pong(&payload);
+                        return Ok(Some(Event::Ping));
                     }
                 }
                 Message::Pong(payload) => {
