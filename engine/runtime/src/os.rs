@@ -1,6 +1,6 @@
 //! The few operating-system services the layers above need that std does not offer: a cheap
-//! coarse clock, and waiting for a termination signal. Safe wrappers, so that every `unsafe`
-//! block of the engine stays in this crate.
+//! coarse clock, waiting for a termination signal, and the process's file limits. Safe
+//! wrappers, so that every `unsafe` block of the engine stays in this crate.
 
 use std::time::Instant;
 
@@ -91,6 +91,43 @@ pub fn raise_nofile_limit(n: u64) -> u64 {
     }
 }
 
+/// Lowers (or raises, up to the hard limit) the largest file the process may write
+/// (`RLIMIT_FSIZE`, soft limit) to `bytes`, clamped to the hard limit; returns the soft limit in
+/// force afterwards. A write or `ftruncate` past it fails with `EFBIG` once [`ignore_sigxfsz`]
+/// has been called (by default the kernel kills the process with `SIGXFSZ`). The limit covers
+/// every regular file of the process, so this is for a process of its own: the store's
+/// full-disk tests run in a child.
+pub fn limit_file_size(bytes: u64) -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass, which lives on our
+    // stack for each call; the return codes are checked.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim.rlim_cur = bytes.min(lim.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Ignores `SIGXFSZ` in the whole process, so that a write past the file-size limit (see
+/// [`limit_file_size`]) fails with `EFBIG` instead of killing the process.
+pub fn ignore_sigxfsz() -> std::io::Result<()> {
+    // SAFETY: installing SIG_IGN runs no code of ours in signal context; SIGXFSZ is a valid,
+    // catchable signal; the SIG_ERR return is checked.
+    let old = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    if old == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +146,14 @@ mod tests {
         let before = raise_nofile_limit(0);
         assert!(before > 0);
         assert!(raise_nofile_limit(before) >= before);
+    }
+
+    #[test]
+    fn file_size_limit_is_clamped_to_the_hard_limit() {
+        // Raising to "no limit" is clamped to the hard limit and leaves writes possible, so it
+        // is safe in a test process; lowering is tested in a child by the store's tests.
+        let now = limit_file_size(u64::MAX).unwrap();
+        assert!(now > 0);
+        ignore_sigxfsz().unwrap();
     }
 }

@@ -68,6 +68,7 @@ mod jwt;
 mod limits;
 mod rate;
 mod router;
+pub mod store;
 
 use std::any::Any;
 use std::net::SocketAddr;
