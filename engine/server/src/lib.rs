@@ -4,8 +4,9 @@
 //! middleware, JSON routing, rate limits, per-user lookups and bulk actions) as an engine
 //! [`Handler`], and the `edge-ws` server binary. It uses only the engine's public API.
 //!
-//! It does no I/O of its own and contains no `unsafe`: sockets, rings and timers belong to the
-//! engine and its runtime.
+//! Its only I/O of its own is the durable [`store`] (one store thread writing an embedded redb
+//! file, group commit, fsync before ack); sockets, rings and timers belong to the engine and
+//! its runtime. No `unsafe`.
 //!
 //!
 //! A [`Manager`] is the shared half (`Send + Sync + Clone`): settings, the limit counters, the
