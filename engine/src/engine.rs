@@ -4,13 +4,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use edge_ws_protocol::deflate::DeflateConfig;
-use edge_ws_protocol::{CloseCode, Encoder, OpCode};
+use edge_ws_protocol::{CloseCode, OpCode};
 
 use crate::config::{Config, Cores, SlowConsumerPolicy};
 use crate::error::EngineError;
-use crate::fanout::{auto_ring_capacity, Publish, PublishOptions, Target};
+use crate::fanout::{Publish, PublishOptions, Target};
 use crate::handler::Handler;
 use crate::ids::{ConnectionId, MessageKind};
 use crate::metrics::MetricsSnapshot;
@@ -266,12 +266,10 @@ impl EngineHandle {
     }
 }
 
+/// Frames sent through the handle are never compressed (a compressed frame would need the
+/// recipient's context); they count as sent messages on the receiving core.
 fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
-    // Frames sent through the handle are never compressed (a compressed frame would need the
-    // recipient's context); they count as sent messages on the receiving core.
-    let mut out = BytesMut::with_capacity(payload.len() + 10);
-    Encoder::server().encode(opcode, payload, &mut out);
-    out.freeze()
+    edge_ws_protocol::codec::server_frame(opcode, payload)
 }
 
 /// A running engine: one thread per configured core.
@@ -426,10 +424,8 @@ impl EngineBuilder {
         cfg.validate()?;
         let cores = resolve_cores(&cfg.cores)?;
         let n = cores.len();
-        let ring_capacity = match cfg.ring_capacity {
-            0 => auto_ring_capacity(n),
-            c => c,
-        };
+        // 0 (automatic) is resolved by `Shared::new`, the one place that builds the rings.
+        let ring_capacity = cfg.ring_capacity;
         let rt_cfg = RuntimeConfig {
             addr: cfg.addr,
             cores,
