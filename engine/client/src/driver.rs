@@ -55,6 +55,26 @@ pub(crate) fn ticks(d: Duration) -> u32 {
         .max(1)
 }
 
+/// The tag that starts the payload of an application ping (`Sender::ping`), before its
+/// number.
+const PING_TAG: &[u8; 4] = b"ewsp";
+
+/// The payload of application ping `seq`: the tag, then the number (big-endian).
+fn ping_payload(seq: u64) -> [u8; 12] {
+    let mut p = [0; 12];
+    p[..4].copy_from_slice(PING_TAG);
+    p[4..].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// The number of an application ping answered by a pong with this payload.
+fn parse_ping_payload(p: &[u8]) -> Option<u64> {
+    if p.len() != 12 || &p[..4] != PING_TAG {
+        return None;
+    }
+    Some(u64::from_be_bytes(p[4..].try_into().ok()?))
+}
+
 /// How a connection ended, for the spawner (a plain connection) or the supervisor
 /// (reconnecting).
 #[derive(Debug)]
@@ -125,6 +145,8 @@ pub(crate) struct Driver {
     pongs: u64,
     pings: u64,
     pongs_base: u64,
+    /// The highest application ping number answered by a pong, not yet published.
+    pong_ack: u64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -194,6 +216,7 @@ impl Driver {
             pongs: 0,
             pings: 0,
             pongs_base,
+            pong_ack: 0,
         }
     }
 
@@ -293,6 +316,7 @@ impl Driver {
         let mut wakers: Vec<Waker> = Vec::new();
         let mut taken: Vec<Message> = Vec::new();
         let mut close = None;
+        let mut ping = None;
         {
             let mut st = self.pipe.lock();
             match &st.driver_waker {
@@ -334,6 +358,16 @@ impl Driver {
                     close = Some((CloseCode::NORMAL, String::new()));
                 }
             }
+            // Application pings: one ping carries the newest number (its pong answers every
+            // earlier one too).
+            if self.conn.can_send() && st.pings_taken < st.pings_requested {
+                st.pings_taken = st.pings_requested;
+                ping = Some(st.pings_requested);
+            }
+            if self.pong_ack > st.pongs_matched {
+                st.pong_matched(self.pong_ack, &mut wakers);
+                progress = true;
+            }
             // Messages to encode: a batch, or all of them ahead of a close.
             let mut taken_bytes = 0;
             if self.conn.can_send() {
@@ -357,6 +391,13 @@ impl Driver {
         }
         for w in wakers {
             w.wake();
+        }
+        if let Some(seq) = ping {
+            // After the data queued before it, so its pong also says that data was read.
+            self.encoder
+                .encode(OpCode::Ping, &ping_payload(seq), &mut self.wbuf);
+            self.pings += 1;
+            progress = true;
         }
         for m in taken {
             let (opcode, payload) = match &m {
@@ -572,8 +613,13 @@ impl Driver {
                     clean,
                 });
             }
-            // Pongs (and pings, whose pong `poll_transmit` hands over) need nothing here.
-            _ => {}
+            Event::Pong(payload) => {
+                if let Some(seq) = parse_ping_payload(&payload) {
+                    self.pong_ack = self.pong_ack.max(seq);
+                }
+            }
+            // Pings need nothing here: `poll_transmit` hands over their pong.
+            Event::Ping => {}
         }
     }
 

@@ -101,6 +101,25 @@ pub enum Error {
         /// The server's close reason.
         reason: String,
     },
+    /// Balanced connect: no backend may be tried now (every one is unhealthy, drained, or
+    /// has its circuit breaker open). Returned at once, without waiting.
+    #[error("no backend is available: all are unhealthy, drained or have an open circuit breaker")]
+    NoBackendAvailable,
+    /// Balanced connect: every backend that could be tried failed; `last` is the last
+    /// attempt's error.
+    #[error("all {attempts} backends tried failed; the last one: {last}")]
+    AllBackendsFailed {
+        /// Backends tried (each at most once).
+        attempts: u32,
+        /// Why the last one failed.
+        last: Box<Error>,
+    },
+    /// Pool: no connection became available within the acquire timeout.
+    #[error("no pooled connection within the acquire timeout of {0:?}")]
+    PoolTimeout(Duration),
+    /// Pool: the pool is closed (or closing) and hands out no more connections.
+    #[error("the pool is closed")]
+    PoolClosed,
     /// Reconnecting client: the attempt limit was reached; `last` is the last attempt's error.
     #[error("gave up after {attempts} failed attempts; the last one: {last}")]
     RetriesExhausted {
@@ -129,8 +148,9 @@ impl Error {
     }
 
     /// Whether retrying the same request can never succeed (a bad URL, header or
-    /// configuration): the reconnecting client gives up at once on these.
-    pub(crate) fn is_permanent(&self) -> bool {
+    /// configuration): the reconnecting client and balanced connects give up at once on
+    /// these.
+    pub fn is_permanent(&self) -> bool {
         matches!(
             self,
             Error::InvalidUrl(_)

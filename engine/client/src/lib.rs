@@ -52,20 +52,30 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backends;
+pub mod balance;
+pub mod breaker;
 mod config;
 mod driver;
 mod error;
 mod handshake;
+pub mod health;
 mod keys;
 mod message;
 mod pipe;
+pub mod pool;
 pub mod reconnect;
 mod request;
 mod socket;
 
+pub use crate::backends::{Backend, BackendConnection, BackendStatus, Backends, BackendsBuilder};
+pub use crate::balance::Strategy;
+pub use crate::breaker::{BreakerConfig, BreakerState};
 pub use crate::config::{Client, ClientBuilder};
 pub use crate::error::{Error, Result};
+pub use crate::health::{BackendEvent, HealthConfig};
 pub use crate::message::{CloseInfo, Message, Stats};
+pub use crate::pool::{Pool, PoolBuilder, PoolStats, PooledConnection};
 pub use crate::reconnect::{
     Backoff, Events, Jitter, ReconnectBuilder, ReconnectEvent, ReconnectingClient,
 };

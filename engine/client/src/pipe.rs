@@ -58,6 +58,14 @@ pub(crate) struct State {
     pub(crate) senders: usize,
     pub(crate) receiver: bool,
     pub(crate) close_info: Option<CloseInfo>,
+    // --- application pings ---
+    /// Pings asked for by `ping()`; each is numbered by this count.
+    pub(crate) pings_requested: u64,
+    /// The highest ping number the task has queued for the socket.
+    pub(crate) pings_taken: u64,
+    /// The highest ping number the server answered with a pong.
+    pub(crate) pongs_matched: u64,
+    pong_waiters: Vec<Waker>,
     /// Set when the connection (or the reconnecting client) is over and its socket closed.
     outcome: Option<Result<()>>,
     done_waiters: Vec<Waker>,
@@ -82,6 +90,15 @@ impl State {
         }
         if self.queued() == 0 || self.outcome.is_some() {
             out.append(&mut self.flush_waiters);
+        }
+    }
+
+    /// Records the server's answer to ping `seq` (and every earlier one); the wakers of the
+    /// pings it answers go to `out`.
+    pub(crate) fn pong_matched(&mut self, seq: u64, out: &mut Vec<Waker>) {
+        if seq > self.pongs_matched {
+            self.pongs_matched = seq;
+            out.append(&mut self.pong_waiters);
         }
     }
 
@@ -222,7 +239,7 @@ impl Pipe {
         if st.close_request.is_none() && st.outcome.is_none() {
             st.close_request = Some((code, reason.to_owned()));
         }
-        let mut wakers = Vec::new();
+        let mut wakers = std::mem::take(&mut st.pong_waiters);
         st.take_writer_wakers(self.write_limit, &mut wakers);
         let w = self.wake_driver(&mut st);
         drop(st);
@@ -239,6 +256,39 @@ impl Pipe {
             return Poll::Ready(outcome.clone());
         }
         register(&mut st.done_waiters, cx);
+        Poll::Pending
+    }
+
+    /// `ping()`: asks the task for a ping; its number, or why none can be sent.
+    pub(crate) fn request_ping(&self) -> Result<u64> {
+        let mut st = self.lock();
+        if let Some(e) = &st.send_error {
+            return Err(e.clone());
+        }
+        st.pings_requested += 1;
+        let seq = st.pings_requested;
+        let w = self.wake_driver(&mut st);
+        drop(st);
+        if let Some(w) = w {
+            w.wake();
+        }
+        Ok(seq)
+    }
+
+    /// Ready once the server answered ping `seq`, or with the error once the connection is
+    /// closing or over.
+    pub(crate) fn poll_pong(&self, cx: &Context<'_>, seq: u64) -> Poll<Result<()>> {
+        let mut st = self.lock();
+        if st.pongs_matched >= seq {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(outcome) = &st.outcome {
+            return Poll::Ready(Err(outcome.clone().err().unwrap_or(Error::Closed)));
+        }
+        if let Some(e) = &st.send_error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        register(&mut st.pong_waiters, cx);
         Poll::Pending
     }
 
@@ -270,6 +320,11 @@ impl Pipe {
                 Poll::Pending
             }
         }
+    }
+
+    /// Whether the connection is closing or over (sends are refused).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().send_error.is_some()
     }
 
     pub(crate) fn close_info(&self) -> Option<CloseInfo> {
@@ -331,6 +386,7 @@ impl Pipe {
         st.end = Some(outcome.clone().err());
         st.outcome = Some(outcome);
         let mut wakers = std::mem::take(&mut st.done_waiters);
+        wakers.append(&mut st.pong_waiters);
         st.take_writer_wakers(self.write_limit, &mut wakers);
         wakers.extend(st.recv_waker.take());
         drop(st);

@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use edge_ws_protocol::deflate::DeflateParams;
 use edge_ws_protocol::CloseCode;
@@ -134,6 +135,13 @@ impl WebSocket {
         self.sender.close(code, reason).await
     }
 
+    /// Sends a ping (after the messages already queued) and waits for the server's pong; the
+    /// round trip. Fails with the error that ended the connection, or [`Error::Closed`] once
+    /// it is closing. It does not time out by itself: wrap it in [`tokio::time::timeout`].
+    pub async fn ping(&self) -> Result<Duration> {
+        self.sender.ping().await
+    }
+
     /// The subprotocol the server chose, if any.
     pub fn protocol(&self) -> Option<&str> {
         self.info.protocol.as_deref()
@@ -154,6 +162,12 @@ impl WebSocket {
     /// taken).
     pub fn buffered_amount(&self) -> usize {
         self.sender.buffered_amount()
+    }
+
+    /// Whether the connection is closing or closed: sends are refused (on a plain
+    /// connection this never turns back to `false`).
+    pub fn is_closed(&self) -> bool {
+        self.sender.pipe.is_closed()
     }
 
     /// The connection's counters.
@@ -235,6 +249,14 @@ impl Sender {
     pub async fn close(&self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
         self.pipe.request_close(code.into(), reason);
         std::future::poll_fn(|cx| self.pipe.poll_done(cx)).await
+    }
+
+    /// Sends a ping and waits for its pong (see [`WebSocket::ping`]).
+    pub async fn ping(&self) -> Result<Duration> {
+        let start = std::time::Instant::now();
+        let seq = self.pipe.request_ping()?;
+        std::future::poll_fn(|cx| self.pipe.poll_pong(cx, seq)).await?;
+        Ok(start.elapsed())
     }
 
     /// Bytes waiting to be written.
