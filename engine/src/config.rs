@@ -6,6 +6,8 @@ use std::time::Duration;
 use edge_ws_protocol::deflate::DeflateConfig;
 use edge_ws_protocol::CloseCode;
 
+use crate::stream::ChannelConfig;
+
 /// Which CPU cores run the engine. One thread (with its own listener and ring) per core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cores {
@@ -106,6 +108,9 @@ pub struct Config {
     pub ring_capacity: usize,
     /// Granularity of the timers (handshake, heartbeat, idle, close, drain).
     pub tick: Duration,
+    /// Channel names and namespaces: which channels keep history (and so have offsets and
+    /// recovery), how much, for how long, and whether it is persisted.
+    pub channels: ChannelConfig,
 }
 
 impl Default for Config {
@@ -135,6 +140,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             ring_capacity: 0,
             tick: Duration::from_millis(100),
+            channels: ChannelConfig::default(),
         }
     }
 }
@@ -218,6 +224,9 @@ impl Config {
         }
         if self.subprotocols.len() > 254 {
             return bad("at most 254 subprotocols can be configured".into());
+        }
+        if let Err(e) = self.channels.validate(None) {
+            return bad(e);
         }
         Ok(())
     }

@@ -5,6 +5,9 @@
 //! one place that keeps the cork rule: corked deliveries go out before anything queued after
 //! them.
 
+mod sequencer;
+pub(crate) use sequencer::{ConnFn, ConnFnBox};
+
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use crate::ids::ConnectionId;
 use crate::metrics::{add, inc, max, CoreMetrics};
 use crate::runtime::{ConnId, Io};
 use crate::shared::Shared;
+use crate::shared::{LaneItem, ReplyTo};
 
 /// Why a send did not queue a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -181,6 +185,20 @@ impl Conn {
     }
 }
 
+/// What in-process subscribers of a channel without history get.
+fn unsequenced(payload: &[u8], text: bool) -> crate::stream::Publication {
+    crate::stream::Publication {
+        offset: 0,
+        timestamp_ms: crate::stream::now_ms(),
+        kind: if text {
+            crate::MessageKind::Text
+        } else {
+            crate::MessageKind::Binary
+        },
+        data: Bytes::copy_from_slice(payload),
+    }
+}
+
 /// Everything a core owns besides the handler.
 pub(crate) struct CoreState {
     pub(crate) core_index: usize,
@@ -198,7 +216,9 @@ pub(crate) struct CoreState {
     /// Channels this core has met: local subscribers and the shared channel.
     pub(crate) channels: HashMap<Arc<str>, LocalChannel>,
     /// Spilled publishes waiting for room in a ring to another core.
-    pub(crate) outbox: Outbox,
+    pub(crate) outbox: Outbox<LaneItem>,
+    /// The streams this core owns (sequences and keeps).
+    pub(crate) streams: HashMap<Arc<str>, sequencer::OwnedStream>,
     /// Local deliveries held back to batch them (see [`Cork`]).
     pub(crate) cork: Cork,
     /// Largest run a cork holds, in frame bytes.
@@ -221,6 +241,8 @@ pub(crate) struct CoreState {
 pub(crate) struct LocalChannel {
     pub(crate) shared: Arc<ChannelShared>,
     pub(crate) subs: Vec<ConnId>,
+    /// Subscribers held back until the stream owner's recovery answer arrives.
+    pub(crate) pending: Vec<ConnId>,
 }
 
 /// Most publishes one core takes from its rings per wakeup before serving I/O again.
@@ -476,7 +498,7 @@ impl CoreState {
         let me = self.core_index;
         let local = self.local_channel(channel);
         local.subs.push(id);
-        if local.subs.len() == 1 {
+        if local.subs.len() + local.pending.len() == 1 {
             local.shared.cores.insert(me);
         }
         local.shared.subscribers.fetch_add(1, Ordering::Relaxed);
@@ -504,10 +526,18 @@ impl CoreState {
     pub(crate) fn remove_subscriber(&mut self, id: ConnId, channel: &str) {
         let me = self.core_index;
         if let Some(local) = self.channels.get_mut(channel) {
-            if let Some(i) = local.subs.iter().position(|&c| c == id) {
+            let found = if let Some(i) = local.subs.iter().position(|&c| c == id) {
                 local.subs.swap_remove(i);
+                true
+            } else if let Some(i) = local.pending.iter().position(|&c| c == id) {
+                local.pending.swap_remove(i);
+                true
+            } else {
+                false
+            };
+            if found {
                 local.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
-                if local.subs.is_empty() {
+                if local.subs.is_empty() && local.pending.is_empty() {
                     local.shared.cores.remove(me);
                 }
             }
@@ -537,6 +567,7 @@ impl CoreState {
                 LocalChannel {
                     shared,
                     subs: Vec::new(),
+                    pending: Vec::new(),
                 },
             );
         }
@@ -553,6 +584,13 @@ impl CoreState {
         opts: PublishOptions,
     ) {
         let shared = self.local_channel(channel).shared.clone();
+        if shared.is_stream() {
+            let payload = Bytes::copy_from_slice(payload);
+            return self.publish_stream(io, shared, payload, text, opts, ReplyTo::Nobody);
+        }
+        shared
+            .inproc
+            .call(&shared.name, || unsequenced(payload, text));
         let p = Arc::new(Publish::new(Target::Channel(shared), payload, text, opts));
         self.dispatch(io, p);
     }
@@ -584,7 +622,7 @@ impl CoreState {
             }
             let lane = &shared.inboxes[c].from_core[me];
             inc(&m.forwarded);
-            if outbox.push(c, lane, p.clone()) {
+            if outbox.push(c, lane, LaneItem::Publish(p.clone())) {
                 inc(&m.spills);
                 spilled = true;
             }
@@ -752,18 +790,31 @@ impl CoreState {
         p: &Publish,
         shared: &mut [Option<Bytes>; 16],
     ) -> Bytes {
-        let opcode = if p.text { OpCode::Text } else { OpCode::Binary };
+        self.frame_for_parts(id, &p.frame, p.header_len, p.text, shared)
+    }
+
+    /// [`CoreState::frame_for`] a frame given by its parts (a publish, a kept publication).
+    pub(crate) fn frame_for_parts(
+        &mut self,
+        id: ConnId,
+        frame: &Bytes,
+        header_len: usize,
+        text: bool,
+        shared: &mut [Option<Bytes>; 16],
+    ) -> Bytes {
+        let opcode = if text { OpCode::Text } else { OpCode::Binary };
+        let payload = &frame[header_len..];
         let Some(conn) = self.conns[id.index()].as_mut() else {
-            return p.frame.clone();
+            return frame.clone();
         };
         let Some(ex) = conn.extra.as_mut() else {
-            return p.frame.clone();
+            return frame.clone();
         };
         let (Some(params), Some(enc)) = (ex.deflate, ex.encoder.as_mut()) else {
-            return p.frame.clone();
+            return frame.clone();
         };
-        if !enc.compresses(p.payload().len()) {
-            return p.frame.clone();
+        if !enc.compresses(payload.len()) {
+            return frame.clone();
         }
         if params.server_no_context_takeover {
             let bits = params.server_max_window_bits.min(15);
@@ -785,15 +836,15 @@ impl CoreState {
                 e.set_deflate(&shared_params, level, threshold);
                 e
             });
-            let mut out = BytesMut::with_capacity(p.payload().len() / 2 + 16);
-            enc.encode(opcode, p.payload(), &mut out);
+            let mut out = BytesMut::with_capacity(payload.len() / 2 + 16);
+            enc.encode(opcode, payload, &mut out);
             let f = out.freeze();
             shared[bits as usize] = Some(f.clone());
             inc(&self.metrics[self.core_index].compressed_out);
             return f;
         }
-        let mut out = BytesMut::with_capacity(p.payload().len() / 2 + 16);
-        enc.encode(opcode, p.payload(), &mut out);
+        let mut out = BytesMut::with_capacity(payload.len() / 2 + 16);
+        enc.encode(opcode, payload, &mut out);
         inc(&self.metrics[self.core_index].compressed_out);
         out.freeze()
     }
@@ -807,9 +858,12 @@ impl CoreState {
         for lane in inbox.from_core.iter() {
             max(&self.metrics[me].ring_depth_hwm, lane.len() as u64);
             while budget > 0 {
-                let Some(p) = lane.pop() else { break };
+                let Some(item) = lane.pop() else { break };
                 budget -= 1;
-                self.deliver(io, &p);
+                match item {
+                    LaneItem::Publish(p) => self.deliver(io, &p),
+                    LaneItem::Stream(msg) => self.on_stream(io, *msg),
+                }
             }
         }
         if budget == 0 {

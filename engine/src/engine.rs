@@ -16,7 +16,12 @@ use crate::ids::{ConnectionId, MessageKind};
 use crate::metrics::MetricsSnapshot;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::service::WsService;
-use crate::shared::{Command, Shared};
+use crate::shared::{Command, ReplyTo, Shared, StreamMsg};
+use crate::stream::{
+    ChannelCallback, ChannelConfig, HistoryPage, HistoryQuery, LocalSubscription,
+    PublicationFormat, PublishResult, Published, RestoredStream, StreamError, StreamSetup,
+    StreamStore,
+};
 use crate::upgrade::Rejection;
 
 /// A `Send + Sync + Clone` handle to a running engine, for code outside the cores.
@@ -170,13 +175,141 @@ impl EngineHandle {
         opts: PublishOptions,
     ) {
         let text = kind.is_text();
+        if self.shared.channels.config.policy(channel).is_stream() {
+            return self.publish_acked(channel, payload, kind, opts, |_| {});
+        }
         let Some(t) = self.shared.channels.get(channel) else {
             // Nobody ever subscribed: nothing to deliver, no cross-core traffic.
             crate::metrics::inc(&self.shared.metrics[0].publishes);
             return;
         };
+        t.inproc.call(&t.name, || crate::stream::Publication {
+            offset: 0,
+            timestamp_ms: crate::stream::now_ms(),
+            kind,
+            data: Bytes::copy_from_slice(payload),
+        });
         self.shared
             .publish_external(Publish::new(Target::Channel(t), payload, text, opts));
+    }
+
+    /// Publishes to `channel` and calls `done` with what became of it: for a channel with
+    /// history its position once sequenced (and durable, for a persistent one), or the error
+    /// (nothing published); for a channel without history `Ok` with no position once handed
+    /// to the cores. `done` runs on the channel's owner core (or on this thread): keep it short
+    /// and non-blocking (send it to a channel). Publishes from one thread keep their order.
+    pub fn publish_acked(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        kind: MessageKind,
+        opts: PublishOptions,
+        done: impl FnOnce(PublishResult) + Send + 'static,
+    ) {
+        if let Err(e) = self.shared.channels.config.check_name(channel) {
+            return done(Err(e));
+        }
+        if !self.shared.channels.config.policy(channel).is_stream() {
+            if opts.idempotency_key.is_some() {
+                return done(Err(StreamError::NoHistory(channel.to_string())));
+            }
+            self.publish_with(channel, payload, kind, opts);
+            return done(Ok(Published {
+                position: None,
+                duplicate: false,
+            }));
+        }
+        let t = self.shared.channels.get_or_create(channel);
+        let owner = t.owner;
+        self.shared.to_core(
+            owner,
+            StreamMsg::Publish {
+                channel: t,
+                payload: Bytes::copy_from_slice(payload),
+                text: kind.is_text(),
+                opts,
+                reply: ReplyTo::Callback(Box::new(done)),
+            },
+        );
+    }
+
+    /// Reads `channel`'s history on its owner core; `done` runs there (keep it short).
+    pub fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+        done: impl FnOnce(Result<HistoryPage, StreamError>) + Send + 'static,
+    ) {
+        if let Err(e) = self.shared.channels.config.check_name(channel) {
+            return done(Err(e));
+        }
+        if !self.shared.channels.config.policy(channel).is_stream() {
+            return done(Err(StreamError::NoHistory(channel.to_string())));
+        }
+        let t = self.shared.channels.get_or_create(channel);
+        let owner = t.owner;
+        self.shared.to_core(
+            owner,
+            StreamMsg::History {
+                channel: t,
+                query,
+                reply: ReplyTo::Callback(Box::new(done)),
+            },
+        );
+    }
+
+    /// [`EngineHandle::history`], waiting for the answer on this thread (not on a core).
+    pub fn history_blocking(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, StreamError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.history(channel, query, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(StreamError::Closed))
+    }
+
+    /// [`EngineHandle::publish_acked`], waiting for the answer on this thread (not on a core).
+    pub fn publish_blocking(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        kind: MessageKind,
+        opts: PublishOptions,
+    ) -> PublishResult {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.publish_acked(channel, payload, kind, opts, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(StreamError::Closed))
+    }
+
+    /// An in-process subscriber: `callback(channel, publication)` is called for every
+    /// publication to `channel` from now on, until the returned subscription is dropped. For
+    /// a channel with history it runs on the owner core, in offset order, once the
+    /// publication is sequenced (durable, if persistent); otherwise on the publishing core or
+    /// thread. Keep it short and non-blocking.
+    pub fn subscribe_fn(
+        &self,
+        channel: &str,
+        callback: impl Fn(&str, &crate::stream::Publication) + Send + Sync + 'static,
+    ) -> Result<LocalSubscription, StreamError> {
+        self.shared.channels.config.check_name(channel)?;
+        let t = self.shared.channels.get_or_create(channel);
+        let id = self
+            .shared
+            .streams
+            .next_local_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cb: ChannelCallback = Arc::new(callback);
+        t.inproc.add(id, cb);
+        Ok(LocalSubscription {
+            channel: t.name.clone(),
+            inproc: t.inproc.clone(),
+            id,
+        })
     }
 
     /// Sends a message to every open connection (that passes the filter) on every core.
@@ -290,6 +423,7 @@ impl Engine {
     /// A builder with [`Config::default`].
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
+            streams: StreamSetup::default(),
             config: Config::default(),
         }
     }
@@ -311,12 +445,51 @@ impl Engine {
 }
 
 /// Builds an [`Engine`] from a [`Config`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineBuilder {
     config: Config,
+    streams: StreamSetup,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("config", &self.config)
+            .field("stream_store", &self.streams.store.is_some())
+            .field("publication_format", &self.streams.format.is_some())
+            .field("restored_streams", &self.streams.restore.len())
+            .finish()
+    }
 }
 
 impl EngineBuilder {
+    /// Channel namespaces (history, persistence) and naming rules.
+    pub fn channels(mut self, channels: ChannelConfig) -> Self {
+        self.config.channels = channels;
+        self
+    }
+
+    /// Where persistent channels are written (see [`StreamStore`]); required by a namespace
+    /// with `persist`.
+    pub fn stream_store(mut self, store: Arc<dyn StreamStore>) -> Self {
+        self.streams.store = Some(store);
+        self
+    }
+
+    /// How a publication to a channel with history is turned into the message its
+    /// subscribers receive (e.g. an envelope carrying its offset); default: the payload.
+    pub fn publication_format(mut self, format: Arc<dyn PublicationFormat>) -> Self {
+        self.streams.format = Some(format);
+        self
+    }
+
+    /// Streams read back from the store at startup, continued by their owner cores (same
+    /// epoch, next offset, kept history).
+    pub fn restore_streams(mut self, streams: Vec<RestoredStream>) -> Self {
+        self.streams.restore = streams;
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -422,6 +595,10 @@ impl EngineBuilder {
     {
         let cfg = self.config;
         cfg.validate()?;
+        cfg.channels
+            .validate(Some(self.streams.store.is_some()))
+            .map_err(EngineError::Config)?;
+        let streams = self.streams;
         let cores = resolve_cores(&cfg.cores)?;
         let n = cores.len();
         // 0 (automatic) is resolved by `Shared::new`, the one place that builds the rings.
@@ -445,7 +622,15 @@ impl EngineBuilder {
             // The first core to start builds the shared state (it needs the wakers, which
             // exist only once the runtime is up); the others reuse it.
             let shared = slot
-                .get_or_init(|| Arc::new(Shared::new(n, ring_capacity, wakers)))
+                .get_or_init(|| {
+                    Arc::new(Shared::new(
+                        n,
+                        ring_capacity,
+                        wakers,
+                        cfg.channels.clone(),
+                        streams.clone(),
+                    ))
+                })
                 .clone();
             WsService::new(core, cfg.clone(), shared, factory(core))
         })?;

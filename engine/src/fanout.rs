@@ -23,22 +23,26 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
 use crate::ids::ConnectionId;
+use crate::stream::{owner_of, ChannelConfig, ChannelPolicy, Inproc};
 
 /// Capacity of each core-to-core ring when `Config::ring_capacity` is 0 (automatic) and the
 /// machine has few cores; see [`auto_ring_capacity`].
 pub const DEFAULT_RING_CAPACITY: usize = 4096;
 
 /// Bytes all the core-to-core rings of an engine may take together when their capacity is
-/// automatic: there are cores² rings (one per ordered pair) of 16-byte slots, allocated and
-/// initialised up front.
+/// automatic: there are cores² rings (one per ordered pair) of 24-byte slots (a stamp and a
+/// lane item), allocated and initialised up front.
 const AUTO_RING_BUDGET: usize = 64 << 20;
 
+/// Bytes of one ring slot: a stamp and the engine's lane item (a tagged pointer).
+const SLOT_BYTES: usize = 24;
+
 /// The ring capacity used when `Config::ring_capacity` is 0: [`DEFAULT_RING_CAPACITY`], lowered
-/// on many-core machines so that the cores² rings stay within 64 MiB (64 cores: 1024 per ring;
-/// 192 cores: 113), never below 64. A full ring spills to the publisher's overflow queue, so a
+/// on many-core machines so that the cores² rings stay within 64 MiB, never below 64. A full ring spills to the publisher's overflow queue, so a
 /// smaller ring costs spills under bursts, never messages.
+/// (64 cores: 682 per ring; 192 cores: 75.)
 pub fn auto_ring_capacity(cores: usize) -> usize {
-    let per_ring = AUTO_RING_BUDGET / (16 * cores.max(1) * cores.max(1));
+    let per_ring = AUTO_RING_BUDGET / (SLOT_BYTES * cores.max(1) * cores.max(1));
     per_ring.clamp(64, DEFAULT_RING_CAPACITY)
 }
 
@@ -88,6 +92,9 @@ pub struct PublishOptions {
     pub exclude: Option<ConnectionId>,
     /// Only recipients for which this returns `true` receive it.
     pub filter: Option<Filter>,
+    /// For a channel with history: a repeat of this key within the namespace's
+    /// `idempotency_window` publishes nothing and is answered with the first publish's result.
+    pub idempotency_key: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for PublishOptions {
@@ -95,6 +102,7 @@ impl std::fmt::Debug for PublishOptions {
         f.debug_struct("PublishOptions")
             .field("exclude", &self.exclude)
             .field("filter", &self.filter.is_some())
+            .field("idempotency_key", &self.idempotency_key)
             .finish()
     }
 }
@@ -107,6 +115,12 @@ pub struct ChannelShared {
     pub(crate) cores: CoreSet,
     /// Subscribers over all cores.
     pub(crate) subscribers: AtomicUsize,
+    /// The channel's policy when it is a stream (sequenced by its owner core).
+    pub(crate) stream: Option<Arc<ChannelPolicy>>,
+    /// The core that sequences it (meaningful for streams).
+    pub(crate) owner: usize,
+    /// In-process subscribers.
+    pub(crate) inproc: Arc<Inproc>,
 }
 
 impl ChannelShared {
@@ -119,6 +133,11 @@ impl ChannelShared {
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)
     }
+
+    /// Whether the channel is a stream (offsets, history).
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
+    }
 }
 
 /// Name → channel, shared by all cores; only touched when a core first meets a name.
@@ -127,13 +146,21 @@ pub(crate) struct ChannelRegistry {
     map: Mutex<HashMap<Arc<str>, Arc<ChannelShared>>>,
     /// How many cores a channel's core set spans.
     cores: usize,
+    /// Namespaces, naming rules.
+    pub(crate) config: ChannelConfig,
 }
 
 impl ChannelRegistry {
+    #[cfg(test)]
     pub(crate) fn new(cores: usize) -> Self {
+        Self::with_config(cores, ChannelConfig::default())
+    }
+
+    pub(crate) fn with_config(cores: usize, config: ChannelConfig) -> Self {
         ChannelRegistry {
             map: Mutex::new(HashMap::new()),
             cores,
+            config,
         }
     }
 
@@ -142,11 +169,17 @@ impl ChannelRegistry {
         if let Some(t) = map.get(name) {
             return t.clone();
         }
+        let policy = self.config.policy(name);
+        let stream = policy.is_stream().then(|| Arc::new(policy.clone()));
+        let owner = owner_of(name, self.cores);
         let name: Arc<str> = name.into();
         let t = Arc::new(ChannelShared {
             name: name.clone(),
             cores: CoreSet::new(self.cores),
             subscribers: AtomicUsize::new(0),
+            stream,
+            owner,
+            inproc: Arc::default(),
         });
         map.insert(name, t.clone());
         t
@@ -319,13 +352,14 @@ pub(crate) fn concat_frames(run: &[Arc<Publish>]) -> Bytes {
     }
 }
 
-/// The inbound lanes of one core.
-pub(crate) struct Inbox {
+/// The inbound lanes of one core, carrying `T` (the engine's `LaneItem`: publishes and stream
+/// messages).
+pub(crate) struct Inbox<T> {
     /// `from_core[p]`: the ring core `p` writes to (single producer).
-    pub(crate) from_core: Box<[ArrayQueue<Arc<Publish>>]>,
+    pub(crate) from_core: Box<[ArrayQueue<T>]>,
 }
 
-impl Inbox {
+impl<T> Inbox<T> {
     pub(crate) fn new(cores: usize, capacity: usize) -> Self {
         Inbox {
             from_core: (0..cores)
@@ -336,11 +370,11 @@ impl Inbox {
 }
 
 /// A producer core's spill queues, one per target core (local, not shared).
-pub(crate) struct Outbox {
-    pub(crate) overflow: Vec<VecDeque<Arc<Publish>>>,
+pub(crate) struct Outbox<T> {
+    pub(crate) overflow: Vec<VecDeque<T>>,
 }
 
-impl Outbox {
+impl<T> Outbox<T> {
     pub(crate) fn new(cores: usize) -> Self {
         Outbox {
             overflow: (0..cores).map(|_| VecDeque::new()).collect(),
@@ -349,12 +383,7 @@ impl Outbox {
 
     /// Pushes `p` to `lane` in order behind anything already spilled; returns whether it
     /// spilled.
-    pub(crate) fn push(
-        &mut self,
-        target: usize,
-        lane: &ArrayQueue<Arc<Publish>>,
-        p: Arc<Publish>,
-    ) -> bool {
+    pub(crate) fn push(&mut self, target: usize, lane: &ArrayQueue<T>, p: T) -> bool {
         let q = &mut self.overflow[target];
         if q.is_empty() {
             match lane.push(p) {
@@ -373,7 +402,7 @@ impl Outbox {
     pub(crate) fn flush(
         &mut self,
         me: usize,
-        inboxes: &[Arc<Inbox>],
+        inboxes: &[Arc<Inbox<T>>],
         mut moved: impl FnMut(usize),
     ) -> bool {
         let mut left = false;
@@ -443,9 +472,10 @@ mod tests {
         assert_eq!(n, 192);
         // Rings shrink on many-core machines, never below 64.
         assert_eq!(auto_ring_capacity(2), DEFAULT_RING_CAPACITY);
-        assert_eq!(auto_ring_capacity(64), 1024);
+        assert_eq!(auto_ring_capacity(64), 682);
         assert!(
-            auto_ring_capacity(192) >= 64 && auto_ring_capacity(192) * 16 * 192 * 192 <= 64 << 20
+            auto_ring_capacity(192) >= 64
+                && auto_ring_capacity(192) * SLOT_BYTES * 192 * 192 <= 64 << 20
         );
         assert_eq!(auto_ring_capacity(4096), 64);
     }
@@ -457,7 +487,7 @@ mod tests {
         let to = |t: &Arc<ChannelShared>, exclude: Option<ConnectionId>| {
             let opts = PublishOptions {
                 exclude,
-                filter: None,
+                ..PublishOptions::default()
             };
             Arc::new(Publish::new(Target::Channel(t.clone()), b"x", true, opts))
         };
@@ -472,8 +502,8 @@ mod tests {
             b"x",
             true,
             PublishOptions {
-                exclude: None,
                 filter: Some(Arc::new(|_, _| true)),
+                ..PublishOptions::default()
             },
         );
         assert!(!cork.accepts(&filtered, 1024));
@@ -581,7 +611,7 @@ pub mod bench_support {
         payload: &[u8],
         cores: Option<(usize, usize)>,
     ) -> (Duration, u64) {
-        let inboxes: Arc<[Arc<Inbox>]> =
+        let inboxes: Arc<[Arc<Inbox<Arc<Publish>>>]> =
             (0..2).map(|_| Arc::new(Inbox::new(2, capacity))).collect();
         let consumer_inboxes = inboxes.clone();
         let ids = core_affinity::get_core_ids().unwrap_or_default();

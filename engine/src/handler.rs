@@ -6,10 +6,14 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use edge_ws_protocol::{CloseCode, Message};
 
-use crate::connection::{CoreState, SendError};
+use crate::connection::{ConnFn, ConnFnBox, CoreState, SendError};
 use crate::fanout::PublishOptions;
 use crate::ids::{ConnectionId, MessageKind};
 use crate::runtime::{ConnId, Io};
+use crate::shared::ReplyTo;
+use crate::stream::{
+    HistoryPage, HistoryQuery, PublishResult, Published, StreamError, StreamPosition, Subscribed,
+};
 use crate::upgrade::{Upgrade, UpgradeRequest};
 
 /// Application callbacks for one core.
@@ -191,6 +195,88 @@ impl Socket<'_, '_> {
     pub fn broadcast_all(&mut self, payload: &[u8], kind: MessageKind, opts: PublishOptions) {
         self.state
             .publish_all(self.io, payload, kind.is_text(), opts);
+    }
+
+    /// Subscribes this connection to `channel` from position `since` (or from now, `None`).
+    ///
+    /// For a channel with history, `done` runs on this core once the subscription is live,
+    /// with the stream's position and whether the missed publications (those after `since`)
+    /// could be recovered; they follow `done` in order, before any live publication, with no
+    /// duplicate and no gap. Reply to the client from `done` (the reply then precedes the
+    /// replay). For a channel without history `done` runs at once, with no position (and
+    /// [`RecoveryFailure::NoHistory`] if a position was given).
+    ///
+    /// Errors: an invalid name, or already subscribed. Nothing runs if the connection closes
+    /// first.
+    pub fn subscribe_with(
+        &mut self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        done: impl FnOnce(&mut Socket<'_, '_>, Result<Subscribed, StreamError>) + Send + 'static,
+    ) {
+        let done: ConnFnBox<Result<Subscribed, StreamError>> =
+            Box::new(move |state, io, id, r| done(&mut Socket { state, io, id }, r));
+        self.state
+            .subscribe_from(self.io, self.id, channel, since, done);
+    }
+
+    /// Publishes to `channel` and tells `done` (on this core) what became of it: for a
+    /// channel with history its position once the owner core sequenced it (and, for a
+    /// persistent one, once it is on disk); a refusal or store failure as an error (nothing
+    /// was published). An `idempotency_key` in `opts` makes a repeat within the namespace's
+    /// window answer the first result (`duplicate: true`) instead of publishing again.
+    pub fn publish_acked(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        kind: MessageKind,
+        opts: PublishOptions,
+        done: impl FnOnce(&mut Socket<'_, '_>, PublishResult) + Send + 'static,
+    ) {
+        if let Err(e) = self.state.shared.channels.config.check_name(channel) {
+            return done(self, Err(e));
+        }
+        let shared = self.state.local_channel(channel).shared.clone();
+        if !shared.is_stream() {
+            if opts.idempotency_key.is_some() {
+                return done(self, Err(StreamError::NoHistory(channel.to_string())));
+            }
+            self.state
+                .publish_channel(self.io, channel, payload, kind.is_text(), opts);
+            let published = Published {
+                position: None,
+                duplicate: false,
+            };
+            return done(self, Ok(published));
+        }
+        let f: ConnFnBox<PublishResult> =
+            Box::new(move |state, io, id, r| done(&mut Socket { state, io, id }, r));
+        let reply = ReplyTo::Socket {
+            core: self.state.core_index,
+            conn: self.id,
+            f: ConnFn::erase(f),
+        };
+        let payload = Bytes::copy_from_slice(payload);
+        self.state
+            .publish_stream(self.io, shared, payload, kind.is_text(), opts, reply);
+    }
+
+    /// Reads `channel`'s history (from its owner core); `done` runs on this core with the
+    /// page, or [`StreamError::NoHistory`] / an invalid name.
+    pub fn read_history(
+        &mut self,
+        channel: &str,
+        query: HistoryQuery,
+        done: impl FnOnce(&mut Socket<'_, '_>, Result<HistoryPage, StreamError>) + Send + 'static,
+    ) {
+        let f: ConnFnBox<Result<HistoryPage, StreamError>> =
+            Box::new(move |state, io, id, r| done(&mut Socket { state, io, id }, r));
+        let reply = ReplyTo::Socket {
+            core: self.state.core_index,
+            conn: self.id,
+            f: ConnFn::erase(f),
+        };
+        self.state.read_history(self.io, channel, query, reply);
     }
 
     /// Starts the close handshake with `code` and `reason`.

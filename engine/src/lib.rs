@@ -28,7 +28,9 @@
 
 // Layers, each using only those above it in this list: names and errors; configuration and
 // counters; fan-out types; what cores and handles share; connections and their output;
-// the application API; the runtime service; the engine; the in-memory test engine.
+// the application API; the runtime service; the engine; the in-memory test engine. Streams
+// (`stream`: positions, history, policies) sit beside the fan-out types; the owner core's
+// sequencing is `connection::sequencer`.
 pub mod config;
 mod connection;
 mod engine;
@@ -39,6 +41,7 @@ mod ids;
 pub mod metrics;
 mod service;
 mod shared;
+pub mod stream;
 pub mod testing;
 mod upgrade;
 
@@ -50,6 +53,10 @@ pub use crate::fanout::{Filter, PublishOptions};
 pub use crate::handler::{Handler, Socket};
 pub use crate::ids::{ConnectionId, MessageKind};
 pub use crate::metrics::MetricsSnapshot;
+pub use crate::stream::{
+    ChannelConfig, ChannelPolicy, HistoryPage, HistoryQuery, Publication, Published, Recovery,
+    RecoveryFailure, StreamError, StreamPosition, Subscribed,
+};
 pub use crate::upgrade::{Rejection, Upgrade, UpgradeRequest};
 pub use edge_ws_protocol::{self as protocol, CloseCode, Message};
 pub use edge_ws_runtime as runtime;

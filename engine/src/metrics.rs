@@ -128,6 +128,18 @@ counters! {
         /// Highest number of publishes found waiting in one inbound ring (a high-water mark, not a
         /// count; the snapshot sums it over cores).
         ring_depth_hwm,
+        /// Publications sequenced into a stream (offset assigned, kept, fanned out).
+        stream_published,
+        /// Publishes refused because their stream was recovering from a store failure.
+        stream_refused,
+        /// Publishes answered from an idempotency key seen within its window (not repeated).
+        stream_duplicates,
+        /// Publishes the store refused or failed (answered with the error).
+        stream_store_errors,
+        /// Kept publications replayed to recovering subscribers.
+        stream_replayed,
+        /// Subscriptions that asked to recover and could not (epoch changed, too old).
+        stream_recovery_failed,
     }
     runtime {
         /// Connections closed at accept because the core was at its connection limit.

@@ -96,6 +96,7 @@ impl<H: Handler> WsService<H> {
                 out: Vec::new(),
                 channels: HashMap::new(),
                 outbox: Outbox::new(cores),
+                streams: HashMap::new(),
                 cork: Cork::default(),
                 cork_max,
                 shared_encoders: HashMap::new(),
@@ -488,6 +489,8 @@ impl<H: Handler> WsService<H> {
                     self.resolve_upgrade(io, conn, decision);
                 }
                 Command::Deliver(p) => self.state.deliver(io, &p),
+                Command::Stream(msg) => self.state.on_stream(io, *msg),
+                Command::Call { conn, f } => self.state.run_call(io, conn, f),
                 Command::CloseAll { code, reason } => {
                     let ids: Vec<ConnId> =
                         self.state.conns.iter().flatten().map(|c| c.id).collect();

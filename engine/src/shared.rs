@@ -8,10 +8,83 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use edge_ws_protocol::CloseCode;
 
-use crate::fanout::{auto_ring_capacity, ChannelRegistry, Inbox, Publish};
+use crate::fanout::{
+    auto_ring_capacity, ChannelRegistry, ChannelShared, Inbox, Publish, PublishOptions,
+};
 use crate::metrics::{CoreMetrics, MetricsSnapshot};
 use crate::runtime::{ConnId, CoreWaker, RuntimeStats};
+use crate::stream::{
+    ChannelConfig, Entry, HistoryPage, HistoryQuery, PublishResult, StreamError, StreamPosition,
+    StreamSetup, StreamShared, Subscribed,
+};
 use crate::upgrade::Rejection;
+
+/// What travels in a ring from one core to another: a publish to deliver, or a stream message
+/// (a publish for the channel's owner to sequence, a recovery request or its answer), in the
+/// same FIFO as the publishes, so a recovery answer is ordered with the live publications.
+pub(crate) enum LaneItem {
+    Publish(Arc<Publish>),
+    Stream(Box<StreamMsg>),
+}
+
+/// A closure for one connection, run on its core with the core's state; erased here because
+/// that state is a layer above (`connection::sequencer` gives it its type).
+pub(crate) type ConnCall = Box<dyn std::any::Any + Send>;
+
+/// Where the answer to a stream request goes.
+pub(crate) enum ReplyTo<T> {
+    /// A connection: the closure (a `connection::sequencer::ConnFn<T>`) runs on its core.
+    Socket {
+        core: usize,
+        conn: ConnId,
+        f: ConnCall,
+    },
+    /// A callback of an outside thread, run where the answer is made (the owner core).
+    Callback(Box<dyn FnOnce(T) + Send>),
+    /// Nobody waits.
+    Nobody,
+}
+
+/// A request to a channel's owner core, or its answer.
+pub(crate) enum StreamMsg {
+    /// Sequence and publish.
+    Publish {
+        channel: Arc<ChannelShared>,
+        payload: Bytes,
+        text: bool,
+        opts: PublishOptions,
+        reply: ReplyTo<PublishResult>,
+    },
+    /// A subscriber on `core` wants to start at `since`.
+    Recover {
+        channel: Arc<ChannelShared>,
+        since: Option<StreamPosition>,
+        core: usize,
+        conn: ConnId,
+        reply: ConnCall,
+    },
+    /// The owner's answer to `Recover`, in the ring behind the publications up to
+    /// `outcome.position` and ahead of the later ones.
+    Recovered {
+        channel: Arc<ChannelShared>,
+        conn: ConnId,
+        outcome: Subscribed,
+        entries: Vec<Entry>,
+        reply: ConnCall,
+    },
+    /// Read the history.
+    History {
+        channel: Arc<ChannelShared>,
+        query: HistoryQuery,
+        reply: ReplyTo<Result<HistoryPage, StreamError>>,
+    },
+    /// The store's answer for a persistent publication (from the store's thread).
+    Committed {
+        channel: Arc<ChannelShared>,
+        offset: u64,
+        result: Result<(), StreamError>,
+    },
+}
 
 /// A request to one core, from another core or from a handle.
 pub(crate) enum Command {
@@ -44,6 +117,13 @@ pub(crate) enum Command {
     /// so what one thread does through the handle reaches each core in the order it did it
     /// (a send after a publish arrives after it).
     Deliver(Arc<Publish>),
+    /// A stream request from outside the cores (or a commit from the store's thread).
+    Stream(Box<StreamMsg>),
+    /// Run a closure (a `connection::sequencer::ConnFn<()>`) with a connection of this core.
+    Call {
+        conn: ConnId,
+        f: ConnCall,
+    },
 }
 
 /// State shared by every core and every handle: command queues, doorbells, metrics.
@@ -53,17 +133,24 @@ pub(crate) struct Shared {
     pub(crate) wakers: Arc<[CoreWaker]>,
     pub(crate) metrics: Arc<[CoreMetrics]>,
     pub(crate) runtime_stats: std::sync::OnceLock<Arc<[RuntimeStats]>>,
-    pub(crate) inboxes: Box<[Arc<Inbox>]>,
+    pub(crate) inboxes: Box<[Arc<Inbox<LaneItem>>]>,
     pub(crate) channels: ChannelRegistry,
+    pub(crate) streams: StreamShared,
 }
 
 impl Shared {
     /// The state shared by `cores` cores, each woken through its entry of `wakers`: empty
     /// command queues, zeroed metrics, fan-out inboxes with `ring_capacity` publishes per lane
-    /// (0: [`auto_ring_capacity`]),
-    /// no channels. The one place it is built, for [`EngineBuilder::build`] and for the
+    /// (0: [`auto_ring_capacity`]), no channels yet (named by `channels`' rules), the stream
+    /// store, format and restored streams of `streams`. The one place it is built, for [`EngineBuilder::build`] and for the
     /// in-memory cores of the test engine (`testing::MemEngine`) alike.
-    pub(crate) fn new(cores: usize, ring_capacity: usize, wakers: Arc<[CoreWaker]>) -> Self {
+    pub(crate) fn new(
+        cores: usize,
+        ring_capacity: usize,
+        wakers: Arc<[CoreWaker]>,
+        channels: ChannelConfig,
+        streams: StreamSetup,
+    ) -> Self {
         debug_assert_eq!(wakers.len(), cores, "one waker per core");
         Shared {
             cores,
@@ -80,8 +167,15 @@ impl Shared {
                     .map(|_| Arc::new(Inbox::new(cores, capacity)))
                     .collect()
             },
-            channels: ChannelRegistry::new(cores),
+            channels: ChannelRegistry::with_config(cores, channels),
+            streams: StreamShared::new(streams),
         }
+    }
+
+    /// Hands a stream message to core `core` through its command queue.
+    pub(crate) fn to_core(&self, core: usize, msg: StreamMsg) {
+        self.queues[core].push(Command::Stream(Box::new(msg)));
+        self.wakers[core].wake();
     }
 
     /// Hands a publish from outside the cores to every core that should see it.

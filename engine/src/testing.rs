@@ -62,6 +62,7 @@ use crate::runtime::mem::MemDriver;
 use crate::runtime::{ConnId, CoreWaker};
 use crate::service::WsService;
 use crate::shared::Shared;
+use crate::stream::{PublicationFormat, RestoredStream, StreamSetup, StreamStore};
 use crate::{ConnectionId, EngineHandle};
 
 /// Most rounds [`MemEngine::pump`] runs before it decides the cores never settle.
@@ -117,6 +118,27 @@ impl<H: Handler> Wire for Cores<H> {
     }
 }
 
+/// The stream parts of a [`MemEngine`] (see [`MemEngine::with_streams`]).
+#[derive(Default)]
+pub struct MemStreams {
+    /// Where persistent channels are written.
+    pub store: Option<Arc<dyn StreamStore>>,
+    /// How publications to streams are formatted.
+    pub format: Option<Arc<dyn PublicationFormat>>,
+    /// Streams to continue.
+    pub restore: Vec<RestoredStream>,
+}
+
+impl std::fmt::Debug for MemStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemStreams")
+            .field("store", &self.store.is_some())
+            .field("format", &self.format.is_some())
+            .field("restore", &self.restore.len())
+            .finish()
+    }
+}
+
 /// An engine of in-memory cores for socket-free tests (see the [module docs](self)).
 pub struct MemEngine<H: Handler> {
     cores: Rc<RefCell<Cores<H>>>,
@@ -139,6 +161,21 @@ impl<H: Handler> MemEngine<H> {
     /// [`crate::EngineBuilder::build`] refuses, on zero cores, or if an eventfd cannot be
     /// created.
     pub fn new(config: Config, cores: usize, factory: impl Fn(usize) -> H) -> Self {
+        Self::with_streams(config, cores, MemStreams::default(), factory)
+    }
+
+    /// [`MemEngine::new`] with a stream store, a publication format or restored streams (what
+    /// `EngineBuilder::stream_store`, `publication_format` and `restore_streams` give a real
+    /// engine).
+    pub fn with_streams(
+        config: Config,
+        cores: usize,
+        streams: MemStreams,
+        factory: impl Fn(usize) -> H,
+    ) -> Self {
+        if let Err(e) = config.channels.validate(Some(streams.store.is_some())) {
+            panic!("MemEngine: {e}");
+        }
         if let Err(e) = config.validate() {
             panic!("MemEngine: {e}");
         }
@@ -146,7 +183,17 @@ impl<H: Handler> MemEngine<H> {
         let wakers: Arc<[CoreWaker]> = (0..cores)
             .map(|i| CoreWaker::detached(i).expect("eventfd for a core's doorbell"))
             .collect();
-        let shared = Arc::new(Shared::new(cores, config.ring_capacity, wakers));
+        let shared = Arc::new(Shared::new(
+            cores,
+            config.ring_capacity,
+            wakers,
+            config.channels.clone(),
+            StreamSetup {
+                store: streams.store,
+                format: streams.format,
+                restore: streams.restore,
+            },
+        ));
         let config = Arc::new(config);
         let drivers = (0..cores)
             .map(|i| {

@@ -88,14 +88,14 @@ impl Handler for App {
             "pubx" => {
                 let opts = PublishOptions {
                     exclude: Some(s.id()),
-                    filter: None,
+                    ..PublishOptions::default()
                 };
                 s.publish_with(a, b.as_bytes(), MessageKind::Text, opts);
             }
             "pubvip" => {
                 let opts = PublishOptions {
-                    exclude: None,
                     filter: Some(Arc::new(|_, data| data.is_some_and(|d| d.is::<Vip>()))),
+                    ..PublishOptions::default()
                 };
                 s.publish_with(a, b.as_bytes(), MessageKind::Text, opts);
             }

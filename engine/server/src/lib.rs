@@ -427,8 +427,8 @@ impl Manager {
     {
         let Some(h) = self.engine() else { return false };
         let opts = PublishOptions {
-            exclude: None,
             filter: Some(user_filter(filter)),
+            ..PublishOptions::default()
         };
         h.broadcast_all(text.as_bytes(), MessageKind::Text, opts);
         true

@@ -144,7 +144,7 @@ impl<'c, 'io> Context<'c, 'io> {
     pub fn publish_others(&mut self, channel: &str, text: &str) {
         let opts = PublishOptions {
             exclude: Some(self.socket.id()),
-            filter: None,
+            ..PublishOptions::default()
         };
         self.socket
             .publish_with(channel, text.as_bytes(), MessageKind::Text, opts);
@@ -156,8 +156,8 @@ impl<'c, 'io> Context<'c, 'io> {
         F: Fn(ConnectionId, Option<&UserContext>) -> bool + Send + Sync + 'static,
     {
         let opts = PublishOptions {
-            exclude: None,
             filter: Some(crate::user_filter(filter)),
+            ..PublishOptions::default()
         };
         self.socket
             .broadcast_all(text.as_bytes(), MessageKind::Text, opts);
