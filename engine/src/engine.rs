@@ -233,6 +233,11 @@ impl EngineHandle {
         );
     }
 
+    /// Whether `channel` keeps history (see [`crate::Socket::has_history`]).
+    pub fn has_history(&self, channel: &str) -> bool {
+        self.shared.channels.config.policy(channel).is_stream()
+    }
+
     /// Reads `channel`'s history on its owner core; `done` runs there (keep it short).
     pub fn history(
         &self,

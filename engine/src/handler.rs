@@ -197,6 +197,17 @@ impl Socket<'_, '_> {
             .publish_all(self.io, payload, kind.is_text(), opts);
     }
 
+    /// Whether `channel` keeps history (its namespace's `history_size` > 0): its publications
+    /// have offsets, and it can be recovered and read.
+    pub fn has_history(&self, channel: &str) -> bool {
+        self.state
+            .shared
+            .channels
+            .config
+            .policy(channel)
+            .is_stream()
+    }
+
     /// Subscribes this connection to `channel` from position `since` (or from now, `None`).
     ///
     /// For a channel with history, `done` runs on this core once the subscription is live,

@@ -226,6 +226,7 @@ pub struct HistoryPage {
 
 /// Why a subscriber's missed publications could not be recovered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecoveryFailure {
     /// The stream's epoch is not the reader's: its past was lost (restart without
     /// persistence, wiped store). Reload state and continue from the new position.

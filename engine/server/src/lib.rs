@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+pub mod channels;
 mod events;
 mod identity;
 mod json;
@@ -357,14 +358,17 @@ impl Manager {
     }
 
     /// Starts an engine whose cores run `factory(core)` behind this manager, and attaches its
-    /// handle.
+    /// handle. Publications to channels with history reach subscribers in the JSON
+    /// publication envelope ([`channels::EnvelopeFormat`]).
     pub fn start<A, F>(&self, builder: EngineBuilder, factory: F) -> Result<Engine, EngineError>
     where
         A: App,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
         let m = self.clone();
-        let engine = builder.build(move |core| m.handler(factory(core)))?;
+        let engine = builder
+            .publication_format(Arc::new(channels::EnvelopeFormat))
+            .build(move |core| m.handler(factory(core)))?;
         self.attach(engine.handle());
         Ok(engine)
     }

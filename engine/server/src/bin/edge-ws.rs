@@ -14,7 +14,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use edge_ws::protocol::deflate::DeflateConfig;
-use edge_ws::{Config, Cores, Engine, Handler, Message, MessageKind, SlowConsumerPolicy, Socket};
+use edge_ws::stream::RestoredStream;
+use edge_ws::{
+    ChannelConfig, ChannelPolicy, Config, Cores, Engine, Handler, Message, MessageKind,
+    SlowConsumerPolicy, Socket, Upgrade, UpgradeRequest,
+};
+use edge_ws_server::channels::{restore_streams, EnvelopeFormat, StoreStreams};
+use edge_ws_server::store::{Durability, Store, StoreHandle, StoreOptions};
+use edge_ws_server::{Manager, ManagerHandler, Router};
 use serde::Deserialize;
 
 #[global_allocator]
@@ -40,8 +47,9 @@ Logs go to stderr, filtered by RUST_LOG (default info; e.g. RUST_LOG=edge_ws=deb
 Exit status: 0 after a clean shutdown, 1 if the server failed while running, 2 for a
 bad command line or configuration.
 
-Paths: /sub subscribes to the \"broadcast\" channel, every message sent on /pub is
-published to it (on every core), any other path echoes. GET /health answers JSON.
+Paths: /ws speaks the JSON envelope (docs/PROTOCOL.md: subscribe with recovery,
+publish, history); /sub subscribes to the \"broadcast\" channel, every message sent on
+/pub is published to it (on every core), any other path echoes. GET /health answers JSON.
 SIGINT/SIGTERM: graceful shutdown (1001 to every client, then exit).
 ";
 
@@ -53,6 +61,61 @@ struct FileConfig {
     limits: LimitsSection,
     timeouts: TimeoutsSection,
     compression: CompressionSection,
+    channels: ChannelsSection,
+    store: StoreSection,
+}
+
+/// `[channels]`: the default namespace's policy and the naming rules;
+/// `[[channels.namespace]]`: per-prefix policies.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ChannelsSection {
+    max_name_len: Option<usize>,
+    max_history_read: Option<usize>,
+    #[serde(flatten)]
+    default: PolicySection,
+    namespace: Vec<NamespaceSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PolicySection {
+    history_size: Option<usize>,
+    /// 0: no time limit.
+    history_ttl_ms: Option<u64>,
+    persist: Option<bool>,
+    idempotency_window_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceSection {
+    prefix: String,
+    #[serde(flatten)]
+    policy: PolicySection,
+}
+
+/// `[store]`: where persistent channels live (opened only if a namespace persists).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StoreSection {
+    dir: Option<std::path::PathBuf>,
+    /// "fsync" (default) or "buffered".
+    durability: Option<String>,
+}
+
+impl PolicySection {
+    fn apply(&self, mut p: ChannelPolicy) -> ChannelPolicy {
+        p.history_size = self.history_size.unwrap_or(p.history_size);
+        if let Some(v) = self.history_ttl_ms {
+            p.history_ttl = (v > 0).then(|| ms(v));
+        }
+        p.persist = self.persist.unwrap_or(p.persist);
+        if let Some(v) = self.idempotency_window_ms {
+            p.idempotency_window = ms(v);
+        }
+        p
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,7 +266,93 @@ fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
         d.max_inflated_message = c.max_message_size;
         c.deflate = Some(d);
     }
+    let ch = file.channels;
+    c.channels.max_name_len = ch.max_name_len.unwrap_or(c.channels.max_name_len);
+    c.channels.max_history_read = ch.max_history_read.unwrap_or(c.channels.max_history_read);
+    c.channels.default = ch.default.apply(c.channels.default.clone());
+    for ns in ch.namespace {
+        let policy = ns.policy.apply(c.channels.default.clone());
+        c.channels = std::mem::take(&mut c.channels).namespace(ns.prefix, policy);
+    }
     Ok(())
+}
+
+/// Opens the store if a namespace persists: the stream store and the streams to continue.
+fn open_store(
+    section: &StoreSection,
+    channels: &ChannelConfig,
+) -> Result<Option<(StoreHandle, Vec<RestoredStream>)>, Failure> {
+    let persists = channels.default.persist || channels.namespaces.iter().any(|(_, p)| p.persist);
+    if !persists {
+        return Ok(None);
+    }
+    let durability = match section.durability.as_deref() {
+        None | Some("fsync") => Durability::Fsync,
+        Some("buffered") => Durability::Buffered,
+        Some(other) => {
+            return Err(
+                format!("store.durability: \"fsync\" or \"buffered\", got {other:?}").into(),
+            )
+        }
+    };
+    let dir = section
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("edge-ws-data"));
+    let store = Store::open(&dir, StoreOptions::default().durability(durability))
+        .map_err(|e| Failure::Runtime(format!("store {}: {e}", dir.display())))?;
+    let restored = restore_streams(&store, channels)
+        .map_err(|e| Failure::Runtime(format!("store {}: {e}", dir.display())))?;
+    tracing::info!(
+        dir = %dir.display(),
+        channels = restored.len(),
+        "store open: persistent channels restored"
+    );
+    Ok(Some((store, restored)))
+}
+
+/// The paths of the JSON envelope protocol (docs/PROTOCOL.md): the connection manager with
+/// the built-in channel routes.
+fn is_envelope_path(path: &str) -> bool {
+    path == "/ws" || path.starts_with("/ws/")
+}
+
+/// `/ws`: the manager and its channel routes; every other path: the demo.
+struct Product {
+    demo: Demo,
+    ws: ManagerHandler<Router>,
+}
+
+impl Handler for Product {
+    fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Upgrade {
+        if is_envelope_path(&request.request.path) {
+            self.ws.on_upgrade(request)
+        } else {
+            Upgrade::Accept(None)
+        }
+    }
+
+    fn on_open(&mut self, socket: &mut Socket<'_, '_>) {
+        if is_envelope_path(socket.path()) {
+            self.ws.on_open(socket)
+        } else {
+            self.demo.on_open(socket)
+        }
+    }
+
+    fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
+        if is_envelope_path(socket.path()) {
+            self.ws.on_message(socket, message)
+        } else {
+            self.demo.on_message(socket, message)
+        }
+    }
+
+    fn on_close(&mut self, socket: &mut Socket<'_, '_>, code: edge_ws::CloseCode, reason: &str) {
+        if is_envelope_path(socket.path()) {
+            self.ws.on_close(socket, code, reason)
+        }
+    }
 }
 
 /// Echo on every path, except the broadcast relay: `/sub` subscribes, `/pub` publishes.
@@ -362,9 +511,11 @@ fn run() -> Result<(), Failure> {
         }
     }
     let mut cfg = Config::default();
+    let mut store_section = StoreSection::default();
     if let Some(path) = config_path {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-        let file: FileConfig = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+        let mut file: FileConfig = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+        store_section = std::mem::take(&mut file.store);
         apply(file, &mut cfg)?;
     }
     if let Some(a) = addr {
@@ -380,10 +531,24 @@ fn run() -> Result<(), Failure> {
     cfg.validate().map_err(|e| e.to_string())?;
     init_logs(log_format)?;
     edge_ws::runtime::os::block_termination_signals();
-    let engine = Engine::builder()
+    let store = open_store(&store_section, &cfg.channels)?;
+    let mut builder = Engine::builder()
         .config(cfg)
-        .build(|_core| Demo)
+        .publication_format(std::sync::Arc::new(EnvelopeFormat));
+    if let Some((store, restored)) = &store {
+        builder = builder
+            .stream_store(std::sync::Arc::new(StoreStreams::new(store.clone())))
+            .restore_streams(restored.clone());
+    }
+    let manager = Manager::builder().build();
+    let m = manager.clone();
+    let engine = builder
+        .build(move |_core| Product {
+            demo: Demo,
+            ws: m.handler(Router::new().channels()),
+        })
         .map_err(|e| Failure::Runtime(e.to_string()))?;
+    manager.attach(engine.handle());
     tracing::info!(
         addr = %engine.local_addr(),
         cores = engine.handle().cores(),
@@ -407,5 +572,10 @@ fn run() -> Result<(), Failure> {
     let handle = engine.handle();
     let result = engine.join();
     log_counters(&handle, "stopped");
+    if let Some((store, _)) = store {
+        if let Err(e) = store.shutdown() {
+            tracing::warn!(error = %e, "store shutdown");
+        }
+    }
     result.map_err(|_| Failure::Runtime("a core thread panicked".to_string()))
 }

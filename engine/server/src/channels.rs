@@ -1,0 +1,498 @@
+//! Channels over the JSON envelope: `subscribe` (with recovery), `unsubscribe`, `publish`
+//! (acknowledged, idempotent) and `history` as built-in routes of a [`Router`]
+//! ([`Router::channels`]), the publication envelope every subscriber receives
+//! ([`EnvelopeFormat`]), and, with the `store` feature, the durable store behind persistent
+//! namespaces ([`StoreStreams`], [`restore_streams`]). Wire format: docs/PROTOCOL.md, §
+//! "Channels".
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use edge_ws::stream::PublicationFormat;
+use edge_ws::{
+    HistoryPage, HistoryQuery, MessageKind, PublishOptions, Recovery, RecoveryFailure, Socket,
+    StreamError, StreamPosition,
+};
+use serde::Deserialize;
+
+use crate::router::{Context, Envelope, RouteError, Router};
+use crate::UserContext;
+
+/// What a client asks to do with a channel (for [`ChannelAccess`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelOp {
+    /// Subscribe (and recover).
+    Subscribe,
+    /// Publish.
+    Publish,
+    /// Read the history.
+    History,
+}
+
+/// Decides whether a connection's user may do `op` on a channel: `Err(text)` is answered as
+/// the error. The default allows everything.
+pub type ChannelAccess =
+    Arc<dyn Fn(Option<&UserContext>, &str, ChannelOp) -> Result<(), String> + Send + Sync>;
+
+/// The message subscribers receive for a publication:
+/// `{"type":"publication","channel":C,"offset":N,"epoch":"E","data":D}` where `D` is the
+/// published JSON (a channel without history has no `offset` and `epoch`). The epoch is a
+/// string: it is a 64-bit identifier, beyond what a JavaScript number holds exactly.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvelopeFormat;
+
+impl EnvelopeFormat {
+    fn write(channel: &str, position: Option<StreamPosition>, data: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"type":"publication","channel":"#);
+        json_string(channel, out);
+        if let Some(p) = position {
+            let _ = write!(
+                VecWriter(out),
+                r#","offset":{},"epoch":"{}""#,
+                p.offset,
+                p.epoch
+            );
+        }
+        out.extend_from_slice(br#","data":"#);
+        out.extend_from_slice(data);
+        out.push(b'}');
+    }
+}
+
+impl PublicationFormat for EnvelopeFormat {
+    fn encode(
+        &self,
+        channel: &str,
+        position: StreamPosition,
+        payload: &[u8],
+        _kind: MessageKind,
+        out: &mut Vec<u8>,
+    ) -> MessageKind {
+        EnvelopeFormat::write(channel, Some(position), payload, out);
+        MessageKind::Text
+    }
+}
+
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn json_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json never fails on a str.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Since {
+    offset: u64,
+    epoch: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeReq {
+    channel: String,
+    #[serde(default)]
+    since: Option<Since>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelReq {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishReq<'a> {
+    channel: String,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryReq {
+    channel: String,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+/// Most publications a `history` request returns when it names no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+fn parse_epoch(s: &str) -> Result<u64, RouteError> {
+    s.parse().map_err(|_| RouteError::invalid_data())
+}
+
+/// `{"type":T,"id":I,"data":D}` with `id` only if the request had one.
+fn envelope(kind: &str, id: Option<&str>, data: &str) -> String {
+    let mut s = String::with_capacity(kind.len() + data.len() + 40);
+    s.push_str(r#"{"type":""#);
+    s.push_str(kind);
+    s.push('"');
+    if let Some(id) = id {
+        s.push_str(r#","id":"#);
+        s.push_str(id);
+    }
+    s.push_str(r#","data":"#);
+    s.push_str(data);
+    s.push('}');
+    s
+}
+
+/// The error envelope for a stream error, with a retry hint when retrying may help.
+fn stream_error(id: Option<&str>, e: &StreamError) -> String {
+    let mut s = String::from(r#"{"type":"error""#);
+    if let Some(id) = id {
+        s.push_str(r#","id":"#);
+        s.push_str(id);
+    }
+    s.push_str(r#","error":"#);
+    s.push_str(&serde_json::to_string(&e.to_string()).unwrap_or_default());
+    if e.is_retryable() {
+        s.push_str(r#","retry_after_ms":100"#);
+    }
+    s.push('}');
+    s
+}
+
+fn position_fields(out: &mut String, p: Option<StreamPosition>) {
+    if let Some(p) = p {
+        let _ = write!(out, r#","offset":{},"epoch":"{}""#, p.offset, p.epoch);
+    }
+}
+
+fn failure_name(f: RecoveryFailure) -> &'static str {
+    match f {
+        RecoveryFailure::EpochChanged => "epoch_changed",
+        RecoveryFailure::TooOld => "too_old",
+        RecoveryFailure::Ahead => "ahead",
+        RecoveryFailure::NoHistory => "no_history",
+        _ => "unknown",
+    }
+}
+
+fn history_data(channel: &str, page: &HistoryPage) -> String {
+    let mut d = String::from(r#"{"channel":"#);
+    d.push_str(&serde_json::to_string(channel).unwrap_or_default());
+    position_fields(&mut d, Some(page.position));
+    let _ = write!(
+        d,
+        r#","first_offset":{},"publications":["#,
+        page.first_offset
+    );
+    for (i, p) in page.publications.iter().enumerate() {
+        if i > 0 {
+            d.push(',');
+        }
+        d.push_str(std::str::from_utf8(&p.data).unwrap_or("null"));
+    }
+    d.push_str("]}");
+    d
+}
+
+fn send(s: &mut Socket<'_, '_>, text: &str) {
+    let _ = s.send_text(text);
+}
+
+impl Router {
+    /// Adds the built-in channel routes (`subscribe`, `unsubscribe`, `publish`, `history`;
+    /// docs/PROTOCOL.md) allowing every user everything. Pair it with [`EnvelopeFormat`] on
+    /// the engine ([`crate::Manager::start`] installs it).
+    pub fn channels(self) -> Router {
+        self.channels_with(Arc::new(|_, _, _| Ok(())))
+    }
+
+    /// [`Router::channels`] with an access check per request.
+    pub fn channels_with(self, access: ChannelAccess) -> Router {
+        let (a1, a2, a3) = (access.clone(), access.clone(), access);
+        self.route("subscribe", move |ctx, msg| subscribe(ctx, msg, &a1))
+            .route("unsubscribe", |ctx, msg| {
+                let req: ChannelReq = msg.data()?;
+                let was = ctx.leave(&req.channel);
+                let data = format!(
+                    r#"{{"channel":{},"was_subscribed":{was}}}"#,
+                    serde_json::to_string(&req.channel)?
+                );
+                let text = envelope("unsubscribed", msg.id(), &data);
+                let _ = ctx.send_text(&text);
+                Ok(())
+            })
+            .route("publish", move |ctx, msg| publish(ctx, msg, &a2))
+            .route("history", move |ctx, msg| history(ctx, msg, &a3))
+    }
+}
+
+fn check(
+    ctx: &Context<'_, '_>,
+    access: &ChannelAccess,
+    channel: &str,
+    op: ChannelOp,
+) -> Result<(), RouteError> {
+    access(ctx.user(), channel, op).map_err(RouteError::new)
+}
+
+fn subscribe(
+    ctx: &mut Context<'_, '_>,
+    msg: &Envelope<'_>,
+    access: &ChannelAccess,
+) -> Result<(), RouteError> {
+    let req: SubscribeReq = msg.data()?;
+    check(ctx, access, &req.channel, ChannelOp::Subscribe)?;
+    let since = match &req.since {
+        Some(s) => Some(StreamPosition {
+            offset: s.offset,
+            epoch: parse_epoch(&s.epoch)?,
+        }),
+        None => None,
+    };
+    let id = msg.id().map(str::to_owned);
+    let channel = req.channel;
+    let name = serde_json::to_string(&channel)?;
+    ctx.socket()
+        .subscribe_with(&channel, since, move |s, r| match r {
+            Ok(sub) => {
+                let mut d = format!(r#"{{"channel":{name}"#);
+                position_fields(&mut d, sub.position);
+                match sub.recovery {
+                    Recovery::NotRequested => {}
+                    Recovery::Recovered { missed } => {
+                        let _ = write!(d, r#","recovered":true,"missed":{missed}"#);
+                    }
+                    Recovery::Failed(f) => {
+                        let _ = write!(d, r#","recovered":false,"reason":"{}""#, failure_name(f));
+                    }
+                }
+                d.push('}');
+                send(s, &envelope("subscribed", id.as_deref(), &d));
+            }
+            Err(e) => send(s, &stream_error(id.as_deref(), &e)),
+        });
+    Ok(())
+}
+
+fn publish(
+    ctx: &mut Context<'_, '_>,
+    msg: &Envelope<'_>,
+    access: &ChannelAccess,
+) -> Result<(), RouteError> {
+    let req: PublishReq<'_> = msg.data()?;
+    check(ctx, access, &req.channel, ChannelOp::Publish)?;
+    if req
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+    {
+        return Err(RouteError::new(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+        )));
+    }
+    let opts = PublishOptions {
+        idempotency_key: req.idempotency_key.as_deref().map(Arc::from),
+        ..PublishOptions::default()
+    };
+    let stream = ctx.socket().has_history(&req.channel);
+    let id = msg.id().map(str::to_owned);
+    let name = serde_json::to_string(&req.channel)?;
+    let done = move |s: &mut Socket<'_, '_>, r: edge_ws::stream::PublishResult| match r {
+        Ok(p) => {
+            // Acknowledged only when asked (the request had an id).
+            if id.is_some() {
+                let mut d = format!(r#"{{"channel":{name}"#);
+                position_fields(&mut d, p.position);
+                let _ = write!(d, r#","duplicate":{}}}"#, p.duplicate);
+                send(s, &envelope("published", id.as_deref(), &d));
+            }
+        }
+        Err(e) => send(s, &stream_error(id.as_deref(), &e)),
+    };
+    let data = req.data.get().as_bytes();
+    if stream {
+        // The owner core wraps it in the publication envelope with its offset.
+        ctx.socket()
+            .publish_acked(&req.channel, data, MessageKind::Text, opts, done);
+    } else {
+        let mut framed = Vec::with_capacity(data.len() + req.channel.len() + 48);
+        EnvelopeFormat::write(&req.channel, None, data, &mut framed);
+        ctx.socket()
+            .publish_acked(&req.channel, &framed, MessageKind::Text, opts, done);
+    }
+    Ok(())
+}
+
+fn history(
+    ctx: &mut Context<'_, '_>,
+    msg: &Envelope<'_>,
+    access: &ChannelAccess,
+) -> Result<(), RouteError> {
+    let req: HistoryReq = msg.data()?;
+    check(ctx, access, &req.channel, ChannelOp::History)?;
+    let limit = req.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    let query = match (req.since, req.reverse) {
+        (Some(after), false) => HistoryQuery::Since { after, limit },
+        (None, false) => HistoryQuery::Last(limit),
+        (None, true) => HistoryQuery::NewestFirst(limit),
+        (Some(_), true) => {
+            return Err(RouteError::new(
+                "history: since and reverse cannot be combined",
+            ))
+        }
+    };
+    let id = msg.id().map(str::to_owned);
+    let channel = req.channel;
+    let ch = channel.clone();
+    ctx.socket()
+        .read_history(&channel, query, move |s, r| match r {
+            Ok(page) => send(
+                s,
+                &envelope("history", id.as_deref(), &history_data(&ch, &page)),
+            ),
+            Err(e) => send(s, &stream_error(id.as_deref(), &e)),
+        });
+    Ok(())
+}
+
+#[cfg(feature = "store")]
+pub use self::durable::{restore_streams, StoreStreams};
+
+#[cfg(feature = "store")]
+mod durable {
+    use super::*;
+    use crate::store::{Append, Retention, StoreError, StoreHandle};
+    use bytes::Bytes;
+    use edge_ws::stream::{CommitAck, RestoredStream, StoredPublication, StreamStore};
+    use edge_ws::ChannelConfig;
+
+    /// The durable store behind persistent namespaces: each publication is one record
+    /// (its kind in a leading byte, then the payload), appended through the store thread's
+    /// group commit and acknowledged after its fsync.
+    #[derive(Debug, Clone)]
+    pub struct StoreStreams {
+        store: StoreHandle,
+    }
+
+    impl StoreStreams {
+        /// Over `store`.
+        pub fn new(store: StoreHandle) -> Self {
+            StoreStreams { store }
+        }
+    }
+
+    fn err(e: StoreError) -> StreamError {
+        StreamError::Store(e.to_string())
+    }
+
+    impl StreamStore for StoreStreams {
+        fn append(&self, p: StoredPublication<'_>, done: CommitAck) -> Result<(), StreamError> {
+            let mut rec = Vec::with_capacity(1 + p.payload.len());
+            rec.push(match p.kind {
+                MessageKind::Text => b't',
+                MessageKind::Binary => b'b',
+            });
+            rec.extend_from_slice(p.payload);
+            let mut retention = Retention::default().max_len(p.policy.history_size as u64);
+            if let Some(ttl) = p.policy.history_ttl {
+                retention = retention.ttl(ttl);
+            }
+            let append =
+                Append::new(p.channel, p.epoch, p.offset, rec, p.timestamp_ms).retention(retention);
+            self.store
+                .try_append(append, Box::new(move |r| done(r.map_err(err))))
+                .map_err(err)
+        }
+
+        fn position(&self, channel: &str) -> Result<Option<StreamPosition>, StreamError> {
+            Ok(self
+                .store
+                .position(channel)
+                .map_err(err)?
+                .map(|p| StreamPosition {
+                    offset: p.last_offset,
+                    epoch: p.epoch,
+                }))
+        }
+    }
+
+    /// Every persistent channel the store holds, read back for
+    /// `EngineBuilder::restore_streams`: its position and its last `history_size`
+    /// publications. Channels whose namespace no longer persists are left out (their owner
+    /// starts them afresh, with a new epoch).
+    pub fn restore_streams(
+        store: &StoreHandle,
+        channels: &ChannelConfig,
+    ) -> Result<Vec<RestoredStream>, StoreError> {
+        let mut out = Vec::new();
+        for (name, pos) in store.load_all_positions()? {
+            let policy = channels.policy(&name);
+            if !policy.persist {
+                continue;
+            }
+            let h = store.read_last(&name, policy.history_size)?;
+            let publications = h
+                .records
+                .into_iter()
+                .filter_map(|r| {
+                    let (&tag, rest) = r.payload.split_first()?;
+                    let kind = if tag == b'b' {
+                        MessageKind::Binary
+                    } else {
+                        MessageKind::Text
+                    };
+                    Some((r.offset, r.timestamp_ms, kind, Bytes::copy_from_slice(rest)))
+                })
+                .collect();
+            out.push(RestoredStream {
+                channel: name,
+                position: StreamPosition {
+                    offset: pos.last_offset,
+                    epoch: pos.epoch,
+                },
+                publications,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publication_envelope_is_json_with_a_string_epoch() {
+        let mut out = Vec::new();
+        let p = StreamPosition {
+            offset: 9,
+            epoch: u64::MAX,
+        };
+        EnvelopeFormat.encode("chat:\"x\"", p, br#"{"t":1}"#, MessageKind::Text, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "publication");
+        assert_eq!(v["channel"], "chat:\"x\"");
+        assert_eq!(v["offset"], 9);
+        assert_eq!(v["epoch"], u64::MAX.to_string());
+        assert_eq!(v["data"]["t"], 1);
+        let e = stream_error(Some("7"), &StreamError::Unavailable("c".into()));
+        let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+        assert_eq!(
+            (v["id"].as_u64(), v["retry_after_ms"].as_u64()),
+            (Some(7), Some(100))
+        );
+    }
+}
