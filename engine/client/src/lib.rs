@@ -21,6 +21,17 @@
 //!   close codes (4000–4499 reconnect, 4500–4999 stop, 1000/1001 as configured), with an
 //!   [`on_connect`](ReconnectBuilder::on_connect) hook to resubscribe and
 //!   [`ReconnectEvent`]s to observe.
+//! - [`Backends`]: a set of weighted backends with a balancing [`Strategy`] (round-robin,
+//!   least-connections by power of two choices, smooth weighted round-robin, IP-hash by
+//!   rendezvous hashing with a fixed, documented hash: [`balance`]), a circuit breaker per
+//!   backend ([`breaker`]), and active (`GET /health`) and passive health checks with
+//!   events and per-backend status ([`health`]). [`Backends::connect`] picks a healthy,
+//!   breaker-closed backend and fails over; when none is left it fails at once with
+//!   [`Error::NoBackendAvailable`] or [`Error::AllBackendsFailed`], never a hang.
+//! - [`Pool`]: min/max connections over [`Backends`], `acquire` with a timeout (waiters
+//!   served first come, first served), release on drop, LRU idle eviction, validation by
+//!   ping on checkout ([`WebSocket::ping`]), counts ([`PoolStats`]) and a graceful
+//!   [`close`](Pool::close) ([`pool`]).
 //! - Masking and handshake keys come from the operating system's generator ([`getrandom`]),
 //!   masking keys 64 per system call.
 //!
@@ -33,7 +44,7 @@
 //! - Hand pings, pongs or close frames to the application: the task handles them; how the
 //!   connection ended is [`WebSocket::close_info`].
 //! - Predictable masking keys: there is no fallback generator.
-//! - HTTP proxies, redirects, cookies, connection pools and load balancing.
+//! - HTTP proxies, redirects, cookies.
 //!
 //! ```no_run
 //! use edge_ws_client::{Client, Message};
