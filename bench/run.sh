@@ -19,6 +19,8 @@
 #   EDGE_WS_ENABLED=1          0 leaves edge-ws out
 #   THP=off                    idle scenarios run the server with transparent huge pages off
 #                              (bench/src/bin/nothp.rs); THP=on keeps the system's setting
+#   SERVERS="edge-ws edge-ws-history": the second runs bench/edge-ws-history.toml (memory
+#                              history on every channel) for a same-run history-cost row
 #   EDGE_WS_BASE_BIN=path      with "edge-ws-base" in SERVERS: a second edge-ws binary (say, an
 #                              earlier commit built in a git worktree) for a same-run A/B
 #
@@ -137,6 +139,11 @@ server_cmd() {
         tokio-websockets) echo "$BIN/peer-tokio-websockets --addr 127.0.0.1:$port" ;;
         floor) echo "$BIN/tcp-echo-floor --addr 127.0.0.1:$port" ;;
         edge-ws) edge_ws_cmd "$port" ;;
+        # The same binary with memory history on for every channel (bench/edge-ws-history.toml).
+        edge-ws-history)
+            [[ $EDGE_WS_ENABLED == 1 && -x $BIN/edge-ws ]] || return 1
+            echo "$BIN/edge-ws --config bench/edge-ws-history.toml --addr 127.0.0.1:$port --cores 1"
+            ;;
         # A/B: another edge-ws binary (e.g. an earlier commit built in a worktree), same config.
         edge-ws-base)
             [[ -n ${EDGE_WS_BASE_BIN:-} && -x ${EDGE_WS_BASE_BIN:-} ]] || return 1
@@ -153,7 +160,7 @@ if [[ $BUILD == 1 ]]; then
     [[ $PROFILE != release && $PROFILE != debug ]] && flag=(--profile "$PROFILE")
     log "building edge-ws-bench ($PROFILE)"
     cargo build "${flag[@]}" -p edge-ws-bench -j"$JOBS"
-    if [[ " $SERVERS " == *" edge-ws "* && $EDGE_WS_ENABLED == 1 ]]; then
+    if [[ " $SERVERS " == *" edge-ws"* && $EDGE_WS_ENABLED == 1 ]]; then
         log "building edge-ws ($PROFILE)"
         cargo build "${flag[@]}" -p edge-ws -p edge-ws-server --bins --examples -j"$JOBS" ||
             log "edge-ws did not build: it will be skipped"

@@ -347,7 +347,8 @@ pub trait StreamStore: Send + Sync + 'static {
 /// Turns a published payload into the message subscribers receive, once per publication on
 /// the owner core (e.g. the server's JSON envelope carrying the channel, offset and epoch).
 pub trait PublicationFormat: Send + Sync + 'static {
-    /// Writes the message for `payload` at `position` into `out` (empty) and returns its kind.
+    /// Writes the message for `payload` at `position` into `out` (empty) and returns its kind,
+    /// or returns `None` to send `payload` as published (for channels it does not format).
     fn encode(
         &self,
         channel: &str,
@@ -355,7 +356,7 @@ pub trait PublicationFormat: Send + Sync + 'static {
         payload: &[u8],
         kind: MessageKind,
         out: &mut Vec<u8>,
-    ) -> MessageKind;
+    ) -> Option<MessageKind>;
 }
 
 /// A stream read back from the store at startup, handed to the engine so that its owner core

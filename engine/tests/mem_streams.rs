@@ -25,10 +25,10 @@ impl PublicationFormat for Fmt {
         payload: &[u8],
         kind: MessageKind,
         out: &mut Vec<u8>,
-    ) -> MessageKind {
+    ) -> Option<MessageKind> {
         out.extend_from_slice(format!("{} {} ", p.offset, p.epoch).as_bytes());
         out.extend_from_slice(payload);
-        kind
+        Some(kind)
     }
 }
 

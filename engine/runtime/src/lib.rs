@@ -28,6 +28,7 @@
 
 mod bufring;
 mod conn;
+pub mod counting;
 mod driver;
 pub mod mem;
 pub mod os;

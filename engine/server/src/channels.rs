@@ -67,9 +67,9 @@ impl PublicationFormat for EnvelopeFormat {
         payload: &[u8],
         _kind: MessageKind,
         out: &mut Vec<u8>,
-    ) -> MessageKind {
+    ) -> Option<MessageKind> {
         EnvelopeFormat::write(channel, Some(position), payload, out);
-        MessageKind::Text
+        Some(MessageKind::Text)
     }
 }
 

@@ -233,19 +233,18 @@ impl CoreState {
         opts: PublishOptions,
     ) -> Publish {
         let target = Target::Channel(channel.clone());
-        match &self.shared.streams.format {
-            Some(format) => {
-                let kind = if text {
-                    crate::MessageKind::Text
-                } else {
-                    crate::MessageKind::Binary
-                };
-                let mut out = Vec::with_capacity(payload.len() + 96);
-                let kind = format.encode(&channel.name, position, payload, kind, &mut out);
-                Publish::new(target, &out, kind.is_text(), opts)
+        if let Some(format) = &self.shared.streams.format {
+            let kind = if text {
+                crate::MessageKind::Text
+            } else {
+                crate::MessageKind::Binary
+            };
+            let mut out = Vec::with_capacity(payload.len() + 96);
+            if let Some(kind) = format.encode(&channel.name, position, payload, kind, &mut out) {
+                return Publish::new(target, &out, kind.is_text(), opts);
             }
-            None => Publish::new(target, payload, text, opts),
         }
+        Publish::new(target, payload, text, opts)
     }
 
     /// A publish to a stream, from a connection of this core or from its owner's queue:

@@ -14,10 +14,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use edge_ws::protocol::deflate::DeflateConfig;
-use edge_ws::stream::RestoredStream;
+use edge_ws::stream::{PublicationFormat, RestoredStream};
 use edge_ws::{
     ChannelConfig, ChannelPolicy, Config, Cores, Engine, Handler, Message, MessageKind,
-    SlowConsumerPolicy, Socket, Upgrade, UpgradeRequest,
+    SlowConsumerPolicy, Socket, StreamPosition, Upgrade, UpgradeRequest,
 };
 use edge_ws_server::channels::{restore_streams, EnvelopeFormat, StoreStreams};
 use edge_ws_server::store::{Durability, Store, StoreHandle, StoreOptions};
@@ -311,6 +311,25 @@ fn open_store(
     Ok(Some((store, restored)))
 }
 
+/// Publications in the JSON envelope, except on the demo relay's channel (raw frames by design).
+struct ProductFormat;
+
+impl PublicationFormat for ProductFormat {
+    fn encode(
+        &self,
+        channel: &str,
+        position: StreamPosition,
+        payload: &[u8],
+        kind: MessageKind,
+        out: &mut Vec<u8>,
+    ) -> Option<MessageKind> {
+        if channel == TOPIC {
+            return None;
+        }
+        EnvelopeFormat.encode(channel, position, payload, kind, out)
+    }
+}
+
 /// The paths of the JSON envelope protocol (docs/PROTOCOL.md): the connection manager with
 /// the built-in channel routes.
 fn is_envelope_path(path: &str) -> bool {
@@ -534,7 +553,7 @@ fn run() -> Result<(), Failure> {
     let store = open_store(&store_section, &cfg.channels)?;
     let mut builder = Engine::builder()
         .config(cfg)
-        .publication_format(std::sync::Arc::new(EnvelopeFormat));
+        .publication_format(std::sync::Arc::new(ProductFormat));
     if let Some((store, restored)) = &store {
         builder = builder
             .stream_store(std::sync::Arc::new(StoreStreams::new(store.clone())))
