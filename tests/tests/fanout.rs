@@ -50,14 +50,14 @@ impl Handler for PubSub {
             "pubx" => {
                 let opts = PublishOptions {
                     exclude: Some(s.id()),
-                    filter: None,
+                    ..PublishOptions::default()
                 };
                 s.publish_with(a, b.as_bytes(), MessageKind::Text, opts);
             }
             "pubvip" => {
                 let opts = PublishOptions {
-                    exclude: None,
                     filter: Some(Arc::new(|_, data| data.is_some_and(|d| d.is::<Vip>()))),
+                    ..PublishOptions::default()
                 };
                 s.publish_with(a, b.as_bytes(), MessageKind::Text, opts);
             }
@@ -78,7 +78,7 @@ impl Handler for PubSub {
                 for i in 0..n {
                     let opts = PublishOptions {
                         exclude: (i % 2 == 0).then(|| s.id()),
-                        filter: None,
+                        ..PublishOptions::default()
                     };
                     s.publish_with(a, format!("x {i}").as_bytes(), MessageKind::Text, opts);
                 }
@@ -113,8 +113,8 @@ impl Handler for PubSub {
             "pfp" => {
                 s.publish(a, "p1");
                 let opts = PublishOptions {
-                    exclude: None,
                     filter: Some(Arc::new(|_, data| data.is_some_and(|d| d.is::<Vip>()))),
+                    ..PublishOptions::default()
                 };
                 s.publish_with(a, b"vip", MessageKind::Text, opts);
                 s.publish(a, "p2");
