@@ -215,7 +215,7 @@ impl Socket<'_, '_> {
     /// could be recovered; they follow `done` in order, before any live publication, with no
     /// duplicate and no gap. Reply to the client from `done` (the reply then precedes the
     /// replay). For a channel without history `done` runs at once, with no position (and
-    /// [`RecoveryFailure::NoHistory`] if a position was given).
+    /// [`crate::RecoveryFailure::NoHistory`] if a position was given).
     ///
     /// Errors: an invalid name, or already subscribed. Nothing runs if the connection closes
     /// first.

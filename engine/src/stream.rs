@@ -254,7 +254,7 @@ pub enum Recovery {
     Failed(RecoveryFailure),
 }
 
-/// The outcome of [`Socket::subscribe_with`]: where the stream stood when the subscription
+/// The outcome of [`crate::Socket::subscribe_with`]: where the stream stood when the subscription
 /// became live. Every publication after `position` reaches the subscriber, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subscribed {
@@ -513,28 +513,40 @@ pub(crate) fn new_epoch() -> u64 {
     h.finish().max(1)
 }
 
-/// One kept publication: the frame subscribers got (shared with the live delivery) and where
-/// its payload starts.
+/// One kept publication: the unmasked server frame subscribers got (shared with the live
+/// delivery) and its timestamp. Its offset is its place in the history (entries are
+/// contiguous), its kind and payload are read from the frame: 40 bytes per entry.
 #[derive(Clone)]
 pub(crate) struct Entry {
-    pub(crate) offset: u64,
     pub(crate) ts_ms: u64,
     pub(crate) frame: Bytes,
-    pub(crate) header_len: u32,
-    pub(crate) text: bool,
 }
 
 impl Entry {
-    pub(crate) fn publication(&self) -> Publication {
+    /// Length of the frame's header (an unmasked server frame: 2, 4 or 10 bytes).
+    pub(crate) fn header_len(&self) -> usize {
+        match self.frame.get(1).map(|b| b & 0x7f) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        }
+    }
+
+    /// Whether it is a text message.
+    pub(crate) fn is_text(&self) -> bool {
+        self.frame.first().is_some_and(|b| b & 0x0f == 1)
+    }
+
+    pub(crate) fn publication(&self, offset: u64) -> Publication {
         Publication {
-            offset: self.offset,
+            offset,
             timestamp_ms: self.ts_ms,
-            kind: if self.text {
+            kind: if self.is_text() {
                 MessageKind::Text
             } else {
                 MessageKind::Binary
             },
-            data: self.frame.slice(self.header_len as usize..),
+            data: self.frame.slice(self.header_len()..),
         }
     }
 }
@@ -594,10 +606,10 @@ impl History {
         }
     }
 
+    /// The oldest kept offset (`published + 1` when none is kept): entries are contiguous and
+    /// end at `published`.
     pub(crate) fn first_offset(&self) -> u64 {
-        self.history
-            .front()
-            .map_or(self.published + 1, |e| e.offset)
+        self.published + 1 - self.history.len() as u64
     }
 
     /// Drops what size and TTL no longer keep.
@@ -613,8 +625,15 @@ impl History {
         }
     }
 
+    /// Keeps `e` as offset `published + 1`. The deque grows by doubling up to exactly
+    /// `history_size`, so a full history holds no spare capacity.
     pub(crate) fn push(&mut self, e: Entry, now_ms: u64) {
-        self.published = e.offset;
+        self.published += 1;
+        let (len, cap) = (self.history.len(), self.history.capacity());
+        if len == cap && len < self.policy.history_size {
+            let more = len.max(8).min(self.policy.history_size - len);
+            self.history.reserve_exact(more);
+        }
         self.history.push_back(e);
         self.trim(now_ms);
     }
@@ -653,26 +672,29 @@ impl History {
 
     /// Publications for `q`, capped at `max`.
     pub(crate) fn read(&self, q: HistoryQuery, max: usize) -> HistoryPage {
+        let first = self.first_offset();
+        let with_offsets = self
+            .history
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (first + i as u64, e));
         let publications = match q {
             HistoryQuery::Last(n) => {
                 let n = n.min(max).min(self.history.len());
-                self.history
-                    .iter()
+                with_offsets
                     .skip(self.history.len() - n)
-                    .map(Entry::publication)
+                    .map(|(o, e)| e.publication(o))
                     .collect()
             }
-            HistoryQuery::Since { after, limit } => self
-                .since(after)
+            HistoryQuery::Since { after, limit } => with_offsets
+                .skip((after + 1).saturating_sub(first) as usize)
                 .take(limit.min(max))
-                .map(Entry::publication)
+                .map(|(o, e)| e.publication(o))
                 .collect(),
-            HistoryQuery::NewestFirst(limit) => self
-                .history
-                .iter()
+            HistoryQuery::NewestFirst(limit) => with_offsets
                 .rev()
                 .take(limit.min(max))
-                .map(Entry::publication)
+                .map(|(o, e)| e.publication(o))
                 .collect(),
         };
         HistoryPage {
@@ -742,11 +764,8 @@ mod tests {
 
     fn entry(offset: u64, ts_ms: u64) -> Entry {
         Entry {
-            offset,
             ts_ms,
             frame: Bytes::from(vec![0x81, 1, offset as u8]),
-            header_len: 2,
-            text: true,
         }
     }
 
@@ -813,7 +832,7 @@ mod tests {
         );
         assert_eq!(ok.recovery, Recovery::Recovered { missed: 3 });
         assert_eq!(
-            e.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            e.iter().map(|e| u64::from(e.frame[2])).collect::<Vec<_>>(),
             vec![3, 4, 5]
         );
         let (up, e) = s.recover(

@@ -192,7 +192,17 @@ impl CoreState {
                 Some(r) => {
                     let mut h = History::new(policy, r.position.epoch, r.position.offset);
                     let now = now_ms();
-                    for (offset, ts_ms, kind, payload) in r.publications {
+                    // Kept entries are contiguous and end at the position: keep the run of
+                    // records that does (all of them, from a consistent store).
+                    let mut pubs = r.publications;
+                    let mut start = pubs.len();
+                    while start > 0
+                        && pubs[start - 1].0 + (pubs.len() - start) as u64 == r.position.offset
+                    {
+                        start -= 1;
+                    }
+                    pubs.drain(..start);
+                    for (offset, ts_ms, kind, payload) in pubs {
                         let p = self.format_publish(
                             channel,
                             StreamPosition {
@@ -203,7 +213,7 @@ impl CoreState {
                             kind.is_text(),
                             PublishOptions::default(),
                         );
-                        h.history.push_back(entry(offset, ts_ms, &p));
+                        h.history.push_back(entry(ts_ms, &p));
                     }
                     h.trim(now);
                     h
@@ -448,7 +458,7 @@ impl CoreState {
     /// Keeps a sequenced publication, hands it to in-process subscribers, fans it out and
     /// acknowledges it.
     fn publish_sequenced(&mut self, io: &mut Io<'_>, channel: &Arc<ChannelShared>, p: Pending) {
-        let e = entry(p.offset, p.ts_ms, &p.publish);
+        let e = entry(p.ts_ms, &p.publish);
         let stream = self.owned(channel);
         let position = StreamPosition {
             offset: p.offset,
@@ -463,7 +473,9 @@ impl CoreState {
         }
         stream.h.push(e.clone(), now_ms());
         inc(&self.metrics[self.core_index].stream_published);
-        channel.inproc.call(&channel.name, || e.publication());
+        channel
+            .inproc
+            .call(&channel.name, || e.publication(p.offset));
         self.dispatch(io, p.publish);
         for reply in p.acks {
             self.answer(io, reply, ack.clone());
@@ -585,7 +597,7 @@ impl CoreState {
         let mut shared: [Option<Bytes>; 16] = Default::default();
         for e in entries {
             let frame =
-                self.frame_for_parts(id, &e.frame, e.header_len as usize, e.text, &mut shared);
+                self.frame_for_parts(id, &e.frame, e.header_len(), e.is_text(), &mut shared);
             shared = Default::default();
             if self.queue_frame(io, id, frame, 1).is_err() {
                 break;
@@ -651,12 +663,9 @@ fn resync(stream: &mut OwnedStream, store: Option<&dyn crate::stream::StreamStor
     }
 }
 
-fn entry(offset: u64, ts_ms: u64, p: &Publish) -> Entry {
+fn entry(ts_ms: u64, p: &Publish) -> Entry {
     Entry {
-        offset,
         ts_ms,
         frame: p.frame.clone(),
-        header_len: p.header_len as u32,
-        text: p.text,
     }
 }
