@@ -21,6 +21,10 @@
 //!   close codes (4000–4499 reconnect, 4500–4999 stop, 1000/1001 as configured), with an
 //!   [`on_connect`](ReconnectBuilder::on_connect) hook to resubscribe and
 //!   [`ReconnectEvent`]s to observe.
+//! - [`ChannelClient`]: channels of the edge-ws JSON envelope over a reconnecting client:
+//!   it remembers each channel's last `offset`/`epoch`, resubscribes with `since` after every
+//!   reconnect, reports whether the server recovered what was missed, and drops publications
+//!   delivered twice ([`channels`]).
 //! - [`Backends`]: a set of weighted backends with a balancing [`Strategy`] (round-robin,
 //!   least-connections by power of two choices, smooth weighted round-robin, IP-hash by
 //!   rendezvous hashing with a fixed, documented hash: [`balance`]), a circuit breaker per
@@ -66,6 +70,7 @@
 pub mod backends;
 pub mod balance;
 pub mod breaker;
+pub mod channels;
 mod config;
 mod driver;
 mod error;
@@ -82,6 +87,7 @@ mod socket;
 pub use crate::backends::{Backend, BackendConnection, BackendStatus, Backends, BackendsBuilder};
 pub use crate::balance::Strategy;
 pub use crate::breaker::{BreakerConfig, BreakerState};
+pub use crate::channels::{ChannelClient, ChannelEvent};
 pub use crate::config::{Client, ClientBuilder};
 pub use crate::error::{Error, Result};
 pub use crate::health::{BackendEvent, HealthConfig};
