@@ -584,7 +584,7 @@ impl CoreState {
         opts: PublishOptions,
     ) {
         let shared = self.local_channel(channel).shared.clone();
-        if shared.is_stream() {
+        if shared.is_stream() && !opts.transient {
             let payload = Bytes::copy_from_slice(payload);
             return self.publish_stream(io, shared, payload, text, opts, ReplyTo::Nobody);
         }

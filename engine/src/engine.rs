@@ -175,7 +175,7 @@ impl EngineHandle {
         opts: PublishOptions,
     ) {
         let text = kind.is_text();
-        if self.shared.channels.config.policy(channel).is_stream() {
+        if self.shared.channels.config.policy(channel).is_stream() && !opts.transient {
             return self.publish_acked(channel, payload, kind, opts, |_| {});
         }
         let Some(t) = self.shared.channels.get(channel) else {

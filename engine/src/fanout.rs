@@ -95,6 +95,9 @@ pub struct PublishOptions {
     /// For a channel with history: a repeat of this key within the namespace's
     /// `idempotency_window` publishes nothing and is answered with the first publish's result.
     pub idempotency_key: Option<Arc<str>>,
+    /// For a channel with history: deliver to the current subscribers directly, without an
+    /// offset and without keeping it (presence join/leave events and other ephemeral news).
+    pub transient: bool,
 }
 
 impl std::fmt::Debug for PublishOptions {
@@ -103,6 +106,7 @@ impl std::fmt::Debug for PublishOptions {
             .field("exclude", &self.exclude)
             .field("filter", &self.filter.is_some())
             .field("idempotency_key", &self.idempotency_key)
+            .field("transient", &self.transient)
             .finish()
     }
 }

@@ -197,6 +197,11 @@ impl Socket<'_, '_> {
             .publish_all(self.io, payload, kind.is_text(), opts);
     }
 
+    /// The policy of `channel`'s namespace.
+    pub fn channel_policy(&self, channel: &str) -> &crate::ChannelPolicy {
+        self.state.shared.channels.config.policy(channel)
+    }
+
     /// Whether `channel` keeps history (its namespace's `history_size` > 0): its publications
     /// have offsets, and it can be recovered and read.
     pub fn has_history(&self, channel: &str) -> bool {

@@ -21,6 +21,12 @@ impl ConnectionId {
         }
     }
 
+    /// An id for unit tests of code that keys by connection (it names no live connection).
+    #[doc(hidden)]
+    pub fn for_tests(core: usize, slot: usize) -> Self {
+        ConnectionId::new(core, ConnId::new(slot, 1))
+    }
+
     /// The index of the core the connection lives on.
     pub fn core(self) -> usize {
         self.core as usize

@@ -52,6 +52,11 @@ pub struct ChannelPolicy {
     /// How long a publish's idempotency key is remembered: a repeat within it returns the
     /// first result and publishes nothing.
     pub idempotency_window: Duration,
+    /// Track who is in each channel (read by the server's presence; the engine ignores it).
+    pub presence: bool,
+    /// Announce joins and leaves (a user's first connection in, last one out) to the
+    /// channel's subscribers (read by the server's presence; the engine ignores it).
+    pub join_leave: bool,
 }
 
 impl Default for ChannelPolicy {
@@ -61,6 +66,8 @@ impl Default for ChannelPolicy {
             history_ttl: None,
             persist: false,
             idempotency_window: Duration::from_secs(120),
+            presence: false,
+            join_leave: false,
         }
     }
 }
@@ -77,6 +84,13 @@ impl ChannelPolicy {
     /// With a time to live.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.history_ttl = Some(ttl);
+        self
+    }
+
+    /// With presence tracking and join/leave events.
+    pub fn with_presence(mut self) -> Self {
+        self.presence = true;
+        self.join_leave = true;
         self
     }
 
@@ -171,6 +185,11 @@ impl ChannelConfig {
             if p.persist && has_store == Some(false) {
                 return Err(format!(
                     "channel namespace {name:?} persists, but the engine has no stream store"
+                ));
+            }
+            if p.join_leave && !p.presence {
+                return Err(format!(
+                    "channel namespace {name:?}: join_leave needs presence"
                 ));
             }
             if p.history_ttl == Some(Duration::ZERO) {

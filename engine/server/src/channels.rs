@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use edge_ws::stream::PublicationFormat;
 use edge_ws::{
-    HistoryPage, HistoryQuery, MessageKind, PublishOptions, Recovery, RecoveryFailure, Socket,
-    StreamError, StreamPosition,
+    ConnectionId, HistoryPage, HistoryQuery, MessageKind, PublishOptions, Recovery,
+    RecoveryFailure, Socket, StreamError, StreamPosition,
 };
 use serde::Deserialize;
 
@@ -226,6 +226,10 @@ impl Router {
             .route("unsubscribe", |ctx, msg| {
                 let req: ChannelReq = msg.data()?;
                 let was = ctx.leave(&req.channel);
+                if was {
+                    let (manager, id) = (ctx.manager().clone(), ctx.id());
+                    leave_one(ctx.socket(), &manager, &req.channel, id);
+                }
                 let data = format!(
                     r#"{{"channel":{},"was_subscribed":{was}}}"#,
                     serde_json::to_string(&req.channel)?
@@ -236,7 +240,202 @@ impl Router {
             })
             .route("publish", move |ctx, msg| publish(ctx, msg, &a2))
             .route("history", move |ctx, msg| history(ctx, msg, &a3))
+            .route("presence.set", presence_set)
+            .route("presence.heartbeat", |ctx, msg| {
+                let user = ctx.user().map(|u| u.id().to_string());
+                let user = user.ok_or_else(|| RouteError::new("presence needs a user"))?;
+                let inner = &ctx.manager().inner;
+                inner.presence_changed(inner.presence.heartbeat(&user, crate::wall_ms()));
+                if let Some(id) = msg.id() {
+                    let _ = ctx.send_text(&envelope("presence.heartbeat", Some(id), "null"));
+                }
+                Ok(())
+            })
+            .route("presence.get", presence_get)
+            .route("presence.channel", presence_channel)
     }
+}
+
+/// The push announcing that `user` (connection `client`) joined or left `channel`.
+fn presence_event(kind: &str, channel: &str, user: Option<&str>, client: ConnectionId) -> String {
+    let mut d = String::from(r#"{"user":"#);
+    d.push_str(&serde_json::to_string(&user).unwrap_or_default());
+    let _ = write!(d, r#","client":"{client}"}}"#);
+    format!(
+        r#"{{"type":"{kind}","channel":{},"data":{d}}}"#,
+        serde_json::to_string(channel).unwrap_or_default()
+    )
+}
+
+fn announce(s: &mut Socket<'_, '_>, channel: &str, text: &str) {
+    let opts = PublishOptions {
+        transient: true,
+        ..PublishOptions::default()
+    };
+    s.publish_with(channel, text.as_bytes(), MessageKind::Text, opts);
+}
+
+/// After a subscription went live: membership, and the join event if it is the user's first
+/// connection in a channel that announces them.
+fn join_presence(
+    s: &mut Socket<'_, '_>,
+    manager: &crate::Manager,
+    channel: &str,
+    user: Option<&Arc<str>>,
+) {
+    let policy = s.channel_policy(channel);
+    if !policy.presence {
+        return;
+    }
+    let announce_it = policy.join_leave;
+    let name: Arc<str> = channel.into();
+    let id = s.id();
+    let m = manager.inner.presence.join(&name, id, user);
+    if m == crate::presence::Membership::First && announce_it {
+        let text = presence_event("presence.join", channel, user.map(|u| &**u), id);
+        announce(s, channel, &text);
+    }
+}
+
+/// `id` left `channel`: membership, and the leave event if it was its user's last connection.
+fn leave_one(s: &mut Socket<'_, '_>, manager: &crate::Manager, channel: &str, id: ConnectionId) {
+    let (m, user) = manager.inner.presence.leave(channel, id);
+    if m == crate::presence::Membership::First && s.channel_policy(channel).join_leave {
+        let text = presence_event("presence.leave", channel, user.as_deref(), id);
+        announce(s, channel, &text);
+    }
+}
+
+/// A closing connection leaves every presence channel it was in.
+pub(crate) fn leave_presence(s: &mut Socket<'_, '_>, manager: &crate::Manager, id: ConnectionId) {
+    for channel in manager.inner.presence.take_memberships(id) {
+        leave_one(s, manager, &channel, id);
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceSetReq<'a> {
+    status: String,
+    #[serde(borrow, default)]
+    meta: Option<&'a serde_json::value::RawValue>,
+}
+
+fn presence_json(p: &crate::presence::UserPresence) -> String {
+    format!(
+        r#"{{"user":{},"status":{},"last_seen":{},"connections":{},"meta":{}}}"#,
+        serde_json::to_string(&p.user).unwrap_or_default(),
+        serde_json::to_string(p.status.as_str()).unwrap_or_default(),
+        p.last_seen_ms,
+        p.connections,
+        p.meta.as_deref().unwrap_or("null")
+    )
+}
+
+fn presence_set(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+    let req: PresenceSetReq<'_> = msg.data()?;
+    let user = ctx
+        .user()
+        .map(|u| u.id().to_string())
+        .ok_or_else(|| RouteError::new("presence needs a user"))?;
+    let inner = &ctx.manager().inner;
+    if !inner.presence.cfg.client_may_set {
+        return Err(RouteError::new("presence is set by the server"));
+    }
+    let status = crate::presence::Status::parse(&req.status);
+    let change = inner
+        .presence
+        .set(&user, status, req.meta.map(|m| m.get()), crate::wall_ms())
+        .map_err(RouteError::new)?;
+    inner.presence_changed(change);
+    let p = inner
+        .presence
+        .get(&user)
+        .ok_or_else(|| RouteError::new("no presence"))?;
+    let text = envelope("presence", msg.id(), &presence_json(&p));
+    let _ = ctx.send_text(&text);
+    Ok(())
+}
+
+/// Most users one `presence.get` asks about.
+pub const MAX_PRESENCE_QUERY: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceGetReq {
+    users: Vec<String>,
+}
+
+fn presence_get(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+    let req: PresenceGetReq = msg.data()?;
+    if req.users.len() > MAX_PRESENCE_QUERY {
+        return Err(RouteError::new(format!(
+            "presence.get asks about at most {MAX_PRESENCE_QUERY} users"
+        )));
+    }
+    let mut d = String::from(r#"{"users":["#);
+    for (i, u) in req.users.iter().enumerate() {
+        if i > 0 {
+            d.push(',');
+        }
+        let p = ctx
+            .manager()
+            .presence(u)
+            .unwrap_or(crate::presence::UserPresence {
+                user: u.clone(),
+                status: crate::presence::Status::Offline,
+                last_seen_ms: 0,
+                connections: 0,
+                meta: None,
+            });
+        d.push_str(&presence_json(&p));
+    }
+    d.push_str("]}");
+    let _ = ctx.send_text(&envelope("presence", msg.id(), &d));
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceChannelReq {
+    channel: String,
+    #[serde(default)]
+    members: bool,
+}
+
+fn presence_channel(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+    let req: PresenceChannelReq = msg.data()?;
+    if !ctx.socket().channel_policy(&req.channel).presence {
+        return Err(RouteError::new(format!(
+            "channel {:?} does not track presence",
+            req.channel
+        )));
+    }
+    let p = ctx.manager().channel_presence(&req.channel, req.members);
+    let mut d = format!(
+        r#"{{"channel":{},"clients":{},"users":{}"#,
+        serde_json::to_string(&req.channel)?,
+        p.clients,
+        p.users
+    );
+    if req.members {
+        d.push_str(r#","members":["#);
+        for (i, m) in p.members.iter().enumerate() {
+            if i > 0 {
+                d.push(',');
+            }
+            let _ = write!(
+                d,
+                r#"{{"client":"{}","user":{}}}"#,
+                m.connection,
+                serde_json::to_string(&m.user).unwrap_or_default()
+            );
+        }
+        d.push(']');
+    }
+    d.push('}');
+    let _ = ctx.send_text(&envelope("presence.channel", msg.id(), &d));
+    Ok(())
 }
 
 fn check(
@@ -265,6 +464,9 @@ fn subscribe(
     let id = msg.id().map(str::to_owned);
     let channel = req.channel;
     let name = serde_json::to_string(&channel)?;
+    let manager = ctx.manager().clone();
+    let user = ctx.user().map(|u| u.id_arc().clone());
+    let ch = channel.clone();
     ctx.socket()
         .subscribe_with(&channel, since, move |s, r| match r {
             Ok(sub) => {
@@ -281,6 +483,7 @@ fn subscribe(
                 }
                 d.push('}');
                 send(s, &envelope("subscribed", id.as_deref(), &d));
+                join_presence(s, &manager, &ch, user.as_ref());
             }
             Err(e) => send(s, &stream_error(id.as_deref(), &e)),
         });

@@ -96,6 +96,13 @@ pub enum Event<'a> {
         /// The HTTP status answered.
         status: u16,
     },
+    /// A user's presence status changed (connect, last disconnect after the grace period,
+    /// heartbeat timeout, a status set or expired). From the sweeper's thread for the timed
+    /// ones.
+    Presence {
+        /// What changed.
+        change: &'a crate::presence::PresenceChange,
+    },
     /// A message was answered with an `error` reply.
     Error {
         /// The connection.

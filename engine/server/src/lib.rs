@@ -68,6 +68,7 @@ mod identity;
 mod json;
 mod jwt;
 mod limits;
+pub mod presence;
 mod rate;
 mod router;
 pub mod store;
@@ -154,9 +155,26 @@ pub(crate) struct Inner {
     listeners: Vec<Listener>,
     engine: OnceLock<EngineHandle>,
     epoch: Instant,
+    pub(crate) presence: presence::Presence,
+}
+
+/// Milliseconds since the Unix epoch (presence times, `last_seen`).
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Inner {
+    /// Tells the listeners about presence changes.
+    pub(crate) fn presence_changed(&self, change: Option<presence::PresenceChange>) {
+        if let Some(change) = change {
+            if self.has_listeners() {
+                self.emit(&Event::Presence { change: &change });
+            }
+        }
+    }
+
     pub(crate) fn has_listeners(&self) -> bool {
         !self.listeners.is_empty()
     }
@@ -370,7 +388,30 @@ impl Manager {
             .publication_format(Arc::new(channels::EnvelopeFormat))
             .build(move |core| m.handler(factory(core)))?;
         self.attach(engine.handle());
+        self.start_presence_sweeper();
         Ok(engine)
+    }
+
+    /// Starts the thread that applies presence's time rules (at a quarter of the shortest
+    /// configured period, between 10 ms and 1 s); it exits when the last `Manager` clone is
+    /// dropped. [`Manager::start`] calls it.
+    pub fn start_presence_sweeper(&self) {
+        let c = &self.inner.presence.cfg;
+        let shortest = [Some(c.grace), c.heartbeat_timeout, c.status_expiration]
+            .into_iter()
+            .flatten()
+            .filter(|d| !d.is_zero())
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let every = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let weak = Arc::downgrade(&self.inner);
+        let _ = std::thread::Builder::new()
+            .name("edge-ws-presence".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(inner) = weak.upgrade() else { return };
+                Manager { inner }.sweep_presence();
+            });
     }
 
     /// Attaches the engine's handle (needed by async validators and the bulk actions);
@@ -397,6 +438,42 @@ impl Manager {
             .get(user_id)
             .map(|e| e.sockets.clone())
             .unwrap_or_default()
+    }
+
+    /// `user_id`'s presence: status, `last_seen`, connections, metadata (`None` if not seen
+    /// since the process started).
+    pub fn presence(&self, user_id: &str) -> Option<presence::UserPresence> {
+        self.inner.presence.get(user_id)
+    }
+
+    /// Sets `user_id`'s status and (if given, raw JSON) metadata from the server side; the
+    /// user must have an open connection.
+    pub fn set_presence(
+        &self,
+        user_id: &str,
+        status: presence::Status,
+        meta: Option<&str>,
+    ) -> Result<(), String> {
+        let change = self.inner.presence.set(user_id, status, meta, wall_ms())?;
+        self.inner.presence_changed(change);
+        Ok(())
+    }
+
+    /// Who is in `channel` (connections and distinct users; the member list if asked for).
+    /// Only channels whose namespace tracks presence (`ChannelPolicy::presence`) have members.
+    pub fn channel_presence(&self, channel: &str, members: bool) -> presence::ChannelPresence {
+        self.inner.presence.channel(channel, members)
+    }
+
+    /// Applies presence's time rules now (the sweeper thread of [`Manager::start`] calls it;
+    /// call it yourself with a hand-built engine). Returns how many statuses changed.
+    pub fn sweep_presence(&self) -> usize {
+        let changes = self.inner.presence.sweep(wall_ms());
+        let n = changes.len();
+        for c in changes {
+            self.inner.presence_changed(Some(c));
+        }
+        n
     }
 
     /// Users with at least one open connection.
@@ -491,6 +568,7 @@ pub struct ManagerBuilder {
     user_rate: Option<RateLimit>,
     abuse: Option<AbusePolicy>,
     listeners: Vec<Listener>,
+    presence: presence::PresenceConfig,
 }
 
 impl std::fmt::Debug for ManagerBuilder {
@@ -517,6 +595,7 @@ impl Default for ManagerBuilder {
             user_rate: None,
             abuse: None,
             listeners: Vec::new(),
+            presence: presence::PresenceConfig::default(),
         }
     }
 }
@@ -579,6 +658,12 @@ impl ManagerBuilder {
         self
     }
 
+    /// Presence settings (grace period, heartbeat timeout, status expiration).
+    pub fn presence(mut self, config: presence::PresenceConfig) -> Self {
+        self.presence = config;
+        self
+    }
+
     /// Calls `f` for every [`Event`], synchronously, on the core where it happens.
     pub fn on_event<F>(mut self, f: F) -> Self
     where
@@ -611,6 +696,7 @@ impl ManagerBuilder {
                 listeners: self.listeners,
                 engine: OnceLock::new(),
                 epoch: Instant::now(),
+                presence: presence::Presence::new(self.presence),
             }),
         }
     }
@@ -673,6 +759,9 @@ impl<A: App> Handler for ManagerHandler<A> {
         let inner = &*self.manager.inner;
         inner.stats.opened.fetch_add(1, Ordering::Relaxed);
         let conn = self.conns[key].insert(entry);
+        if let Some(u) = &conn.user {
+            inner.presence_changed(inner.presence.connected(u.id_arc(), wall_ms()));
+        }
         if inner.has_listeners() {
             inner.emit(&Event::Opened {
                 id,
@@ -747,6 +836,10 @@ impl<A: App> Handler for ManagerHandler<A> {
             self.app.on_close(&mut ctx, code, reason);
         }
         let inner = &*self.manager.inner;
+        channels::leave_presence(socket, &self.manager, id);
+        if let Some(u) = &conn.user {
+            inner.presence_changed(inner.presence.disconnected(u.id(), wall_ms()));
+        }
         inner.stats.closed.fetch_add(1, Ordering::Relaxed);
         if inner.has_listeners() {
             inner.emit(&Event::Closed {

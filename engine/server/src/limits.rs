@@ -27,6 +27,12 @@ pub(crate) struct Sharded<K, V> {
     hasher: RandomState,
 }
 
+impl<K, V> std::fmt::Debug for Sharded<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sharded({} shards)", SHARDS)
+    }
+}
+
 impl<K: Hash + Eq, V> Sharded<K, V> {
     pub(crate) fn new() -> Self {
         Sharded {
@@ -44,6 +50,13 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
     {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
         self.shards[i].0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Visits every shard in turn, mutably (sweeps; never on a hot path).
+    pub(crate) fn for_each_shard_mut(&self, mut f: impl FnMut(&mut HashMap<K, V>)) {
+        for s in self.shards.iter() {
+            f(&mut s.0.lock().unwrap_or_else(|e| e.into_inner()));
+        }
     }
 
     /// Visits every shard in turn (for statistics; never on a hot path).
