@@ -281,6 +281,13 @@ pub struct BackendConnection {
     guard: LoadGuard,
 }
 
+/// Counts a connection as its backend's while it lives (from
+/// [`BackendConnection::into_parts`]).
+#[derive(Debug)]
+pub struct BackendLoad {
+    _guard: LoadGuard,
+}
+
 /// Counts one connection on a backend while it lives.
 #[derive(Debug)]
 struct LoadGuard {
@@ -312,6 +319,13 @@ impl BackendConnection {
         self.guard.shared.entries[self.guard.backend]
             .usable
             .load(Ordering::Relaxed)
+    }
+
+    /// The connection and a guard that keeps counting it as its backend's connection (for
+    /// least-connections) until dropped: to [`split`](WebSocket::split) it.
+    pub fn into_parts(self) -> (WebSocket, BackendLoad) {
+        let BackendConnection { ws, guard } = self;
+        (ws, BackendLoad { _guard: guard })
     }
 
     /// The connection alone (it stops counting as its backend's connection).
@@ -483,6 +497,16 @@ impl Backends {
     /// [`ip_key`](crate::balance::ip_key)), failing over to the next eligible backend on
     /// error, each backend tried at most once. See the [module docs](self) for the errors.
     pub async fn connect(&self, key: Option<&[u8]>) -> Result<BackendConnection> {
+        self.connect_with(key, |r| Ok(r.clone())).await
+    }
+
+    /// [`connect`](Self::connect), with the request to each backend made by `request` from
+    /// the backend's own (a proxy forwards the client's path, query and headers this way).
+    /// An error from `request` is returned at once, without trying other backends.
+    pub async fn connect_with<F>(&self, key: Option<&[u8]>, request: F) -> Result<BackendConnection>
+    where
+        F: Fn(&Request) -> Result<Request>,
+    {
         let n = self.len();
         let mut tried = vec![false; n];
         let mut attempts = 0u32;
@@ -491,12 +515,8 @@ impl Backends {
             tried[i] = true;
             attempts += 1;
             let start = Instant::now();
-            match self
-                .shared
-                .client
-                .connect(&self.shared.entries[i].request)
-                .await
-            {
+            let req = request(&self.shared.entries[i].request)?;
+            match self.shared.client.connect(req).await {
                 Ok(ws) => {
                     self.report_success(i, start.elapsed());
                     self.shared.entries[i].load.fetch_add(1, Ordering::Relaxed);

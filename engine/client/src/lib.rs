@@ -84,7 +84,9 @@ pub mod reconnect;
 mod request;
 mod socket;
 
-pub use crate::backends::{Backend, BackendConnection, BackendStatus, Backends, BackendsBuilder};
+pub use crate::backends::{
+    Backend, BackendConnection, BackendLoad, BackendStatus, Backends, BackendsBuilder,
+};
 pub use crate::balance::Strategy;
 pub use crate::breaker::{BreakerConfig, BreakerState};
 pub use crate::channels::{ChannelClient, ChannelEvent};

@@ -177,6 +177,19 @@ impl Pipe {
     }
 
     /// `try_send`: queues `msg` or fails at once.
+    /// `try_send` that hands the message back when it is refused.
+    pub(crate) fn try_send_back(&self, msg: Message) -> std::result::Result<(), (Error, Message)> {
+        let st = self.lock();
+        if let Some(e) = &st.send_error {
+            return Err((e.clone(), msg));
+        }
+        if st.queued() >= self.write_limit {
+            return Err((Error::WouldBlock, msg));
+        }
+        self.push(st, msg);
+        Ok(())
+    }
+
     pub(crate) fn try_send(&self, msg: Message) -> Result<()> {
         let st = self.lock();
         if let Some(e) = &st.send_error {

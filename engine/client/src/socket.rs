@@ -245,6 +245,12 @@ impl Sender {
         self.pipe.try_send(msg.into())
     }
 
+    /// [`try_send`](Self::try_send) that hands the message back with the error when it is
+    /// refused (a relay keeps it for later instead of copying every message first).
+    pub fn try_send_back(&self, msg: Message) -> std::result::Result<(), (Error, Message)> {
+        self.pipe.try_send_back(msg)
+    }
+
     /// Starts the close handshake and waits for the end (see [`WebSocket::close`]).
     pub async fn close(&self, code: impl Into<CloseCode>, reason: &str) -> Result<()> {
         self.pipe.request_close(code.into(), reason);

@@ -69,6 +69,7 @@ mod json;
 mod jwt;
 mod limits;
 pub mod presence;
+pub mod proxy;
 mod rate;
 mod router;
 pub mod store;

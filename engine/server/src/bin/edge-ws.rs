@@ -50,6 +50,7 @@ bad command line or configuration.
 Paths: /ws speaks the JSON envelope (docs/PROTOCOL.md: subscribe with recovery,
 publish, history); /sub subscribes to the \"broadcast\" channel, every message sent on
 /pub is published to it (on every core), any other path echoes. GET /health answers JSON.
+With a [proxy] section every path is relayed to a backend instead (reverse-proxy mode).
 SIGINT/SIGTERM: graceful shutdown (1001 to every client, then exit).
 ";
 
@@ -63,6 +64,116 @@ struct FileConfig {
     compression: CompressionSection,
     channels: ChannelsSection,
     store: StoreSection,
+    proxy: Option<ProxySection>,
+}
+
+/// `[proxy]`: when present, every path is relayed to a backend (reverse-proxy mode).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ProxySection {
+    /// `ws://host:port` URLs.
+    backends: Vec<String>,
+    /// "ip-hash" (default), "round-robin", "least-connections" or "weighted".
+    strategy: Option<String>,
+    /// One weight per backend (default 1 each).
+    weights: Option<Vec<u32>>,
+    /// Active health checks: `GET <path>` every `health_interval_ms` (0: passive only).
+    health_path: Option<String>,
+    health_interval_ms: Option<u64>,
+    health_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    /// Bytes of client messages held per connection while its backend does not read.
+    queue_limit: Option<usize>,
+    /// How long a backend may take to take one held message before the client gets 4001.
+    drain_timeout_ms: Option<u64>,
+}
+
+/// The proxy of a `[proxy]` section, and whether active health checks should run.
+fn build_proxy(
+    p: &ProxySection,
+) -> Result<
+    (
+        edge_ws_server::proxy::Proxy,
+        Option<edge_ws_client::Backends>,
+    ),
+    String,
+> {
+    use edge_ws_client::{Backend, Backends, ClientBuilder, HealthConfig, Strategy};
+    if p.backends.is_empty() {
+        return Err("proxy.backends: at least one ws:// URL".into());
+    }
+    let strategy = match p.strategy.as_deref().unwrap_or("ip-hash") {
+        "ip-hash" => Strategy::IpHash,
+        "round-robin" => Strategy::RoundRobin,
+        "least-connections" => Strategy::LeastConnections,
+        "weighted" => Strategy::WeightedRoundRobin,
+        other => {
+            return Err(format!(
+                "proxy.strategy: \"ip-hash\", \"round-robin\", \"least-connections\" or \"weighted\", got {other:?}"
+            ))
+        }
+    };
+    if let Some(w) = &p.weights {
+        if w.len() != p.backends.len() {
+            return Err(format!(
+                "proxy.weights: {} weights for {} backends",
+                w.len(),
+                p.backends.len()
+            ));
+        }
+    }
+    let connect = ms(p.connect_timeout_ms.unwrap_or(2000));
+    let client = ClientBuilder::new()
+        .deflate(None)
+        .connect_timeout(connect)
+        .handshake_timeout(connect);
+    let interval = p.health_interval_ms.unwrap_or(2000);
+    let mut health = HealthConfig::default();
+    if let Some(path) = &p.health_path {
+        health.path = path.clone();
+    }
+    if let Some(t) = p.health_timeout_ms {
+        health.timeout = ms(t);
+    }
+    health.interval = ms(interval.max(1));
+    let mut b = Backends::builder().strategy(strategy).client(client);
+    if interval > 0 {
+        b = b.health(health);
+    }
+    for (i, url) in p.backends.iter().enumerate() {
+        let mut backend =
+            Backend::new(url.as_str()).map_err(|e| format!("proxy.backends: {url}: {e}"))?;
+        if let Some(w) = &p.weights {
+            backend = backend.weight(w[i]);
+        }
+        b = b.backend(backend);
+    }
+    let backends = b.build().map_err(|e| format!("proxy: {e}"))?;
+    let mut cfg = edge_ws_server::proxy::ProxyConfig::default();
+    cfg.queue_limit = p.queue_limit.unwrap_or(cfg.queue_limit);
+    if let Some(v) = p.drain_timeout_ms {
+        cfg.drain_timeout = ms(v);
+    }
+    let checks = (interval > 0).then(|| backends.clone());
+    Ok((edge_ws_server::proxy::Proxy::new(backends, cfg), checks))
+}
+
+/// Runs the proxy's active health checks on a thread of their own until the process ends.
+fn start_health_checks(backends: edge_ws_client::Backends) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("health checks: {e}")))?;
+    std::thread::Builder::new()
+        .name("edge-ws-health".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let _checks = backends.start_health_checks();
+                std::future::pending::<()>().await
+            })
+        })
+        .map_err(|e| Failure::Runtime(format!("health checks: {e}")))?;
+    Ok(())
 }
 
 /// `[channels]`: the default namespace's policy and the naming rules;
@@ -531,10 +642,12 @@ fn run() -> Result<(), Failure> {
     }
     let mut cfg = Config::default();
     let mut store_section = StoreSection::default();
+    let mut proxy_section = None;
     if let Some(path) = config_path {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
         let mut file: FileConfig = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
         store_section = std::mem::take(&mut file.store);
+        proxy_section = file.proxy.take();
         apply(file, &mut cfg)?;
     }
     if let Some(a) = addr {
@@ -550,6 +663,9 @@ fn run() -> Result<(), Failure> {
     cfg.validate().map_err(|e| e.to_string())?;
     init_logs(log_format)?;
     edge_ws::runtime::os::block_termination_signals();
+    if let Some(p) = &proxy_section {
+        return run_proxy(p, cfg, stats_interval);
+    }
     let store = open_store(&store_section, &cfg.channels)?;
     let mut builder = Engine::builder()
         .config(cfg)
@@ -596,5 +712,53 @@ fn run() -> Result<(), Failure> {
             tracing::warn!(error = %e, "store shutdown");
         }
     }
+    result.map_err(|_| Failure::Runtime("a core thread panicked".to_string()))
+}
+
+/// Reverse-proxy mode (`[proxy]`): every path is relayed to a backend.
+fn run_proxy(p: &ProxySection, cfg: Config, stats_interval: Duration) -> Result<(), Failure> {
+    let (proxy, checks) = build_proxy(p)?;
+    let px = proxy.clone();
+    let engine = Engine::builder()
+        .config(cfg)
+        .build(move |_core| px.handler())
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    proxy.attach(engine.handle());
+    if let Some(backends) = checks {
+        start_health_checks(backends)?;
+    }
+    tracing::info!(
+        addr = %engine.local_addr(),
+        backends = p.backends.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "edge-ws proxy listening on ws://{}",
+        engine.local_addr()
+    );
+    let handle = engine.handle();
+    std::thread::spawn(move || {
+        edge_ws::runtime::os::wait_for_termination();
+        tracing::info!("signal received: shutting down");
+        handle.shutdown();
+    });
+    if !stats_interval.is_zero() {
+        let handle = engine.handle();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(stats_interval);
+            log_counters(&handle, "counters");
+        });
+    }
+    let handle = engine.handle();
+    let result = engine.join();
+    log_counters(&handle, "stopped");
+    let s = proxy.stats();
+    tracing::info!(
+        connections = s.connections,
+        refused = s.refused,
+        to_backend = s.to_backend,
+        to_client = s.to_client,
+        backend_gone = s.backend_gone,
+        slow = s.slow,
+        "proxy stopped"
+    );
     result.map_err(|_| Failure::Runtime("a core thread panicked".to_string()))
 }
