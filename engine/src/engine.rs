@@ -233,6 +233,44 @@ impl EngineHandle {
         );
     }
 
+    /// Runs `f` on the core of connection `id` with its socket, or with `None` if it is gone
+    /// (closed, stale id, no such core, or the engine stopped before running it): `f` is
+    /// called exactly once, on the connection's core or on whichever thread finds it gone. For
+    /// sends that must know they reached an open connection (e.g. "delivered when at least one
+    /// connection got it"). Keep `f` short: it runs on a core.
+    pub fn with_connection(
+        &self,
+        id: ConnectionId,
+        f: impl FnOnce(Option<&mut crate::Socket<'_, '_>>) + Send + 'static,
+    ) {
+        struct Once<F: FnOnce(Option<&mut crate::Socket<'_, '_>>)>(Option<F>);
+        impl<F: FnOnce(Option<&mut crate::Socket<'_, '_>>)> Drop for Once<F> {
+            fn drop(&mut self) {
+                if let Some(f) = self.0.take() {
+                    f(None);
+                }
+            }
+        }
+        let mut once = Once(Some(f));
+        let Some(q) = self.shared.queues.get(id.core()) else {
+            return; // `once` drops: f(None)
+        };
+        let call: crate::connection::ConnFnBox<()> = Box::new(move |state, io, conn, ()| {
+            if let Some(f) = once.0.take() {
+                f(Some(&mut crate::Socket {
+                    state,
+                    io,
+                    id: conn,
+                }));
+            }
+        });
+        q.push(Command::Call {
+            conn: id.conn(),
+            f: crate::connection::ConnFn::erase(call),
+        });
+        self.shared.wakers[id.core()].wake();
+    }
+
     /// Whether `channel` keeps history (see [`crate::Socket::has_history`]).
     pub fn has_history(&self, channel: &str) -> bool {
         self.shared.channels.config.policy(channel).is_stream()

@@ -222,7 +222,8 @@ impl Router {
     /// [`Router::channels`] with an access check per request.
     pub fn channels_with(self, access: ChannelAccess) -> Router {
         let (a1, a2, a3) = (access.clone(), access.clone(), access);
-        self.route("subscribe", move |ctx, msg| subscribe(ctx, msg, &a1))
+        let r = self
+            .route("subscribe", move |ctx, msg| subscribe(ctx, msg, &a1))
             .route("unsubscribe", |ctx, msg| {
                 let req: ChannelReq = msg.data()?;
                 let was = ctx.leave(&req.channel);
@@ -252,7 +253,143 @@ impl Router {
                 Ok(())
             })
             .route("presence.get", presence_get)
-            .route("presence.channel", presence_channel)
+            .route("presence.channel", presence_channel);
+        #[cfg(feature = "store")]
+        let r = r
+            .route("notifications.list", inbox::list)
+            .route("notifications.read", |ctx, msg| inbox::mark(ctx, msg, true))
+            .route("notifications.delivered", |ctx, msg| {
+                inbox::mark(ctx, msg, false)
+            });
+        r
+    }
+}
+
+/// The `notifications.*` routes: a user reads and marks their own inbox only.
+#[cfg(feature = "store")]
+mod inbox {
+    use super::*;
+    use crate::notifications::{ListQuery, NotificationError, Selection};
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ListReq {
+        #[serde(default)]
+        limit: Option<usize>,
+        #[serde(default)]
+        before: Option<u64>,
+        #[serde(default)]
+        offset: Option<usize>,
+        #[serde(default)]
+        unread: bool,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Which {
+        All(String),
+        Ids(Vec<u64>),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct MarkReq {
+        ids: Which,
+    }
+
+    /// The user, the service and the engine to answer through.
+    fn setup(
+        ctx: &Context<'_, '_>,
+    ) -> Result<
+        (
+            String,
+            crate::notifications::Notifications,
+            edge_ws::EngineHandle,
+        ),
+        RouteError,
+    > {
+        let user = ctx
+            .user()
+            .map(|u| u.id().to_string())
+            .ok_or_else(|| RouteError::new("notifications need a user"))?;
+        let n = ctx
+            .manager()
+            .notifications()
+            .cloned()
+            .ok_or_else(|| RouteError::new("notifications are not enabled"))?;
+        let e = ctx
+            .manager()
+            .engine()
+            .cloned()
+            .ok_or_else(|| RouteError::new("notifications are not available"))?;
+        Ok((user, n, e))
+    }
+
+    fn error(id: Option<&str>, e: &NotificationError) -> String {
+        let mut s = String::from(r#"{"type":"error""#);
+        if let Some(id) = id {
+            s.push_str(r#","id":"#);
+            s.push_str(id);
+        }
+        s.push_str(r#","error":"#);
+        s.push_str(&serde_json::to_string(&e.to_string()).unwrap_or_default());
+        if matches!(e, NotificationError::Store(_)) {
+            s.push_str(r#","retry_after_ms":100"#);
+        }
+        s.push('}');
+        s
+    }
+
+    pub(super) fn list(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+        let req: ListReq = msg.data()?;
+        let (user, n, engine) = setup(ctx)?;
+        let (conn, id) = (ctx.id(), msg.id().map(str::to_owned));
+        let query = ListQuery {
+            limit: req.limit.unwrap_or(20),
+            before: req.before,
+            offset: req.offset.unwrap_or(0),
+            unread_only: req.unread,
+        };
+        n.list(&user, query, move |r| {
+            let text = match r {
+                Ok(page) => envelope(
+                    "notifications",
+                    id.as_deref(),
+                    &crate::notifications::page_json(&page),
+                ),
+                Err(e) => error(id.as_deref(), &e),
+            };
+            engine.send_text(conn, &text);
+        });
+        Ok(())
+    }
+
+    pub(super) fn mark(
+        ctx: &mut Context<'_, '_>,
+        msg: &Envelope<'_>,
+        read: bool,
+    ) -> Result<(), RouteError> {
+        let req: MarkReq = msg.data()?;
+        let which = match req.ids {
+            Which::All(s) if s == "all" => Selection::All,
+            Which::All(_) => return Err(RouteError::invalid_data()),
+            Which::Ids(ids) if ids.len() <= 1000 => Selection::Ids(ids),
+            Which::Ids(_) => return Err(RouteError::new("at most 1000 ids per request")),
+        };
+        let (user, n, engine) = setup(ctx)?;
+        let (conn, id) = (ctx.id(), msg.id().map(str::to_owned));
+        n.mark(&user, which, read, move |r| {
+            let text = match r {
+                Ok(changed) => envelope(
+                    "notifications.marked",
+                    id.as_deref(),
+                    &format!(r#"{{"changed":{changed}}}"#),
+                ),
+                Err(e) => error(id.as_deref(), &e),
+            };
+            engine.send_text(conn, &text);
+        });
+        Ok(())
     }
 }
 

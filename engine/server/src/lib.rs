@@ -68,8 +68,9 @@ mod identity;
 mod json;
 mod jwt;
 mod limits;
+#[cfg(feature = "store")]
+pub mod notifications;
 pub mod presence;
-pub mod proxy;
 mod rate;
 mod router;
 pub mod store;
@@ -157,6 +158,8 @@ pub(crate) struct Inner {
     engine: OnceLock<EngineHandle>,
     epoch: Instant,
     pub(crate) presence: presence::Presence,
+    #[cfg(feature = "store")]
+    pub(crate) notifications: Option<notifications::Notifications>,
 }
 
 /// Milliseconds since the Unix epoch (presence times, `last_seen`).
@@ -441,6 +444,12 @@ impl Manager {
             .unwrap_or_default()
     }
 
+    /// The notifications service, if the manager has one.
+    #[cfg(feature = "store")]
+    pub fn notifications(&self) -> Option<&notifications::Notifications> {
+        self.inner.notifications.as_ref()
+    }
+
     /// `user_id`'s presence: status, `last_seen`, connections, metadata (`None` if not seen
     /// since the process started).
     pub fn presence(&self, user_id: &str) -> Option<presence::UserPresence> {
@@ -570,6 +579,8 @@ pub struct ManagerBuilder {
     abuse: Option<AbusePolicy>,
     listeners: Vec<Listener>,
     presence: presence::PresenceConfig,
+    #[cfg(feature = "store")]
+    notifications: Option<notifications::Notifications>,
 }
 
 impl std::fmt::Debug for ManagerBuilder {
@@ -597,6 +608,8 @@ impl Default for ManagerBuilder {
             abuse: None,
             listeners: Vec::new(),
             presence: presence::PresenceConfig::default(),
+            #[cfg(feature = "store")]
+            notifications: None,
         }
     }
 }
@@ -659,6 +672,15 @@ impl ManagerBuilder {
         self
     }
 
+    /// Per-user notifications (see [`notifications`]): pending ones are delivered to a user's
+    /// connection when it opens, and the `notifications.*` routes of [`Router::channels`]
+    /// serve the inbox.
+    #[cfg(feature = "store")]
+    pub fn notifications(mut self, n: notifications::Notifications) -> Self {
+        self.notifications = Some(n);
+        self
+    }
+
     /// Presence settings (grace period, heartbeat timeout, status expiration).
     pub fn presence(mut self, config: presence::PresenceConfig) -> Self {
         self.presence = config;
@@ -676,7 +698,7 @@ impl ManagerBuilder {
 
     /// The manager.
     pub fn build(self) -> Manager {
-        Manager {
+        let m = Manager {
             inner: Arc::new(Inner {
                 settings: Settings {
                     max_connections: self.max_connections,
@@ -698,8 +720,15 @@ impl ManagerBuilder {
                 engine: OnceLock::new(),
                 epoch: Instant::now(),
                 presence: presence::Presence::new(self.presence),
+                #[cfg(feature = "store")]
+                notifications: self.notifications,
             }),
+        };
+        #[cfg(feature = "store")]
+        if let Some(n) = &m.inner.notifications {
+            n.attach(&m.inner);
         }
+        m
     }
 }
 
@@ -762,6 +791,10 @@ impl<A: App> Handler for ManagerHandler<A> {
         let conn = self.conns[key].insert(entry);
         if let Some(u) = &conn.user {
             inner.presence_changed(inner.presence.connected(u.id_arc(), wall_ms()));
+            #[cfg(feature = "store")]
+            if let Some(n) = &inner.notifications {
+                n.connected(u.id_arc(), id);
+            }
         }
         if inner.has_listeners() {
             inner.emit(&Event::Opened {
