@@ -71,6 +71,7 @@ mod limits;
 #[cfg(feature = "store")]
 pub mod notifications;
 pub mod presence;
+pub mod proxy;
 mod rate;
 mod router;
 pub mod store;
