@@ -260,7 +260,8 @@ impl Router {
             .route("notifications.read", |ctx, msg| inbox::mark(ctx, msg, true))
             .route("notifications.delivered", |ctx, msg| {
                 inbox::mark(ctx, msg, false)
-            });
+            })
+            .route("notifications.send", inbox::send_to);
         r
     }
 }
@@ -356,6 +357,54 @@ mod inbox {
                     "notifications",
                     id.as_deref(),
                     &crate::notifications::page_json(&page),
+                ),
+                Err(e) => error(id.as_deref(), &e),
+            };
+            engine.send_text(conn, &text);
+        });
+        Ok(())
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SendReq<'a> {
+        user: String,
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        title: String,
+        #[serde(default)]
+        body: String,
+        #[serde(borrow, default)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+
+    /// The permission a connection needs to send notifications to any user over the envelope.
+    pub(crate) const SEND_PERMISSION: &str = "notifications:send";
+
+    /// `notifications.send`: for users holding [`SEND_PERMISSION`] (a backend's connection);
+    /// answered with the id once the notification is durable.
+    pub(super) fn send_to(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+        if !ctx.has_permission(SEND_PERMISSION) {
+            return Err(RouteError::new(format!(
+                "sending needs the {SEND_PERMISSION} permission"
+            )));
+        }
+        let req: SendReq<'_> = msg.data()?;
+        let (_, n, engine) = setup(ctx)?;
+        let (conn, id) = (ctx.id(), msg.id().map(str::to_owned));
+        let note = crate::notifications::NewNotification {
+            kind: req.kind,
+            title: req.title,
+            body: req.body,
+            data: req.data.map(|d| d.get().to_string()),
+        };
+        n.send(&req.user, note, move |r| {
+            let text = match r {
+                Ok(nid) => envelope(
+                    "notifications.sent",
+                    id.as_deref(),
+                    &format!(r#"{{"id":{nid}}}"#),
                 ),
                 Err(e) => error(id.as_deref(), &e),
             };
@@ -549,13 +598,26 @@ fn presence_channel(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(),
         )));
     }
     let p = ctx.manager().channel_presence(&req.channel, req.members);
-    let mut d = format!(
+    let d = channel_presence_json(&req.channel, &p, req.members);
+    let _ = ctx.send_text(&envelope("presence.channel", msg.id(), &d));
+    Ok(())
+}
+
+/// The data of a `presence.channel` reply.
+pub(crate) fn channel_presence_json(
+    channel: &str,
+    p: &crate::presence::ChannelPresence,
+    members: bool,
+) -> String {
+    let mut d = String::with_capacity(64 + p.members.len() * 40);
+    let _ = write!(
+        d,
         r#"{{"channel":{},"clients":{},"users":{}"#,
-        serde_json::to_string(&req.channel)?,
+        serde_json::to_string(channel).unwrap_or_default(),
         p.clients,
         p.users
     );
-    if req.members {
+    if members {
         d.push_str(r#","members":["#);
         for (i, m) in p.members.iter().enumerate() {
             if i > 0 {
@@ -571,8 +633,7 @@ fn presence_channel(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(),
         d.push(']');
     }
     d.push('}');
-    let _ = ctx.send_text(&envelope("presence.channel", msg.id(), &d));
-    Ok(())
+    d
 }
 
 fn check(

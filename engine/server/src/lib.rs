@@ -84,6 +84,54 @@ use std::time::{Duration, Instant};
 
 use edge_ws::protocol::{CloseCode, Message};
 
+/// Internals exposed for the benches only; not part of the API.
+#[doc(hidden)]
+pub mod bench_support {
+    use std::sync::Arc;
+
+    use edge_ws::ConnectionId;
+
+    use crate::presence::{Presence, PresenceConfig};
+
+    /// A presence table the benches drive directly (what the manager does on connect, join).
+    #[derive(Debug)]
+    pub struct PresenceTable(Presence);
+
+    impl PresenceTable {
+        /// With the default settings.
+        pub fn new() -> Self {
+            PresenceTable(Presence::new(PresenceConfig::default()))
+        }
+
+        /// A connection of `user` opened.
+        pub fn connect(&self, user: &Arc<str>) {
+            self.0.connected(user, crate::wall_ms());
+        }
+
+        /// `conn` of `user` subscribed to a presence channel.
+        pub fn join(&self, channel: &Arc<str>, conn: ConnectionId, user: &Arc<str>) {
+            self.0.join(channel, conn, Some(user));
+        }
+
+        /// `conn` left.
+        pub fn leave(&self, channel: &str, conn: ConnectionId) {
+            self.0.leave(channel, conn);
+        }
+
+        /// The `presence.channel` reply data with members, as the route builds it.
+        pub fn channel_json(&self, channel: &str) -> String {
+            let p = self.0.channel(channel, true);
+            crate::channels::channel_presence_json(channel, &p, true)
+        }
+    }
+
+    impl Default for PresenceTable {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+}
+
 pub use self::auth::{ApiKeyAuth, Auth, HandshakeInfo, Validator, ValidatorFuture};
 pub use self::events::{ErrorKind, Event, ManagerStats};
 pub use self::identity::{AuthRejection, RejectReason, UserContext};

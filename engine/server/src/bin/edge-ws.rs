@@ -20,8 +20,13 @@ use edge_ws::{
     SlowConsumerPolicy, Socket, StreamPosition, Upgrade, UpgradeRequest,
 };
 use edge_ws_server::channels::{restore_streams, EnvelopeFormat, StoreStreams};
+use edge_ws_server::notifications::{NotificationConfig, Notifications};
+use edge_ws_server::presence::PresenceConfig;
 use edge_ws_server::store::{Durability, Store, StoreHandle, StoreOptions};
-use edge_ws_server::{Manager, ManagerHandler, Router};
+use edge_ws_server::{
+    ApiKeyAuth, Auth, AuthRejection, JwtAuth, Manager, ManagerHandler, RejectReason, Router,
+    TokenSource, UserContext,
+};
 use serde::Deserialize;
 
 #[global_allocator]
@@ -65,6 +70,53 @@ struct FileConfig {
     channels: ChannelsSection,
     store: StoreSection,
     proxy: Option<ProxySection>,
+    auth: AuthSection,
+    presence: PresenceSection,
+    notifications: NotificationsSection,
+}
+
+/// `[auth]`: who connects to `/ws`. Without it every connection is anonymous.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuthSection {
+    /// HS256 secret: tokens from `Authorization: Bearer`, `?token=` or a `bearer.` subprotocol.
+    jwt_secret: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    /// The header API keys come in (default `x-api-key`).
+    api_key_header: Option<String>,
+    api_keys: Vec<ApiKeyEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyEntry {
+    key: String,
+    user: String,
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+/// `[presence]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PresenceSection {
+    grace_ms: Option<u64>,
+    /// 0: connections alone count.
+    heartbeat_timeout_ms: Option<u64>,
+    /// 0: custom statuses stay.
+    status_expiration_ms: Option<u64>,
+    client_may_set: Option<bool>,
+}
+
+/// `[notifications]`: per-user inboxes in the store (opening it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NotificationsSection {
+    enabled: Option<bool>,
+    max_per_user: Option<usize>,
+    /// 0: kept until evicted.
+    ttl_ms: Option<u64>,
 }
 
 /// `[proxy]`: when present, every path is relayed to a backend (reverse-proxy mode).
@@ -191,6 +243,8 @@ struct ChannelsSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct PolicySection {
+    presence: Option<bool>,
+    join_leave: Option<bool>,
     history_size: Option<usize>,
     /// 0: no time limit.
     history_ttl_ms: Option<u64>,
@@ -222,6 +276,8 @@ impl PolicySection {
             p.history_ttl = (v > 0).then(|| ms(v));
         }
         p.persist = self.persist.unwrap_or(p.persist);
+        p.presence = self.presence.unwrap_or(p.presence);
+        p.join_leave = self.join_leave.unwrap_or(p.join_leave);
         if let Some(v) = self.idempotency_window_ms {
             p.idempotency_window = ms(v);
         }
@@ -392,9 +448,10 @@ fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
 fn open_store(
     section: &StoreSection,
     channels: &ChannelConfig,
+    notifications: bool,
 ) -> Result<Option<(StoreHandle, Vec<RestoredStream>)>, Failure> {
     let persists = channels.default.persist || channels.namespaces.iter().any(|(_, p)| p.persist);
-    if !persists {
+    if !persists && !notifications {
         return Ok(None);
     }
     let durability = match section.durability.as_deref() {
@@ -439,6 +496,62 @@ impl PublicationFormat for ProductFormat {
         }
         EnvelopeFormat.encode(channel, position, payload, kind, out)
     }
+}
+
+/// `[auth]` as the manager's authentication.
+fn auth(a: &AuthSection) -> Result<Auth, Failure> {
+    match (&a.jwt_secret, a.api_keys.is_empty()) {
+        (Some(_), false) => Err("auth: configure jwt_secret or api_keys, not both".into()),
+        (Some(secret), true) => {
+            let mut j = JwtAuth::hs256(secret.as_bytes()).sources([
+                TokenSource::BearerHeader,
+                TokenSource::Query("token".into()),
+                TokenSource::Protocol("bearer.".into()),
+            ]);
+            if let Some(i) = &a.jwt_issuer {
+                j = j.issuer(i.clone());
+            }
+            if let Some(aud) = &a.jwt_audience {
+                j = j.audience(aud.clone());
+            }
+            Ok(Auth::jwt(j))
+        }
+        (None, false) => {
+            let keys: std::collections::HashMap<String, (String, Vec<String>)> = a
+                .api_keys
+                .iter()
+                .map(|k| (k.key.clone(), (k.user.clone(), k.permissions.clone())))
+                .collect();
+            let header = a
+                .api_key_header
+                .clone()
+                .unwrap_or_else(|| "x-api-key".into());
+            Ok(Auth::api_key(ApiKeyAuth::new(
+                header,
+                move |key, _| match keys.get(key) {
+                    Some((user, perms)) => Ok(UserContext::new(user.as_str())
+                        .with_permissions(perms.iter().map(String::as_str))),
+                    None => Err(AuthRejection::of(RejectReason::InvalidApiKey)),
+                },
+            )))
+        }
+        (None, true) => Ok(Auth::None),
+    }
+}
+
+fn presence_config(p: &PresenceSection) -> PresenceConfig {
+    let mut c = PresenceConfig::default();
+    if let Some(v) = p.grace_ms {
+        c.grace = ms(v);
+    }
+    if let Some(v) = p.heartbeat_timeout_ms {
+        c.heartbeat_timeout = (v > 0).then(|| ms(v));
+    }
+    if let Some(v) = p.status_expiration_ms {
+        c.status_expiration = (v > 0).then(|| ms(v));
+    }
+    c.client_may_set = p.client_may_set.unwrap_or(c.client_may_set);
+    c
 }
 
 /// The paths of the JSON envelope protocol (docs/PROTOCOL.md): the connection manager with
@@ -643,11 +756,17 @@ fn run() -> Result<(), Failure> {
     let mut cfg = Config::default();
     let mut store_section = StoreSection::default();
     let mut proxy_section = None;
+    let mut auth_section = AuthSection::default();
+    let mut presence_section = PresenceSection::default();
+    let mut notify_section = NotificationsSection::default();
     if let Some(path) = config_path {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
         let mut file: FileConfig = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
         store_section = std::mem::take(&mut file.store);
         proxy_section = file.proxy.take();
+        auth_section = std::mem::take(&mut file.auth);
+        presence_section = std::mem::take(&mut file.presence);
+        notify_section = std::mem::take(&mut file.notifications);
         apply(file, &mut cfg)?;
     }
     if let Some(a) = addr {
@@ -666,7 +785,8 @@ fn run() -> Result<(), Failure> {
     if let Some(p) = &proxy_section {
         return run_proxy(p, cfg, stats_interval);
     }
-    let store = open_store(&store_section, &cfg.channels)?;
+    let notify = notify_section.enabled.unwrap_or(false);
+    let store = open_store(&store_section, &cfg.channels, notify)?;
     let mut builder = Engine::builder()
         .config(cfg)
         .publication_format(std::sync::Arc::new(ProductFormat));
@@ -675,7 +795,18 @@ fn run() -> Result<(), Failure> {
             .stream_store(std::sync::Arc::new(StoreStreams::new(store.clone())))
             .restore_streams(restored.clone());
     }
-    let manager = Manager::builder().build();
+    let mut mb = Manager::builder()
+        .auth(auth(&auth_section)?)
+        .presence(presence_config(&presence_section));
+    if let (true, Some((store, _))) = (notify, &store) {
+        let mut nc = NotificationConfig::default();
+        nc.max_per_user = notify_section.max_per_user.unwrap_or(nc.max_per_user);
+        if let Some(t) = notify_section.ttl_ms {
+            nc.ttl = (t > 0).then(|| ms(t));
+        }
+        mb = mb.notifications(Notifications::start(store.clone(), nc));
+    }
+    let manager = mb.build();
     let m = manager.clone();
     let engine = builder
         .build(move |_core| Product {
@@ -684,6 +815,7 @@ fn run() -> Result<(), Failure> {
         })
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     manager.attach(engine.handle());
+    manager.start_presence_sweeper();
     tracing::info!(
         addr = %engine.local_addr(),
         cores = engine.handle().cores(),

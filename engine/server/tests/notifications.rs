@@ -1,0 +1,164 @@
+//! Notifications through the real `edge-ws` binary, configured from TOML (API keys, a
+//! store): a backend connection sends to an offline user, the server is killed with SIGKILL,
+//! and after the restart the user connects and receives every acknowledged notification,
+//! in order, then the unread count.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+struct Server(Child, SocketAddr);
+
+fn start(config: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-ws"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+            "--stats-interval",
+            "0",
+            "--config",
+        ])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start edge-ws");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server logs its address");
+        if let Some(rest) = line.split("ws://").nth(1) {
+            let a = rest.split(|c: char| c == '"' || c.is_whitespace()).next().unwrap();
+            break a.parse().unwrap();
+        }
+    };
+    Server(child, addr)
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn connect(addr: SocketAddr, key: &str) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    tungstenite::client(req, stream).expect("handshake").0
+}
+
+fn recv(ws: &mut WebSocket<TcpStream>) -> Value {
+    loop {
+        match ws.read().expect("a message") {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn acknowledged_notifications_survive_kill_9_and_arrive_on_connect() {
+    let dir = std::env::temp_dir().join(format!("edge-ws-notify-bin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("edge-ws.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\n\
+             [[auth.api_keys]]\nkey = \"k-backend\"\nuser = \"backend\"\npermissions = [\"notifications:send\"]\n\
+             [[auth.api_keys]]\nkey = \"k-hana\"\nuser = \"hana\"\n\n\
+             [notifications]\nenabled = true\n\n[store]\ndir = {:?}\n",
+            dir.join("data")
+        ),
+    )
+    .unwrap();
+    let server = start(&cfg);
+    let mut backend = connect(server.1, "k-backend");
+    assert_eq!(recv(&mut backend)["type"], "notifications.unread");
+    for i in 0..20 {
+        let m = json!({"type":"notifications.send","id":i,"data":{"user":"hana","type":"invite","title":format!("t{i}"),"data":{"i":i}}});
+        backend.send(Message::text(m.to_string())).unwrap();
+    }
+    for i in 0..20u64 {
+        let r = recv(&mut backend);
+        assert_eq!(
+            (
+                r["type"].as_str(),
+                r["id"].as_u64(),
+                r["data"]["id"].as_u64()
+            ),
+            (Some("notifications.sent"), Some(i), Some(i + 1)),
+            "{r}"
+        );
+    }
+    drop(backend);
+    let mut child = server;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    drop(child);
+
+    let server = start(&cfg);
+    let mut hana = connect(server.1, "k-hana");
+    // Acknowledged before the kill: all 20 come back, pending, in order.
+    let r = {
+        let m = json!({"type":"notifications.list","id":"l","data":{"limit":100}});
+        // Pending ones arrive first, then the unread count, then the list.
+        hana.send(Message::text(m.to_string())).unwrap();
+        let mut pushed = Vec::new();
+        loop {
+            let v = recv(&mut hana);
+            match v["type"].as_str() {
+                Some("notification") => pushed.push(v["data"]["id"].as_u64().unwrap()),
+                Some("notifications.unread") => assert_eq!(v["data"]["count"], 20),
+                Some("notifications") => break (v, pushed),
+                _ => panic!("{v}"),
+            }
+        }
+    };
+    let (list, pushed) = r;
+    assert_eq!(
+        pushed,
+        (1..=20).collect::<Vec<u64>>(),
+        "every pending one, in order"
+    );
+    let ids: Vec<u64> = list["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=20).rev().collect::<Vec<u64>>());
+    let send = json!({"type":"notifications.send","id":1,"data":{"user":"x","type":"t"}});
+    hana.send(Message::text(send.to_string())).unwrap();
+    let r = recv(&mut hana);
+    assert!(
+        r["error"].as_str().unwrap().contains("notifications:send"),
+        "without the permission: {r}"
+    );
+    drop(hana);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
