@@ -3,7 +3,7 @@
 //! Prints: memory per online user (100,000 users, counting allocator, the user id string
 //! excluded: it belongs to the connection); the time of a `presence.channel` answer with
 //! members for a 10,000-member channel (median of 51); a join + leave pair; then, on a real
-//! store with fsync, durable notification stores per second (window of 4,096 in flight) up
+//! store with fsync, durable notification stores per second (window of 16,384 in flight) up
 //! to `PRESENCE_BENCH_NOTIFICATIONS` stored (default 1,000,000, over 1,000 users), and the
 //! time of a page of 50 (first read of a user: from disk; then from memory).
 
@@ -81,10 +81,17 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let users = 1000;
+    let users: usize = std::env::var("PRESENCE_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let dir = std::env::temp_dir().join(format!("edge-ws-presence-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    let batch: usize = std::env::var("PRESENCE_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(StoreOptions::default().max_batch);
+    let store = Store::open(&dir, StoreOptions::default().max_batch(batch)).unwrap();
     let n = Notifications::start(
         store.clone(),
         NotificationConfig {
@@ -92,10 +99,14 @@ fn main() {
             ..NotificationConfig::default()
         },
     );
+    let window: usize = std::env::var("PRESENCE_BENCH_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16384);
     let in_flight = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     for i in 0..total {
-        while in_flight.load(Ordering::Acquire) >= 4096 {
+        while in_flight.load(Ordering::Acquire) >= window {
             std::thread::yield_now();
         }
         in_flight.fetch_add(1, Ordering::AcqRel);
