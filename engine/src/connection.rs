@@ -75,6 +75,9 @@ pub(crate) struct Extra {
     /// While the connection holds a pong it cannot write yet: since when its output has not
     /// moved (see [`CoreState::flush_pongs`]).
     pub(crate) pong_stall: Option<PongStall>,
+    /// Reading is paused (backpressure from the application): received bytes wait in the
+    /// read buffer undecoded, and the transport arms no receive.
+    pub(crate) paused: bool,
 }
 
 /// Names a connection keeps for itself only in rare cases.
@@ -169,6 +172,12 @@ impl Conn {
         self.extra.get_or_insert_with(Default::default)
     }
 
+    /// Whether reading is paused.
+    #[inline]
+    pub(crate) fn paused(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.paused)
+    }
+
     pub(crate) fn channels(&self) -> &[Arc<str>] {
         self.extra.as_ref().map_or(&[], |e| &e.channels)
     }
@@ -236,6 +245,9 @@ pub(crate) struct CoreState {
     pub(crate) path_index: HashMap<Box<str>, u16>,
     /// Connections holding a pong they could not write, retried before each submit.
     pub(crate) pong_waiters: Vec<ConnId>,
+    /// Connections whose reading resumed: what waits in their read buffer is decoded before
+    /// the next submit.
+    pub(crate) resumed: Vec<ConnId>,
 }
 
 pub(crate) struct LocalChannel {
@@ -484,6 +496,29 @@ impl CoreState {
         }
         let i = usize::from(c.protocol).checked_sub(1)?;
         self.cfg.subprotocols.get(i).map(String::as_str)
+    }
+
+    /// Stops decoding `id`'s input and asks the transport to stop receiving (backpressure).
+    pub(crate) fn pause_reading(&mut self, io: &mut Io<'_>, id: ConnId) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.paused() || !matches!(c.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        c.extra_mut().paused = true;
+        io.pause_receive(id);
+        inc(&self.metrics[self.core_index].read_pauses);
+    }
+
+    /// Undoes [`CoreState::pause_reading`]; what waits in the read buffer is decoded before the
+    /// next submit.
+    pub(crate) fn resume_reading(&mut self, io: &mut Io<'_>, id: ConnId) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if !c.paused() {
+            return;
+        }
+        c.extra_mut().paused = false;
+        io.resume_receive(id);
+        self.resumed.push(id);
     }
 
     /// Subscribes `id` to `channel` (after delivering corked publishes, which predate it).

@@ -295,6 +295,25 @@ impl Socket<'_, '_> {
         self.state.read_history(self.io, channel, query, reply);
     }
 
+    /// Stops reading this connection (backpressure, e.g. too much work in flight for it):
+    /// nothing more is decoded and the transport stops receiving, so the kernel's buffer and
+    /// then TCP flow control hold the client back. Heartbeat pings still go out; a client
+    /// paused past the heartbeat timeout may be closed. Undo with [`Socket::resume_reading`]
+    /// (also from another thread through [`crate::EngineHandle::with_connection`]).
+    pub fn pause_reading(&mut self) {
+        self.state.pause_reading(self.io, self.id);
+    }
+
+    /// Reads again: what arrived meanwhile is decoded before the core's next submit.
+    pub fn resume_reading(&mut self) {
+        self.state.resume_reading(self.io, self.id);
+    }
+
+    /// Whether reading is paused.
+    pub fn is_reading_paused(&self) -> bool {
+        self.state.conn(self.id).is_some_and(|c| c.paused())
+    }
+
     /// Starts the close handshake with `code` and `reason`.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         self.state.start_close(self.io, self.id, code, reason);

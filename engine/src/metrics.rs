@@ -140,6 +140,8 @@ counters! {
         stream_replayed,
         /// Subscriptions that asked to recover and could not (epoch changed, too old).
         stream_recovery_failed,
+        /// Times an application paused reading a connection (backpressure).
+        read_pauses,
     }
     runtime {
         /// Connections closed at accept because the core was at its connection limit.

@@ -106,6 +106,7 @@ impl<H: Handler> WsService<H> {
                 paths: Vec::new(),
                 path_index: HashMap::new(),
                 pong_waiters: Vec::new(),
+                resumed: Vec::new(),
             },
             handler,
         }
@@ -347,6 +348,10 @@ impl<H: Handler> WsService<H> {
             };
             if conn.id != id || !matches!(conn.phase, Phase::Open | Phase::Closing) {
                 return;
+            }
+            if conn.paused() {
+                // The application holds this connection back: bytes wait in `rbuf`.
+                break;
             }
             let Some(rbuf) = conn.rbuf.as_deref_mut() else {
                 break;
@@ -632,6 +637,11 @@ impl<H: Handler> Service for WsService<H> {
     }
 
     fn before_submit(&mut self, io: &mut Io<'_>) {
+        while !self.state.resumed.is_empty() {
+            for id in std::mem::take(&mut self.state.resumed) {
+                self.read_frames(io, id);
+            }
+        }
         self.state.uncork(io);
         if !self.state.pong_waiters.is_empty() {
             self.state.flush_pongs(io);

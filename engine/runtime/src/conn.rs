@@ -39,6 +39,9 @@ pub(super) const CLOSE_INFLIGHT: u8 = 4;
 pub(super) const IN_DIRTY: u8 = 8;
 /// The slot is in the core's re-arm queue (its receive ended with ENOBUFS).
 pub(super) const IN_REARM: u8 = 16;
+/// Receiving is paused: no receive is armed for it (the kernel's socket buffer and then TCP
+/// flow control hold the peer back).
+pub(super) const PAUSED: u8 = 32;
 
 /// The iovec array and header of one `SendMsg`; pooled per core, lent to a connection only while
 /// its send is in flight.

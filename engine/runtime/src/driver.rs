@@ -19,7 +19,8 @@ use tokio::time::MissedTickBehavior;
 
 use super::bufring::BufRing;
 use super::conn::{
-    SendPlan, SendVec, Slot, State, CLOSE_INFLIGHT, IN_DIRTY, IN_REARM, RECV_ARMED, SEND_INFLIGHT,
+    SendPlan, SendVec, Slot, State, CLOSE_INFLIGHT, IN_DIRTY, IN_REARM, PAUSED, RECV_ARMED,
+    SEND_INFLIGHT,
 };
 use super::{
     sys, ConnId, CoreWaker, RuntimeConfig, RuntimeError, RuntimeStats, Service, StartReport,
@@ -257,7 +258,7 @@ impl Core {
         let Some(c) = self.conns.get_mut(idx) else {
             return;
         };
-        if c.has(RECV_ARMED) || c.state != State::Open {
+        if c.has(RECV_ARMED) || c.has(PAUSED) || c.state != State::Open {
             return;
         }
         c.set(RECV_ARMED);
@@ -265,6 +266,40 @@ impl Core {
             .build()
             .user_data(ud(TAG_RECV, c.generation, idx));
         self.push(e);
+    }
+
+    /// Stops receiving for `id`: cancels its multishot receive (completions already made still
+    /// arrive) and arms none until [`Core::resume_recv`].
+    pub(crate) fn pause_recv(&mut self, id: ConnId) {
+        let idx = id.index();
+        let Some(c) = self.conn_mut(id) else {
+            return;
+        };
+        if c.has(PAUSED) || c.state != State::Open {
+            return;
+        }
+        c.set(PAUSED);
+        if c.has(RECV_ARMED) {
+            let g = c.generation;
+            self.push(
+                opcode::AsyncCancel::new(ud(TAG_RECV, g, idx))
+                    .build()
+                    .user_data(ud(TAG_IGNORE, 0, 0)),
+            );
+        }
+    }
+
+    /// Receives for `id` again (arms its receive unless one is still in the kernel).
+    pub(crate) fn resume_recv(&mut self, id: ConnId) {
+        let idx = id.index();
+        let Some(c) = self.conn_mut(id) else {
+            return;
+        };
+        if !c.has(PAUSED) {
+            return;
+        }
+        c.clear(PAUSED);
+        self.arm_recv(idx);
     }
 
     fn submit_send(&mut self, idx: usize) {
@@ -800,7 +835,13 @@ impl<S: Service> Driver<S> {
                     c.set(IN_REARM);
                     self.core.rearm.push_back(idx as u32);
                 }
-            } else if res != -libc::ECANCELED {
+            } else if res == -libc::ECANCELED {
+                // A pause's cancel; if receiving resumed meanwhile, arm again (a no-op while
+                // paused or closing).
+                if !more {
+                    self.core.arm_recv(idx);
+                }
+            } else {
                 self.core.teardown(idx);
             }
         }
@@ -1046,6 +1087,25 @@ impl Io<'_> {
         match &mut self.backend {
             Backend::Uring(c) => c.abort(id),
             Backend::Memory(m) => m.abort(id),
+        }
+    }
+
+    /// Stops receiving for `id` (backpressure): no more receives are armed, so the kernel's
+    /// socket buffer fills and TCP flow control holds the peer back. Data already received may
+    /// still be delivered once. In-memory backend: bytes keep being delivered (a test's peer
+    /// writes what it writes); the caller holds them.
+    pub fn pause_receive(&mut self, id: ConnId) {
+        match &mut self.backend {
+            Backend::Uring(c) => c.pause_recv(id),
+            Backend::Memory(_) => {}
+        }
+    }
+
+    /// Receives for `id` again after [`Io::pause_receive`].
+    pub fn resume_receive(&mut self, id: ConnId) {
+        match &mut self.backend {
+            Backend::Uring(c) => c.resume_recv(id),
+            Backend::Memory(_) => {}
         }
     }
 

@@ -123,6 +123,10 @@ pub(crate) struct Stats {
     pub(crate) opened: AtomicU64,
     pub(crate) closed: AtomicU64,
     pub(crate) abuse_closes: AtomicU64,
+    /// Connections closed with 4401 because their credentials expired.
+    pub(crate) expired_closes: AtomicU64,
+    /// Refreshes refused because the token named another user.
+    pub(crate) refresh_refused: AtomicU64,
 }
 
 impl Stats {
@@ -136,6 +140,8 @@ impl Stats {
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             abuse_closes: AtomicU64::new(0),
+            expired_closes: AtomicU64::new(0),
+            refresh_refused: AtomicU64::new(0),
         }
     }
 

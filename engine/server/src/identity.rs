@@ -13,6 +13,7 @@ pub struct UserContext {
     id: Arc<str>,
     permissions: Vec<String>,
     data: Option<Arc<dyn Any + Send + Sync>>,
+    expires_at_ms: Option<u64>,
 }
 
 impl fmt::Debug for UserContext {
@@ -21,6 +22,7 @@ impl fmt::Debug for UserContext {
             .field("id", &self.id)
             .field("permissions", &self.permissions)
             .field("data", &self.data.is_some())
+            .field("expires_at_ms", &self.expires_at_ms)
             .finish()
     }
 }
@@ -32,7 +34,20 @@ impl UserContext {
             id: id.into(),
             permissions: Vec::new(),
             data: None,
+            expires_at_ms: None,
         }
+    }
+
+    /// Sets when the credentials expire (ms since the Unix epoch): an open connection is
+    /// closed with 4401 then, unless a `refresh` extended it.
+    pub fn with_expiry(mut self, at_ms: u64) -> UserContext {
+        self.expires_at_ms = Some(at_ms);
+        self
+    }
+
+    /// When the credentials expire (ms since the Unix epoch), if they do.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.expires_at_ms
     }
 
     /// Sets the permissions.

@@ -354,7 +354,19 @@ impl JwtAuth {
     }
 
     /// The user behind verified `claims`.
-    fn user(&self, claims: Value) -> Result<UserContext, AuthRejection> {
+    pub(crate) fn user(&self, claims: Value) -> Result<UserContext, AuthRejection> {
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .map(|e| (e * 1000.0) as u64 + self.leeway.as_millis() as u64);
+        let u = self.user_unexpiring(claims)?;
+        Ok(match exp {
+            Some(e) if u.expires_at_ms().is_none() => u.with_expiry(e),
+            _ => u,
+        })
+    }
+
+    fn user_unexpiring(&self, claims: Value) -> Result<UserContext, AuthRejection> {
         if let Some(map) = &self.map_user {
             return map(&claims);
         }

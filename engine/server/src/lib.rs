@@ -61,8 +61,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod async_route;
 mod auth;
 pub mod channels;
+mod credentials;
 mod events;
 mod identity;
 mod json;
@@ -132,6 +134,7 @@ pub mod bench_support {
     }
 }
 
+pub use self::async_route::Request;
 pub use self::auth::{ApiKeyAuth, Auth, HandshakeInfo, Validator, ValidatorFuture};
 pub use self::events::{ErrorKind, Event, ManagerStats};
 pub use self::identity::{AuthRejection, RejectReason, UserContext};
@@ -195,7 +198,9 @@ type Listener = Arc<dyn Fn(&Event<'_>) + Send + Sync>;
 /// The state every core and every [`Manager`] clone share.
 pub(crate) struct Inner {
     pub(crate) settings: Settings,
-    auth: Auth,
+    pub(crate) auth: Auth,
+    pub(crate) clock: credentials::Clock,
+    pub(crate) expiries: credentials::Expiries,
     /// Reservations: upgrades admitted or being authenticated, plus open connections.
     pub(crate) total: AtomicUsize,
     /// Open connections.
@@ -204,7 +209,7 @@ pub(crate) struct Inner {
     pub(crate) users: Sharded<Arc<str>, UserEntry>,
     pub(crate) stats: Stats,
     listeners: Vec<Listener>,
-    engine: OnceLock<EngineHandle>,
+    pub(crate) engine: OnceLock<EngineHandle>,
     epoch: Instant,
     pub(crate) presence: presence::Presence,
     #[cfg(feature = "store")]
@@ -463,7 +468,9 @@ impl Manager {
             .spawn(move || loop {
                 std::thread::sleep(every);
                 let Some(inner) = weak.upgrade() else { return };
-                Manager { inner }.sweep_presence();
+                let m = Manager { inner };
+                m.sweep_presence();
+                m.enforce_token_expiry();
             });
     }
 
@@ -522,6 +529,13 @@ impl Manager {
     /// Only channels whose namespace tracks presence (`ChannelPolicy::presence`) have members.
     pub fn channel_presence(&self, channel: &str, members: bool) -> presence::ChannelPresence {
         self.inner.presence.channel(channel, members)
+    }
+
+    /// Closes with 4401 every open connection whose credentials (a JWT's `exp`, or
+    /// [`UserContext::with_expiry`]) expired by the manager's clock and were not refreshed;
+    /// returns how many. The sweeper thread of [`Manager::start`] calls it.
+    pub fn enforce_token_expiry(&self) -> usize {
+        credentials::enforce(&self.inner, (self.inner.clock)())
     }
 
     /// Applies presence's time rules now (the sweeper thread of [`Manager::start`] calls it;
@@ -630,6 +644,7 @@ pub struct ManagerBuilder {
     presence: presence::PresenceConfig,
     #[cfg(feature = "store")]
     notifications: Option<notifications::Notifications>,
+    clock: Option<credentials::Clock>,
 }
 
 impl std::fmt::Debug for ManagerBuilder {
@@ -659,6 +674,7 @@ impl Default for ManagerBuilder {
             presence: presence::PresenceConfig::default(),
             #[cfg(feature = "store")]
             notifications: None,
+            clock: None,
         }
     }
 }
@@ -730,6 +746,13 @@ impl ManagerBuilder {
         self
     }
 
+    /// The clock credentials expire by (ms since the Unix epoch; default the system clock):
+    /// replace it to test expiry.
+    pub fn clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
     /// Presence settings (grace period, heartbeat timeout, status expiration).
     pub fn presence(mut self, config: presence::PresenceConfig) -> Self {
         self.presence = config;
@@ -760,6 +783,8 @@ impl ManagerBuilder {
                     abuse: self.abuse,
                 },
                 auth: self.auth,
+                clock: self.clock.unwrap_or_else(|| Arc::new(wall_ms)),
+                expiries: credentials::Expiries::default(),
                 total: AtomicUsize::new(0),
                 active: AtomicUsize::new(0),
                 ips: Sharded::new(),
@@ -839,6 +864,9 @@ impl<A: App> Handler for ManagerHandler<A> {
         inner.stats.opened.fetch_add(1, Ordering::Relaxed);
         let conn = self.conns[key].insert(entry);
         if let Some(u) = &conn.user {
+            if let Some(at) = u.expires_at_ms() {
+                inner.expiries.insert(at, id);
+            }
             inner.presence_changed(inner.presence.connected(u.id_arc(), wall_ms()));
             #[cfg(feature = "store")]
             if let Some(n) = &inner.notifications {
@@ -921,6 +949,9 @@ impl<A: App> Handler for ManagerHandler<A> {
         let inner = &*self.manager.inner;
         channels::leave_presence(socket, &self.manager, id);
         if let Some(u) = &conn.user {
+            if let Some(at) = u.expires_at_ms() {
+                inner.expiries.remove(at, id);
+            }
             inner.presence_changed(inner.presence.disconnected(u.id(), wall_ms()));
         }
         inner.stats.closed.fetch_add(1, Ordering::Relaxed);

@@ -86,6 +86,14 @@ impl<'c, 'io> Context<'c, 'io> {
         self.socket.path()
     }
 
+    pub(crate) fn user_arc(&self) -> Option<std::sync::Arc<UserContext>> {
+        self.conn.user.clone()
+    }
+
+    pub(crate) fn set_user(&mut self, user: std::sync::Arc<UserContext>) {
+        self.conn.user = Some(user);
+    }
+
     /// The authenticated user (`None` with [`crate::Auth::None`]).
     pub fn user(&self) -> Option<&UserContext> {
         self.conn.user.as_deref()
@@ -455,9 +463,11 @@ type CloseFn = Box<dyn FnMut(&mut Context<'_, '_>, CloseCode, &str)>;
 type BinaryFn = Box<dyn FnMut(&mut Context<'_, '_>, &Bytes)>;
 
 #[derive(Default)]
-struct Route {
+pub(crate) struct Route {
     handler: Option<RouteFn>,
     schema: Option<SchemaFn>,
+    pub(crate) async_handler: Option<crate::async_route::AsyncRouteFn>,
+    pub(crate) concurrent: bool,
 }
 
 /// FNV-1a: the route table is fixed at start (clients cannot insert), so hash flooding is
@@ -483,19 +493,35 @@ impl Hasher for Fnv {
     }
 }
 
-#[derive(Default)]
-struct Routes {
+pub(crate) struct Routes {
     /// The routes in registration order.
     list: Vec<(Box<str>, Route)>,
     /// Index into `list` by type, used once there are more than [`LINEAR_ROUTES`].
     index: HashMap<Box<str>, usize, BuildHasherDefault<Fnv>>,
+    /// Async middleware, before every async route.
+    pub(crate) guards: Vec<crate::async_route::GuardFn>,
+    pub(crate) max_in_flight: usize,
+    /// Per connection with async work: its FIFO, in-flight count and tasks.
+    lanes: HashMap<ConnectionId, std::rc::Rc<crate::async_route::Lane>>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            list: Vec::new(),
+            index: HashMap::default(),
+            guards: Vec::new(),
+            max_in_flight: crate::async_route::DEFAULT_MAX_IN_FLIGHT,
+            lanes: HashMap::new(),
+        }
+    }
 }
 
 /// Up to this many routes, a linear scan (length, then bytes) beats hashing the type.
 const LINEAR_ROUTES: usize = 8;
 
 impl Routes {
-    fn entry(&mut self, kind: &str) -> &mut Route {
+    pub(crate) fn entry(&mut self, kind: &str) -> &mut Route {
         let i = match self.list.iter().position(|(k, _)| **k == *kind) {
             Some(i) => i,
             None => {
@@ -521,6 +547,10 @@ impl Routes {
         let Some(route) = self.get_mut(msg.kind()) else {
             if msg.kind() == "ping" {
                 let _ = ctx.reply_raw("pong", msg.data_raw());
+            } else if msg.kind() == "refresh" {
+                if let Err(e) = crate::credentials::refresh(ctx, msg) {
+                    let _ = ctx.fail(e.kind, &e.message);
+                }
             } else {
                 let _ = ctx.fail(ErrorKind::UnknownType, ErrorKind::UnknownType.message());
             }
@@ -531,6 +561,31 @@ impl Routes {
                 let _ = ctx.fail(ErrorKind::InvalidData, &e);
                 return;
             }
+        }
+        if let Some(f) = &route.async_handler {
+            let Some(engine) = ctx.manager().engine().cloned() else {
+                let _ = ctx.fail(ErrorKind::Handler, "async routes need an attached engine");
+                return;
+            };
+            let (f, concurrent) = (f.clone(), route.concurrent);
+            let req = crate::async_route::Request::new(
+                msg.kind(),
+                msg.id(),
+                msg.data_raw(),
+                ctx.user_arc(),
+                ctx.id(),
+                engine,
+            );
+            let max = self.max_in_flight;
+            let lane = self
+                .lanes
+                .entry(ctx.id())
+                .or_insert_with(|| crate::async_route::Lane::new(max))
+                .clone();
+            if crate::async_route::run(&lane, &self.guards, &f, concurrent, req) {
+                ctx.socket().pause_reading();
+            }
+            return;
         }
         match &mut route.handler {
             Some(h) => {
@@ -600,6 +655,10 @@ impl From<ReplyError> for RouteError {
 }
 
 impl Router {
+    pub(crate) fn routes_mut(&mut self) -> &mut Routes {
+        &mut self.routes
+    }
+
     /// An empty router.
     pub fn new() -> Router {
         Router::default()
@@ -717,6 +776,9 @@ impl App for Router {
     }
 
     fn on_close(&mut self, ctx: &mut Context<'_, '_>, code: CloseCode, reason: &str) {
+        if let Some(lane) = self.routes.lanes.remove(&ctx.id()) {
+            lane.cancel();
+        }
         if let Some(f) = &mut self.on_close {
             f(ctx, code, reason);
         }

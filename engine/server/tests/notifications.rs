@@ -44,7 +44,10 @@ fn start(config: &Path) -> Server {
             .recv_timeout(Duration::from_secs(20))
             .expect("the server logs its address");
         if let Some(rest) = line.split("ws://").nth(1) {
-            let a = rest.split(|c: char| c == '"' || c.is_whitespace()).next().unwrap();
+            let a = rest
+                .split(|c: char| c == '"' || c.is_whitespace())
+                .next()
+                .unwrap();
             break a.parse().unwrap();
         }
     };

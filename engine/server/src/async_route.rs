@@ -1,0 +1,430 @@
+//! Async routes and guards: handlers that may `.await` (a database, an auth service) and
+//! answer later through a [`Request`] they own, on the connection's core (no `Send` needed).
+//!
+//! **Order.** A connection's async messages complete in arrival order by default: they wait
+//! in a per-connection FIFO and run one at a time. A route registered with
+//! [`Router::route_async_concurrent`] runs as soon as it arrives, beside the others. Sync
+//! routes are answered at once, so a sync reply may come before the reply to an earlier async
+//! message.
+//!
+//! **Backpressure.** At most [`Router::max_in_flight`] async messages per connection (default
+//! 16) are queued or running; when a connection reaches it, the engine stops reading it
+//! ([`edge_ws::Socket::pause_reading`]: TCP flow control holds the client back), and reading
+//! resumes once one finishes. Nothing queues without bound.
+//!
+//! **Cancellation.** When the connection closes, its queued async messages are dropped and its
+//! running handlers are cancelled (their futures are dropped at their next await).
+//!
+//! **Cost.** A handler whose future is ready at once never becomes a task: it is polled once
+//! in place; only a future that is still pending is spawned (`tokio::task::spawn_local`).
+//!
+//! **Errors.** An `Err` from an async route or guard is answered like a sync route's:
+//! `{"type":"error","id":…,"error":…}`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll};
+
+use edge_ws::{ConnectionId, EngineHandle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::identity::UserContext;
+use crate::router::{RouteError, Router};
+
+/// A boxed, not-`Send` future of a handler.
+pub type LocalFuture = Pin<Box<dyn Future<Output = Result<(), RouteError>>>>;
+
+pub(crate) type AsyncRouteFn = Rc<dyn Fn(Request) -> LocalFuture>;
+pub(crate) type GuardFn =
+    Rc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Result<Request, RouteError>>>>>;
+
+/// Default most async messages queued or running per connection.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+
+/// One message for an async handler: owned, so it can cross awaits; answers through the
+/// engine's handle.
+pub struct Request {
+    kind: Box<str>,
+    id: Option<Box<str>>,
+    data: Option<Box<str>>,
+    user: Option<Arc<UserContext>>,
+    conn: ConnectionId,
+    engine: EngineHandle,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("type", &self.kind)
+            .field("id", &self.id)
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Request {
+    pub(crate) fn new(
+        kind: &str,
+        id: Option<&str>,
+        data: Option<&str>,
+        user: Option<Arc<UserContext>>,
+        conn: ConnectionId,
+        engine: EngineHandle,
+    ) -> Request {
+        Request {
+            kind: kind.into(),
+            id: id.map(Into::into),
+            data: data.map(Into::into),
+            user,
+            conn,
+            engine,
+        }
+    }
+
+    /// The message's `type`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The raw JSON of its `id`, if any.
+    pub fn message_id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The raw JSON of its `data`, if any.
+    pub fn data_raw(&self) -> Option<&str> {
+        self.data.as_deref()
+    }
+
+    /// Decodes `data` (absent decodes as `null`); an error converts into "Invalid message
+    /// data" with `?`.
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, RouteError> {
+        serde_json::from_str(self.data.as_deref().unwrap_or("null"))
+            .map_err(|_| RouteError::invalid_data())
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> ConnectionId {
+        self.conn
+    }
+
+    /// Its user, if authenticated (as of when the message arrived).
+    pub fn user(&self) -> Option<&UserContext> {
+        self.user.as_deref()
+    }
+
+    /// Whether its user holds `p`.
+    pub fn has_permission(&self, p: &str) -> bool {
+        self.user.as_ref().is_some_and(|u| u.has_permission(p))
+    }
+
+    /// The engine's handle (to publish, reach other connections).
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    /// Answers: `{"type":kind,"id":<its id>,"data":data}`. `false` if the connection is gone.
+    pub fn reply<T: Serialize + ?Sized>(&self, kind: &str, data: &T) -> Result<bool, RouteError> {
+        let data = serde_json::to_string(data).map_err(|e| RouteError::new(e.to_string()))?;
+        Ok(self.reply_raw(kind, Some(&data)))
+    }
+
+    /// Answers with `data` already JSON (`None` leaves it out).
+    pub fn reply_raw(&self, kind: &str, data_json: Option<&str>) -> bool {
+        let mut s = String::with_capacity(kind.len() + 32 + data_json.map_or(0, str::len));
+        s.push_str(r#"{"type":"#);
+        s.push_str(&serde_json::to_string(kind).unwrap_or_default());
+        if let Some(id) = &self.id {
+            s.push_str(r#","id":"#);
+            s.push_str(id);
+        }
+        if let Some(d) = data_json {
+            s.push_str(r#","data":"#);
+            s.push_str(d);
+        }
+        s.push('}');
+        self.engine.send_text(self.conn, &s)
+    }
+
+    /// Sends any text to the connection.
+    pub fn send_text(&self, text: &str) -> bool {
+        self.engine.send_text(self.conn, text)
+    }
+
+    /// The error reply for `e`.
+    fn error(&self, e: &RouteError) {
+        let mut s = String::from(r#"{"type":"error""#);
+        if let Some(id) = &self.id {
+            s.push_str(r#","id":"#);
+            s.push_str(id);
+        }
+        s.push_str(r#","error":"#);
+        s.push_str(&serde_json::to_string(e.message()).unwrap_or_default());
+        s.push('}');
+        self.engine.send_text(self.conn, &s);
+    }
+
+    fn handle(&self) -> Answer {
+        Answer {
+            id: self.id.clone(),
+            conn: self.conn,
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+/// What is needed to answer a request whose `Request` moved into its handler.
+struct Answer {
+    id: Option<Box<str>>,
+    conn: ConnectionId,
+    engine: EngineHandle,
+}
+
+impl Answer {
+    fn error(&self, e: &RouteError) {
+        Request {
+            kind: "".into(),
+            id: self.id.clone(),
+            data: None,
+            user: None,
+            conn: self.conn,
+            engine: self.engine.clone(),
+        }
+        .error(e);
+    }
+}
+
+/// A connection's async state on its core.
+#[derive(Default)]
+pub(crate) struct Lane {
+    /// Queued in-order jobs (not started).
+    queue: RefCell<VecDeque<(LocalFuture, Answer)>>,
+    /// Queued + running.
+    in_flight: Cell<usize>,
+    /// The in-order worker task, if one runs.
+    worker: RefCell<Option<tokio::task::JoinHandle<()>>>,
+    /// Concurrent tasks (finished ones are pruned as new ones come).
+    concurrent: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    paused: Cell<bool>,
+    max: usize,
+}
+
+impl Lane {
+    pub(crate) fn new(max: usize) -> Rc<Lane> {
+        Rc::new(Lane {
+            max: max.max(1),
+            ..Lane::default()
+        })
+    }
+
+    /// Cancels everything (the connection closed).
+    pub(crate) fn cancel(&self) {
+        self.queue.borrow_mut().clear();
+        if let Some(w) = self.worker.borrow_mut().take() {
+            w.abort();
+        }
+        for t in self.concurrent.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Whether the connection should stop being read.
+    pub(crate) fn full(&self) -> bool {
+        self.in_flight.get() >= self.max
+    }
+
+    fn finished(&self, engine: &EngineHandle, conn: ConnectionId) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        if self.paused.get() && !self.full() {
+            self.paused.set(false);
+            engine.with_connection(conn, |s| {
+                if let Some(s) = s {
+                    s.resume_reading();
+                }
+            });
+        }
+    }
+}
+
+fn poll_once(fut: &mut LocalFuture) -> Poll<Result<(), RouteError>> {
+    let mut cx = TaskCx::from_waker(std::task::Waker::noop());
+    fut.as_mut().poll(&mut cx)
+}
+
+/// Runs `route` for `req` on `lane`; returns whether the connection must now pause reading.
+pub(crate) fn run(
+    lane: &Rc<Lane>,
+    guards: &[GuardFn],
+    route: &AsyncRouteFn,
+    concurrent: bool,
+    req: Request,
+) -> bool {
+    let answer = req.handle();
+    let mut fut: LocalFuture = if guards.is_empty() {
+        route(req)
+    } else {
+        let (guards, route) = (guards.to_vec(), route.clone());
+        Box::pin(async move {
+            let mut req = req;
+            for g in &guards {
+                req = g(req).await?;
+            }
+            route(req).await
+        })
+    };
+    let idle = lane.queue.borrow().is_empty()
+        && lane
+            .worker
+            .borrow()
+            .as_ref()
+            .is_none_or(|w| w.is_finished());
+    lane.in_flight.set(lane.in_flight.get() + 1);
+    if concurrent || idle {
+        // Nothing ahead of it: poll in place; a ready future never becomes a task.
+        match poll_once(&mut fut) {
+            Poll::Ready(r) => {
+                if let Err(e) = r {
+                    answer.error(&e);
+                }
+                lane.in_flight.set(lane.in_flight.get() - 1);
+                return false;
+            }
+            Poll::Pending if concurrent => {
+                let l = lane.clone();
+                let t = tokio::task::spawn_local(async move {
+                    if let Err(e) = fut.await {
+                        answer.error(&e);
+                    }
+                    l.finished(&answer.engine, answer.conn);
+                });
+                let mut c = lane.concurrent.borrow_mut();
+                c.retain(|t| !t.is_finished());
+                c.push(t);
+            }
+            Poll::Pending => {
+                lane.queue.borrow_mut().push_front((fut, answer));
+                start_worker(lane);
+            }
+        }
+    } else {
+        lane.queue.borrow_mut().push_back((fut, answer));
+        start_worker(lane);
+    }
+    if lane.full() && !lane.paused.get() {
+        lane.paused.set(true);
+        return true;
+    }
+    false
+}
+
+fn start_worker(lane: &Rc<Lane>) {
+    let running = lane
+        .worker
+        .borrow()
+        .as_ref()
+        .is_some_and(|w| !w.is_finished());
+    if running {
+        return;
+    }
+    let l = lane.clone();
+    let w = tokio::task::spawn_local(async move {
+        loop {
+            let next = l.queue.borrow_mut().pop_front();
+            let Some((fut, answer)) = next else { break };
+            if let Err(e) = fut.await {
+                answer.error(&e);
+            }
+            l.finished(&answer.engine, answer.conn);
+        }
+    });
+    *lane.worker.borrow_mut() = Some(w);
+}
+
+impl Router {
+    /// Routes messages of type `kind` to the async `handler` (see the [module
+    /// docs](crate::async_route)): it runs on the connection's core, may await, answers
+    /// through the [`Request`] it owns, and a connection's async messages complete in arrival
+    /// order.
+    ///
+    /// ```no_run
+    /// use edge_ws_server::{RouteError, Router};
+    /// let router = Router::new().route_async("profile", |req| async move {
+    ///     let user: String = req.data()?;
+    ///     // let profile = db.load(&user).await?;
+    ///     req.reply("profile", &format!("profile of {user}"))?;
+    ///     Ok::<(), RouteError>(())
+    /// });
+    /// # let _ = router;
+    /// ```
+    pub fn route_async<F, Fut>(self, kind: &str, handler: F) -> Router
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<(), RouteError>> + 'static,
+    {
+        self.add_async(kind, handler, false)
+    }
+
+    /// [`Router::route_async`], running each message as soon as it arrives, concurrently
+    /// with the connection's other async messages (no order among them).
+    pub fn route_async_concurrent<F, Fut>(self, kind: &str, handler: F) -> Router
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<(), RouteError>> + 'static,
+    {
+        self.add_async(kind, handler, true)
+    }
+
+    /// An async middleware step before every async route (in the order added): it may await
+    /// (an auth service, a cache), then pass the request on (`Ok(req)`) or refuse it (`Err`,
+    /// answered as an error reply; the route does not run).
+    ///
+    /// ```no_run
+    /// use edge_ws_server::{RouteError, Router};
+    /// // The seed's async middleware: check a permission against a remote service.
+    /// let router = Router::new()
+    ///     .guard_async(|req| async move {
+    ///         // let ok = permissions_service.check(req.user(), req.kind()).await;
+    ///         let ok = req.has_permission("write") || req.kind() != "post";
+    ///         if ok { Ok(req) } else { Err(RouteError::new("Forbidden")) }
+    ///     })
+    ///     .route_async("post", |req| async move {
+    ///         req.reply_raw("posted", None);
+    ///         Ok(())
+    ///     });
+    /// # let _ = router;
+    /// ```
+    pub fn guard_async<F, Fut>(mut self, guard: F) -> Router
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<Request, RouteError>> + 'static,
+    {
+        let g: GuardFn = Rc::new(move |req| Box::pin(guard(req)));
+        self.routes_mut().guards.push(g);
+        self
+    }
+
+    /// Most async messages queued or running per connection before reading it pauses
+    /// (default [`DEFAULT_MAX_IN_FLIGHT`]).
+    pub fn max_in_flight(mut self, n: usize) -> Router {
+        self.routes_mut().max_in_flight = n.max(1);
+        self
+    }
+
+    fn add_async<F, Fut>(mut self, kind: &str, handler: F, concurrent: bool) -> Router
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = Result<(), RouteError>> + 'static,
+    {
+        let f: AsyncRouteFn = Rc::new(move |req| Box::pin(handler(req)));
+        let r = self.routes_mut().entry(kind);
+        r.async_handler = Some(f);
+        r.concurrent = concurrent;
+        self
+    }
+}
