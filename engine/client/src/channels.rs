@@ -1,5 +1,5 @@
 //! [`ChannelClient`]: channels of the edge-ws JSON envelope (docs/PROTOCOL.md §3) over a
-//! [`ReconnectingClient`], resubscribing with recovery positions after every reconnect.
+//! [`ReconnectingClient`](crate::ReconnectingClient), resubscribing with recovery positions after every reconnect.
 //!
 //! For every channel it was asked to subscribe to, the client remembers the last `offset` and
 //! `epoch` it delivered. On every connection (the first one included) the reconnecting

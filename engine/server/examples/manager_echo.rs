@@ -34,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arg = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9001".into());
+    // Usage: manager_echo [ADDR [--async]] | manager_echo --token
     if arg == "--token" {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = format!(
@@ -55,19 +56,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .user_rate_limit(RateLimit::new().messages(100_000_000.0, u32::MAX))
         .build();
-    let engine = manager.start(Engine::builder().bind(arg.parse()?), |_core| {
-        Router::new()
-            .middleware(|ctx, msg, next| {
-                if !ctx.has_permission("echo") {
-                    let _ = ctx.error("Forbidden");
-                    return;
-                }
-                next.run(ctx, msg)
+    // `--async` (second argument): the same echo as an async route (a ready future).
+    let is_async = std::env::args().nth(2).as_deref() == Some("--async");
+    let engine = manager.start(Engine::builder().bind(arg.parse()?), move |_core| {
+        let r = Router::new().middleware(|ctx, msg, next| {
+            if !ctx.has_permission("echo") {
+                let _ = ctx.error("Forbidden");
+                return;
+            }
+            next.run(ctx, msg)
+        });
+        if is_async {
+            r.route_async("echo", |req| async move {
+                req.reply_raw("echo", req.data_raw());
+                Ok(())
             })
-            .route("echo", |ctx, msg| {
+        } else {
+            r.route("echo", |ctx, msg| {
                 ctx.reply_raw("echo", msg.data_raw())?;
                 Ok(())
             })
+        }
     })?;
     eprintln!("manager echo server on ws://{}", engine.local_addr());
     engine.join().map_err(|_| "a core panicked")?;

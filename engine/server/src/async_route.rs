@@ -56,6 +56,24 @@ pub struct Request {
     user: Option<Arc<UserContext>>,
     conn: ConnectionId,
     engine: EngineHandle,
+    /// While the router polls the future in place: replies are collected here and written
+    /// through the connection's socket right after (no trip through the command queue).
+    direct: Rc<Direct>,
+}
+
+/// Replies made during the in-place poll.
+#[derive(Default)]
+pub(crate) struct Direct {
+    on: Cell<bool>,
+    out: RefCell<Vec<String>>,
+}
+
+impl Direct {
+    /// Takes what was replied during the in-place poll and ends it.
+    pub(crate) fn finish(&self) -> Vec<String> {
+        self.on.set(false);
+        std::mem::take(&mut *self.out.borrow_mut())
+    }
 }
 
 impl fmt::Debug for Request {
@@ -84,6 +102,16 @@ impl Request {
             user,
             conn,
             engine,
+            direct: Rc::default(),
+        }
+    }
+
+    fn deliver(&self, text: String) -> bool {
+        if self.direct.on.get() {
+            self.direct.out.borrow_mut().push(text);
+            true
+        } else {
+            self.engine.send_text(self.conn, &text)
         }
     }
 
@@ -149,12 +177,12 @@ impl Request {
             s.push_str(d);
         }
         s.push('}');
-        self.engine.send_text(self.conn, &s)
+        self.deliver(s)
     }
 
     /// Sends any text to the connection.
     pub fn send_text(&self, text: &str) -> bool {
-        self.engine.send_text(self.conn, text)
+        self.deliver(text.to_string())
     }
 
     /// The error reply for `e`.
@@ -167,7 +195,7 @@ impl Request {
         s.push_str(r#","error":"#);
         s.push_str(&serde_json::to_string(e.message()).unwrap_or_default());
         s.push('}');
-        self.engine.send_text(self.conn, &s);
+        self.deliver(s);
     }
 
     fn handle(&self) -> Answer {
@@ -175,6 +203,7 @@ impl Request {
             id: self.id.clone(),
             conn: self.conn,
             engine: self.engine.clone(),
+            direct: self.direct.clone(),
         }
     }
 }
@@ -184,6 +213,7 @@ struct Answer {
     id: Option<Box<str>>,
     conn: ConnectionId,
     engine: EngineHandle,
+    direct: Rc<Direct>,
 }
 
 impl Answer {
@@ -195,6 +225,7 @@ impl Answer {
             user: None,
             conn: self.conn,
             engine: self.engine.clone(),
+            direct: self.direct.clone(),
         }
         .error(e);
     }
@@ -257,15 +288,18 @@ fn poll_once(fut: &mut LocalFuture) -> Poll<Result<(), RouteError>> {
     fut.as_mut().poll(&mut cx)
 }
 
-/// Runs `route` for `req` on `lane`; returns whether the connection must now pause reading.
+/// Runs `route` for `req` on `lane`: returns whether the connection must now pause reading,
+/// and the replies made while it was polled in place (for the caller to write through the
+/// socket, in order, before anything else).
 pub(crate) fn run(
     lane: &Rc<Lane>,
     guards: &[GuardFn],
     route: &AsyncRouteFn,
     concurrent: bool,
     req: Request,
-) -> bool {
+) -> (bool, Vec<String>) {
     let answer = req.handle();
+    let direct = req.direct.clone();
     let mut fut: LocalFuture = if guards.is_empty() {
         route(req)
     } else {
@@ -285,15 +319,19 @@ pub(crate) fn run(
             .as_ref()
             .is_none_or(|w| w.is_finished());
     lane.in_flight.set(lane.in_flight.get() + 1);
+    let mut replies = Vec::new();
     if concurrent || idle {
         // Nothing ahead of it: poll in place; a ready future never becomes a task.
-        match poll_once(&mut fut) {
-            Poll::Ready(r) => {
-                if let Err(e) = r {
-                    answer.error(&e);
-                }
+        direct.on.set(true);
+        let polled = poll_once(&mut fut);
+        if let Poll::Ready(Err(e)) = &polled {
+            answer.error(e);
+        }
+        replies = direct.finish();
+        match polled {
+            Poll::Ready(_) => {
                 lane.in_flight.set(lane.in_flight.get() - 1);
-                return false;
+                return (false, replies);
             }
             Poll::Pending if concurrent => {
                 let l = lane.clone();
@@ -318,9 +356,9 @@ pub(crate) fn run(
     }
     if lane.full() && !lane.paused.get() {
         lane.paused.set(true);
-        return true;
+        return (true, replies);
     }
-    false
+    (false, replies)
 }
 
 fn start_worker(lane: &Rc<Lane>) {

@@ -582,7 +582,12 @@ impl Routes {
                 .entry(ctx.id())
                 .or_insert_with(|| crate::async_route::Lane::new(max))
                 .clone();
-            if crate::async_route::run(&lane, &self.guards, &f, concurrent, req) {
+            let (pause, replies) =
+                crate::async_route::run(&lane, &self.guards, &f, concurrent, req);
+            for r in replies {
+                let _ = ctx.send_text(&r);
+            }
+            if pause {
                 ctx.socket().pause_reading();
             }
             return;
