@@ -50,12 +50,13 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 /// One message for an async handler: owned, so it can cross awaits; answers through the
 /// engine's handle.
 pub struct Request {
-    kind: Box<str>,
+    kind: Rc<str>,
     id: Option<Box<str>>,
     data: Option<Box<str>>,
     user: Option<Arc<UserContext>>,
     conn: ConnectionId,
-    engine: EngineHandle,
+    /// The connection's lane's handle (an `Rc`: no atomic per message).
+    engine: Rc<EngineHandle>,
     /// While the router polls the future in place: replies are collected here and written
     /// through the connection's socket right after (no trip through the command queue).
     direct: Rc<Direct>,
@@ -69,10 +70,18 @@ pub(crate) struct Direct {
 }
 
 impl Direct {
-    /// Takes what was replied during the in-place poll and ends it.
-    pub(crate) fn finish(&self) -> Vec<String> {
+    /// Ends the in-place poll.
+    fn finish(&self) {
         self.on.set(false);
-        std::mem::take(&mut *self.out.borrow_mut())
+    }
+
+    /// Hands each reply made during the in-place poll to `f`, in order (keeps the buffer).
+    pub(crate) fn drain(&self, mut f: impl FnMut(&str)) {
+        let mut out = self.out.borrow_mut();
+        for s in out.iter() {
+            f(s);
+        }
+        out.clear();
     }
 }
 
@@ -88,21 +97,22 @@ impl fmt::Debug for Request {
 
 impl Request {
     pub(crate) fn new(
-        kind: &str,
+        kind: Rc<str>,
         id: Option<&str>,
         data: Option<&str>,
         user: Option<Arc<UserContext>>,
         conn: ConnectionId,
-        engine: EngineHandle,
+        engine: Rc<EngineHandle>,
+        direct: Rc<Direct>,
     ) -> Request {
         Request {
-            kind: kind.into(),
+            kind,
             id: id.map(Into::into),
             data: data.map(Into::into),
             user,
             conn,
             engine,
-            direct: Rc::default(),
+            direct,
         }
     }
 
@@ -212,14 +222,14 @@ impl Request {
 struct Answer {
     id: Option<Box<str>>,
     conn: ConnectionId,
-    engine: EngineHandle,
+    engine: Rc<EngineHandle>,
     direct: Rc<Direct>,
 }
 
 impl Answer {
     fn error(&self, e: &RouteError) {
         Request {
-            kind: "".into(),
+            kind: Rc::from(""),
             id: self.id.clone(),
             data: None,
             user: None,
@@ -244,12 +254,17 @@ pub(crate) struct Lane {
     concurrent: RefCell<Vec<tokio::task::JoinHandle<()>>>,
     paused: Cell<bool>,
     max: usize,
+    /// The in-place poll's reply buffer, shared by the connection's requests.
+    pub(crate) direct: Rc<Direct>,
+    /// The engine's handle, shared by the connection's requests.
+    pub(crate) engine: Option<Rc<EngineHandle>>,
 }
 
 impl Lane {
-    pub(crate) fn new(max: usize) -> Rc<Lane> {
+    pub(crate) fn new(max: usize, engine: EngineHandle) -> Rc<Lane> {
         Rc::new(Lane {
             max: max.max(1),
+            engine: Some(Rc::new(engine)),
             ..Lane::default()
         })
     }
@@ -288,16 +303,16 @@ fn poll_once(fut: &mut LocalFuture) -> Poll<Result<(), RouteError>> {
     fut.as_mut().poll(&mut cx)
 }
 
-/// Runs `route` for `req` on `lane`: returns whether the connection must now pause reading,
-/// and the replies made while it was polled in place (for the caller to write through the
-/// socket, in order, before anything else).
+/// Runs `route` for `req` on `lane`: returns whether the connection must now pause reading.
+/// Replies made while it was polled in place wait in `lane.direct` for the caller to write
+/// through the socket ([`Direct::drain`]), before anything else.
 pub(crate) fn run(
     lane: &Rc<Lane>,
     guards: &[GuardFn],
     route: &AsyncRouteFn,
     concurrent: bool,
     req: Request,
-) -> (bool, Vec<String>) {
+) -> bool {
     let answer = req.handle();
     let direct = req.direct.clone();
     let mut fut: LocalFuture = if guards.is_empty() {
@@ -319,7 +334,6 @@ pub(crate) fn run(
             .as_ref()
             .is_none_or(|w| w.is_finished());
     lane.in_flight.set(lane.in_flight.get() + 1);
-    let mut replies = Vec::new();
     if concurrent || idle {
         // Nothing ahead of it: poll in place; a ready future never becomes a task.
         direct.on.set(true);
@@ -327,11 +341,11 @@ pub(crate) fn run(
         if let Poll::Ready(Err(e)) = &polled {
             answer.error(e);
         }
-        replies = direct.finish();
+        direct.finish();
         match polled {
             Poll::Ready(_) => {
                 lane.in_flight.set(lane.in_flight.get() - 1);
-                return (false, replies);
+                return false;
             }
             Poll::Pending if concurrent => {
                 let l = lane.clone();
@@ -356,9 +370,9 @@ pub(crate) fn run(
     }
     if lane.full() && !lane.paused.get() {
         lane.paused.set(true);
-        return (true, replies);
+        return true;
     }
-    (false, replies)
+    false
 }
 
 fn start_worker(lane: &Rc<Lane>) {

@@ -468,6 +468,8 @@ pub(crate) struct Route {
     schema: Option<SchemaFn>,
     pub(crate) async_handler: Option<crate::async_route::AsyncRouteFn>,
     pub(crate) concurrent: bool,
+    /// The route's type, shared by its async requests.
+    pub(crate) kind: Option<std::rc::Rc<str>>,
 }
 
 /// FNV-1a: the route table is fixed at start (clients cannot insert), so hash flooding is
@@ -502,7 +504,7 @@ pub(crate) struct Routes {
     pub(crate) guards: Vec<crate::async_route::GuardFn>,
     pub(crate) max_in_flight: usize,
     /// Per connection with async work: its FIFO, in-flight count and tasks.
-    lanes: HashMap<ConnectionId, std::rc::Rc<crate::async_route::Lane>>,
+    lanes: HashMap<ConnectionId, std::rc::Rc<crate::async_route::Lane>, BuildHasherDefault<Fnv>>,
 }
 
 impl Default for Routes {
@@ -512,7 +514,7 @@ impl Default for Routes {
             index: HashMap::default(),
             guards: Vec::new(),
             max_in_flight: crate::async_route::DEFAULT_MAX_IN_FLIGHT,
-            lanes: HashMap::new(),
+            lanes: HashMap::default(),
         }
     }
 }
@@ -563,30 +565,32 @@ impl Routes {
             }
         }
         if let Some(f) = &route.async_handler {
-            let Some(engine) = ctx.manager().engine().cloned() else {
+            let Some(engine) = ctx.manager().engine() else {
                 let _ = ctx.fail(ErrorKind::Handler, "async routes need an attached engine");
                 return;
             };
             let (f, concurrent) = (f.clone(), route.concurrent);
+            let kind = route.kind.get_or_insert_with(|| msg.kind().into()).clone();
+            let max = self.max_in_flight;
+            let lane = self
+                .lanes
+                .entry(ctx.id())
+                .or_insert_with(|| crate::async_route::Lane::new(max, engine.clone()))
+                .clone();
+            let engine = lane.engine.clone().expect("set at creation");
             let req = crate::async_route::Request::new(
-                msg.kind(),
+                kind,
                 msg.id(),
                 msg.data_raw(),
                 ctx.user_arc(),
                 ctx.id(),
                 engine,
+                lane.direct.clone(),
             );
-            let max = self.max_in_flight;
-            let lane = self
-                .lanes
-                .entry(ctx.id())
-                .or_insert_with(|| crate::async_route::Lane::new(max))
-                .clone();
-            let (pause, replies) =
-                crate::async_route::run(&lane, &self.guards, &f, concurrent, req);
-            for r in replies {
-                let _ = ctx.send_text(&r);
-            }
+            let pause = crate::async_route::run(&lane, &self.guards, &f, concurrent, req);
+            lane.direct.drain(|r| {
+                let _ = ctx.send_text(r);
+            });
             if pause {
                 ctx.socket().pause_reading();
             }
