@@ -261,8 +261,82 @@ impl Router {
             .route("notifications.delivered", |ctx, msg| {
                 inbox::mark(ctx, msg, false)
             })
-            .route("notifications.send", inbox::send_to);
+            .route("notifications.send", inbox::send_to)
+            .route("doc.join", docs::join)
+            .route("doc.leave", docs::leave)
+            .route("doc.edit", docs::edit)
+            .route("doc.cursor", docs::cursor);
         r
+    }
+}
+
+/// The `doc.*` routes: requests go to the documents thread, which answers the connection.
+#[cfg(feature = "store")]
+mod docs {
+    use super::*;
+
+    fn service(ctx: &Context<'_, '_>) -> Result<crate::documents::Documents, RouteError> {
+        ctx.manager()
+            .documents()
+            .cloned()
+            .ok_or_else(|| RouteError::new("documents are not enabled"))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct JoinReq {
+        doc: String,
+        #[serde(default)]
+        revision: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LeaveReq {
+        doc: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct EditReq<'a> {
+        doc: String,
+        revision: u64,
+        #[serde(borrow)]
+        op: &'a serde_json::value::RawValue,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CursorReq<'a> {
+        doc: String,
+        revision: u64,
+        #[serde(borrow)]
+        selection: &'a serde_json::value::RawValue,
+    }
+
+    pub(super) fn join(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+        let req: JoinReq = msg.data()?;
+        let user = ctx.user().map(|u| u.id().to_string());
+        service(ctx)?.join(&req.doc, ctx.id(), user.as_deref(), req.revision, msg.id());
+        Ok(())
+    }
+
+    pub(super) fn leave(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+        let req: LeaveReq = msg.data()?;
+        service(ctx)?.leave(&req.doc, ctx.id(), msg.id());
+        Ok(())
+    }
+
+    pub(super) fn edit(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+        let req: EditReq<'_> = msg.data()?;
+        service(ctx)?.edit(&req.doc, ctx.id(), req.revision, req.op.get(), msg.id());
+        Ok(())
+    }
+
+    pub(super) fn cursor(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+        let req: CursorReq<'_> = msg.data()?;
+        service(ctx)?.cursor(&req.doc, ctx.id(), req.revision, req.selection.get());
+        Ok(())
     }
 }
 

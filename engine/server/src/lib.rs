@@ -65,6 +65,8 @@ pub mod async_route;
 mod auth;
 pub mod channels;
 mod credentials;
+#[cfg(feature = "store")]
+pub mod documents;
 mod events;
 mod identity;
 mod json;
@@ -214,6 +216,8 @@ pub(crate) struct Inner {
     pub(crate) presence: presence::Presence,
     #[cfg(feature = "store")]
     pub(crate) notifications: Option<notifications::Notifications>,
+    #[cfg(feature = "store")]
+    pub(crate) documents: OnceLock<documents::Documents>,
 }
 
 /// Milliseconds since the Unix epoch (presence times, `last_seen`).
@@ -498,6 +502,30 @@ impl Manager {
             .get(user_id)
             .map(|e| e.sockets.clone())
             .unwrap_or_default()
+    }
+
+    /// Starts collaborative documents over `store` (after the engine is attached): the
+    /// `doc.*` routes of [`Router::channels`] serve them. `false` if no engine is attached or
+    /// documents already run.
+    #[cfg(feature = "store")]
+    pub fn start_documents(
+        &self,
+        store: store::StoreHandle,
+        config: documents::DocumentConfig,
+    ) -> bool {
+        let Some(engine) = self.engine().cloned() else {
+            return false;
+        };
+        self.inner
+            .documents
+            .set(documents::Documents::start(store, engine, config))
+            .is_ok()
+    }
+
+    /// The documents service, if started.
+    #[cfg(feature = "store")]
+    pub fn documents(&self) -> Option<&documents::Documents> {
+        self.inner.documents.get()
     }
 
     /// The notifications service, if the manager has one.
@@ -796,6 +824,8 @@ impl ManagerBuilder {
                 presence: presence::Presence::new(self.presence),
                 #[cfg(feature = "store")]
                 notifications: self.notifications,
+                #[cfg(feature = "store")]
+                documents: OnceLock::new(),
             }),
         };
         #[cfg(feature = "store")]
@@ -948,6 +978,10 @@ impl<A: App> Handler for ManagerHandler<A> {
         }
         let inner = &*self.manager.inner;
         channels::leave_presence(socket, &self.manager, id);
+        #[cfg(feature = "store")]
+        if let Some(d) = inner.documents.get() {
+            d.closed(id);
+        }
         if let Some(u) = &conn.user {
             if let Some(at) = u.expires_at_ms() {
                 inner.expiries.remove(at, id);

@@ -20,6 +20,7 @@ use edge_ws::{
     SlowConsumerPolicy, Socket, StreamPosition, Upgrade, UpgradeRequest,
 };
 use edge_ws_server::channels::{restore_streams, EnvelopeFormat, StoreStreams};
+use edge_ws_server::documents::DocumentConfig;
 use edge_ws_server::notifications::{NotificationConfig, Notifications};
 use edge_ws_server::presence::PresenceConfig;
 use edge_ws_server::store::{Durability, Store, StoreHandle, StoreOptions};
@@ -73,6 +74,17 @@ struct FileConfig {
     auth: AuthSection,
     presence: PresenceSection,
     notifications: NotificationsSection,
+    documents: DocumentsSection,
+}
+
+/// `[documents]`: collaborative documents in the store (opening it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DocumentsSection {
+    enabled: Option<bool>,
+    max_len: Option<usize>,
+    max_log: Option<usize>,
+    snapshot_every: Option<u64>,
 }
 
 /// `[auth]`: who connects to `/ws`. Without it every connection is anonymous.
@@ -759,6 +771,7 @@ fn run() -> Result<(), Failure> {
     let mut auth_section = AuthSection::default();
     let mut presence_section = PresenceSection::default();
     let mut notify_section = NotificationsSection::default();
+    let mut docs_section = DocumentsSection::default();
     if let Some(path) = config_path {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
         let mut file: FileConfig = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
@@ -767,6 +780,7 @@ fn run() -> Result<(), Failure> {
         auth_section = std::mem::take(&mut file.auth);
         presence_section = std::mem::take(&mut file.presence);
         notify_section = std::mem::take(&mut file.notifications);
+        docs_section = std::mem::take(&mut file.documents);
         apply(file, &mut cfg)?;
     }
     if let Some(a) = addr {
@@ -786,7 +800,8 @@ fn run() -> Result<(), Failure> {
         return run_proxy(p, cfg, stats_interval);
     }
     let notify = notify_section.enabled.unwrap_or(false);
-    let store = open_store(&store_section, &cfg.channels, notify)?;
+    let docs = docs_section.enabled.unwrap_or(false);
+    let store = open_store(&store_section, &cfg.channels, notify || docs)?;
     let mut builder = Engine::builder()
         .config(cfg)
         .publication_format(std::sync::Arc::new(ProductFormat));
@@ -816,6 +831,13 @@ fn run() -> Result<(), Failure> {
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     manager.attach(engine.handle());
     manager.start_presence_sweeper();
+    if let (true, Some((store, _))) = (docs, &store) {
+        let mut dc = DocumentConfig::default();
+        dc.max_len = docs_section.max_len.unwrap_or(dc.max_len);
+        dc.max_log = docs_section.max_log.unwrap_or(dc.max_log);
+        dc.snapshot_every = docs_section.snapshot_every.unwrap_or(dc.snapshot_every);
+        manager.start_documents(store.clone(), dc);
+    }
     tracing::info!(
         addr = %engine.local_addr(),
         cores = engine.handle().cores(),
