@@ -2,6 +2,8 @@
 //!
 //! Every helper bounds its waits; nothing here talks to anything but 127.0.0.1.
 
+pub mod ot_client;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
