@@ -3,11 +3,11 @@
 //!
 //! **Order.** A connection's async messages complete in arrival order by default: they wait
 //! in a per-connection FIFO and run one at a time. A route registered with
-//! [`Router::route_async_concurrent`] runs as soon as it arrives, beside the others. Sync
+//! [`crate::Router::route_async_concurrent`] runs as soon as it arrives, beside the others. Sync
 //! routes are answered at once, so a sync reply may come before the reply to an earlier async
 //! message.
 //!
-//! **Backpressure.** At most [`Router::max_in_flight`] async messages per connection (default
+//! **Backpressure.** At most [`crate::Router::max_in_flight`] async messages per connection (default
 //! 16) are queued or running; when a connection reaches it, the engine stops reading it
 //! ([`edge_ws::Socket::pause_reading`]: TCP flow control holds the client back), and reading
 //! resumes once one finishes. Nothing queues without bound.
@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::identity::UserContext;
-use crate::router::{RouteError, Router};
+use crate::route_error::RouteError;
 
 /// A boxed, not-`Send` future of a handler.
 pub type LocalFuture = Pin<Box<dyn Future<Output = Result<(), RouteError>>>>;
@@ -396,87 +396,4 @@ fn start_worker(lane: &Rc<Lane>) {
         }
     });
     *lane.worker.borrow_mut() = Some(w);
-}
-
-impl Router {
-    /// Routes messages of type `kind` to the async `handler` (see the [module
-    /// docs](crate::async_route)): it runs on the connection's core, may await, answers
-    /// through the [`Request`] it owns, and a connection's async messages complete in arrival
-    /// order.
-    ///
-    /// ```no_run
-    /// use edge_ws_server::{RouteError, Router};
-    /// let router = Router::new().route_async("profile", |req| async move {
-    ///     let user: String = req.data()?;
-    ///     // let profile = db.load(&user).await?;
-    ///     req.reply("profile", &format!("profile of {user}"))?;
-    ///     Ok::<(), RouteError>(())
-    /// });
-    /// # let _ = router;
-    /// ```
-    pub fn route_async<F, Fut>(self, kind: &str, handler: F) -> Router
-    where
-        F: Fn(Request) -> Fut + 'static,
-        Fut: Future<Output = Result<(), RouteError>> + 'static,
-    {
-        self.add_async(kind, handler, false)
-    }
-
-    /// [`Router::route_async`], running each message as soon as it arrives, concurrently
-    /// with the connection's other async messages (no order among them).
-    pub fn route_async_concurrent<F, Fut>(self, kind: &str, handler: F) -> Router
-    where
-        F: Fn(Request) -> Fut + 'static,
-        Fut: Future<Output = Result<(), RouteError>> + 'static,
-    {
-        self.add_async(kind, handler, true)
-    }
-
-    /// An async middleware step before every async route (in the order added): it may await
-    /// (an auth service, a cache), then pass the request on (`Ok(req)`) or refuse it (`Err`,
-    /// answered as an error reply; the route does not run).
-    ///
-    /// ```no_run
-    /// use edge_ws_server::{RouteError, Router};
-    /// // The seed's async middleware: check a permission against a remote service.
-    /// let router = Router::new()
-    ///     .guard_async(|req| async move {
-    ///         // let ok = permissions_service.check(req.user(), req.kind()).await;
-    ///         let ok = req.has_permission("write") || req.kind() != "post";
-    ///         if ok { Ok(req) } else { Err(RouteError::new("Forbidden")) }
-    ///     })
-    ///     .route_async("post", |req| async move {
-    ///         req.reply_raw("posted", None);
-    ///         Ok(())
-    ///     });
-    /// # let _ = router;
-    /// ```
-    pub fn guard_async<F, Fut>(mut self, guard: F) -> Router
-    where
-        F: Fn(Request) -> Fut + 'static,
-        Fut: Future<Output = Result<Request, RouteError>> + 'static,
-    {
-        let g: GuardFn = Rc::new(move |req| Box::pin(guard(req)));
-        self.routes_mut().guards.push(g);
-        self
-    }
-
-    /// Most async messages queued or running per connection before reading it pauses
-    /// (default [`DEFAULT_MAX_IN_FLIGHT`]).
-    pub fn max_in_flight(mut self, n: usize) -> Router {
-        self.routes_mut().max_in_flight = n.max(1);
-        self
-    }
-
-    fn add_async<F, Fut>(mut self, kind: &str, handler: F, concurrent: bool) -> Router
-    where
-        F: Fn(Request) -> Fut + 'static,
-        Fut: Future<Output = Result<(), RouteError>> + 'static,
-    {
-        let f: AsyncRouteFn = Rc::new(move |req| Box::pin(handler(req)));
-        let r = self.routes_mut().entry(kind);
-        r.async_handler = Some(f);
-        r.concurrent = concurrent;
-        self
-    }
 }

@@ -9,10 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use edge_ws::ConnectionId;
-use serde::Deserialize;
 
 use crate::auth::Auth;
-use crate::router::{Context, Envelope, RouteError};
 use crate::{Inner, CLOSE_AUTH_EXPIRED};
 
 /// A clock in milliseconds since the Unix epoch (replaceable for tests).
@@ -48,54 +46,41 @@ impl Expiries {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RefreshReq {
-    token: String,
-}
-
-/// The built-in `refresh`: a new token for the same user extends the connection and replaces
-/// its permissions.
-pub(crate) fn refresh(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
-    let req: RefreshReq = msg.data()?;
-    let inner: Arc<Inner> = ctx.manager().inner.clone();
+/// The user behind a refresh `token` for the connection's `current` user: verified by the
+/// manager's clock, for the same user id, with the token's permissions and expiry.
+pub(crate) fn refreshed_user(
+    inner: &Inner,
+    current: &crate::UserContext,
+    token: &str,
+) -> Result<crate::UserContext, String> {
     let Auth::Jwt(jwt) = &inner.auth else {
-        return Err(RouteError::new("refresh needs JWT authentication"));
+        return Err("refresh needs JWT authentication".into());
     };
-    let current = ctx
-        .user_arc()
-        .ok_or_else(|| RouteError::new("refresh needs an authenticated connection"))?;
     let now = UNIX_EPOCH + Duration::from_millis((inner.clock)());
     let claims = jwt
-        .verify_at(&req.token, now)
-        .map_err(|r| RouteError::new(format!("refresh refused: {}", r.as_str())))?;
+        .verify_at(token, now)
+        .map_err(|r| format!("refresh refused: {}", r.as_str()))?;
     let user = jwt
         .user(claims)
-        .map_err(|r| RouteError::new(format!("refresh refused: {}", r.message)))?;
+        .map_err(|r| format!("refresh refused: {}", r.message))?;
     if user.id() != current.id() {
         inner
             .stats
             .refresh_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Err(RouteError::new(
-            "refresh refused: the token is for another user",
-        ));
+        return Err("refresh refused: the token is for another user".into());
     }
-    let id = ctx.id();
-    if let Some(old) = current.expires_at_ms() {
-        inner.expiries.remove(old, id);
+    Ok(user)
+}
+
+/// Moves connection `id`'s expiry from `old` to `new`.
+pub(crate) fn replace_expiry(inner: &Inner, id: ConnectionId, old: Option<u64>, new: Option<u64>) {
+    if let Some(at) = old {
+        inner.expiries.remove(at, id);
     }
-    let until = user.expires_at_ms();
-    if let Some(at) = until {
+    if let Some(at) = new {
         inner.expiries.insert(at, id);
     }
-    ctx.set_user(Arc::new(user));
-    let data = match until {
-        Some(at) => format!(r#"{{"expires_at":{at}}}"#),
-        None => r#"{"expires_at":null}"#.to_string(),
-    };
-    ctx.reply_raw("refreshed", Some(&data))?;
-    Ok(())
 }
 
 /// Closes every connection whose credentials expired at `now`; returns how many.

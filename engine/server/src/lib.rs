@@ -77,6 +77,7 @@ pub mod notifications;
 pub mod presence;
 pub mod proxy;
 mod rate;
+mod route_error;
 mod router;
 pub mod store;
 

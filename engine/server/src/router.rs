@@ -5,8 +5,10 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use edge_ws::protocol::{CloseCode, Message};
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::{ErrorKind, Event};
 use crate::identity::UserContext;
 use crate::json;
+pub use crate::route_error::RouteError;
 use crate::{ConnEntry, Manager, Scratch};
 use edge_ws::{ConnectionId, MessageKind, PublishOptions, SendError, Socket};
 
@@ -364,50 +367,6 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// A route's failure, answered as `{"type":"error","id":…,"error":<message>}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteError {
-    kind: ErrorKind,
-    message: Cow<'static, str>,
-}
-
-impl RouteError {
-    /// An application error with `message` (counted as [`ErrorKind::Handler`]).
-    pub fn new(message: impl Into<Cow<'static, str>>) -> RouteError {
-        RouteError {
-            kind: ErrorKind::Handler,
-            message: message.into(),
-        }
-    }
-
-    /// "Invalid message data" (counted as [`ErrorKind::InvalidData`]).
-    pub fn invalid_data() -> RouteError {
-        RouteError {
-            kind: ErrorKind::InvalidData,
-            message: Cow::Borrowed(ErrorKind::InvalidData.message()),
-        }
-    }
-
-    /// The text sent.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for RouteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for RouteError {}
-
-impl From<serde_json::Error> for RouteError {
-    fn from(_: serde_json::Error) -> RouteError {
-        RouteError::invalid_data()
-    }
-}
-
 /// A step around message handling. Call `next.run(ctx, msg)` to pass the message on (and do
 /// work after it returns), or don't (after answering with `ctx.reply`/`ctx.error`, or
 /// silently) to stop it. Closures `FnMut(&mut Context, &Envelope, Next)` are middleware.
@@ -550,7 +509,7 @@ impl Routes {
             if msg.kind() == "ping" {
                 let _ = ctx.reply_raw("pong", msg.data_raw());
             } else if msg.kind() == "refresh" {
-                if let Err(e) = crate::credentials::refresh(ctx, msg) {
+                if let Err(e) = refresh(ctx, msg) {
                     let _ = ctx.fail(e.kind, &e.message);
                 }
             } else {
@@ -607,6 +566,33 @@ impl Routes {
             }
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshReq {
+    token: String,
+}
+
+/// The built-in `refresh` (docs/PROTOCOL.md): a new token for the same user extends the
+/// connection and replaces its permissions (see `credentials`).
+fn refresh(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
+    let req: RefreshReq = msg.data()?;
+    let current = ctx
+        .user_arc()
+        .ok_or_else(|| RouteError::new("refresh needs an authenticated connection"))?;
+    let inner = ctx.manager().inner.clone();
+    let user = crate::credentials::refreshed_user(&inner, &current, &req.token)
+        .map_err(RouteError::new)?;
+    let until = user.expires_at_ms();
+    crate::credentials::replace_expiry(&inner, ctx.id(), current.expires_at_ms(), until);
+    ctx.set_user(std::sync::Arc::new(user));
+    let data = match until {
+        Some(at) => format!(r#"{{"expires_at":{at}}}"#),
+        None => r#"{"expires_at":null}"#.to_string(),
+    };
+    ctx.reply_raw("refreshed", Some(&data))?;
+    Ok(())
 }
 
 /// Dispatches JSON envelopes by `type` through a middleware chain.
@@ -791,6 +777,89 @@ impl App for Router {
         if let Some(f) = &mut self.on_close {
             f(ctx, code, reason);
         }
+    }
+}
+
+impl Router {
+    /// Routes messages of type `kind` to the async `handler` (see the [module
+    /// docs](crate::async_route)): it runs on the connection's core, may await, answers
+    /// through the [`crate::Request`] it owns, and a connection's async messages complete in arrival
+    /// order.
+    ///
+    /// ```no_run
+    /// use edge_ws_server::{RouteError, Router};
+    /// let router = Router::new().route_async("profile", |req| async move {
+    ///     let user: String = req.data()?;
+    ///     // let profile = db.load(&user).await?;
+    ///     req.reply("profile", &format!("profile of {user}"))?;
+    ///     Ok::<(), RouteError>(())
+    /// });
+    /// # let _ = router;
+    /// ```
+    pub fn route_async<F, Fut>(self, kind: &str, handler: F) -> Router
+    where
+        F: Fn(crate::async_route::Request) -> Fut + 'static,
+        Fut: Future<Output = Result<(), RouteError>> + 'static,
+    {
+        self.add_async(kind, handler, false)
+    }
+
+    /// [`Router::route_async`], running each message as soon as it arrives, concurrently
+    /// with the connection's other async messages (no order among them).
+    pub fn route_async_concurrent<F, Fut>(self, kind: &str, handler: F) -> Router
+    where
+        F: Fn(crate::async_route::Request) -> Fut + 'static,
+        Fut: Future<Output = Result<(), RouteError>> + 'static,
+    {
+        self.add_async(kind, handler, true)
+    }
+
+    /// An async middleware step before every async route (in the order added): it may await
+    /// (an auth service, a cache), then pass the request on (`Ok(req)`) or refuse it (`Err`,
+    /// answered as an error reply; the route does not run).
+    ///
+    /// ```no_run
+    /// use edge_ws_server::{RouteError, Router};
+    /// // The seed's async middleware: check a permission against a remote service.
+    /// let router = Router::new()
+    ///     .guard_async(|req| async move {
+    ///         // let ok = permissions_service.check(req.user(), req.kind()).await;
+    ///         let ok = req.has_permission("write") || req.kind() != "post";
+    ///         if ok { Ok(req) } else { Err(RouteError::new("Forbidden")) }
+    ///     })
+    ///     .route_async("post", |req| async move {
+    ///         req.reply_raw("posted", None);
+    ///         Ok(())
+    ///     });
+    /// # let _ = router;
+    /// ```
+    pub fn guard_async<F, Fut>(mut self, guard: F) -> Router
+    where
+        F: Fn(crate::async_route::Request) -> Fut + 'static,
+        Fut: Future<Output = Result<crate::async_route::Request, RouteError>> + 'static,
+    {
+        let g: crate::async_route::GuardFn = Rc::new(move |req| Box::pin(guard(req)));
+        self.routes_mut().guards.push(g);
+        self
+    }
+
+    /// Most async messages queued or running per connection before reading it pauses
+    /// (default [`crate::async_route::DEFAULT_MAX_IN_FLIGHT`]).
+    pub fn max_in_flight(mut self, n: usize) -> Router {
+        self.routes_mut().max_in_flight = n.max(1);
+        self
+    }
+
+    fn add_async<F, Fut>(mut self, kind: &str, handler: F, concurrent: bool) -> Router
+    where
+        F: Fn(crate::async_route::Request) -> Fut + 'static,
+        Fut: Future<Output = Result<(), RouteError>> + 'static,
+    {
+        let f: crate::async_route::AsyncRouteFn = Rc::new(move |req| Box::pin(handler(req)));
+        let r = self.routes_mut().entry(kind);
+        r.async_handler = Some(f);
+        r.concurrent = concurrent;
+        self
     }
 }
 
