@@ -285,6 +285,12 @@ fn op_key(doc: &str, revision: u64) -> Vec<u8> {
     k
 }
 
+/// The engine channel a document's members are subscribed to: its name starts with a control
+/// character, which client-facing subscriptions refuse, so only members receive it.
+fn channel(doc: &str) -> String {
+    format!("\u{1}doc:{doc}")
+}
+
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
@@ -506,6 +512,10 @@ impl Worker {
         }
         data.push_str("]}");
         self.send(conn, &envelope("doc.joined", msg_id, &data));
+        if fresh {
+            // After the answer in the same queue: every broadcast after it reaches this member.
+            self.engine.subscribe(conn, &channel(doc));
+        }
         if fresh && (first_of_user || user.is_none()) {
             let ev = envelope(
                 "doc.user_joined",
@@ -520,15 +530,20 @@ impl Worker {
         }
     }
 
+    /// To every member but `except`: one publish to the document's engine channel, so the
+    /// frame is encoded once and corked per core like any fan-out.
     fn broadcast(&self, doc: &str, except: Option<ConnectionId>, text: &str) {
-        let Some(d) = self.docs.get(doc) else { return };
-        let to: Vec<ConnectionId> = d
-            .members
-            .keys()
-            .copied()
-            .filter(|c| Some(*c) != except)
-            .collect();
-        self.engine.send_text_to_many(&to, text);
+        let opts = edge_ws::PublishOptions {
+            exclude: except,
+            transient: true,
+            ..edge_ws::PublishOptions::default()
+        };
+        self.engine.publish_with(
+            &channel(doc),
+            text.as_bytes(),
+            edge_ws::MessageKind::Text,
+            opts,
+        );
     }
 
     /// Returns whether `conn` was a member.
@@ -539,6 +554,7 @@ impl Worker {
         let Some(m) = d.members.remove(&conn) else {
             return false;
         };
+        self.engine.unsubscribe(conn, &channel(doc));
         if let Some(list) = self.member_of.get_mut(&conn) {
             list.retain(|x| &**x != doc);
         }
