@@ -111,6 +111,9 @@ pub struct Config {
     /// Channel names and namespaces: which channels keep history (and so have offsets and
     /// recovery), how much, for how long, and whether it is persisted.
     pub channels: ChannelConfig,
+    /// A plain `GET` of this path answers every counter in the Prometheus text format;
+    /// `None` answers it like any other non-upgrade request (400).
+    pub metrics_path: Option<String>,
 }
 
 impl Default for Config {
@@ -141,6 +144,7 @@ impl Default for Config {
             ring_capacity: 0,
             tick: Duration::from_millis(100),
             channels: ChannelConfig::default(),
+            metrics_path: Some("/metrics".into()),
         }
     }
 }

@@ -152,6 +152,17 @@ impl<H: Handler> WsService<H> {
                         st.shared.connections()
                     );
                     write_http_response(200, "OK", "application/json", body.as_bytes(), &mut out);
+                } else if info.method == "GET"
+                    && st.cfg.metrics_path.as_deref() == Some(info.path.as_str())
+                {
+                    let body = crate::metrics::prometheus(&st.shared);
+                    write_http_response(
+                        200,
+                        "OK",
+                        "text/plain; version=0.0.4",
+                        body.as_bytes(),
+                        &mut out,
+                    );
                 } else {
                     write_http_response(
                         400,

@@ -292,6 +292,44 @@ fn get_health_answers_json_with_cores_and_open_connections() {
 }
 
 #[test]
+fn get_metrics_answers_every_counter_in_the_prometheus_format() {
+    let (engine, _log) = engine(2);
+    let mut a = engine.connect(0, "/");
+    a.send_text("hello");
+    assert_eq!(a.recv_text().as_deref(), Some("hello"));
+    let resp = engine.http(1, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; version=0.0.4")
+    );
+    let body = resp.body_text();
+    let value = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("edge_ws_opened"), 1);
+    assert_eq!(value("edge_ws_messages_in"), 1);
+    assert_eq!(value("edge_ws_connections"), 1);
+    assert_eq!(value("edge_ws_cores"), 2);
+    assert!(body.contains("# TYPE edge_ws_ring_depth_hwm gauge"));
+    let names = MetricsSnapshot::default().fields().len();
+    assert_eq!(body.matches("# TYPE ").count(), names + 2, "every counter");
+    // Switched off: an ordinary 400.
+    let mut config = Config::default();
+    config.metrics_path = None;
+    let (off, _log) = engine_with(config, 1);
+    assert_eq!(
+        off.http(0, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .status,
+        400
+    );
+}
+
+#[test]
 fn bad_handshakes_are_answered_400_and_426() {
     let (engine, _log) = engine(1);
     // An upgrade without a key.

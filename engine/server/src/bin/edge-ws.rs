@@ -55,7 +55,8 @@ bad command line or configuration.
 
 Paths: /ws speaks the JSON envelope (docs/PROTOCOL.md: subscribe with recovery,
 publish, history); /sub subscribes to the \"broadcast\" channel, every message sent on
-/pub is published to it (on every core), any other path echoes. GET /health answers JSON.
+/pub is published to it (on every core), any other path echoes. GET /health answers JSON,
+GET /metrics the counters in the Prometheus text format.
 With a [proxy] section every path is relayed to a backend instead (reverse-proxy mode).
 SIGINT/SIGTERM: graceful shutdown (1001 to every client, then exit).
 ";
@@ -305,6 +306,8 @@ struct ServerSection {
     cores: Option<CoresValue>,
     pin: Option<bool>,
     subprotocols: Option<Vec<String>>,
+    /// Prometheus endpoint path ("" turns it off).
+    metrics_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,6 +390,9 @@ fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
     }
     if let Some(p) = s.subprotocols {
         c.subprotocols = p;
+    }
+    if let Some(p) = s.metrics_path {
+        c.metrics_path = (!p.is_empty()).then_some(p);
     }
     let io = file.io;
     c.ring_entries = io.ring_entries.unwrap_or(c.ring_entries);
