@@ -179,24 +179,6 @@ pub(crate) fn inc(c: &AtomicU64) {
     add(c, 1);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_sums_cores() {
-        let cores = [CoreMetrics::default(), CoreMetrics::default()];
-        inc(&cores[0].opened);
-        add(&cores[1].opened, 2);
-        add(&cores[1].bytes_in, 10);
-        let s = MetricsSnapshot::sum(cores.iter());
-        assert_eq!(s.opened, 3);
-        assert_eq!(s.bytes_in, 10);
-        assert!(s.fields().contains(&("opened", 3)));
-        assert_eq!(std::mem::align_of::<CoreMetrics>(), 128);
-    }
-}
-
 /// Every counter in the Prometheus text format (what `GET /metrics` answers, see
 /// `Config::metrics_path`): totals over the cores, as `edge_ws_<counter>`, plus the open
 /// connections and the cores as gauges.
@@ -222,4 +204,22 @@ pub(crate) fn prometheus(shared: &crate::shared::Shared) -> String {
         shared.cores
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_sums_cores() {
+        let cores = [CoreMetrics::default(), CoreMetrics::default()];
+        inc(&cores[0].opened);
+        add(&cores[1].opened, 2);
+        add(&cores[1].bytes_in, 10);
+        let s = MetricsSnapshot::sum(cores.iter());
+        assert_eq!(s.opened, 3);
+        assert_eq!(s.bytes_in, 10);
+        assert!(s.fields().contains(&("opened", 3)));
+        assert_eq!(std::mem::align_of::<CoreMetrics>(), 128);
+    }
 }
