@@ -128,6 +128,31 @@ pub fn ignore_sigxfsz() -> std::io::Result<()> {
     Ok(())
 }
 
+/// CPU time, in seconds, of this process's threads whose name starts with one of `prefixes`
+/// (from `/proc/self/task/*/schedstat`, nanosecond precision; 0 where unreadable). For benches
+/// that report the server's CPU per message when clients run in the same process.
+pub fn threads_cpu_seconds(prefixes: &[&str]) -> f64 {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = t.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if !prefixes.iter().any(|x| comm.trim().starts_with(x)) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    ns as f64 / 1e9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,28 +20,7 @@ use tungstenite::client::IntoClientRequest;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn cpu_of(prefixes: &[&str]) -> f64 {
-    // schedstat's first field: nanoseconds on a CPU (precise, unlike stat's clock ticks).
-    let mut ns = 0u64;
-    for t in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let p = t.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        if !prefixes.iter().any(|x| comm.trim().starts_with(x)) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
-        ns += stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    ns as f64 / 1e9
-}
+use edge_ws::runtime::os::threads_cpu_seconds as cpu_of;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

@@ -175,19 +175,7 @@ impl Request {
 
     /// Answers with `data` already JSON (`None` leaves it out).
     pub fn reply_raw(&self, kind: &str, data_json: Option<&str>) -> bool {
-        let mut s = String::with_capacity(kind.len() + 32 + data_json.map_or(0, str::len));
-        s.push_str(r#"{"type":"#);
-        s.push_str(&serde_json::to_string(kind).unwrap_or_default());
-        if let Some(id) = &self.id {
-            s.push_str(r#","id":"#);
-            s.push_str(id);
-        }
-        if let Some(d) = data_json {
-            s.push_str(r#","data":"#);
-            s.push_str(d);
-        }
-        s.push('}');
-        self.deliver(s)
+        self.deliver(crate::json::envelope(kind, self.id.as_deref(), data_json))
     }
 
     /// Sends any text to the connection.
@@ -197,15 +185,12 @@ impl Request {
 
     /// The error reply for `e`.
     fn error(&self, e: &RouteError) {
-        let mut s = String::from(r#"{"type":"error""#);
-        if let Some(id) = &self.id {
-            s.push_str(r#","id":"#);
-            s.push_str(id);
-        }
-        s.push_str(r#","error":"#);
-        s.push_str(&serde_json::to_string(e.message()).unwrap_or_default());
-        s.push('}');
-        self.deliver(s);
+        self.deliver(crate::json::error_envelope(
+            self.id.as_deref(),
+            e.message(),
+            None,
+            "",
+        ));
     }
 
     fn handle(&self) -> Answer {

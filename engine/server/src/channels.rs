@@ -140,36 +140,18 @@ fn parse_epoch(s: &str) -> Result<u64, RouteError> {
     s.parse().map_err(|_| RouteError::invalid_data())
 }
 
+/// How long a client should wait before retrying after a store failure.
+pub(crate) const RETRY_AFTER_MS: u64 = 100;
+
 /// `{"type":T,"id":I,"data":D}` with `id` only if the request had one.
 fn envelope(kind: &str, id: Option<&str>, data: &str) -> String {
-    let mut s = String::with_capacity(kind.len() + data.len() + 40);
-    s.push_str(r#"{"type":""#);
-    s.push_str(kind);
-    s.push('"');
-    if let Some(id) = id {
-        s.push_str(r#","id":"#);
-        s.push_str(id);
-    }
-    s.push_str(r#","data":"#);
-    s.push_str(data);
-    s.push('}');
-    s
+    crate::json::envelope(kind, id, Some(data))
 }
 
 /// The error envelope for a stream error, with a retry hint when retrying may help.
 fn stream_error(id: Option<&str>, e: &StreamError) -> String {
-    let mut s = String::from(r#"{"type":"error""#);
-    if let Some(id) = id {
-        s.push_str(r#","id":"#);
-        s.push_str(id);
-    }
-    s.push_str(r#","error":"#);
-    s.push_str(&serde_json::to_string(&e.to_string()).unwrap_or_default());
-    if e.is_retryable() {
-        s.push_str(r#","retry_after_ms":100"#);
-    }
-    s.push('}');
-    s
+    let retry = e.is_retryable().then_some(RETRY_AFTER_MS);
+    crate::json::error_envelope(id, &e.to_string(), retry, "")
 }
 
 fn position_fields(out: &mut String, p: Option<StreamPosition>) {
@@ -401,18 +383,25 @@ mod inbox {
     }
 
     fn error(id: Option<&str>, e: &NotificationError) -> String {
-        let mut s = String::from(r#"{"type":"error""#);
-        if let Some(id) = id {
-            s.push_str(r#","id":"#);
-            s.push_str(id);
-        }
-        s.push_str(r#","error":"#);
-        s.push_str(&serde_json::to_string(&e.to_string()).unwrap_or_default());
-        if matches!(e, NotificationError::Store(_)) {
-            s.push_str(r#","retry_after_ms":100"#);
-        }
-        s.push('}');
-        s
+        let retry = matches!(e, NotificationError::Store(_)).then_some(RETRY_AFTER_MS);
+        crate::json::error_envelope(id, &e.to_string(), retry, "")
+    }
+
+    /// Sends the answer to a request made to the notification thread: `kind` with the data
+    /// `ok` renders, or the error.
+    fn answer<T>(
+        engine: &edge_ws::EngineHandle,
+        conn: ConnectionId,
+        id: Option<&str>,
+        kind: &str,
+        r: Result<T, NotificationError>,
+        ok: impl FnOnce(T) -> String,
+    ) {
+        let text = match r {
+            Ok(v) => envelope(kind, id, &ok(v)),
+            Err(e) => error(id, &e),
+        };
+        engine.send_text(conn, &text);
     }
 
     pub(super) fn list(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
@@ -426,15 +415,9 @@ mod inbox {
             unread_only: req.unread,
         };
         n.list(&user, query, move |r| {
-            let text = match r {
-                Ok(page) => envelope(
-                    "notifications",
-                    id.as_deref(),
-                    &crate::notifications::page_json(&page),
-                ),
-                Err(e) => error(id.as_deref(), &e),
-            };
-            engine.send_text(conn, &text);
+            answer(&engine, conn, id.as_deref(), "notifications", r, |page| {
+                crate::notifications::page_json(&page)
+            });
         });
         Ok(())
     }
@@ -474,15 +457,14 @@ mod inbox {
             data: req.data.map(|d| d.get().to_string()),
         };
         n.send(&req.user, note, move |r| {
-            let text = match r {
-                Ok(nid) => envelope(
-                    "notifications.sent",
-                    id.as_deref(),
-                    &format!(r#"{{"id":{nid}}}"#),
-                ),
-                Err(e) => error(id.as_deref(), &e),
-            };
-            engine.send_text(conn, &text);
+            answer(
+                &engine,
+                conn,
+                id.as_deref(),
+                "notifications.sent",
+                r,
+                |nid| format!(r#"{{"id":{nid}}}"#),
+            );
         });
         Ok(())
     }
@@ -502,15 +484,14 @@ mod inbox {
         let (user, n, engine) = setup(ctx)?;
         let (conn, id) = (ctx.id(), msg.id().map(str::to_owned));
         n.mark(&user, which, read, move |r| {
-            let text = match r {
-                Ok(changed) => envelope(
-                    "notifications.marked",
-                    id.as_deref(),
-                    &format!(r#"{{"changed":{changed}}}"#),
-                ),
-                Err(e) => error(id.as_deref(), &e),
-            };
-            engine.send_text(conn, &text);
+            answer(
+                &engine,
+                conn,
+                id.as_deref(),
+                "notifications.marked",
+                r,
+                |changed| format!(r#"{{"changed":{changed}}}"#),
+            );
         });
         Ok(())
     }

@@ -296,26 +296,11 @@ fn json_str(s: &str) -> String {
 }
 
 fn envelope(kind: &str, id: Option<&str>, data: &str) -> String {
-    let mut s = format!(r#"{{"type":"{kind}""#);
-    if let Some(id) = id {
-        let _ = write!(s, r#","id":{id}"#);
-    }
-    let _ = write!(s, r#","data":{data}}}"#);
-    s
+    crate::json::envelope(kind, id, Some(data))
 }
 
 fn error(id: Option<&str>, doc: &str, message: &str) -> String {
-    let mut s = String::from(r#"{"type":"error""#);
-    if let Some(id) = id {
-        let _ = write!(s, r#","id":{id}"#);
-    }
-    let _ = write!(
-        s,
-        r#","error":{},"doc":{}}}"#,
-        json_str(message),
-        json_str(doc)
-    );
-    s
+    crate::json::error_envelope(id, message, None, &format!(r#","doc":{}"#, json_str(doc)))
 }
 
 impl Worker {

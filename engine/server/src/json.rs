@@ -340,6 +340,49 @@ pub(crate) fn scan(text: &str) -> R<RawEnvelope<'_>> {
     Ok(out)
 }
 
+/// `{"type":kind,"id":id,"data":data}`: `id` (raw JSON) only if given, `data` (raw JSON) only
+/// if given. The one builder of server-made envelopes outside a `Context`.
+pub(crate) fn envelope(kind: &str, id: Option<&str>, data: Option<&str>) -> String {
+    let mut s = String::with_capacity(kind.len() + 32 + data.map_or(0, str::len));
+    s.push_str(r#"{"type":"#);
+    push_str(&mut s, kind);
+    if let Some(id) = id {
+        s.push_str(r#","id":"#);
+        s.push_str(id);
+    }
+    if let Some(d) = data {
+        s.push_str(r#","data":"#);
+        s.push_str(d);
+    }
+    s.push('}');
+    s
+}
+
+/// `{"type":"error","id":id,"error":message}` (docs/PROTOCOL.md), with `retry_after_ms` when
+/// retrying may help and `extra` (already rendered `,"key":value` fields) appended.
+pub(crate) fn error_envelope(
+    id: Option<&str>,
+    message: &str,
+    retry_after_ms: Option<u64>,
+    extra: &str,
+) -> String {
+    let mut s = String::with_capacity(message.len() + extra.len() + 48);
+    s.push_str(r#"{"type":"error""#);
+    if let Some(id) = id {
+        s.push_str(r#","id":"#);
+        s.push_str(id);
+    }
+    s.push_str(r#","error":"#);
+    push_str(&mut s, message);
+    if let Some(ms) = retry_after_ms {
+        s.push_str(r#","retry_after_ms":"#);
+        s.push_str(&ms.to_string());
+    }
+    s.push_str(extra);
+    s.push('}');
+    s
+}
+
 /// Appends `s` as a JSON string literal (with the escapes serde_json uses).
 pub(crate) fn push_str(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -3,72 +3,15 @@
 //! offset and epoch; a memory channel's epoch changes across a restart and recovery says so;
 //! envelope errors are answered and the connection keeps serving.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+mod common;
+use common::Server;
 use tungstenite::{Message, WebSocket};
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(config: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-ws"))
-            .args([
-                "--addr",
-                "127.0.0.1:0",
-                "--cores",
-                "2",
-                "--stats-interval",
-                "0",
-            ])
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start edge-ws");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("the server logs its address");
-            if let Some(rest) = line.split("ws://").nth(1) {
-                let a = rest
-                    .split(|c: char| c == '"' || c.is_whitespace())
-                    .next()
-                    .unwrap();
-                break a.parse().unwrap();
-            }
-        };
-        Server { child, addr }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn connect(addr: SocketAddr) -> WebSocket<TcpStream> {
     let stream = TcpStream::connect(addr).unwrap();
@@ -112,7 +55,7 @@ fn every_acknowledged_publication_survives_kill_9_with_its_offset_and_epoch() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = config(&dir);
-    let server = Server::start(&cfg);
+    let mut server = Server::start(2, Some(&cfg));
     let mut c = connect(server.addr);
     // Pipelined: 300 publishes in flight, then their acks.
     const N: u64 = 300;
@@ -151,7 +94,7 @@ fn every_acknowledged_publication_survives_kill_9_with_its_offset_and_epoch() {
     }
     server.kill9();
 
-    let server = Server::start(&cfg);
+    let server = Server::start(2, Some(&cfg));
     let mut c = connect(server.addr);
     send(
         &mut c,
@@ -215,7 +158,7 @@ fn envelope_errors_are_answered_and_the_connection_keeps_serving() {
     let dir = std::env::temp_dir().join(format!("edge-ws-channels-e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let server = Server::start(&config(&dir));
+    let server = Server::start(2, Some(&config(&dir)));
     let mut c = connect(server.addr);
     let long = "x".repeat(300);
     let cases = [

@@ -3,63 +3,15 @@
 //! and after the restart the user connects and receives every acknowledged notification,
 //! in order, then the unread count.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
-struct Server(Child, SocketAddr);
-
-fn start(config: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-ws"))
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--cores",
-            "2",
-            "--stats-interval",
-            "0",
-            "--config",
-        ])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start edge-ws");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the server logs its address");
-        if let Some(rest) = line.split("ws://").nth(1) {
-            let a = rest
-                .split(|c: char| c == '"' || c.is_whitespace())
-                .next()
-                .unwrap();
-            break a.parse().unwrap();
-        }
-    };
-    Server(child, addr)
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::Server;
 
 fn connect(addr: SocketAddr, key: &str) -> WebSocket<TcpStream> {
     let stream = TcpStream::connect(addr).unwrap();
@@ -98,8 +50,8 @@ fn acknowledged_notifications_survive_kill_9_and_arrive_on_connect() {
         ),
     )
     .unwrap();
-    let server = start(&cfg);
-    let mut backend = connect(server.1, "k-backend");
+    let mut server = Server::start(2, Some(&cfg));
+    let mut backend = connect(server.addr, "k-backend");
     assert_eq!(recv(&mut backend)["type"], "notifications.unread");
     for i in 0..20 {
         let m = json!({"type":"notifications.send","id":i,"data":{"user":"hana","type":"invite","title":format!("t{i}"),"data":{"i":i}}});
@@ -118,13 +70,11 @@ fn acknowledged_notifications_survive_kill_9_and_arrive_on_connect() {
         );
     }
     drop(backend);
-    let mut child = server;
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    drop(child);
+    server.kill9();
+    drop(server);
 
-    let server = start(&cfg);
-    let mut hana = connect(server.1, "k-hana");
+    let server = Server::start(2, Some(&cfg));
+    let mut hana = connect(server.addr, "k-hana");
     // Acknowledged before the kill: all 20 come back, pending, in order.
     let r = {
         let m = json!({"type":"notifications.list","id":"l","data":{"limit":100}});

@@ -3,10 +3,9 @@
 //! 4000 and reconnecting onto the other, close codes passed through both ways, and a clear
 //! refusal when no backend is up.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use edge_ws::protocol::handshake::HandshakeError;
@@ -14,59 +13,8 @@ use edge_ws_client::balance::{ip_key, Balancer};
 use edge_ws_client::{Client, Error, Message, Strategy};
 use serde_json::{json, Value};
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(config: Option<&Path>) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-ws"));
-        cmd.args(["--addr", "127.0.0.1:0", "--cores", "1"])
-            .args(["--stats-interval", "0"]);
-        if let Some(c) = config {
-            cmd.arg("--config").arg(c);
-        }
-        let mut child = cmd
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start edge-ws");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("the server logs its address");
-            if let Some(rest) = line.split("listening on ws://").nth(1) {
-                let a = rest
-                    .split(|c: char| c == '"' || c.is_whitespace())
-                    .next()
-                    .unwrap();
-                break a.parse().unwrap();
-            }
-        };
-        Server { child, addr }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Server;
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("edge-ws-proxy-{name}-{}", std::process::id()));
@@ -84,7 +32,7 @@ fn backend(dir: &Path, name: &str) -> Server {
         "[[channels.namespace]]\nprefix = \"m:\"\nhistory_size = 10\n",
     )
     .unwrap();
-    let s = Server::start(Some(&cfg));
+    let s = Server::start(1, Some(&cfg));
     let mut ws = connect_from(s.addr, None, "/ws");
     send(
         &mut ws,
@@ -110,7 +58,7 @@ fn proxy(dir: &Path, backends: &[SocketAddr], extra: &str) -> Server {
         ),
     )
     .unwrap();
-    Server::start(Some(&cfg))
+    Server::start(1, Some(&cfg))
 }
 
 type Ws = tungstenite::WebSocket<TcpStream>;

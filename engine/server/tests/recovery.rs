@@ -5,10 +5,8 @@
 //! once, in offset order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,59 +14,8 @@ use std::time::Duration;
 use edge_ws_client::channels::{ChannelClient, ChannelEvent, Recovery};
 use edge_ws_client::{Backoff, Client, Jitter};
 
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    /// Starts the binary on `addr`; retries while the port is still held by the last one.
-    fn start(config: &Path, addr: SocketAddr) -> Server {
-        for _ in 0..50 {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_edge-ws"))
-                .args(["--addr", &addr.to_string(), "--cores", "2"])
-                .args(["--stats-interval", "0"])
-                .arg("--config")
-                .arg(config)
-                .env_remove("RUST_LOG")
-                .stderr(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start edge-ws");
-            let stderr = child.stderr.take().unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            // Drains stderr for the server's whole life (a full pipe would block its logs).
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-            loop {
-                match rx.recv_timeout(Duration::from_secs(20)) {
-                    Ok(line) if line.contains("listening on ws://") => return Server { child },
-                    Ok(_) => continue,
-                    // stderr closed: it exited (the port was not free yet); try again.
-                    Err(_) => break,
-                }
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("edge-ws did not start on {addr}");
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Server;
 
 fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -110,7 +57,7 @@ async fn no_acknowledged_publication_is_lost_or_duplicated_across_kill_9_and_rec
     let url = format!("ws://{addr}/ws");
     let server = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || Server::start(&cfg, addr))
+        tokio::task::spawn_blocking(move || Server::start_on(addr, 2, Some(&cfg)))
             .await
             .unwrap()
     };
@@ -207,7 +154,7 @@ async fn no_acknowledged_publication_is_lost_or_duplicated_across_kill_9_and_rec
             server.kill9();
             let at = (acked.load(Ordering::SeqCst), sent.load(Ordering::SeqCst));
             std::thread::sleep(Duration::from_millis(200));
-            (Server::start(&cfg, addr), at)
+            (Server::start_on(addr, 2, Some(&cfg)), at)
         })
     };
 

@@ -851,6 +851,18 @@ fn run() -> Result<(), Failure> {
         "edge-ws listening on ws://{}",
         engine.local_addr()
     );
+    let result = serve(engine, stats_interval);
+    if let Some((store, _)) = store {
+        if let Err(e) = store.shutdown() {
+            tracing::warn!(error = %e, "store shutdown");
+        }
+    }
+    result.map_err(|_| Failure::Runtime("a core thread panicked".to_string()))
+}
+
+/// Runs `engine` until it stops: SIGINT/SIGTERM start the graceful shutdown, the counters are
+/// logged every `stats_interval` (0: never) and at the end.
+fn serve(engine: Engine, stats_interval: Duration) -> std::thread::Result<()> {
     let handle = engine.handle();
     std::thread::spawn(move || {
         edge_ws::runtime::os::wait_for_termination();
@@ -867,12 +879,7 @@ fn run() -> Result<(), Failure> {
     let handle = engine.handle();
     let result = engine.join();
     log_counters(&handle, "stopped");
-    if let Some((store, _)) = store {
-        if let Err(e) = store.shutdown() {
-            tracing::warn!(error = %e, "store shutdown");
-        }
-    }
-    result.map_err(|_| Failure::Runtime("a core thread panicked".to_string()))
+    result
 }
 
 /// Reverse-proxy mode (`[proxy]`): every path is relayed to a backend.
@@ -894,22 +901,7 @@ fn run_proxy(p: &ProxySection, cfg: Config, stats_interval: Duration) -> Result<
         "edge-ws proxy listening on ws://{}",
         engine.local_addr()
     );
-    let handle = engine.handle();
-    std::thread::spawn(move || {
-        edge_ws::runtime::os::wait_for_termination();
-        tracing::info!("signal received: shutting down");
-        handle.shutdown();
-    });
-    if !stats_interval.is_zero() {
-        let handle = engine.handle();
-        std::thread::spawn(move || loop {
-            std::thread::sleep(stats_interval);
-            log_counters(&handle, "counters");
-        });
-    }
-    let handle = engine.handle();
-    let result = engine.join();
-    log_counters(&handle, "stopped");
+    let result = serve(engine, stats_interval);
     let s = proxy.stats();
     tracing::info!(
         connections = s.connections,
