@@ -79,6 +79,9 @@ pub struct OtClient {
     pub joins: usize,
     /// Send → ack latency of each acknowledged operation.
     pub ack_latencies: Vec<Duration>,
+    /// Operations sent to the server (local edits typed while one waits for its ack are
+    /// composed into one).
+    pub sent: u64,
 }
 
 /// Opens a WebSocket to `addr` and asks to join `doc` (from `since`, if given).
@@ -107,6 +110,7 @@ impl OtClient {
             buffer: None,
             joins: 0,
             ack_latencies: Vec::new(),
+            sent: 0,
         };
         c.await_join(0);
         c
@@ -140,6 +144,7 @@ impl OtClient {
         let m = json!({"type":"doc.edit","data":{"doc":self.doc,"revision":self.revision,"op":op}});
         self.ws.send(T::text(m.to_string())).expect("send");
         self.sent_at = Some(Instant::now());
+        self.sent += 1;
     }
 
     /// A local edit: applied now, sent when the previous one is acknowledged.
