@@ -14,7 +14,7 @@ use crate::shared::ReplyTo;
 use crate::stream::{
     HistoryPage, HistoryQuery, PublishResult, Published, StreamError, StreamPosition, Subscribed,
 };
-use crate::upgrade::{Upgrade, UpgradeRequest};
+use crate::upgrade::{HttpRequest, HttpResponse, Upgrade, UpgradeRequest};
 
 /// Application callbacks for one core.
 ///
@@ -33,6 +33,15 @@ pub trait Handler: 'static {
     fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Upgrade {
         let _ = request;
         Upgrade::Accept(None)
+    }
+
+    /// A plain HTTP request (no `Upgrade: websocket`) arrived: return an answer (a page, a
+    /// file), or `None` for the engine's own (`GET /health`, `GET` on the metrics path,
+    /// otherwise 400 "Expected WebSocket"). Called on the connection's core, so keep it
+    /// short; request bodies are not read. Default: `None`.
+    fn on_http(&mut self, request: &HttpRequest) -> Option<HttpResponse> {
+        let _ = request;
+        None
     }
 
     /// A connection completed its handshake.

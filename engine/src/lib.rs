@@ -57,6 +57,6 @@ pub use crate::stream::{
     ChannelConfig, ChannelPolicy, HistoryPage, HistoryQuery, Publication, Published, Recovery,
     RecoveryFailure, StreamError, StreamPosition, Subscribed,
 };
-pub use crate::upgrade::{Rejection, Upgrade, UpgradeRequest};
+pub use crate::upgrade::{HttpRequest, HttpResponse, Rejection, Upgrade, UpgradeRequest};
 pub use edge_ws_protocol::{self as protocol, CloseCode, Message};
 pub use edge_ws_runtime as runtime;

@@ -145,7 +145,21 @@ impl<H: Handler> WsService<H> {
             }
             Ok(ParseOutcome::NotUpgrade(info, _)) => {
                 inc(&st.metrics[st.core_index].http_requests);
-                if info.method == "GET" && info.path == "/health" {
+                if let Some(r) = self.handler.on_http(&info) {
+                    let headers: Vec<(&str, &str)> = r
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), v.as_str()))
+                        .collect();
+                    write_http_response_with_headers(
+                        r.status,
+                        reason_phrase(r.status),
+                        &r.content_type,
+                        &headers,
+                        &r.body,
+                        &mut out,
+                    );
+                } else if info.method == "GET" && info.path == "/health" {
                     let body = format!(
                         "{{\"status\":\"ok\",\"cores\":{},\"connections\":{}}}",
                         st.shared.cores,
@@ -544,11 +558,17 @@ fn finish_http(st: &mut CoreState, io: &mut Io<'_>, id: ConnId, response: &[u8])
 
 fn reason_phrase(status: u16) -> &'static str {
     match status {
+        200 => "OK",
+        204 => "No Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
         429 => "Too Many Requests",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Rejected",
     }

@@ -4,7 +4,11 @@
 use std::any::Any;
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use edge_ws_protocol::handshake::Request;
+
+/// A plain HTTP request that is not an upgrade (see [`crate::Handler::on_http`]).
+pub use edge_ws_protocol::handshake::HttpRequestInfo as HttpRequest;
 
 use crate::ids::ConnectionId;
 
@@ -50,6 +54,49 @@ impl std::fmt::Debug for Upgrade {
             Upgrade::Reject(r) => write!(f, "Reject({r:?})"),
             Upgrade::Defer => f.write_str("Defer"),
         }
+    }
+}
+
+/// An answer to a plain HTTP request (see [`crate::Handler::on_http`]): a page, a file, a
+/// small JSON document. The engine writes it with `Content-Length` and `Connection: close`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HttpResponse {
+    /// HTTP status, e.g. 200, 404.
+    pub status: u16,
+    /// The `Content-Type` header.
+    pub content_type: String,
+    /// Extra headers (`Cache-Control`, ...), sanitised as [`Rejection::headers`] are.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    /// A `200 OK` with `content_type` and `body`.
+    pub fn ok(content_type: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        HttpResponse {
+            status: 200,
+            content_type: content_type.into(),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// A response with `status` and a plain-text `body`.
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        HttpResponse {
+            status,
+            content_type: "text/plain; charset=utf-8".into(),
+            headers: Vec::new(),
+            body: Bytes::from(body.into()),
+        }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 }
 
