@@ -114,6 +114,9 @@ pub struct Config {
     /// A plain `GET` of this path answers every counter in the Prometheus text format;
     /// `None` answers it like any other non-upgrade request (400).
     pub metrics_path: Option<String>,
+    /// A TLS listener beside the plain one (feature `tls`); `None`: plain only.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for Config {
@@ -145,6 +148,8 @@ impl Default for Config {
             tick: Duration::from_millis(100),
             channels: ChannelConfig::default(),
             metrics_path: Some("/metrics".into()),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

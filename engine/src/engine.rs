@@ -29,6 +29,7 @@ use crate::upgrade::Rejection;
 pub struct EngineHandle {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -43,12 +44,21 @@ impl std::fmt::Debug for EngineHandle {
 impl EngineHandle {
     /// A handle over `shared` (the engine's, or an in-memory engine's).
     pub(crate) fn new(shared: Arc<Shared>, local_addr: SocketAddr) -> Self {
-        EngineHandle { shared, local_addr }
+        EngineHandle {
+            shared,
+            local_addr,
+            tls_local_addr: None,
+        }
     }
 
     /// The address the listeners are bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the TLS listeners are bound to, if the engine has any (feature `tls`).
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
 
     /// Number of cores running.
@@ -481,6 +491,11 @@ impl Engine {
         self.handle.local_addr
     }
 
+    /// The address the TLS listeners are bound to, if the engine has any.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.handle.tls_local_addr
+    }
+
     /// Waits until the engine has stopped (after [`EngineHandle::shutdown`]).
     pub fn join(self) -> std::thread::Result<()> {
         self.runtime.join()
@@ -542,6 +557,13 @@ impl EngineBuilder {
     /// The listen address (port 0 picks a free port).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.config.addr = addr;
+        self
+    }
+
+    /// A TLS listener beside the plain one (`wss://`), with its certificates.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.config.tls = Some(tls);
         self
     }
 
@@ -646,6 +668,9 @@ impl EngineBuilder {
         let n = cores.len();
         // 0 (automatic) is resolved by `Shared::new`, the one place that builds the rings.
         let ring_capacity = cfg.ring_capacity;
+        // `..default()`: the runtime's `tls` field exists whenever any crate of the build turns
+        // its feature on, even if this crate's `tls` feature is off.
+        #[allow(clippy::needless_update)]
         let rt_cfg = RuntimeConfig {
             addr: cfg.addr,
             cores,
@@ -656,6 +681,18 @@ impl EngineBuilder {
             backlog: cfg.backlog,
             max_connections_per_core: cfg.max_connections.div_ceil(n),
             tick: cfg.tick,
+            #[cfg(feature = "tls")]
+            tls: match &cfg.tls {
+                Some(t) => Some(crate::runtime::TlsListenerConfig {
+                    addr: t.addr,
+                    config: t
+                        .server_config()
+                        .map_err(|e| EngineError::Config(e.to_string()))?,
+                    max_handshakes_per_core: t.max_handshakes_per_core,
+                }),
+                None => None,
+            },
+            ..RuntimeConfig::default()
         };
         let cfg = Arc::new(cfg);
         let shared_slot: Arc<std::sync::OnceLock<Arc<Shared>>> =
@@ -682,7 +719,8 @@ impl EngineBuilder {
             .cloned()
             .ok_or_else(|| EngineError::Config("no core started".into()))?;
         let _ = shared.runtime_stats.set(runtime.stats());
-        let handle = EngineHandle::new(shared, runtime.local_addr());
+        let mut handle = EngineHandle::new(shared, runtime.local_addr());
+        handle.tls_local_addr = runtime.tls_local_addr();
         Ok(Engine { runtime, handle })
     }
 }

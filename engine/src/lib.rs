@@ -43,6 +43,8 @@ mod service;
 mod shared;
 pub mod stream;
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod upgrade;
 
 pub use crate::config::{Config, Cores, SlowConsumerPolicy};

@@ -158,6 +158,20 @@ counters! {
         wakeups = wakeups,
         /// Multishot receives that ended because every receive buffer was in use.
         recv_enobufs = recv_enobufs,
+        /// Connections accepted on the TLS listener (feature `tls`).
+        tls_accepted = tls_accepted,
+        /// TLS handshakes completed.
+        tls_handshakes = tls_handshakes,
+        /// TLS handshakes that failed (not a ClientHello, no common version or cipher suite,
+        /// a bad record): answered with an alert and closed.
+        tls_handshake_failures = tls_handshake_failures,
+        /// Established TLS connections closed because a record failed.
+        tls_errors = tls_errors,
+        /// TLS connections closed at accept: the core already ran its most handshakes.
+        tls_refused = tls_refused,
+        /// Cores with a TLS listener whose kernel offers kTLS (`TCP_ULP` "tls"); 0 where it
+        /// does not (TLS then runs in user space, which it also does today where it does).
+        ktls_available = ktls_available,
     }
 }
 

@@ -81,6 +81,10 @@ pub(super) struct Slot {
     pub(super) committed: u8,
     pub(super) state: State,
     pub(super) flags: u8,
+    /// The connection's TLS session (a connection of the TLS listener): the queue then holds
+    /// plaintext behind its committed entries, which are ciphertext ([`Slot::plan_send_tls`]).
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<Box<crate::tls::TlsSession>>,
 }
 
 impl Slot {
@@ -95,7 +99,89 @@ impl Slot {
             committed: 0,
             state: State::Open,
             flags: 0,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Whether a send may be due: queued output, or (TLS) ciphertext the session produced or a
+    /// close_notify owed before the socket closes.
+    #[inline]
+    pub(super) fn has_output(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(t) = &self.tls {
+            return !self.queue.is_empty()
+                || t.has_output()
+                || (self.state == State::Flushing && t.owes_close_notify());
+        }
+        !self.queue.is_empty()
+    }
+
+    /// Plans the next send of a TLS connection: the committed head (ciphertext, possibly
+    /// partly sent) if there is one; otherwise the session's pending records followed by the
+    /// waiting plaintext (up to [`crate::tls::MAX_PLAINTEXT_PER_SEND`]) encrypted now, in queue
+    /// order, into one buffer. Encrypting at plan time keeps urgent frames able to go ahead of
+    /// queued plaintext while the ciphertext order (record sequence numbers) is the wire order.
+    /// `None`: nothing can be sent (e.g. plaintext queued before the handshake completed).
+    #[cfg(feature = "tls")]
+    pub(super) fn plan_send_tls(&mut self, scratch: &mut Vec<u8>) -> Option<SendPlan> {
+        debug_assert!(!self.has(SEND_INFLIGHT));
+        if self.committed == 0 {
+            let tls = self.tls.as_mut()?;
+            let mut n = 0;
+            let mut bytes = 0usize;
+            for b in &self.queue {
+                if n > 0 && bytes + b.len() > crate::tls::MAX_PLAINTEXT_PER_SEND {
+                    break;
+                }
+                bytes += b.len();
+                n += 1;
+            }
+            let mut out = Vec::new();
+            let encrypted = match n {
+                0 => tls.encrypt(&[], &mut out),
+                1 => tls.encrypt(&self.queue[0], &mut out),
+                _ => {
+                    scratch.clear();
+                    for b in self.queue.iter().take(n) {
+                        scratch.extend_from_slice(b);
+                    }
+                    let ok = tls.encrypt(scratch, &mut out);
+                    scratch.clear();
+                    ok
+                }
+            };
+            if encrypted && n > 0 {
+                for _ in 0..n {
+                    if let Some(b) = self.queue.pop_front() {
+                        self.queued -= b.len().min(self.queued);
+                    }
+                }
+                self.urgent = self.urgent.saturating_sub(n as u32);
+            } else if !encrypted && (tls.is_dead() || self.state == State::Flushing) {
+                // Plaintext that can never go out: the session failed or closed, or the
+                // connection is closing before its handshake completed.
+                self.drop_waiting();
+            }
+            let tls = self.tls.as_mut()?;
+            if self.state == State::Flushing && self.queue.is_empty() && tls.owes_close_notify() {
+                tls.close_notify();
+                tls.encrypt(&[], &mut out);
+            }
+            if out.is_empty() {
+                return None;
+            }
+            self.queued += out.len();
+            self.queue.push_front(Bytes::from(out));
+            self.committed = 1;
+        }
+        let head = &self.queue[0];
+        let plan = SendPlan::Single {
+            ptr: head.as_ptr(),
+            len: head.len().min(MAX_SEND_BYTES) as u32,
+        };
+        self.set(SEND_INFLIGHT);
+        Some(plan)
     }
 
     #[inline]

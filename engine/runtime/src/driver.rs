@@ -69,6 +69,8 @@ pub(super) struct CoreParams {
     pub(super) core_id: usize,
     pub(super) cfg: RuntimeConfig,
     pub(super) listener: Socket,
+    /// The core's TLS listener (feature `tls`; always `None` without it).
+    pub(super) tls_listener: Option<Socket>,
     pub(super) wakers: Arc<[CoreWaker]>,
     pub(super) stats: Arc<[RuntimeStats]>,
 }
@@ -101,6 +103,7 @@ where
     let CoreParams {
         cfg,
         listener,
+        tls_listener,
         wakers,
         stats,
         core_id,
@@ -110,7 +113,7 @@ where
     let _span = tracing::info_span!("core", index, cpu = core_id).entered();
     tokio_uring::start(async move {
         let waker = wakers[index].clone();
-        let core = match Core::new(&cfg, index, stats, listener, &waker) {
+        let core = match Core::new(&cfg, index, stats, [Some(listener), tls_listener], &waker) {
             Ok(c) => c,
             Err((op, e)) => return fail(&tx, op, e),
         };
@@ -129,6 +132,46 @@ where
         run(Driver { core, service }, afd, waker, tick).await;
     });
 }
+
+/// Index of the plain listener in [`Core::listeners`] (and of its accept's user data).
+const LISTENER_PLAIN: usize = 0;
+/// Index of the TLS listener.
+const LISTENER_TLS: usize = 1;
+
+/// A core's TLS state (feature `tls`): the shared rustls configuration, the handshake count
+/// and the scratch buffers every TLS connection of the core uses in turn.
+#[cfg(feature = "tls")]
+struct TlsCore {
+    config: Arc<crate::tls::ServerConfig>,
+    max_handshakes: usize,
+    /// TLS connections whose handshake has not completed.
+    handshaking: usize,
+    /// Received bytes being decrypted in place; plaintext being gathered for encryption.
+    scratch: Vec<u8>,
+    /// Decrypted bytes being handed to the service.
+    plain: Vec<u8>,
+}
+
+#[cfg(feature = "tls")]
+impl TlsCore {
+    fn new(cfg: &crate::TlsListenerConfig, listener: &Socket, stats: &RuntimeStats) -> Self {
+        let _ = listener;
+        let ktls = crate::os::ktls_available();
+        RuntimeStats::set(&stats.ktls_available, u64::from(ktls));
+        TlsCore {
+            config: cfg.config.clone(),
+            max_handshakes: cfg.max_handshakes_per_core,
+            handshaking: 0,
+            scratch: Vec::new(),
+            plain: Vec::new(),
+        }
+    }
+}
+
+/// Scratch buffers above this capacity are released after use (one large burst does not pin
+/// memory on the core).
+#[cfg(feature = "tls")]
+const TLS_SCRATCH_KEEP: usize = 64 * 1024;
 
 /// The eventfd as seen by tokio (owned by the [`CoreWaker`]).
 struct EvFd(RawFd);
@@ -153,9 +196,12 @@ pub(super) struct Core {
     /// Slots whose receive ended with ENOBUFS, re-armed a few per iteration (pitfall 4).
     rearm: VecDeque<u32>,
     rearm_per_iter: usize,
-    listener: Option<Socket>,
-    accept_armed: bool,
+    /// The plain listener and the TLS listener (`None` once closed, or never opened).
+    listeners: [Option<Socket>; 2],
+    accept_armed: [bool; 2],
     accept_rearm_on_tick: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsCore>,
     /// Submitted operations whose final completion has not arrived.
     outstanding: u64,
     next_gen: u32,
@@ -172,7 +218,7 @@ impl Core {
         cfg: &RuntimeConfig,
         index: usize,
         stats: Arc<[RuntimeStats]>,
-        listener: Socket,
+        listeners: [Option<Socket>; 2],
         waker: &CoreWaker,
     ) -> Result<Core, (&'static str, io::Error)> {
         let (ring, deferred) = build_ring(cfg.ring_entries).map_err(|e| ("io_uring setup", e))?;
@@ -195,8 +241,13 @@ impl Core {
             pool: Vec::new(),
             dirty: Vec::new(),
             rearm: VecDeque::new(),
-            listener: Some(listener),
-            accept_armed: false,
+            #[cfg(feature = "tls")]
+            tls: match (&cfg.tls, &listeners[LISTENER_TLS]) {
+                (Some(t), Some(l)) => Some(TlsCore::new(t, l, &stats[index])),
+                _ => None,
+            },
+            listeners,
+            accept_armed: [false; 2],
             accept_rearm_on_tick: false,
             outstanding: 0,
             next_gen: 0,
@@ -240,17 +291,22 @@ impl Core {
         }
     }
 
+    /// Arms the multishot accept of every open listener that has none.
     fn arm_accept(&mut self) {
-        let Some(l) = &self.listener else { return };
-        if self.accept_armed || self.stopping {
-            return;
+        for which in [LISTENER_PLAIN, LISTENER_TLS] {
+            let Some(l) = &self.listeners[which] else {
+                continue;
+            };
+            if self.accept_armed[which] || self.stopping {
+                continue;
+            }
+            let e = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ud(TAG_ACCEPT, 0, which));
+            self.push(e);
+            self.accept_armed[which] = true;
         }
-        let e = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ud(TAG_ACCEPT, 0, 0));
-        self.push(e);
-        self.accept_armed = true;
     }
 
     fn arm_recv(&mut self, idx: usize) {
@@ -306,6 +362,15 @@ impl Core {
         let Some(c) = self.conns.get_mut(idx) else {
             return;
         };
+        #[cfg(feature = "tls")]
+        let plan = match (&c.tls, &mut self.tls) {
+            (Some(_), Some(t)) => match c.plan_send_tls(&mut t.scratch) {
+                Some(p) => p,
+                None => return,
+            },
+            _ => c.plan_send(&mut self.pool),
+        };
+        #[cfg(not(feature = "tls"))]
         let plan = c.plan_send(&mut self.pool);
         let fd = types::Fd(c.fd);
         let e = match plan {
@@ -369,10 +434,30 @@ impl Core {
         if c.state != State::Open {
             return;
         }
-        if c.queue.is_empty() && !c.has(SEND_INFLIGHT) {
+        if !c.has_output() && !c.has(SEND_INFLIGHT) {
+            // (A TLS connection owes a close_notify first: `has_output` says so.)
+            #[cfg(feature = "tls")]
+            if c.tls.is_some() {
+                c.state = State::Flushing;
+                if c.has_output() {
+                    self.mark_dirty(id.index());
+                    return;
+                }
+            }
             self.teardown(id.index());
         } else {
             c.state = State::Flushing;
+            self.mark_dirty(id.index());
+        }
+    }
+
+    /// Puts a slot on the dirty list (unless it is there or has a send in flight).
+    fn mark_dirty(&mut self, idx: usize) {
+        if let Some(c) = self.conns.get_mut(idx) {
+            if !c.has(IN_DIRTY) && !c.has(SEND_INFLIGHT) {
+                c.set(IN_DIRTY);
+                self.dirty.push(idx as u32);
+            }
         }
     }
 
@@ -416,6 +501,21 @@ impl Core {
         );
     }
 
+    /// The peer closed its side (EOF, or a TLS close_notify): flush what is queued, then close.
+    fn peer_closed(&mut self, idx: usize) {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if c.state == State::Open {
+            if !c.has_output() && !c.has(SEND_INFLIGHT) {
+                self.teardown(idx);
+            } else {
+                c.state = State::Flushing;
+                self.mark_dirty(idx);
+            }
+        }
+    }
+
     /// Frees a closing slot once nothing in the kernel references it; returns its id.
     fn try_free(&mut self, idx: usize) -> Option<ConnId> {
         let c = self.conns.get(idx)?;
@@ -423,6 +523,12 @@ impl Core {
             return None;
         }
         let mut c = self.conns.remove(idx);
+        #[cfg(feature = "tls")]
+        if let (Some(s), Some(t)) = (&c.tls, &mut self.tls) {
+            if !s.established() {
+                t.handshaking -= 1;
+            }
+        }
         if let Some(sv) = c.sendvec.take() {
             if self.pool.len() < SENDVEC_POOL_MAX {
                 self.pool.push(sv);
@@ -436,24 +542,26 @@ impl Core {
 
     fn stop_accepting(&mut self) {
         self.accept_rearm_on_tick = false;
-        let Some(l) = self.listener.take() else {
-            return;
-        };
-        if self.accept_armed {
+        for which in [LISTENER_PLAIN, LISTENER_TLS] {
+            let Some(l) = self.listeners[which].take() else {
+                continue;
+            };
+            if self.accept_armed[which] {
+                self.push(
+                    opcode::AsyncCancel::new(ud(TAG_ACCEPT, 0, which))
+                        .build()
+                        .user_data(ud(TAG_IGNORE, 0, 0)),
+                );
+            }
+            // The accept holds a file reference: the socket stops listening when the cancel
+            // completes and this Close has removed the descriptor.
+            let fd = l.into_raw_fd();
             self.push(
-                opcode::AsyncCancel::new(ud(TAG_ACCEPT, 0, 0))
+                opcode::Close::new(types::Fd(fd))
                     .build()
                     .user_data(ud(TAG_IGNORE, 0, 0)),
             );
         }
-        // The accept holds a file reference: the socket stops listening when the cancel
-        // completes and this Close has removed the descriptor.
-        let fd = l.into_raw_fd();
-        self.push(
-            opcode::Close::new(types::Fd(fd))
-                .build()
-                .user_data(ud(TAG_IGNORE, 0, 0)),
-        );
     }
 
     fn stop(&mut self) {
@@ -488,7 +596,7 @@ impl Core {
                     continue;
                 }
                 c.clear(IN_DIRTY);
-                if c.state != State::TearingDown && !c.has(SEND_INFLIGHT) && !c.queue.is_empty() {
+                if c.state != State::TearingDown && !c.has(SEND_INFLIGHT) && c.has_output() {
                     self.submit_send(idx);
                 }
             }
@@ -711,7 +819,7 @@ impl<S: Service> Driver<S> {
         }
         let (tag, generation, idx) = ud_parts(user_data);
         match tag {
-            TAG_ACCEPT => self.on_accept(res, more),
+            TAG_ACCEPT => self.on_accept(idx, res, more),
             TAG_RECV => self.on_recv(ConnId::new(idx, generation), res, flags, more),
             TAG_SEND => self.on_send(ConnId::new(idx, generation), res),
             TAG_CLOSE => {
@@ -731,25 +839,27 @@ impl<S: Service> Driver<S> {
         }
     }
 
-    fn on_accept(&mut self, res: i32, more: bool) {
+    fn on_accept(&mut self, which: usize, res: i32, more: bool) {
+        let which = which.min(LISTENER_TLS);
         let core = &mut self.core;
+        let listening = core.listeners[which].is_some();
         if !more {
-            core.accept_armed = false;
+            core.accept_armed[which] = false;
             if res >= 0 {
                 core.arm_accept(); // pitfall 5: a multishot that ended is simply re-armed
-            } else if core.listener.is_some() && !core.stopping {
+            } else if listening && !core.stopping {
                 core.accept_rearm_on_tick = true; // e.g. EMFILE: don't spin
             }
         }
         if res < 0 {
             let e = io::Error::from_raw_os_error(-res);
-            if core.listener.is_some() && !core.stopping && !is_transient(&e) {
+            if listening && !core.stopping && !is_transient(&e) {
                 tracing::warn!(error = %e, "accept failed");
             }
             return;
         }
         let fd = res;
-        if core.stopping || core.listener.is_none() {
+        if core.stopping || !listening {
             sys::close_fd(fd);
             return;
         }
@@ -770,9 +880,39 @@ impl<S: Service> Driver<S> {
                 return;
             }
         };
+        #[allow(unused_mut)]
+        let mut slot = Slot::new(fd, 0);
+        #[cfg(feature = "tls")]
+        if which == LISTENER_TLS {
+            let Some(t) = core.tls.as_mut() else {
+                sys::close_fd(fd);
+                return;
+            };
+            let st = &core.stats[core.index];
+            RuntimeStats::add(&st.tls_accepted, 1);
+            if t.handshaking >= t.max_handshakes {
+                sys::close_fd(fd);
+                RuntimeStats::add(&st.tls_refused, 1);
+                tracing::debug!(
+                    limit = t.max_handshakes,
+                    "TLS connection refused: core at its handshake limit"
+                );
+                return;
+            }
+            match crate::tls::TlsSession::new(&t.config) {
+                Ok(sess) => slot.tls = Some(Box::new(sess)),
+                Err(e) => {
+                    sys::close_fd(fd);
+                    tracing::warn!(error = %e, "TLS session setup failed");
+                    return;
+                }
+            }
+            t.handshaking += 1;
+        }
         core.next_gen = (core.next_gen + 1) & GEN_MASK;
         let generation = core.next_gen;
-        let idx = core.conns.insert(Slot::new(fd, generation));
+        slot.generation = generation;
+        let idx = core.conns.insert(slot);
         let st = &core.stats[core.index];
         RuntimeStats::add(&st.accepted, 1);
         RuntimeStats::set(&st.connections, core.conns.len() as u64);
@@ -796,6 +936,10 @@ impl<S: Service> Driver<S> {
         }
         if res > 0 {
             let state = c.state;
+            #[cfg(feature = "tls")]
+            let tls = c.tls.is_some();
+            #[cfg(not(feature = "tls"))]
+            let tls = false;
             RuntimeStats::add(&self.core.stats().bytes_in, res as u64);
             let Some(bid) = bid else {
                 // Cannot happen with buffer select; treat as a broken connection.
@@ -807,8 +951,13 @@ impl<S: Service> Driver<S> {
                 // buffer goes back to the ring only after `on_data` returns, and `data` does not
                 // escape the call (its lifetime is bound to it by the `Service` signature).
                 let data = unsafe { self.core.bufs.data(bid, res as usize) };
-                let (s, mut io) = self.io();
-                s.on_data(&mut io, id, data);
+                if tls {
+                    #[cfg(feature = "tls")]
+                    self.on_tls_data(id, data);
+                } else {
+                    let (s, mut io) = self.io();
+                    s.on_data(&mut io, id, data);
+                }
             }
             self.core.bufs.push(bid);
             if !more {
@@ -820,14 +969,7 @@ impl<S: Service> Driver<S> {
             }
             if res == 0 {
                 // Peer closed its side: flush what is queued, then close.
-                let c = self.core.conns.get_mut(idx).expect("checked above");
-                if c.state == State::Open {
-                    if c.queue.is_empty() && !c.has(SEND_INFLIGHT) {
-                        self.core.teardown(idx);
-                    } else {
-                        c.state = State::Flushing;
-                    }
-                }
+                self.core.peer_closed(idx);
             } else if res == -libc::ENOBUFS {
                 RuntimeStats::add(&self.core.stats().recv_enobufs, 1);
                 let c = self.core.conns.get_mut(idx).expect("checked above");
@@ -846,6 +988,69 @@ impl<S: Service> Driver<S> {
             }
         }
         self.maybe_free(idx);
+    }
+
+    /// Received bytes of a TLS connection: decrypt, hand the plaintext to the service, queue
+    /// the handshake's answers; a failed session sends its alert and closes.
+    #[cfg(feature = "tls")]
+    fn on_tls_data(&mut self, id: ConnId, data: &[u8]) {
+        let idx = id.index();
+        let core = &mut self.core;
+        let (Some(t), Some(c)) = (core.tls.as_mut(), core.conns.get_mut(idx)) else {
+            return;
+        };
+        let Some(sess) = c.tls.as_mut() else {
+            return;
+        };
+        let mut plain = std::mem::take(&mut t.plain);
+        let result = sess.receive(data, &mut t.scratch, &mut plain);
+        if t.scratch.capacity() > TLS_SCRATCH_KEEP {
+            t.scratch = Vec::new();
+        }
+        let has_output = sess.has_output();
+        let st = &core.stats[core.index];
+        let mut peer_closed = false;
+        match result {
+            Ok(ev) => {
+                if ev.handshake_done {
+                    t.handshaking -= 1;
+                    RuntimeStats::add(&st.tls_handshakes, 1);
+                }
+                peer_closed = ev.peer_closed;
+            }
+            Err(f) => {
+                if f.during_handshake {
+                    RuntimeStats::add(&st.tls_handshake_failures, 1);
+                    tracing::debug!(error = %f.error, "TLS handshake failed");
+                } else {
+                    RuntimeStats::add(&st.tls_errors, 1);
+                    tracing::debug!(error = %f.error, "TLS record failed");
+                }
+                plain.clear();
+                c.drop_waiting();
+                c.state = State::Flushing;
+                if !c.has_output() && !c.has(SEND_INFLIGHT) {
+                    core.teardown(idx);
+                }
+            }
+        }
+        if has_output {
+            core.mark_dirty(idx);
+        }
+        if !plain.is_empty() {
+            let (s, mut io) = self.io();
+            s.on_data(&mut io, id, &plain);
+        }
+        if peer_closed {
+            self.core.peer_closed(idx);
+        }
+        plain.clear();
+        if plain.capacity() > TLS_SCRATCH_KEEP {
+            plain = Vec::new();
+        }
+        if let Some(t) = self.core.tls.as_mut() {
+            t.plain = plain;
+        }
     }
 
     fn on_send(&mut self, id: ConnId, res: i32) {
@@ -881,7 +1086,7 @@ impl<S: Service> Driver<S> {
                 core.teardown(idx);
                 self.maybe_free(idx);
             }
-            _ if !c.queue.is_empty() => {
+            _ if c.has_output() => {
                 if !c.has(IN_DIRTY) {
                     c.set(IN_DIRTY);
                     core.dirty.push(idx as u32);

@@ -7,7 +7,10 @@
 //! `#![forbid(unsafe_code)]`.
 //!
 //! It knows nothing of WebSocket: it moves bytes between sockets and a [`Service`]. It does not
-//! parse, frame, encrypt or route anything, and it never blocks a core on disk or locks.
+//! parse, frame or route anything, and it never blocks a core on disk or locks. With the `tls`
+//! feature a second listener's connections are TLS (`TlsListenerConfig`): the core decrypts
+//! what it receives and encrypts what it sends (rustls, sans-IO, module `tls`), and the
+//! [`Service`] sees plaintext either way.
 //!
 //!
 //! One OS thread per configured core (optionally pinned) runs a `tokio_uring` runtime, so tokio
@@ -33,6 +36,8 @@ mod driver;
 pub mod mem;
 pub mod os;
 mod sys;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod waker;
 
 use std::fmt;
@@ -127,6 +132,25 @@ pub struct RuntimeConfig {
     pub max_connections_per_core: usize,
     /// How often [`Service::on_tick`] runs.
     pub tick: Duration,
+    /// A second listener whose connections speak TLS (feature `tls`); `None`: plain only.
+    #[cfg(feature = "tls")]
+    pub tls: Option<TlsListenerConfig>,
+}
+
+/// The TLS listener of every core (feature `tls`): its connections are decrypted and
+/// encrypted on their core (rustls, sans-IO) and reach the [`Service`] as plaintext, exactly
+/// like plain connections.
+#[cfg(feature = "tls")]
+#[derive(Clone, Debug)]
+pub struct TlsListenerConfig {
+    /// Address of every core's TLS listener (`SO_REUSEPORT`); port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// The rustls configuration (certificates, ALPN, versions) shared by all connections.
+    pub config: Arc<tls::ServerConfig>,
+    /// TLS handshakes one core runs at once at most; connections accepted beyond it are closed
+    /// at once and counted in [`RuntimeStats::tls_refused`] (a handshake flood costs the core
+    /// its key exchanges, not its memory).
+    pub max_handshakes_per_core: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -141,6 +165,8 @@ impl Default for RuntimeConfig {
             backlog: 1024,
             max_connections_per_core: 100_000,
             tick: Duration::from_millis(100),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -256,6 +282,20 @@ pub struct RuntimeStats {
     pub connections: AtomicU64,
     /// 1 if the core's ring runs with DEFER_TASKRUN, 0 if it fell back to COOP_TASKRUN.
     pub ring_defer_taskrun: AtomicU64,
+    /// TLS connections accepted on the TLS listener.
+    pub tls_accepted: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed (not a ClientHello, no common version or cipher, bad
+    /// record, ...): answered with an alert and closed.
+    pub tls_handshake_failures: AtomicU64,
+    /// Established TLS connections closed because a record failed (decryption, protocol).
+    pub tls_errors: AtomicU64,
+    /// TLS connections closed at accept because the core already ran its most handshakes.
+    pub tls_refused: AtomicU64,
+    /// 1 if the kernel offers the `tls` TCP upper-layer protocol (kTLS), 0 if not; probed at
+    /// start on each core with a TLS listener (the connections use user-space TLS either way).
+    pub ktls_available: AtomicU64,
 }
 
 impl RuntimeStats {
@@ -279,6 +319,7 @@ impl RuntimeStats {
 /// Dropping it without [`Runtime::join`] asks every core to shut down and waits for them.
 pub struct Runtime {
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
     wakers: Arc<[CoreWaker]>,
     stats: Arc<[RuntimeStats]>,
     threads: Vec<JoinHandle<()>>,
@@ -316,6 +357,24 @@ impl Runtime {
             op: "getsockname",
             source,
         })?;
+        #[cfg(feature = "tls")]
+        let mut tls_listeners: Vec<Option<socket2::Socket>> = match &cfg.tls {
+            Some(t) => sys::bind_listeners(t.addr, cfg.cores.len(), cfg.backlog)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..cfg.cores.len()).map(|_| None).collect(),
+        };
+        #[cfg(not(feature = "tls"))]
+        let mut tls_listeners: Vec<Option<socket2::Socket>> =
+            (0..cfg.cores.len()).map(|_| None).collect();
+        let tls_local_addr = match tls_listeners.first() {
+            Some(Some(l)) => Some(sys::local_addr(l).map_err(|source| RuntimeError::Io {
+                op: "getsockname",
+                source,
+            })?),
+            _ => None,
+        };
 
         let mut wakers = Vec::with_capacity(cfg.cores.len());
         for i in 0..cfg.cores.len() {
@@ -338,6 +397,7 @@ impl Runtime {
                 core_id: cfg.cores[index],
                 cfg: cfg.clone(),
                 listener,
+                tls_listener: tls_listeners[index].take(),
                 wakers: wakers.clone(),
                 stats: stats.clone(),
             };
@@ -351,6 +411,7 @@ impl Runtime {
                 Err(source) => {
                     let rt = Runtime {
                         local_addr,
+                        tls_local_addr,
                         wakers,
                         stats,
                         threads,
@@ -367,6 +428,7 @@ impl Runtime {
 
         let rt = Runtime {
             local_addr,
+            tls_local_addr,
             wakers,
             stats,
             threads,
@@ -403,6 +465,11 @@ impl Runtime {
     /// The address the listeners are bound to (with the real port when `addr` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the TLS listeners are bound to, if there are any (feature `tls`).
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
 
     /// The doorbells of all cores, indexed like `cfg.cores`.
@@ -479,6 +546,16 @@ fn validate(cfg: &RuntimeConfig) -> Result<(), RuntimeError> {
     }
     if cfg.tick.is_zero() {
         return Err(RuntimeError::InvalidConfig("tick must be positive"));
+    }
+    #[cfg(feature = "tls")]
+    if cfg
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.max_handshakes_per_core == 0)
+    {
+        return Err(RuntimeError::InvalidConfig(
+            "tls.max_handshakes_per_core must be positive",
+        ));
     }
     if cfg.max_connections_per_core > (u32::MAX as usize) {
         return Err(RuntimeError::InvalidConfig(

@@ -153,6 +153,54 @@ pub fn threads_cpu_seconds(prefixes: &[&str]) -> f64 {
     ns as f64 / 1e9
 }
 
+/// Whether the kernel offers kernel TLS: the `tls` TCP upper-layer protocol (`TCP_ULP`).
+///
+/// Probed once per process: `setsockopt(TCP_ULP, "tls")` on a fresh, unconnected TCP socket.
+/// A kernel with the ULP refuses it with `ENOTCONN` (it attaches only to an established
+/// connection) or accepts it; one without answers `ENOENT` (no such ULP, after trying to load
+/// the module). The probe socket is closed at once. Not gated on the `tls` feature: the answer
+/// is reported in the logs and the `ktls_available` counter either way.
+pub fn ktls_available() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let available = probe_tcp_ulp_tls();
+        if available {
+            tracing::info!("kernel TLS (TCP_ULP \"tls\") is available; TLS stays in user space");
+        } else {
+            tracing::info!(
+                "kernel TLS (TCP_ULP \"tls\") is not available; TLS runs in user space (rustls)"
+            );
+        }
+        available
+    })
+}
+
+fn probe_tcp_ulp_tls() -> bool {
+    let sock = match socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    use std::os::fd::AsRawFd;
+    let name = b"tls";
+    // SAFETY: the fd is a TCP socket we own for the whole call (`sock` outlives it); the
+    // option value points at `name`, a 3-byte static string whose exact length we pass, and the
+    // kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_ULP,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return true;
+    }
+    let err = std::io::Error::last_os_error();
+    err.raw_os_error() == Some(libc::ENOTCONN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +228,19 @@ mod tests {
         let now = limit_file_size(u64::MAX).unwrap();
         assert!(now > 0);
         ignore_sigxfsz().unwrap();
+    }
+
+    #[test]
+    fn ktls_probe_agrees_with_the_kernels_ulp_list() {
+        // Probe first: it may load the tls module, which then shows in the list.
+        let probed = ktls_available();
+        let Ok(list) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp") else {
+            return; // no procfs here: nothing to compare with
+        };
+        assert_eq!(
+            probed,
+            list.split_whitespace().any(|u| u == "tls"),
+            "{list:?}"
+        );
     }
 }
