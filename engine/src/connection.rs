@@ -11,7 +11,6 @@ pub(crate) use sequencer::{ConnFn, ConnFnBox};
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -536,7 +535,7 @@ impl CoreState {
         if local.subs.len() + local.pending.len() == 1 {
             local.shared.cores.insert(me);
         }
-        local.shared.subscribers.fetch_add(1, Ordering::Relaxed);
+        local.shared.add_subscriber();
         let name = local.shared.name.clone();
         if let Some(c) = self.conn_mut(id) {
             c.extra_mut().channels.push(name);
@@ -571,7 +570,7 @@ impl CoreState {
                 false
             };
             if found {
-                local.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+                local.shared.remove_subscriber();
                 if local.subs.is_empty() && local.pending.is_empty() {
                     local.shared.cores.remove(me);
                 }
@@ -626,6 +625,7 @@ impl CoreState {
         shared
             .inproc
             .call(&shared.name, || unsequenced(payload, text));
+        self.shared.to_broker(&shared.name, payload, text);
         let p = Arc::new(Publish::new(Target::Channel(shared), payload, text, opts));
         self.dispatch(io, p);
     }
@@ -638,6 +638,14 @@ impl CoreState {
         text: bool,
         opts: PublishOptions,
     ) {
+        if let Some(b) = &self.shared.broker {
+            let kind = if text {
+                crate::MessageKind::Text
+            } else {
+                crate::MessageKind::Binary
+            };
+            b.broadcast(payload, kind);
+        }
         let p = Arc::new(Publish::new(Target::All, payload, text, opts));
         self.dispatch(io, p);
     }

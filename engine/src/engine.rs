@@ -188,6 +188,7 @@ impl EngineHandle {
         if self.shared.channels.config.policy(channel).is_stream() && !opts.transient {
             return self.publish_acked(channel, payload, kind, opts, |_| {});
         }
+        self.shared.to_broker(channel, payload, text);
         let Some(t) = self.shared.channels.get(channel) else {
             // Nobody ever subscribed: nothing to deliver, no cross-core traffic.
             crate::metrics::inc(&self.shared.metrics[0].publishes);
@@ -223,11 +224,35 @@ impl EngineHandle {
             if opts.idempotency_key.is_some() {
                 return done(Err(StreamError::NoHistory(channel.to_string())));
             }
-            self.publish_with(channel, payload, kind, opts);
-            return done(Ok(Published {
-                position: None,
-                duplicate: false,
-            }));
+            let Some(broker) = &self.shared.broker else {
+                self.publish_with(channel, payload, kind, opts);
+                return done(Ok(Published {
+                    position: None,
+                    duplicate: false,
+                }));
+            };
+            // In a cluster: delivered here at once, acknowledged once the broker has it.
+            if let Some(t) = self.shared.channels.get(channel) {
+                t.inproc.call(&t.name, || crate::stream::Publication {
+                    offset: 0,
+                    timestamp_ms: crate::stream::now_ms(),
+                    kind,
+                    data: Bytes::copy_from_slice(payload),
+                });
+                self.shared.publish_external(Publish::new(
+                    Target::Channel(t),
+                    payload,
+                    kind.is_text(),
+                    opts,
+                ));
+            }
+            let ack: crate::broker::BrokerAck = Box::new(move |r| {
+                done(r.map_err(StreamError::from).map(|()| Published {
+                    position: None,
+                    duplicate: false,
+                }))
+            });
+            return broker.publish(channel, payload, kind, Some(ack));
         }
         let t = self.shared.channels.get_or_create(channel);
         let owner = t.owner;
@@ -357,7 +382,11 @@ impl EngineHandle {
             .next_local_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cb: ChannelCallback = Arc::new(callback);
-        t.inproc.add(id, cb);
+        if t.inproc.add(id, cb) {
+            if let Some(b) = &self.shared.broker {
+                b.subscribe(channel);
+            }
+        }
         Ok(LocalSubscription {
             channel: t.name.clone(),
             inproc: t.inproc.clone(),
@@ -367,6 +396,9 @@ impl EngineHandle {
 
     /// Sends a message to every open connection (that passes the filter) on every core.
     pub fn broadcast_all(&self, payload: &[u8], kind: MessageKind, opts: PublishOptions) {
+        if let Some(b) = &self.shared.broker {
+            b.broadcast(payload, kind);
+        }
         self.shared
             .publish_external(Publish::new(Target::All, payload, kind.is_text(), opts));
     }
@@ -394,6 +426,11 @@ impl EngineHandle {
                 channel: channel.to_owned(),
             },
         )
+    }
+
+    /// The cluster broker's state and counters (`None` without a broker).
+    pub fn broker_state(&self) -> Option<(crate::broker::BrokerState, crate::broker::BrokerStats)> {
+        self.shared.broker.as_ref().map(|b| (b.state(), b.stats()))
     }
 
     /// Subscribers of `channel` over all cores.
@@ -516,6 +553,7 @@ impl std::fmt::Debug for EngineBuilder {
             .field("stream_store", &self.streams.store.is_some())
             .field("publication_format", &self.streams.format.is_some())
             .field("restored_streams", &self.streams.restore.len())
+            .field("broker", &self.streams.broker.is_some())
             .finish()
     }
 }
@@ -538,6 +576,14 @@ impl EngineBuilder {
     /// subscribers receive (e.g. an envelope carrying its offset); default: the payload.
     pub fn publication_format(mut self, format: Arc<dyn PublicationFormat>) -> Self {
         self.streams.format = Some(format);
+        self
+    }
+
+    /// Joins this process to a cluster through `broker` (see [`crate::broker`]): publishes
+    /// cross to the other nodes, subscriptions follow this node's local subscribers, and,
+    /// when the broker sequences streams, channels with history are numbered and kept by it.
+    pub fn broker(mut self, broker: Arc<dyn crate::broker::Broker>) -> Self {
+        self.streams.broker = Some(broker);
         self
     }
 
@@ -703,13 +749,15 @@ impl EngineBuilder {
             // exist only once the runtime is up); the others reuse it.
             let shared = slot
                 .get_or_init(|| {
-                    Arc::new(Shared::new(
+                    let shared = Arc::new(Shared::new(
                         n,
                         ring_capacity,
                         wakers,
                         cfg.channels.clone(),
                         streams.clone(),
-                    ))
+                    ));
+                    Shared::start_broker(&shared);
+                    shared
                 })
                 .clone();
             WsService::new(core, cfg.clone(), shared, factory(core))

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
+use crate::broker::Broker;
 use crate::ids::ConnectionId;
 use crate::stream::{owner_of, ChannelConfig, ChannelPolicy, Inproc};
 
@@ -125,6 +126,8 @@ pub struct ChannelShared {
     pub(crate) owner: usize,
     /// In-process subscribers.
     pub(crate) inproc: Arc<Inproc>,
+    /// The cluster broker, told when the process gets its first subscriber and loses its last.
+    pub(crate) broker: Option<Arc<dyn Broker>>,
 }
 
 impl ChannelShared {
@@ -142,6 +145,32 @@ impl ChannelShared {
     pub fn is_stream(&self) -> bool {
         self.stream.is_some()
     }
+
+    /// Whether the process has a subscriber: a connection on any core or an in-process
+    /// callback.
+    pub(crate) fn interested(&self) -> bool {
+        self.subscribers() > 0 || self.inproc.count() > 0
+    }
+
+    /// One more subscriber on some core; the first in the process is announced to the broker.
+    #[inline]
+    pub(crate) fn add_subscriber(&self) {
+        if self.subscribers.fetch_add(1, Ordering::Relaxed) == 0 {
+            if let Some(b) = &self.broker {
+                b.subscribe(&self.name);
+            }
+        }
+    }
+
+    /// One subscriber fewer; the last one leaving the process is announced to the broker.
+    #[inline]
+    pub(crate) fn remove_subscriber(&self) {
+        if self.subscribers.fetch_sub(1, Ordering::Relaxed) == 1 {
+            if let Some(b) = &self.broker {
+                b.unsubscribe(&self.name);
+            }
+        }
+    }
 }
 
 /// Name → channel, shared by all cores; only touched when a core first meets a name.
@@ -152,6 +181,8 @@ pub(crate) struct ChannelRegistry {
     cores: usize,
     /// Namespaces, naming rules.
     pub(crate) config: ChannelConfig,
+    /// The cluster broker every channel tells about its first and last subscriber.
+    pub(crate) broker: Option<Arc<dyn Broker>>,
 }
 
 impl ChannelRegistry {
@@ -165,7 +196,14 @@ impl ChannelRegistry {
             map: Mutex::new(HashMap::new()),
             cores,
             config,
+            broker: None,
         }
+    }
+
+    /// With a cluster broker.
+    pub(crate) fn with_broker(mut self, broker: Option<Arc<dyn Broker>>) -> Self {
+        self.broker = broker;
+        self
     }
 
     pub(crate) fn get_or_create(&self, name: &str) -> Arc<ChannelShared> {
@@ -184,7 +222,12 @@ impl ChannelRegistry {
             stream,
             owner,
             inproc: Arc::default(),
+            broker: self.broker.clone(),
         });
+        if let Some(b) = &self.broker {
+            let (b, n) = (b.clone(), name.clone());
+            let _ = t.inproc.on_empty.set(Box::new(move || b.unsubscribe(&n)));
+        }
         map.insert(name, t.clone());
         t
     }

@@ -31,6 +31,7 @@
 // the application API; the runtime service; the engine; the in-memory test engine. Streams
 // (`stream`: positions, history, policies) sit beside the fan-out types; the owner core's
 // sequencing is `connection::sequencer`.
+pub mod broker;
 pub mod config;
 mod connection;
 mod engine;

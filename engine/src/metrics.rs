@@ -140,6 +140,11 @@ counters! {
         stream_replayed,
         /// Subscriptions that asked to recover and could not (epoch changed, too old).
         stream_recovery_failed,
+        /// Cluster: stream publications from the broker dropped by an owner core (too many held
+        /// while its mirror was not live, or a gap after an outage the broker no longer kept).
+        stream_broker_dropped,
+        /// Cluster: snapshots of a stream read from the broker and merged by an owner core.
+        stream_syncs,
         /// Times an application paused reading a connection (backpressure).
         read_pauses,
     }
@@ -210,6 +215,24 @@ pub(crate) fn prometheus(shared: &crate::shared::Shared) -> String {
             "counter"
         };
         let _ = writeln!(out, "# TYPE edge_ws_{name} {kind}\nedge_ws_{name} {v}");
+    }
+    if let Some(b) = &shared.broker {
+        for (name, v) in b.stats().fields() {
+            let kind = if name == "subscriptions" {
+                "gauge"
+            } else {
+                "counter"
+            };
+            let _ = writeln!(
+                out,
+                "# TYPE edge_ws_broker_{name} {kind}\nedge_ws_broker_{name} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE edge_ws_broker_up gauge\nedge_ws_broker_up {}",
+            u8::from(b.state() == crate::broker::BrokerState::Up)
+        );
     }
     let _ = writeln!(
         out,

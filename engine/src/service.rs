@@ -160,12 +160,14 @@ impl<H: Handler> WsService<H> {
                         &mut out,
                     );
                 } else if info.method == "GET" && info.path == "/health" {
-                    let body = format!(
-                        "{{\"status\":\"ok\",\"cores\":{},\"connections\":{}}}",
-                        st.shared.cores,
-                        st.shared.connections()
+                    let (status, body) = st.shared.health();
+                    write_http_response(
+                        status,
+                        reason_phrase(status),
+                        "application/json",
+                        body.as_bytes(),
+                        &mut out,
                     );
-                    write_http_response(200, "OK", "application/json", body.as_bytes(), &mut out);
                 } else if info.method == "GET"
                     && st.cfg.metrics_path.as_deref() == Some(info.path.as_str())
                 {

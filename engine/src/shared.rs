@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use edge_ws_protocol::CloseCode;
 
+use crate::broker::{Broker, BrokerEntry, BrokerError, BrokerSnapshot};
 use crate::fanout::{
     auto_ring_capacity, ChannelRegistry, ChannelShared, Inbox, Publish, PublishOptions,
 };
@@ -84,6 +85,27 @@ pub(crate) enum StreamMsg {
         offset: u64,
         result: Result<(), StreamError>,
     },
+    /// The cluster broker numbered (or refused) a publication (from the broker's thread).
+    Appended {
+        channel: Arc<ChannelShared>,
+        result: Result<StreamPosition, BrokerError>,
+        key: Option<Arc<str>>,
+        reply: ReplyTo<PublishResult>,
+    },
+    /// A numbered publication from the cluster broker, in its order.
+    Remote {
+        channel: Arc<ChannelShared>,
+        entry: BrokerEntry,
+        epoch: u64,
+    },
+    /// The broker's snapshot of the stream (see `BrokerSink::synced`).
+    Synced {
+        channel: Arc<ChannelShared>,
+        snapshot: Result<BrokerSnapshot, BrokerError>,
+        live: bool,
+    },
+    /// The node stopped receiving the stream's publications.
+    Desynced { channel: Arc<ChannelShared> },
 }
 
 /// A request to one core, from another core or from a handle.
@@ -136,6 +158,10 @@ pub(crate) struct Shared {
     pub(crate) inboxes: Box<[Arc<Inbox<LaneItem>>]>,
     pub(crate) channels: ChannelRegistry,
     pub(crate) streams: StreamShared,
+    /// The cluster broker (`None`: this process alone, nothing leaves it).
+    pub(crate) broker: Option<Arc<dyn Broker>>,
+    /// Whether the broker numbers the streams (then owner cores keep mirrors of them).
+    pub(crate) cluster_streams: bool,
 }
 
 impl Shared {
@@ -167,8 +193,68 @@ impl Shared {
                     .map(|_| Arc::new(Inbox::new(cores, capacity)))
                     .collect()
             },
-            channels: ChannelRegistry::with_config(cores, channels),
+            channels: ChannelRegistry::with_config(cores, channels)
+                .with_broker(streams.broker.clone()),
+            cluster_streams: streams
+                .broker
+                .as_ref()
+                .is_some_and(|b| b.sequences_streams()),
+            broker: streams.broker.clone(),
             streams: StreamShared::new(streams),
+        }
+    }
+
+    /// The body and status of `GET /health`: `ok` (200), or `degraded` (503) while a cluster
+    /// broker is not connected, with the broker's state.
+    pub(crate) fn health(&self) -> (u16, String) {
+        let mut body = format!(
+            "{{\"status\":\"{}\",\"cores\":{},\"connections\":{}",
+            match self.broker.as_ref().map(|b| b.state()) {
+                None | Some(crate::broker::BrokerState::Up) => "ok",
+                Some(_) => "degraded",
+            },
+            self.cores,
+            self.connections()
+        );
+        let mut status = 200;
+        if let Some(b) = &self.broker {
+            let state = b.state();
+            if state != crate::broker::BrokerState::Up {
+                status = 503;
+            }
+            let s = b.stats();
+            body.push_str(&format!(
+                ",\"broker\":{{\"state\":\"{}\",\"subscriptions\":{},\"reconnects\":{},\"publish_errors\":{}}}",
+                state.as_str(),
+                s.subscriptions,
+                s.reconnects,
+                s.publish_errors
+            ));
+        }
+        body.push('}');
+        (status, body)
+    }
+
+    /// A publish made on this node to a channel without history, already delivered here:
+    /// handed to the cluster broker for the other nodes (nothing without one).
+    #[inline]
+    pub(crate) fn to_broker(&self, channel: &str, payload: &[u8], text: bool) {
+        if let Some(b) = &self.broker {
+            let kind = if text {
+                crate::ids::MessageKind::Text
+            } else {
+                crate::ids::MessageKind::Binary
+            };
+            b.publish(channel, payload, kind, None);
+        }
+    }
+
+    /// Starts the cluster broker, if there is one, with a sink into these cores.
+    pub(crate) fn start_broker(shared: &Arc<Shared>) {
+        if let Some(b) = &shared.broker {
+            b.start(crate::broker::BrokerSink {
+                shared: shared.clone(),
+            });
         }
     }
 

@@ -428,6 +428,8 @@ impl Drop for LocalSubscription {
 pub(crate) struct Inproc {
     count: AtomicUsize,
     list: Mutex<Vec<(u64, ChannelCallback)>>,
+    /// Called when the last callback is removed (tells the cluster broker).
+    pub(crate) on_empty: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl fmt::Debug for Inproc {
@@ -439,16 +441,30 @@ impl fmt::Debug for Inproc {
 }
 
 impl Inproc {
-    pub(crate) fn add(&self, id: u64, cb: ChannelCallback) {
+    /// Adds a callback; returns whether it is the first.
+    pub(crate) fn add(&self, id: u64, cb: ChannelCallback) -> bool {
         let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
         l.push((id, cb));
         self.count.store(l.len(), Ordering::Release);
+        l.len() == 1
     }
 
     fn remove(&self, id: u64) {
         let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
         l.retain(|(i, _)| *i != id);
         self.count.store(l.len(), Ordering::Release);
+        let last = l.is_empty();
+        drop(l);
+        if last {
+            if let Some(f) = self.on_empty.get() {
+                f();
+            }
+        }
+    }
+
+    /// In-process subscribers now.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
     }
 
     /// Calls every callback with `p` (one atomic load when there are none).
@@ -482,6 +498,8 @@ pub(crate) struct StreamSetup {
     pub(crate) store: Option<Arc<dyn StreamStore>>,
     pub(crate) format: Option<Arc<dyn PublicationFormat>>,
     pub(crate) restore: Vec<RestoredStream>,
+    /// The cluster broker (`None`: this process alone).
+    pub(crate) broker: Option<Arc<dyn crate::broker::Broker>>,
 }
 
 impl StreamShared {

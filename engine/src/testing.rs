@@ -192,6 +192,7 @@ impl<H: Handler> MemEngine<H> {
                 store: streams.store,
                 format: streams.format,
                 restore: streams.restore,
+                broker: None,
             },
         ));
         let config = Arc::new(config);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{CoreState, Phase};
+use crate::broker::{BrokerEntry, BrokerError, BrokerSnapshot, StreamAppend};
 use crate::fanout::{ChannelShared, Publish, PublishOptions, Target};
 use crate::metrics::inc;
 use crate::runtime::{ConnId, Io};
@@ -43,7 +44,38 @@ pub(crate) struct OwnedStream {
     /// A commit failed: refuse publishes until `pending` drained, then continue from the
     /// store's position.
     failed: bool,
+    /// In a cluster whose broker numbers the streams: the state of this node's mirror.
+    mirror: Option<Mirror>,
 }
+
+/// This node's copy of a stream the cluster broker numbers. It is *live* while the node is
+/// subscribed at the broker and has read the stream's position after subscribing: then every
+/// later publication arrives in the broker's order and the kept history is the broker's
+/// tail, so recovery and reads are answered here. Until then, recoveries wait, reads go to
+/// the broker, and publications that arrive are held to be merged with the snapshot.
+#[derive(Default)]
+pub(crate) struct Mirror {
+    live: bool,
+    /// A read was asked of the broker and not answered yet.
+    sync_asked: bool,
+    /// Publications received while not live, in order.
+    held: Vec<(BrokerEntry, u64)>,
+    /// Recoveries waiting for the mirror to be live.
+    recovers: Vec<WaitingRecover>,
+    /// History reads waiting for a snapshot.
+    reads: Vec<(HistoryQuery, ReplyTo<Result<HistoryPage, StreamError>>)>,
+}
+
+struct WaitingRecover {
+    since: Option<StreamPosition>,
+    core: usize,
+    conn: ConnId,
+    reply: ConnCall,
+}
+
+/// Most publications held for a stream while its mirror is not live; beyond it they are
+/// dropped (counted in `stream_broker_dropped`) and the next snapshot fills the gap.
+const MAX_HELD: usize = 100_000;
 
 struct Pending {
     offset: u64,
@@ -135,6 +167,15 @@ impl CoreState {
             } => {
                 let max = self.shared.channels.config.max_history_read;
                 let stream = self.owned(&channel);
+                if let Some(m) = stream.mirror.as_mut().filter(|m| !m.live) {
+                    m.recovers.push(WaitingRecover {
+                        since,
+                        core,
+                        conn,
+                        reply,
+                    });
+                    return;
+                }
                 stream.h.trim(now_ms());
                 let (outcome, entries) = stream.h.recover(since, max);
                 if matches!(outcome.recovery, Recovery::Failed(_)) {
@@ -163,6 +204,16 @@ impl CoreState {
             } => {
                 let max = self.shared.channels.config.max_history_read;
                 let stream = self.owned(&channel);
+                if let Some(m) = stream.mirror.as_mut().filter(|m| !m.live) {
+                    m.reads.push((query, reply));
+                    if !m.sync_asked {
+                        m.sync_asked = true;
+                        if let Some(b) = &self.shared.broker {
+                            b.stream_sync(&channel.name, max);
+                        }
+                    }
+                    return;
+                }
                 stream.h.trim(now_ms());
                 let page = stream.h.read(query, max);
                 self.answer(io, reply, Ok(page));
@@ -172,6 +223,27 @@ impl CoreState {
                 offset,
                 result,
             } => self.committed(io, &channel, offset, result),
+            StreamMsg::Appended {
+                channel,
+                result,
+                key,
+                reply,
+            } => self.appended(io, &channel, result, key, reply),
+            StreamMsg::Remote {
+                channel,
+                entry,
+                epoch,
+            } => self.remote(io, &channel, entry, epoch),
+            StreamMsg::Synced {
+                channel,
+                snapshot,
+                live,
+            } => self.synced(io, &channel, snapshot, live),
+            StreamMsg::Desynced { channel } => {
+                if let Some(m) = self.owned(&channel).mirror.as_mut() {
+                    m.live = false;
+                }
+            }
         }
     }
 
@@ -188,7 +260,8 @@ impl CoreState {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&*channel.name);
-            let h = match restored {
+            let cluster = self.shared.cluster_streams;
+            let h = match restored.filter(|_| !cluster) {
                 Some(r) => {
                     let mut h = History::new(policy, r.position.epoch, r.position.offset);
                     let now = now_ms();
@@ -218,6 +291,8 @@ impl CoreState {
                     h.trim(now);
                     h
                 }
+                // In a cluster the epoch and position come with the broker's first snapshot.
+                None if cluster => History::new(policy, 0, 0),
                 None => History::new(policy, crate::stream::new_epoch(), 0),
             };
             self.streams.insert(
@@ -226,6 +301,7 @@ impl CoreState {
                     h,
                     pending: VecDeque::new(),
                     failed: false,
+                    mirror: cluster.then(Mirror::default),
                 },
             );
         }
@@ -296,6 +372,7 @@ impl CoreState {
         let key = opts.idempotency_key.clone();
         let store = self.shared.streams.store.clone();
         let metrics = self.metrics.clone();
+        let cluster = self.shared.cluster_streams;
         let stream = self.owned(&channel);
         if stream.failed && stream.pending.is_empty() {
             resync(stream, store.as_deref(), &name);
@@ -328,6 +405,9 @@ impl CoreState {
                 }
                 None => stream.h.idem_record(key.clone(), None, now),
             }
+        }
+        if cluster {
+            return self.append_to_broker(&channel, payload, text, key, reply, now);
         }
         let offset = stream.h.assigned + 1;
         let position = StreamPosition {
@@ -518,7 +598,7 @@ impl CoreState {
             };
             return done(self, io, id, Ok(outcome));
         }
-        if shared.owner == self.core_index {
+        if shared.owner == self.core_index && !self.shared.cluster_streams {
             // Nothing is in flight between the owner and itself: answer, replay, go live.
             self.uncork(io);
             let max = self.shared.channels.config.max_history_read;
@@ -541,10 +621,7 @@ impl CoreState {
         if local.subs.len() + local.pending.len() == 1 {
             local.shared.cores.insert(me);
         }
-        local
-            .shared
-            .subscribers
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        local.shared.add_subscriber();
         let name = local.shared.name.clone();
         if let Some(c) = self.conn_mut(id) {
             c.extra_mut().channels.push(name);
@@ -629,6 +706,304 @@ impl CoreState {
         };
         self.send_stream(io, owner, msg);
     }
+}
+
+/// The cluster side of streams: the broker numbers, this node mirrors.
+impl CoreState {
+    /// Hands a publication to the broker to number; the answer comes back to this core
+    /// (`StreamMsg::Appended`), the publication itself through the broker's subscription.
+    fn append_to_broker(
+        &mut self,
+        channel: &Arc<ChannelShared>,
+        payload: Bytes,
+        text: bool,
+        key: Option<Arc<str>>,
+        reply: ReplyTo<PublishResult>,
+        now: u64,
+    ) {
+        let Some(broker) = self.shared.broker.clone() else {
+            return;
+        };
+        let policy = channel.stream.as_deref().cloned().unwrap_or_default();
+        let me = self.core_index;
+        let shared = self.shared.clone();
+        let ch = channel.clone();
+        let append = StreamAppend {
+            channel: channel.name.clone(),
+            payload,
+            kind: if text {
+                crate::MessageKind::Text
+            } else {
+                crate::MessageKind::Binary
+            },
+            timestamp_ms: now,
+            history_size: policy.history_size,
+            history_ttl: policy.history_ttl,
+        };
+        broker.stream_append(
+            append,
+            Box::new(move |result| {
+                shared.to_core(
+                    me,
+                    StreamMsg::Appended {
+                        channel: ch,
+                        result,
+                        key,
+                        reply,
+                    },
+                );
+            }),
+        );
+    }
+
+    /// The broker's answer for a publication this core handed it.
+    fn appended(
+        &mut self,
+        io: &mut Io<'_>,
+        channel: &Arc<ChannelShared>,
+        result: Result<StreamPosition, BrokerError>,
+        key: Option<Arc<str>>,
+        reply: ReplyTo<PublishResult>,
+    ) {
+        let me = self.core_index;
+        match result {
+            Ok(position) => {
+                let ack: PublishResult = Ok(Published {
+                    position: Some(position),
+                    duplicate: false,
+                });
+                if let Some(k) = key {
+                    self.owned(channel)
+                        .h
+                        .idem_record(k, Some(ack.clone()), now_ms());
+                }
+                self.answer(io, reply, ack);
+            }
+            Err(e) => {
+                inc(&self.metrics[me].stream_store_errors);
+                tracing::warn!(channel = %channel.name, error = %e, "cluster publish failed");
+                if let Some(k) = &key {
+                    self.owned(channel).h.idem.remove(k);
+                }
+                self.answer(io, reply, Err(e.into()));
+            }
+        }
+    }
+
+    /// A numbered publication from the broker.
+    fn remote(
+        &mut self,
+        io: &mut Io<'_>,
+        channel: &Arc<ChannelShared>,
+        e: BrokerEntry,
+        epoch: u64,
+    ) {
+        let me = self.core_index;
+        let stream = self.owned(channel);
+        let Some(m) = stream.mirror.as_mut() else {
+            return;
+        };
+        if !m.live {
+            if m.held.len() >= MAX_HELD {
+                inc(&self.metrics[me].stream_broker_dropped);
+            } else {
+                m.held.push((e, epoch));
+            }
+            return;
+        }
+        if epoch != stream.h.epoch {
+            // The broker lost the stream's past (a Redis without persistence restarted):
+            // continue in the new epoch; readers of the old one fail with EpochChanged.
+            tracing::warn!(channel = %channel.name, "stream epoch changed at the broker");
+            let policy = stream.h.policy.clone();
+            stream.h = History::new(policy, epoch, e.offset.saturating_sub(1));
+        }
+        if e.offset <= stream.h.published {
+            return; // already delivered (from a snapshot)
+        }
+        if e.offset > stream.h.published + 1 {
+            // A gap (a subscription that broke and came back): read the broker's tail and
+            // deliver what is missing, in order, before this.
+            m.live = false;
+            m.held.push((e, epoch));
+            if !m.sync_asked {
+                m.sync_asked = true;
+                let max = self.shared.channels.config.max_history_read;
+                if let Some(b) = &self.shared.broker {
+                    b.stream_sync(&channel.name, max);
+                }
+            }
+            return;
+        }
+        self.apply_remote(io, channel, e);
+    }
+
+    /// Keeps and delivers the publication after the mirror's position.
+    fn apply_remote(&mut self, io: &mut Io<'_>, channel: &Arc<ChannelShared>, e: BrokerEntry) {
+        let stream = self.owned(channel);
+        let position = StreamPosition {
+            offset: e.offset,
+            epoch: stream.h.epoch,
+        };
+        debug_assert_eq!(e.offset, stream.h.published + 1);
+        let publish = Arc::new(self.format_publish(
+            channel,
+            position,
+            &e.payload,
+            e.kind.is_text(),
+            PublishOptions::default(),
+        ));
+        let kept = entry(e.timestamp_ms, &publish);
+        let stream = self.owned(channel);
+        stream.h.assigned = e.offset;
+        stream.h.push(kept.clone(), now_ms());
+        inc(&self.metrics[self.core_index].stream_published);
+        channel
+            .inproc
+            .call(&channel.name, || kept.publication(e.offset));
+        self.dispatch(io, publish);
+    }
+
+    /// The broker's snapshot of a stream: merged into the mirror (delivering what this node
+    /// missed) when `live`, then the waiting recoveries and reads are answered.
+    fn synced(
+        &mut self,
+        io: &mut Io<'_>,
+        channel: &Arc<ChannelShared>,
+        snapshot: Result<BrokerSnapshot, BrokerError>,
+        live: bool,
+    ) {
+        let me = self.core_index;
+        let max = self.shared.channels.config.max_history_read;
+        let metrics = self.metrics.clone();
+        let stream = self.owned(channel);
+        let Some(m) = stream.mirror.as_mut() else {
+            return;
+        };
+        m.sync_asked = false;
+        let snap = match snapshot {
+            Ok(s) => s,
+            Err(e) => {
+                let reads = std::mem::take(&mut m.reads);
+                for (_, reply) in reads {
+                    self.answer(io, reply, Err(e.clone().into()));
+                }
+                return;
+            }
+        };
+        inc(&metrics[me].stream_syncs);
+        if !live {
+            // Not subscribed: answer the reads from the snapshot, keep nothing.
+            let reads = std::mem::take(&mut m.reads);
+            let mut h = History::new(stream.h.policy.clone(), snap.position.epoch, 0);
+            let pubs: Vec<_> = contiguous(snap.entries, snap.position.offset);
+            h.published = snap.position.offset - pubs.len() as u64;
+            for e in pubs {
+                let p = self.format_publish(
+                    channel,
+                    StreamPosition {
+                        offset: e.offset,
+                        epoch: snap.position.epoch,
+                    },
+                    &e.payload,
+                    e.kind.is_text(),
+                    PublishOptions::default(),
+                );
+                h.push(entry(e.timestamp_ms, &p), now_ms());
+            }
+            h.published = snap.position.offset;
+            h.trim(now_ms());
+            for (q, reply) in reads {
+                let page = h.read(q, max);
+                self.answer(io, reply, Ok(page));
+            }
+            return;
+        }
+        let entries = contiguous(snap.entries, snap.position.offset);
+        let first = snap.position.offset + 1 - entries.len() as u64;
+        let fresh = stream.h.epoch == 0 || stream.h.epoch != snap.position.epoch;
+        let policy = stream.h.policy.clone();
+        if fresh {
+            // A new mirror (or the broker lost the stream's past): keep the tail without
+            // delivering it, nobody here was due it.
+            stream.h = History::new(policy, snap.position.epoch, first - 1);
+            for e in entries {
+                let p = self.format_publish(
+                    channel,
+                    StreamPosition {
+                        offset: e.offset,
+                        epoch: snap.position.epoch,
+                    },
+                    &e.payload,
+                    e.kind.is_text(),
+                    PublishOptions::default(),
+                );
+                let s = self.owned(channel);
+                s.h.assigned = e.offset;
+                s.h.push(entry(e.timestamp_ms, &p), now_ms());
+            }
+        } else {
+            if stream.h.published + 1 < first {
+                // Publications this node's subscribers were due are no longer kept: they
+                // continue after the gap (counted); readers before it cannot recover.
+                if channel.subscribers() > 0 {
+                    inc(&metrics[me].stream_broker_dropped);
+                }
+                tracing::warn!(channel = %channel.name, from = stream.h.published + 1, to = first - 1, "gap after a broker outage could not be filled");
+                stream.h = History::new(policy, snap.position.epoch, first - 1);
+            }
+            // Deliver what this node missed, in order.
+            for e in entries {
+                if e.offset > self.owned(channel).h.published {
+                    self.apply_remote(io, channel, e);
+                }
+            }
+        }
+        let stream = self.owned(channel);
+        let Some(m) = stream.mirror.as_mut() else {
+            return;
+        };
+        m.live = true;
+        let held = std::mem::take(&mut m.held);
+        for (e, epoch) in held {
+            self.remote(io, channel, e, epoch);
+        }
+        let stream = self.owned(channel);
+        let Some(m) = stream.mirror.as_mut().filter(|m| m.live) else {
+            return; // a gap in what was held: another sync is on its way
+        };
+        let recovers = std::mem::take(&mut m.recovers);
+        let reads = std::mem::take(&mut m.reads);
+        stream.h.trim(now_ms());
+        for r in recovers {
+            let (outcome, entries) = self.owned(channel).h.recover(r.since, max);
+            if matches!(outcome.recovery, Recovery::Failed(_)) {
+                inc(&self.metrics[me].stream_recovery_failed);
+            }
+            let msg = StreamMsg::Recovered {
+                channel: channel.clone(),
+                conn: r.conn,
+                outcome,
+                entries,
+                reply: r.reply,
+            };
+            self.send_stream(io, r.core, msg);
+        }
+        for (q, reply) in reads {
+            let page = self.owned(channel).h.read(q, max);
+            self.answer(io, reply, Ok(page));
+        }
+    }
+}
+
+/// The run of `entries` (oldest first) that is contiguous and ends at `last`.
+fn contiguous(mut entries: Vec<BrokerEntry>, last: u64) -> Vec<BrokerEntry> {
+    let mut start = entries.len();
+    while start > 0 && entries[start - 1].offset + (entries.len() - start) as u64 == last {
+        start -= 1;
+    }
+    entries.drain(..start);
+    entries
 }
 
 /// After a failed commit, once nothing is pending: continue from what the store has.

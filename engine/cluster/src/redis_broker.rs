@@ -1,0 +1,976 @@
+//! The Redis broker: one broker thread per process issuing commands on one connection, and
+//! one reader thread blocked on the subscription connection.
+//!
+//! The cores never talk to Redis: they queue requests ([`Broker`] methods push into a channel
+//! and return), the broker thread drains the queue and sends everything it found as one
+//! pipeline (one round trip for a burst of publishes), and calls each request's callback with
+//! its reply. Subscriptions go out on a second connection in subscriber mode, written by the
+//! broker thread and read by the reader thread, which hands each message to the engine's
+//! [`BrokerSink`] (so an inbound publication reaches the cores without a second hop through
+//! the broker thread).
+
+use std::collections::HashSet;
+use std::io::{BufReader, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edge_ws::broker::{
+    AppendAck, Broker, BrokerAck, BrokerEntry, BrokerError, BrokerSink, BrokerSnapshot,
+    BrokerState, BrokerStats, StreamAppend,
+};
+use edge_ws::{MessageKind, StreamPosition};
+use redis::Value;
+
+use crate::wire::{self, Inbound, Names};
+
+/// Numbers a stream publication, keeps it and publishes it, atomically.
+/// KEYS: meta hash, history stream, Redis channel. ARGV: a fresh epoch (used if the stream has
+/// none), MAXLEN, payload, timestamp, kind, TTL in ms (0: none).
+const APPEND: &str = r"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then e = ARGV[1]; redis.call('HSET', KEYS[1], 'e', e) end
+local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], o .. '-0', 'p', ARGV[3], 't', ARGV[4], 'k', ARGV[5])
+local ttl = tonumber(ARGV[6])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+redis.call('PUBLISH', KEYS[3], 'S' .. o .. ':' .. e .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[3])
+return {o, e}
+";
+
+/// A stream's position and its newest kept publications, atomically.
+/// KEYS: meta hash, history stream. ARGV: a fresh epoch (used if the stream has none), count.
+const SYNC: &str = r"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then e = ARGV[1]; redis.call('HSET', KEYS[1], 'e', e) end
+local o = redis.call('HGET', KEYS[1], 'o') or '0'
+return {o, e, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])}
+";
+
+/// How the broker reaches Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key and channel (several clusters can share one Redis).
+    pub prefix: String,
+    /// First reconnect delay after a failure; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Connect, read and write timeout of a command.
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for `url`: prefix `edge-ws`, backoff 50 ms to 2 s, 2 s timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            prefix: "edge-ws".into(),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+enum Msg {
+    Publish {
+        channel: String,
+        data: Vec<u8>,
+        done: Option<BrokerAck>,
+    },
+    Broadcast(Vec<u8>),
+    Interest(String),
+    Append(StreamAppend, AppendAck),
+    Sync {
+        channel: String,
+        max: usize,
+    },
+    /// The reader saw the subscription to a channel confirmed (for connection `gen`).
+    Confirmed {
+        channel: String,
+        gen: u64,
+    },
+    /// The subscription connection `gen` broke.
+    Lost(u64),
+    Stop,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    publish_errors: AtomicU64,
+    received: AtomicU64,
+    echoes_ignored: AtomicU64,
+    malformed: AtomicU64,
+    subscriptions: AtomicU64,
+    reconnects: AtomicU64,
+    syncs: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+struct Inner {
+    config: RedisConfig,
+    names: Names,
+    node: u64,
+    state: AtomicU8,
+    counters: Counters,
+    tx: Mutex<Sender<Msg>>,
+    rx: Mutex<Option<Receiver<Msg>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+const CONNECTING: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// A [`Broker`] over Redis pub/sub, streams and Lua scripts (see the crate docs). Create one
+/// per process and hand it to the engine with `EngineBuilder::broker`.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &self.inner.config.url)
+            .field("node", &format_args!("{:016x}", self.inner.node))
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl RedisBroker {
+    /// A broker for `config`; it connects when the engine starts it. Fails only on a URL the
+    /// Redis client cannot read.
+    pub fn new(config: RedisConfig) -> Result<Self, BrokerError> {
+        redis::Client::open(config.url.as_str())
+            .map_err(|e| BrokerError::Failed(format!("redis url: {e}")))?;
+        let (tx, rx) = mpsc::channel();
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                names: Names::new(&config.prefix),
+                config,
+                node: random_u64(),
+                state: AtomicU8::new(CONNECTING),
+                counters: Counters::default(),
+                tx: Mutex::new(tx),
+                rx: Mutex::new(Some(rx)),
+                thread: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// This node's id (in every plain publication it sends, to recognise its echo).
+    pub fn node_id(&self) -> u64 {
+        self.inner.node
+    }
+
+    /// Stops the broker's threads (after the engine stopped; publications fail afterwards).
+    pub fn stop(&self) {
+        self.send(Msg::Stop);
+        let t = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+        self.inner.state.store(DOWN, Ordering::Release);
+    }
+
+    fn send(&self, msg: Msg) {
+        let tx = self.inner.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(mpsc::SendError(msg)) = tx.send(msg) {
+            drop(tx);
+            fail(&self.inner, msg, || {
+                BrokerError::Unavailable("the broker stopped".into())
+            });
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    fn start(&self, sink: BrokerSink) {
+        let Some(rx) = self
+            .inner
+            .rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return; // started already
+        };
+        let inner = self.inner.clone();
+        let t = std::thread::Builder::new()
+            .name("edge-ws-broker".into())
+            .spawn(move || BrokerThread::new(inner, sink, rx).run())
+            .expect("spawn the broker thread");
+        *self.inner.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
+
+    fn publish(&self, channel: &str, payload: &[u8], kind: MessageKind, done: Option<BrokerAck>) {
+        if self.state() == BrokerState::Down {
+            bump(&self.inner.counters.publish_errors, 1);
+            if let Some(done) = done {
+                done(Err(unavailable()));
+            }
+            return;
+        }
+        self.send(Msg::Publish {
+            channel: self.inner.names.channel(channel),
+            data: wire::plain(self.inner.node, kind, payload),
+            done,
+        });
+    }
+
+    fn broadcast(&self, payload: &[u8], kind: MessageKind) {
+        if self.state() == BrokerState::Down {
+            bump(&self.inner.counters.publish_errors, 1);
+            return;
+        }
+        self.send(Msg::Broadcast(wire::plain(self.inner.node, kind, payload)));
+    }
+
+    fn subscribe(&self, channel: &str) {
+        self.send(Msg::Interest(channel.to_string()));
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        self.send(Msg::Interest(channel.to_string()));
+    }
+
+    fn sequences_streams(&self) -> bool {
+        true
+    }
+
+    fn stream_append(&self, append: StreamAppend, done: AppendAck) {
+        if self.state() == BrokerState::Down {
+            bump(&self.inner.counters.publish_errors, 1);
+            return done(Err(unavailable()));
+        }
+        self.send(Msg::Append(append, done));
+    }
+
+    fn stream_sync(&self, channel: &str, max: usize) {
+        self.send(Msg::Sync {
+            channel: channel.to_string(),
+            max,
+        });
+    }
+
+    fn state(&self) -> BrokerState {
+        match self.inner.state.load(Ordering::Acquire) {
+            CONNECTING => BrokerState::Connecting,
+            UP => BrokerState::Up,
+            _ => BrokerState::Down,
+        }
+    }
+
+    fn stats(&self) -> BrokerStats {
+        let c = &self.inner.counters;
+        let mut s = BrokerStats::default();
+        s.published = c.published.load(Ordering::Relaxed);
+        s.publish_errors = c.publish_errors.load(Ordering::Relaxed);
+        s.received = c.received.load(Ordering::Relaxed);
+        s.echoes_ignored = c.echoes_ignored.load(Ordering::Relaxed);
+        s.malformed = c.malformed.load(Ordering::Relaxed);
+        s.subscriptions = c.subscriptions.load(Ordering::Relaxed);
+        s.reconnects = c.reconnects.load(Ordering::Relaxed);
+        s.syncs = c.syncs.load(Ordering::Relaxed);
+        s
+    }
+}
+
+fn unavailable() -> BrokerError {
+    BrokerError::Unavailable("redis is not connected; reconnecting".into())
+}
+
+/// Answers a request that could not be made with `err` (counted).
+fn fail(inner: &Inner, msg: Msg, err: impl Fn() -> BrokerError) {
+    match msg {
+        Msg::Publish { done, .. } => {
+            bump(&inner.counters.publish_errors, 1);
+            if let Some(done) = done {
+                done(Err(err()));
+            }
+        }
+        Msg::Broadcast(_) => bump(&inner.counters.publish_errors, 1),
+        Msg::Append(_, done) => {
+            bump(&inner.counters.publish_errors, 1);
+            done(Err(err()));
+        }
+        _ => {}
+    }
+}
+
+/// The subscription connection as the broker thread holds it.
+struct SubConn {
+    writer: TcpStream,
+}
+
+struct BrokerThread {
+    inner: Arc<Inner>,
+    sink: BrokerSink,
+    rx: Receiver<Msg>,
+    tx: Sender<Msg>,
+    client: redis::Client,
+    cmd: Option<redis::Connection>,
+    append_sha: String,
+    sync_sha: String,
+    sub: Option<SubConn>,
+    gen: u64,
+    /// Channels SUBSCRIBEd on the current subscription connection.
+    subscribed: HashSet<String>,
+    /// Of those, the ones Redis confirmed.
+    confirmed: HashSet<String>,
+    /// Stream channels confirmed whose snapshot could not be read yet.
+    unsynced: HashSet<String>,
+    /// Channels with local subscribers (what to subscribe again after a reconnect).
+    wanted: HashSet<String>,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    ever_up: bool,
+}
+
+impl BrokerThread {
+    fn new(inner: Arc<Inner>, sink: BrokerSink, rx: Receiver<Msg>) -> Self {
+        let tx = inner.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let client = redis::Client::open(inner.config.url.as_str()).expect("checked by new");
+        BrokerThread {
+            backoff: inner.config.backoff_min,
+            inner,
+            sink,
+            rx,
+            tx,
+            client,
+            cmd: None,
+            append_sha: String::new(),
+            sync_sha: String::new(),
+            sub: None,
+            gen: 0,
+            subscribed: HashSet::new(),
+            confirmed: HashSet::new(),
+            unsynced: HashSet::new(),
+            wanted: HashSet::new(),
+            retry_at: Some(Instant::now()),
+            ever_up: false,
+        }
+    }
+
+    fn up(&self) -> bool {
+        self.cmd.is_some() && self.sub.is_some()
+    }
+
+    fn run(mut self) {
+        loop {
+            if !self.up() && self.retry_at.is_some_and(|t| Instant::now() >= t) {
+                self.connect();
+            }
+            let first = if self.up() {
+                match self.rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                }
+            } else {
+                let wait = self.retry_at.map_or(self.backoff, |t| {
+                    t.saturating_duration_since(Instant::now())
+                });
+                match self.rx.recv_timeout(wait) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < 1024 {
+                match self.rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut pipeline = Vec::new();
+            for m in batch {
+                match m {
+                    Msg::Stop => {
+                        self.close_sub();
+                        for m in pipeline {
+                            fail(&self.inner, m, unavailable);
+                        }
+                        return;
+                    }
+                    Msg::Interest(ch) => self.reconcile(ch),
+                    Msg::Confirmed { channel, gen } if gen == self.gen => {
+                        self.confirmed.insert(channel.clone());
+                        self.inner
+                            .counters
+                            .subscriptions
+                            .store(self.confirmed.len() as u64, Ordering::Relaxed);
+                        if self.sink.policy(&channel).is_stream() {
+                            self.sync(&channel, true, usize::MAX);
+                        }
+                    }
+                    Msg::Confirmed { .. } => {}
+                    Msg::Lost(gen) if gen == self.gen => self.sub_lost("subscription read failed"),
+                    Msg::Lost(_) => {}
+                    Msg::Sync { channel, max } => {
+                        let live = self.confirmed.contains(&channel);
+                        self.sync(&channel, live, max);
+                    }
+                    m @ (Msg::Publish { .. } | Msg::Broadcast(_) | Msg::Append(..)) => {
+                        pipeline.push(m)
+                    }
+                }
+            }
+            if !pipeline.is_empty() {
+                self.execute(pipeline);
+            }
+        }
+    }
+
+    /// (Re)connects both connections, subscribes to every wanted channel, reloads the scripts.
+    fn connect(&mut self) {
+        let timeout = self.inner.config.timeout;
+        let r = (|| -> Result<(), String> {
+            if self.cmd.is_none() {
+                let mut c = self
+                    .client
+                    .get_connection_with_timeout(timeout)
+                    .map_err(|e| e.to_string())?;
+                c.set_read_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                c.set_write_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                self.append_sha = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(APPEND)
+                    .query(&mut c)
+                    .map_err(|e| e.to_string())?;
+                self.sync_sha = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(SYNC)
+                    .query(&mut c)
+                    .map_err(|e| e.to_string())?;
+                self.cmd = Some(c);
+            }
+            if self.sub.is_none() {
+                self.open_sub()?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => {
+                if self.ever_up {
+                    bump(&self.inner.counters.reconnects, 1);
+                    tracing::info!(url = %self.inner.config.url, "redis broker reconnected");
+                } else {
+                    tracing::info!(url = %self.inner.config.url, "redis broker connected");
+                }
+                self.ever_up = true;
+                self.backoff = self.inner.config.backoff_min;
+                self.retry_at = None;
+                self.inner.state.store(UP, Ordering::Release);
+                // Streams whose snapshot failed while the command connection was down.
+                let unsynced: Vec<String> = self.unsynced.drain().collect();
+                for ch in unsynced {
+                    let live = self.confirmed.contains(&ch);
+                    self.sync(&ch, live, usize::MAX);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(url = %self.inner.config.url, error = %e, retry_ms = self.backoff.as_millis() as u64, "redis broker cannot connect");
+                self.set_down();
+            }
+        }
+    }
+
+    /// Marks the broker down and schedules the next attempt with backoff (and jitter).
+    fn set_down(&mut self) {
+        self.inner.state.store(DOWN, Ordering::Release);
+        let jitter =
+            Duration::from_millis(random_u64() % (self.backoff.as_millis() as u64 / 4 + 1));
+        self.retry_at = Some(Instant::now() + self.backoff + jitter);
+        self.backoff = (self.backoff * 2).min(self.inner.config.backoff_max);
+    }
+
+    fn open_sub(&mut self) -> Result<(), String> {
+        let info = self.client.get_connection_info();
+        let addr = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or("redis host has no address")?,
+            other => return Err(format!("unsupported redis address {other}")),
+        };
+        let timeout = self.inner.config.timeout;
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let settings = info.redis_settings();
+        if let Some(pw) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            auth.arg(pw);
+            writer
+                .write_all(&auth.get_packed_command())
+                .map_err(|e| e.to_string())?;
+        }
+        self.gen += 1;
+        let gen = self.gen;
+        let mut channels: Vec<String> = vec![self.inner.names.all()];
+        self.subscribed.clear();
+        self.confirmed.clear();
+        for ch in self.wanted.iter().filter(|c| self.sink.interested(c)) {
+            channels.push(self.inner.names.channel(ch));
+            self.subscribed.insert(ch.clone());
+        }
+        let mut sub = redis::cmd("SUBSCRIBE");
+        for c in &channels {
+            sub.arg(c);
+        }
+        writer
+            .write_all(&sub.get_packed_command())
+            .map_err(|e| e.to_string())?;
+        let reader = Reader {
+            inner: self.inner.clone(),
+            sink: self.sink.clone(),
+            tx: self.tx.clone(),
+            gen,
+        };
+        std::thread::Builder::new()
+            .name("edge-ws-broker-sub".into())
+            .spawn(move || reader.run(stream))
+            .map_err(|e| e.to_string())?;
+        self.sub = Some(SubConn { writer });
+        Ok(())
+    }
+
+    fn close_sub(&mut self) {
+        if let Some(s) = self.sub.take() {
+            let _ = s.writer.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// The subscription connection broke: every stream mirror here is stale until resynced.
+    fn sub_lost(&mut self, why: &str) {
+        tracing::warn!(
+            reason = why,
+            "redis broker lost its subscriptions; reconnecting"
+        );
+        self.close_sub();
+        for ch in self.subscribed.drain() {
+            if self.sink.policy(&ch).is_stream() {
+                self.sink.desynced(&ch);
+            }
+        }
+        self.confirmed.clear();
+        self.inner
+            .counters
+            .subscriptions
+            .store(0, Ordering::Relaxed);
+        self.set_down();
+    }
+
+    /// Subscribes or unsubscribes `ch` as its local subscribers say now.
+    fn reconcile(&mut self, ch: String) {
+        let want = self.sink.interested(&ch);
+        if want {
+            self.wanted.insert(ch.clone());
+        } else {
+            self.wanted.remove(&ch);
+        }
+        if self.sub.is_none() || want == self.subscribed.contains(&ch) {
+            return;
+        }
+        let name = self.inner.names.channel(&ch);
+        let cmd = if want { "SUBSCRIBE" } else { "UNSUBSCRIBE" };
+        let packed = redis::cmd(cmd).arg(&name).get_packed_command();
+        let ok = self
+            .sub
+            .as_mut()
+            .is_some_and(|s| s.writer.write_all(&packed).is_ok());
+        if !ok {
+            return self.sub_lost("subscription write failed");
+        }
+        if want {
+            self.subscribed.insert(ch);
+        } else {
+            self.subscribed.remove(&ch);
+            self.confirmed.remove(&ch);
+            self.unsynced.remove(&ch);
+            self.inner
+                .counters
+                .subscriptions
+                .store(self.confirmed.len() as u64, Ordering::Relaxed);
+            if self.sink.policy(&ch).is_stream() {
+                self.sink.desynced(&ch);
+            }
+        }
+    }
+
+    /// Reads a stream's snapshot for its owner core.
+    fn sync(&mut self, ch: &str, live: bool, max: usize) {
+        let policy = self.sink.policy(ch);
+        let count = policy
+            .history_size
+            .min(self.sink.max_history_read())
+            .min(max)
+            .max(1);
+        let Some(cmd) = self.cmd.as_mut() else {
+            if live {
+                self.unsynced.insert(ch.to_string());
+            }
+            return self.sink.synced(ch, Err(unavailable()), live);
+        };
+        let r: redis::RedisResult<Value> = redis::cmd("EVALSHA")
+            .arg(&self.sync_sha)
+            .arg(2)
+            .arg(self.inner.names.meta(ch))
+            .arg(self.inner.names.history(ch))
+            .arg(edge_ws_epoch().to_string())
+            .arg(count)
+            .query(cmd);
+        match r.map_err(|e| {
+            (
+                e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+                e,
+            )
+        }) {
+            Ok(v) => {
+                bump(&self.inner.counters.syncs, 1);
+                match parse_snapshot(v) {
+                    Some(s) => self.sink.synced(ch, Ok(s), live),
+                    None => {
+                        bump(&self.inner.counters.malformed, 1);
+                        self.sink.synced(
+                            ch,
+                            Err(BrokerError::Failed("malformed snapshot".into())),
+                            live,
+                        )
+                    }
+                }
+            }
+            Err((io, e)) => {
+                if live {
+                    self.unsynced.insert(ch.to_string());
+                }
+                if io {
+                    self.cmd_lost(&e.to_string());
+                }
+                self.sink
+                    .synced(ch, Err(BrokerError::Failed(e.to_string())), live);
+            }
+        }
+    }
+
+    fn cmd_lost(&mut self, why: &str) {
+        tracing::warn!(
+            reason = why,
+            "redis broker lost its command connection; reconnecting"
+        );
+        self.cmd = None;
+        self.set_down();
+    }
+
+    /// Sends a batch of publishes and appends as one pipeline and answers each.
+    fn execute(&mut self, batch: Vec<Msg>) {
+        let Some(cmd) = self.cmd.as_mut() else {
+            for m in batch {
+                fail(&self.inner, m, unavailable);
+            }
+            return;
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for m in &batch {
+            match m {
+                Msg::Publish { channel, data, .. } => {
+                    pipe.cmd("PUBLISH").arg(channel).arg(data.as_slice());
+                }
+                Msg::Broadcast(data) => {
+                    pipe.cmd("PUBLISH")
+                        .arg(self.inner.names.all())
+                        .arg(data.as_slice());
+                }
+                Msg::Append(a, _) => {
+                    let ttl = a.history_ttl.map_or(0, |t| t.as_millis().max(1) as u64);
+                    pipe.cmd("EVALSHA")
+                        .arg(&self.append_sha)
+                        .arg(3)
+                        .arg(self.inner.names.meta(&a.channel))
+                        .arg(self.inner.names.history(&a.channel))
+                        .arg(self.inner.names.channel(&a.channel))
+                        .arg(edge_ws_epoch().to_string())
+                        .arg(a.history_size.max(1))
+                        .arg(a.payload.as_ref())
+                        .arg(a.timestamp_ms)
+                        .arg(std::str::from_utf8(&[wire::kind_byte(a.kind)]).unwrap_or("b"))
+                        .arg(ttl);
+                }
+                _ => {}
+            }
+        }
+        let replies: redis::RedisResult<Vec<redis::RedisResult<Value>>> = pipe.query(cmd);
+        match replies {
+            Ok(replies) if replies.len() == batch.len() => {
+                for (m, r) in batch.into_iter().zip(replies) {
+                    self.answer(m, r);
+                }
+            }
+            Ok(_) => {
+                let e = BrokerError::Failed("pipeline answered a different count".into());
+                for m in batch {
+                    fail(&self.inner, m, || e.clone());
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for m in batch {
+                    fail(&self.inner, m, || {
+                        BrokerError::Failed(format!("{why} (may or may not have been applied)"))
+                    });
+                }
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.cmd_lost(&why);
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, m: Msg, r: redis::RedisResult<Value>) {
+        let counters = &self.inner.counters;
+        match (m, r) {
+            (Msg::Publish { done, .. }, Ok(_)) => {
+                bump(&counters.published, 1);
+                if let Some(done) = done {
+                    done(Ok(()));
+                }
+            }
+            (Msg::Broadcast(_), Ok(_)) => bump(&counters.published, 1),
+            (Msg::Append(_, done), Ok(v)) => match parse_position(v) {
+                Some(p) => {
+                    bump(&counters.published, 1);
+                    done(Ok(p));
+                }
+                None => {
+                    bump(&counters.publish_errors, 1);
+                    done(Err(BrokerError::Failed("malformed append reply".into())));
+                }
+            },
+            (m, Err(e)) => {
+                if e.code() == Some("NOSCRIPT") {
+                    // Scripts flushed under us: load them again on the next connect.
+                    self.cmd = None;
+                    self.retry_at = Some(Instant::now());
+                    self.inner.state.store(DOWN, Ordering::Release);
+                }
+                let s = e.to_string();
+                fail(&self.inner, m, || BrokerError::Failed(s.clone()));
+            }
+            (_, Ok(_)) => {}
+        }
+    }
+}
+
+/// Reads the subscription connection and hands messages to the cores.
+struct Reader {
+    inner: Arc<Inner>,
+    sink: BrokerSink,
+    tx: Sender<Msg>,
+    gen: u64,
+}
+
+impl Reader {
+    fn run(self, stream: TcpStream) {
+        let mut reader = BufReader::with_capacity(64 * 1024, stream);
+        let mut parser = redis::Parser::new();
+        loop {
+            let v = match parser.parse_value(&mut reader) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "subscription connection ended");
+                    let _ = self.tx.send(Msg::Lost(self.gen));
+                    return;
+                }
+            };
+            let Value::Array(items) = v else {
+                if let Value::ServerError(e) = v {
+                    tracing::warn!(error = ?e, "redis refused a subscription command");
+                    let _ = self.tx.send(Msg::Lost(self.gen));
+                    return;
+                }
+                continue;
+            };
+            let mut it = items.into_iter();
+            let (Some(kind), Some(Value::BulkString(ch))) = (it.next(), it.next()) else {
+                continue;
+            };
+            let kind = match kind {
+                Value::BulkString(k) => k,
+                Value::SimpleString(k) => k.into_bytes(),
+                _ => continue,
+            };
+            let Ok(ch) = String::from_utf8(ch) else {
+                bump(&self.inner.counters.malformed, 1);
+                continue;
+            };
+            match kind.as_slice() {
+                b"message" => {
+                    let Some(Value::BulkString(payload)) = it.next() else {
+                        bump(&self.inner.counters.malformed, 1);
+                        continue;
+                    };
+                    self.message(&ch, Bytes::from(payload));
+                }
+                b"subscribe" => {
+                    if let Some(name) = self.inner.names.channel_of(&ch) {
+                        let _ = self.tx.send(Msg::Confirmed {
+                            channel: name.to_string(),
+                            gen: self.gen,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn message(&self, ch: &str, payload: Bytes) {
+        let c = &self.inner.counters;
+        let all = ch == self.inner.names.all();
+        let name = if all {
+            None
+        } else if let Some(n) = self.inner.names.channel_of(ch) {
+            Some(n)
+        } else {
+            bump(&c.malformed, 1);
+            return;
+        };
+        match (wire::parse(payload), name) {
+            (Some(Inbound::Plain { node, .. }), _) if node == self.inner.node => {
+                bump(&c.echoes_ignored, 1)
+            }
+            (Some(Inbound::Plain { kind, payload, .. }), None) => {
+                bump(&c.received, 1);
+                self.sink.deliver_all(&payload, kind);
+            }
+            (Some(Inbound::Plain { kind, payload, .. }), Some(name)) => {
+                bump(&c.received, 1);
+                self.sink.deliver(name, &payload, kind);
+            }
+            (Some(Inbound::Stream { entry, epoch }), Some(name)) => {
+                bump(&c.received, 1);
+                self.sink.stream_publication(name, entry, epoch);
+            }
+            _ => bump(&c.malformed, 1),
+        }
+    }
+}
+
+/// `{offset, epoch}` from the append script.
+fn parse_position(v: Value) -> Option<StreamPosition> {
+    let Value::Array(items) = v else { return None };
+    Some(StreamPosition {
+        offset: as_u64(items.first()?)?,
+        epoch: as_u64(items.get(1)?)?,
+    })
+}
+
+/// `{offset, epoch, [[id, [field, value, ...]], ...] newest first}` from the sync script.
+fn parse_snapshot(v: Value) -> Option<BrokerSnapshot> {
+    let Value::Array(items) = v else { return None };
+    let mut it = items.into_iter();
+    let offset = as_u64(&it.next()?)?;
+    let epoch = as_u64(&it.next()?)?;
+    let Value::Array(xs) = it.next()? else {
+        return None;
+    };
+    let mut entries = Vec::with_capacity(xs.len());
+    for x in xs.into_iter().rev() {
+        let Value::Array(pair) = x else { return None };
+        let mut pair = pair.into_iter();
+        let id = as_string(&pair.next()?)?;
+        let offset = id.strip_suffix("-0")?.parse().ok()?;
+        let Value::Array(fields) = pair.next()? else {
+            return None;
+        };
+        let (mut payload, mut ts, mut kind) = (None, None, None);
+        let mut f = fields.into_iter();
+        while let (Some(k), Some(v)) = (f.next(), f.next()) {
+            match as_string(&k)?.as_str() {
+                "p" => {
+                    payload = match v {
+                        Value::BulkString(b) => Some(Bytes::from(b)),
+                        _ => None,
+                    }
+                }
+                "t" => ts = as_u64(&v),
+                "k" => kind = as_string(&v).and_then(|s| wire::kind_of(*s.as_bytes().first()?)),
+                _ => {}
+            }
+        }
+        entries.push(BrokerEntry {
+            offset,
+            timestamp_ms: ts?,
+            kind: kind?,
+            payload: payload?,
+        });
+    }
+    Some(BrokerSnapshot {
+        position: StreamPosition { offset, epoch },
+        entries,
+    })
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => as_string(other)?.parse().ok(),
+    }
+}
+
+/// A fresh epoch for a stream Redis has none for (never 0).
+fn edge_ws_epoch() -> u64 {
+    random_u64().max(1)
+}
+
+/// A random 64-bit number from the OS-seeded hasher, the clock and a counter (no RNG crate).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.finish()
+}

@@ -1,0 +1,329 @@
+//! Several engines in one process, each with its own Redis broker (each one a node), against
+//! a real redis-server: cross-node publish, users across nodes, recovery on another node,
+//! Redis killed and restarted with nothing acknowledged lost.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edge_ws::broker::{Broker, BrokerState};
+use edge_ws::{HistoryQuery, MessageKind, PublishOptions};
+use edge_ws_cluster::user_channel;
+
+mod common;
+use common::{have_redis, wait, Node, Redis};
+
+#[test]
+fn a_publish_crosses_once_to_each_interested_node_and_is_not_delivered_twice() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b, c) = (
+        Node::start(&redis.url()),
+        Node::start(&redis.url()),
+        Node::start(&redis.url()),
+    );
+    // Subscribers on A and B; C has none (and so no subscription at Redis).
+    let mut on_a = a.connect();
+    let mut on_b = b.connect();
+    let mut on_b2 = b.connect();
+    let mut on_c = c.connect();
+    assert_eq!(on_a.subscribe("news", None).2, "live");
+    assert_eq!(on_b.subscribe("news", None).2, "live");
+    assert_eq!(on_b2.subscribe("news", None).2, "live");
+    assert_eq!(on_c.subscribe("other", None).2, "live");
+    a.wait_subscriptions(1);
+    b.wait_subscriptions(1);
+    c.wait_subscriptions(1);
+    // A client on A publishes 50 messages; an outside thread on C publishes 50 more.
+    let mut publisher = a.connect();
+    for i in 0..50 {
+        publisher.send(&format!("pub news a{i}"));
+    }
+    for i in 0..50 {
+        c.handle.publish("news", &format!("c{i}"));
+    }
+    for client in [&mut on_a, &mut on_b, &mut on_b2] {
+        let got: Vec<String> = (0..100).map(|_| client.recv()).collect();
+        // Per publisher, in order; each exactly once.
+        let from_a: Vec<&String> = got.iter().filter(|m| m.starts_with('a')).collect();
+        let from_c: Vec<&String> = got.iter().filter(|m| m.starts_with('c')).collect();
+        assert_eq!(
+            from_a,
+            (0..50)
+                .map(|i| format!("a{i}"))
+                .collect::<Vec<_>>()
+                .iter()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            from_c,
+            (0..50)
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .iter()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            client.recv_within(Duration::from_millis(200)),
+            None,
+            "no duplicate"
+        );
+    }
+    // C's subscriber to another channel got nothing.
+    assert_eq!(on_c.recv_within(Duration::from_millis(100)), None);
+    // Counted at the brokers: A sent 50 and ignored their echo, received C's 50; B received
+    // all 100 once (one copy for its two subscribers); C received nothing on "news", its own
+    // 50 went out and did not come back (it is not subscribed).
+    wait("counts settle", || b.broker.stats().received == 100);
+    let (sa, sb, sc) = (a.broker.stats(), b.broker.stats(), c.broker.stats());
+    assert_eq!(sa.echoes_ignored, 50, "{sa:?}");
+    assert_eq!(sa.received, 50, "{sa:?}");
+    assert_eq!(sb.received, 100, "{sb:?}");
+    assert_eq!(sc.received, 0, "{sc:?}");
+    assert_eq!(sc.echoes_ignored, 0, "{sc:?}");
+    assert_eq!(sa.published, 50);
+    assert_eq!(sc.published, 50);
+    // The last subscriber leaving a node unsubscribes it at Redis.
+    drop(on_b);
+    drop(on_b2);
+    b.wait_subscriptions(0);
+    let before = b.broker.stats().received;
+    a.handle.publish("news", "after");
+    assert_eq!(on_a.recv(), "after");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        b.broker.stats().received,
+        before,
+        "B no longer receives news"
+    );
+}
+
+#[test]
+fn send_to_user_reaches_the_users_connections_on_every_node() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b, c) = (
+        Node::start(&redis.url()),
+        Node::start(&redis.url()),
+        Node::start(&redis.url()),
+    );
+    // User u1 is connected to B (twice) and C; user u2 to C.
+    let ch1 = user_channel("u1");
+    let ch2 = user_channel("u2");
+    let mut u1_b = b.connect();
+    let mut u1_b2 = b.connect();
+    let mut u1_c = c.connect();
+    let mut u2_c = c.connect();
+    u1_b.subscribe(&ch1, None);
+    u1_b2.subscribe(&ch1, None);
+    u1_c.subscribe(&ch1, None);
+    u2_c.subscribe(&ch2, None);
+    b.wait_subscriptions(1);
+    c.wait_subscriptions(2);
+    // Sent from A, where the user has no connection.
+    let r = a.handle.publish_blocking(
+        &ch1,
+        b"hello u1",
+        MessageKind::Text,
+        PublishOptions::default(),
+    );
+    assert!(r.is_ok(), "{r:?}");
+    for c in [&mut u1_b, &mut u1_b2, &mut u1_c] {
+        assert_eq!(c.recv(), "hello u1");
+    }
+    assert_eq!(u2_c.recv_within(Duration::from_millis(200)), None);
+    // In-process subscribers (a server's notification code) count as local interest too.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sub = a
+        .handle
+        .subscribe_fn(&ch2, move |_, p| {
+            let _ = tx.send(String::from_utf8_lossy(&p.data).to_string());
+        })
+        .unwrap();
+    a.wait_subscriptions(1);
+    c.handle.publish(&ch2, "hello u2");
+    assert_eq!(u2_c.recv(), "hello u2");
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "hello u2"
+    );
+    drop(sub);
+    a.wait_subscriptions(0);
+}
+
+#[test]
+fn a_stream_is_numbered_in_redis_and_recovers_on_any_node() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b, c) = (
+        Node::start(&redis.url()),
+        Node::start(&redis.url()),
+        Node::start(&redis.url()),
+    );
+    let mut on_a = a.connect();
+    let (o, epoch, rec) = on_a.subscribe("chat:1", None);
+    assert_eq!((o, rec.as_str()), (0, "live"));
+    assert_ne!(epoch, 0);
+    let mut on_b = b.connect();
+    let (o, epoch_b, _) = on_b.subscribe("chat:1", None);
+    assert_eq!((o, epoch_b), (0, epoch), "one epoch cluster-wide");
+    // Publishers on two nodes: the offsets are one sequence.
+    let mut pa = a.connect();
+    let mut pc = c.connect();
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        pa.send(&format!("pub chat:1 a{i}"));
+        acked.push(pa.recv());
+        pc.send(&format!("pub chat:1 c{i}"));
+        acked.push(pc.recv());
+    }
+    let offsets: Vec<u64> = acked
+        .iter()
+        .map(|r| r.strip_prefix("ack ").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(offsets, (1..=10).collect::<Vec<_>>(), "{acked:?}");
+    // Every subscriber on every node sees the same order, each publication once.
+    let a_got: Vec<String> = (0..10).map(|_| on_a.recv()).collect();
+    let b_got: Vec<String> = (0..10).map(|_| on_b.recv()).collect();
+    assert_eq!(a_got, b_got);
+    for (i, m) in a_got.iter().enumerate() {
+        assert!(m.starts_with(&format!("{}|", i + 1)), "{a_got:?}");
+    }
+    assert_eq!(on_a.recv_within(Duration::from_millis(200)), None);
+    // A client that had offset 4 reconnects to C (no subscriber there yet): it recovers 5..10.
+    let mut again = c.connect();
+    let (o, e, rec) = again.subscribe("chat:1", Some((4, epoch)));
+    assert_eq!((o, e, rec.as_str()), (10, epoch, "recovered:6"));
+    let replay: Vec<String> = (0..6).map(|_| again.recv()).collect();
+    assert_eq!(replay, a_got[4..].to_vec());
+    // ... and then receives live publications after them, from any node.
+    b.handle.publish("chat:1", "live");
+    assert_eq!(again.recv(), "11|live");
+    assert_eq!(on_a.recv(), "11|live");
+    // A position of another epoch cannot be recovered.
+    let mut stale = b.connect();
+    let (_, _, rec) = stale.subscribe("chat:1", Some((3, epoch ^ 1)));
+    assert_eq!(rec, "failed:EpochChanged");
+    // History read on a node without subscribers comes from Redis.
+    let d = Node::start(&redis.url());
+    let page = d
+        .handle
+        .history_blocking("chat:1", HistoryQuery::Last(3))
+        .unwrap();
+    assert_eq!(page.position.offset, 11);
+    assert_eq!(page.position.epoch, epoch);
+    let texts: Vec<String> = page
+        .publications
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.data).to_string())
+        .collect();
+    assert_eq!(texts, vec!["9|a4", "10|c4", "11|live"]);
+    assert_eq!(d.broker.stats().subscriptions, 0);
+}
+
+#[test]
+fn redis_killed_and_restarted_loses_no_acknowledged_publication() {
+    if !have_redis() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let (a, b) = (Node::start(&redis.url()), Node::start(&redis.url()));
+    let mut sub = b.connect();
+    let (_, epoch, _) = sub.subscribe("chat:x", None);
+    b.wait_subscriptions(1);
+    assert_eq!(a.health().0, 200);
+    assert!(
+        a.health().1.contains("\"state\":\"up\""),
+        "{:?}",
+        a.health()
+    );
+    // A publisher thread on A: 400 publishes, 5 ms apart, recording every answer.
+    let handle = a.handle.clone();
+    let publisher = std::thread::spawn(move || {
+        let mut acked = BTreeMap::new();
+        let mut errors = 0;
+        for i in 0..400 {
+            match handle.publish_blocking(
+                "chat:x",
+                format!("m{i}").as_bytes(),
+                MessageKind::Text,
+                PublishOptions::default(),
+            ) {
+                Ok(p) => {
+                    acked.insert(p.position.unwrap().offset, format!("m{i}"));
+                }
+                Err(_) => errors += 1,
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (acked, errors)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    redis.kill();
+    // While Redis is down: /health says so, plain publishes to other nodes fail clearly.
+    wait("A sees the broker down", || {
+        a.broker.state() == BrokerState::Down
+    });
+    let (status, body) = a.health();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"state\":\"down\""), "{body}");
+    let r = a.handle.publish_blocking(
+        "news",
+        b"lost?",
+        MessageKind::Text,
+        PublishOptions::default(),
+    );
+    assert!(
+        r.is_err(),
+        "a plain publish while Redis is down fails: {r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    redis.restart();
+    let (acked, errors) = publisher.join().unwrap();
+    assert!(errors > 0, "some publishes were refused during the outage");
+    assert!(acked.len() > 100, "{} acknowledged", acked.len());
+    wait("A reconnects", || a.broker.state() == BrokerState::Up);
+    wait("B reconnects", || b.broker.state() == BrokerState::Up);
+    assert!(a.broker.stats().reconnects >= 1);
+    assert!(a.broker.stats().publish_errors >= errors);
+    assert_eq!(a.health().0, 200);
+    // The subscriber on B received every acknowledged publication, in offset order, once
+    // (what it missed during the outage was read back from the stream on reconnect).
+    let last = *acked.keys().last().unwrap();
+    let mut got = BTreeMap::new();
+    let mut prev = 0;
+    while prev < last {
+        let m = sub.recv();
+        let (o, text) = m.split_once('|').unwrap();
+        let o: u64 = o.parse().unwrap();
+        assert!(o > prev, "in order, no duplicate: {o} after {prev}");
+        prev = o;
+        got.insert(o, text.to_string());
+    }
+    for (o, text) in &acked {
+        assert_eq!(got.get(o), Some(text), "acknowledged offset {o} delivered");
+    }
+    // Redis kept the stream through the restart (fsync always): same epoch, every offset.
+    let page = b
+        .handle
+        .history_blocking(
+            "chat:x",
+            HistoryQuery::Since {
+                after: 0,
+                limit: 1000,
+            },
+        )
+        .unwrap();
+    assert_eq!(page.position.epoch, epoch);
+    for o in acked.keys() {
+        assert!(
+            page.publications.iter().any(|p| p.offset == *o),
+            "offset {o} kept"
+        );
+    }
+}

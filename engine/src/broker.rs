@@ -1,0 +1,335 @@
+//! The broker seam: how several edge-ws processes (nodes) act as one.
+//!
+//! Without a broker (the default) a process is its own world: publishes fan out to its cores
+//! through the per-core rings, streams are sequenced by their owner core, and nothing leaves
+//! the process. The engine then pays nothing for this module: one `Option` test on the
+//! publish and the first-subscriber paths.
+//!
+//! With a [`Broker`] (`EngineBuilder::broker`, e.g. the Redis broker of the `edge-ws-cluster`
+//! crate) the engine tells it, at the fan-out layer:
+//! - every publish to a channel without history made on this node ([`Broker::publish`]),
+//!   *after* delivering it to this node's subscribers: a node delivers its own publications
+//!   at once and the broker ignores their echo;
+//! - when a channel gets its first local subscriber in the process, and when it loses its last
+//!   ([`Broker::subscribe`], [`Broker::unsubscribe`]), so a node receives a channel's traffic
+//!   only while someone here listens;
+//! - for channels with history when the broker sequences them
+//!   ([`Broker::sequences_streams`]): every publication ([`Broker::stream_append`]), which the
+//!   broker numbers cluster-wide and sends to every interested node, this one included: stream
+//!   publications are delivered only from the broker, in the broker's order.
+//!
+//! The broker hands what it receives back through the [`BrokerSink`] it is given at start:
+//! plain publications go to the node's cores with subscribers, stream publications to the
+//! channel's owner core, which keeps a mirror of the stream's history while the node listens
+//! (see docs/CLUSTER.md).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::fanout::{Publish, PublishOptions, Target};
+use crate::ids::MessageKind;
+use crate::shared::{Shared, StreamMsg};
+use crate::stream::{ChannelPolicy, Publication, StreamError, StreamPosition};
+
+/// Why the broker could not take a publication.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The broker is not connected (it reconnects with backoff); nothing was sent.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered with an error, or the connection broke while the request was in
+    /// flight (it may or may not have been applied).
+    #[error("broker: {0}")]
+    Failed(String),
+}
+
+impl From<BrokerError> for StreamError {
+    fn from(e: BrokerError) -> Self {
+        StreamError::Store(e.to_string())
+    }
+}
+
+/// Called once, from any thread, with the outcome of a [`Broker::publish`].
+pub type BrokerAck = Box<dyn FnOnce(Result<(), BrokerError>) + Send + 'static>;
+
+/// Called once, from any thread, with the position the broker gave a stream publication.
+pub type AppendAck = Box<dyn FnOnce(Result<StreamPosition, BrokerError>) + Send + 'static>;
+
+/// Whether the broker is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerState {
+    /// Not connected yet (starting).
+    Connecting,
+    /// Connected: publications cross to the other nodes.
+    Up,
+    /// Disconnected: publications to other nodes fail with an error until it reconnects.
+    Down,
+}
+
+impl BrokerState {
+    /// `"connecting"`, `"up"` or `"down"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerState::Connecting => "connecting",
+            BrokerState::Up => "up",
+            BrokerState::Down => "down",
+        }
+    }
+}
+
+/// A broker's counters (served on `/metrics` as `edge_ws_broker_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Publications sent to the broker (plain and stream).
+    pub published: u64,
+    /// Publications the broker refused or could not take (each answered with an error).
+    pub publish_errors: u64,
+    /// Publications received from the broker and handed to the cores.
+    pub received: u64,
+    /// This node's own publications coming back from the broker, ignored (already delivered).
+    pub echoes_ignored: u64,
+    /// Messages from the broker that could not be read (malformed), dropped.
+    pub malformed: u64,
+    /// Channels this node is subscribed to at the broker.
+    pub subscriptions: u64,
+    /// Connections re-established after a failure.
+    pub reconnects: u64,
+    /// Stream syncs (position and kept history read after a subscription started or came back).
+    pub syncs: u64,
+}
+
+impl BrokerStats {
+    /// `(name, value)` of every counter (gauges: `subscriptions`).
+    pub fn fields(&self) -> [(&'static str, u64); 8] {
+        [
+            ("published", self.published),
+            ("publish_errors", self.publish_errors),
+            ("received", self.received),
+            ("echoes_ignored", self.echoes_ignored),
+            ("malformed", self.malformed),
+            ("subscriptions", self.subscriptions),
+            ("reconnects", self.reconnects),
+            ("syncs", self.syncs),
+        ]
+    }
+}
+
+/// A publication to a channel with history, for the broker to number and store.
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    /// The channel.
+    pub channel: Arc<str>,
+    /// The payload as published (the owner cores of the nodes format it).
+    pub payload: Bytes,
+    /// Text or binary.
+    pub kind: MessageKind,
+    /// When it was published (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// Publications the channel keeps.
+    pub history_size: usize,
+    /// How long they are kept (`None`: until `history_size` pushes them out).
+    pub history_ttl: Option<Duration>,
+}
+
+/// One publication of a stream as the broker keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEntry {
+    /// Its offset.
+    pub offset: u64,
+    /// When it was published (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// Text or binary.
+    pub kind: MessageKind,
+    /// The payload as published.
+    pub payload: Bytes,
+}
+
+/// A stream as the broker has it: the position and the last kept publications (oldest first,
+/// contiguous, ending at the position when any are kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSnapshot {
+    /// The stream's position.
+    pub position: StreamPosition,
+    /// The kept publications, oldest first.
+    pub entries: Vec<BrokerEntry>,
+}
+
+/// A distributed broker joining several engine processes (see the module docs). Every method
+/// is called on a core or a handle's thread and must not block: queue the work for the
+/// broker's own thread.
+pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
+    /// Called once when the engine starts, with the sink for what the broker receives.
+    fn start(&self, sink: BrokerSink);
+
+    /// Sends a publication to a channel without history to the other nodes (this node has
+    /// delivered it already and must not get it again). `done`, if given, is called once with
+    /// the outcome.
+    fn publish(&self, channel: &str, payload: &[u8], kind: MessageKind, done: Option<BrokerAck>);
+
+    /// Sends a message for every open connection on every other node.
+    fn broadcast(&self, payload: &[u8], kind: MessageKind);
+
+    /// `channel` got its first subscriber in this process. Calls for one channel may arrive
+    /// out of order from different cores: decide from [`BrokerSink::interested`] when acting
+    /// on it.
+    fn subscribe(&self, channel: &str);
+
+    /// `channel` lost its last subscriber in this process (see [`Broker::subscribe`]).
+    fn unsubscribe(&self, channel: &str);
+
+    /// Whether the broker numbers and keeps the channels with history (then every node's
+    /// owner core publishes through [`Broker::stream_append`] and delivers what the broker
+    /// sends back). `false`: streams stay per process.
+    fn sequences_streams(&self) -> bool {
+        false
+    }
+
+    /// Numbers and keeps a stream publication and sends it to every interested node (this one
+    /// included); `done` gets its position. Only called when
+    /// [`Broker::sequences_streams`].
+    fn stream_append(&self, append: StreamAppend, done: AppendAck) {
+        done(Err(BrokerError::Failed(format!(
+            "this broker does not sequence streams ({})",
+            append.channel
+        ))));
+    }
+
+    /// Reads the stream's position and its last `max` kept publications. The answer goes to
+    /// [`BrokerSink::synced`]. Only called when [`Broker::sequences_streams`]; the default
+    /// answers nothing.
+    fn stream_sync(&self, channel: &str, max: usize) {
+        let _ = (channel, max);
+    }
+
+    /// Whether it is connected.
+    fn state(&self) -> BrokerState;
+
+    /// Its counters.
+    fn stats(&self) -> BrokerStats;
+}
+
+/// How a broker hands what it receives to this process's cores. Cheap to clone, any thread.
+#[derive(Clone)]
+pub struct BrokerSink {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BrokerSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSink")
+            .field("cores", &self.shared.cores)
+            .finish()
+    }
+}
+
+impl BrokerSink {
+    /// Whether this process has a subscriber (a connection or an in-process callback) to
+    /// `channel`.
+    pub fn interested(&self, channel: &str) -> bool {
+        self.shared
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.interested())
+    }
+
+    /// The policy of `channel`'s namespace.
+    pub fn policy(&self, channel: &str) -> &ChannelPolicy {
+        self.shared.channels.config.policy(channel)
+    }
+
+    /// Most publications a recovery returns (the most a sync needs to read).
+    pub fn max_history_read(&self) -> usize {
+        self.shared.channels.config.max_history_read
+    }
+
+    /// A publication to a channel without history from another node: delivered to this
+    /// node's subscribers (in-process ones included). Returns whether anyone here listens.
+    pub fn deliver(&self, channel: &str, payload: &[u8], kind: MessageKind) -> bool {
+        let Some(t) = self.shared.channels.get(channel) else {
+            return false;
+        };
+        if !t.interested() {
+            return false;
+        }
+        t.inproc.call(&t.name, || Publication {
+            offset: 0,
+            timestamp_ms: crate::stream::now_ms(),
+            kind,
+            data: Bytes::copy_from_slice(payload),
+        });
+        self.shared.publish_external(Publish::new(
+            Target::Channel(t),
+            payload,
+            kind.is_text(),
+            PublishOptions::default(),
+        ));
+        true
+    }
+
+    /// A message for every open connection, from another node.
+    pub fn deliver_all(&self, payload: &[u8], kind: MessageKind) {
+        self.shared.publish_external(Publish::new(
+            Target::All,
+            payload,
+            kind.is_text(),
+            PublishOptions::default(),
+        ));
+    }
+
+    /// A numbered publication of a stream, in the broker's order: handed to the channel's
+    /// owner core, which keeps it and delivers it to this node's subscribers (or, after a
+    /// gap, asks for a sync first). Returns whether the channel is known here.
+    pub fn stream_publication(&self, channel: &str, entry: BrokerEntry, epoch: u64) -> bool {
+        let Some(t) = self.shared.channels.get(channel) else {
+            return false;
+        };
+        let owner = t.owner;
+        self.shared.to_core(
+            owner,
+            StreamMsg::Remote {
+                channel: t,
+                entry,
+                epoch,
+            },
+        );
+        true
+    }
+
+    /// The answer to [`Broker::stream_sync`] (or the broker's own sync once a subscription to
+    /// a stream is in place). `live`: the node was subscribed to the channel before the read,
+    /// so every publication after the snapshot will arrive through
+    /// [`BrokerSink::stream_publication`]; the owner core then continues the stream from it
+    /// (delivering what this node missed) and answers the subscribers waiting for it. Without
+    /// `live` it only answers history reads. An error answers waiting history reads with it
+    /// and leaves recovering subscribers waiting for the next sync.
+    pub fn synced(&self, channel: &str, snapshot: Result<BrokerSnapshot, BrokerError>, live: bool) {
+        let Some(t) = self.shared.channels.get(channel) else {
+            return;
+        };
+        let owner = t.owner;
+        self.shared.to_core(
+            owner,
+            StreamMsg::Synced {
+                channel: t,
+                snapshot,
+                live,
+            },
+        );
+    }
+
+    /// The node stopped receiving `channel`'s publications (unsubscribed, or the
+    /// subscription connection broke): its owner core stops trusting its mirror of the
+    /// stream until the next [`BrokerSink::synced`].
+    pub fn desynced(&self, channel: &str) {
+        let Some(t) = self.shared.channels.get(channel) else {
+            return;
+        };
+        let owner = t.owner;
+        self.shared
+            .to_core(owner, StreamMsg::Desynced { channel: t });
+    }
+}
