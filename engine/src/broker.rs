@@ -58,6 +58,18 @@ pub type BrokerAck = Box<dyn FnOnce(Result<(), BrokerError>) + Send + 'static>;
 /// Called once, from any thread, with the position the broker gave a stream publication.
 pub type AppendAck = Box<dyn FnOnce(Result<StreamPosition, BrokerError>) + Send + 'static>;
 
+/// One member of a channel's presence across the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceMember {
+    /// The client (e.g. a connection or session id).
+    pub client: String,
+    /// What it joined with (e.g. the user id and its info, as JSON).
+    pub info: Bytes,
+}
+
+/// Called once with a presence list.
+pub type PresenceAck = Box<dyn FnOnce(Result<Vec<PresenceMember>, BrokerError>) + Send + 'static>;
+
 /// Whether the broker is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerState {
@@ -203,6 +215,27 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// answers nothing.
     fn stream_sync(&self, channel: &str, max: usize) {
         let _ = (channel, max);
+    }
+
+    /// Adds (or refreshes) `client` with `info` to `channel`'s presence across the cluster.
+    /// The broker keeps it alive while this node runs; a node that dies stops refreshing it
+    /// and it expires. The default keeps no presence.
+    fn presence_join(&self, channel: &str, client: &str, info: &[u8]) {
+        let _ = (channel, client, info);
+    }
+
+    /// Removes `client` from `channel`'s presence.
+    fn presence_leave(&self, channel: &str, client: &str) {
+        let _ = (channel, client);
+    }
+
+    /// Everyone in `channel`'s presence on every node (expired entries left out), sorted by
+    /// client; `done` runs on the broker's thread.
+    fn presence_list(&self, channel: &str, done: PresenceAck) {
+        let _ = channel;
+        done(Err(BrokerError::Failed(
+            "this broker keeps no presence".into(),
+        )));
     }
 
     /// Whether it is connected.

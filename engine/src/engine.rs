@@ -428,6 +428,12 @@ impl EngineHandle {
         )
     }
 
+    /// The cluster broker, if the engine was built with one (for presence across nodes:
+    /// [`crate::broker::Broker::presence_join`] and the like).
+    pub fn broker(&self) -> Option<&Arc<dyn crate::broker::Broker>> {
+        self.shared.broker.as_ref()
+    }
+
     /// The cluster broker's state and counters (`None` without a broker).
     pub fn broker_state(&self) -> Option<(crate::broker::BrokerState, crate::broker::BrokerStats)> {
         self.shared.broker.as_ref().map(|b| (b.state(), b.stats()))

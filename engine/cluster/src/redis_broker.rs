@@ -9,7 +9,7 @@
 //! [`BrokerSink`] (so an inbound publication reaches the cores without a second hop through
 //! the broker thread).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use edge_ws::broker::{
     AppendAck, Broker, BrokerAck, BrokerEntry, BrokerError, BrokerSink, BrokerSnapshot,
-    BrokerState, BrokerStats, StreamAppend,
+    BrokerState, BrokerStats, PresenceAck, PresenceMember, StreamAppend,
 };
 use edge_ws::{MessageKind, StreamPosition};
 use redis::Value;
@@ -50,6 +50,35 @@ local o = redis.call('HGET', KEYS[1], 'o') or '0'
 return {o, e, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])}
 ";
 
+/// Adds or refreshes a presence member. KEYS: expiry zset, info hash. ARGV: client, info,
+/// expiry (ms since the epoch), key TTL (ms).
+const PJOIN: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+";
+
+/// Removes a presence member. KEYS: expiry zset, info hash. ARGV: client.
+const PLEAVE: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+";
+
+/// Prunes expired members and lists the others. KEYS: expiry zset, info hash. ARGV: now (ms).
+const PLIST: &str = r"
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+  redis.call('HDEL', KEYS[2], unpack(gone))
+end
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #ids == 0 then return {} end
+return {ids, redis.call('HMGET', KEYS[2], unpack(ids))}
+";
+
 /// How the broker reaches Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -63,10 +92,14 @@ pub struct RedisConfig {
     pub backoff_max: Duration,
     /// Connect, read and write timeout of a command.
     pub timeout: Duration,
+    /// How long a presence entry outlives its node's last refresh (refreshed every third of
+    /// it): a node that dies leaves the presence lists within this.
+    pub presence_ttl: Duration,
 }
 
 impl RedisConfig {
-    /// Defaults for `url`: prefix `edge-ws`, backoff 50 ms to 2 s, 2 s timeout.
+    /// Defaults for `url`: prefix `edge-ws`, backoff 50 ms to 2 s, 2 s timeout, presence
+    /// entries expiring 30 s after their node stopped refreshing them.
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
@@ -74,6 +107,7 @@ impl RedisConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -98,6 +132,16 @@ enum Msg {
     },
     /// The subscription connection `gen` broke.
     Lost(u64),
+    PresenceJoin {
+        channel: String,
+        client: String,
+        info: Vec<u8>,
+    },
+    PresenceLeave {
+        channel: String,
+        client: String,
+    },
+    PresenceList(String, PresenceAck),
     Stop,
 }
 
@@ -270,6 +314,28 @@ impl Broker for RedisBroker {
         });
     }
 
+    fn presence_join(&self, channel: &str, client: &str, info: &[u8]) {
+        self.send(Msg::PresenceJoin {
+            channel: channel.to_string(),
+            client: client.to_string(),
+            info: info.to_vec(),
+        });
+    }
+
+    fn presence_leave(&self, channel: &str, client: &str) {
+        self.send(Msg::PresenceLeave {
+            channel: channel.to_string(),
+            client: client.to_string(),
+        });
+    }
+
+    fn presence_list(&self, channel: &str, done: PresenceAck) {
+        if self.state() == BrokerState::Down {
+            return done(Err(unavailable()));
+        }
+        self.send(Msg::PresenceList(channel.to_string(), done));
+    }
+
     fn state(&self) -> BrokerState {
         match self.inner.state.load(Ordering::Acquire) {
             CONNECTING => BrokerState::Connecting,
@@ -311,8 +377,19 @@ fn fail(inner: &Inner, msg: Msg, err: impl Fn() -> BrokerError) {
             bump(&inner.counters.publish_errors, 1);
             done(Err(err()));
         }
+        Msg::PresenceList(_, done) => done(Err(err())),
         _ => {}
     }
+}
+
+/// The scripts' SHA1s, loaded on every connect.
+#[derive(Default)]
+struct Shas {
+    append: String,
+    sync: String,
+    pjoin: String,
+    pleave: String,
+    plist: String,
 }
 
 /// The subscription connection as the broker thread holds it.
@@ -327,8 +404,10 @@ struct BrokerThread {
     tx: Sender<Msg>,
     client: redis::Client,
     cmd: Option<redis::Connection>,
-    append_sha: String,
-    sync_sha: String,
+    shas: Shas,
+    /// This node's presence members: `(channel, client) → info`, refreshed in Redis.
+    presence: HashMap<(String, String), Vec<u8>>,
+    refresh_at: Instant,
     sub: Option<SubConn>,
     gen: u64,
     /// Channels SUBSCRIBEd on the current subscription connection.
@@ -356,8 +435,9 @@ impl BrokerThread {
             tx,
             client,
             cmd: None,
-            append_sha: String::new(),
-            sync_sha: String::new(),
+            shas: Shas::default(),
+            presence: HashMap::new(),
+            refresh_at: Instant::now(),
             sub: None,
             gen: 0,
             subscribed: HashSet::new(),
@@ -378,10 +458,15 @@ impl BrokerThread {
             if !self.up() && self.retry_at.is_some_and(|t| Instant::now() >= t) {
                 self.connect();
             }
+            if self.up() && Instant::now() >= self.refresh_at {
+                self.refresh_presence();
+            }
             let first = if self.up() {
-                match self.rx.recv() {
+                let wait = self.refresh_at.saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(wait) {
                     Ok(m) => m,
-                    Err(_) => return,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             } else {
                 let wait = self.retry_at.map_or(self.backoff, |t| {
@@ -428,9 +513,27 @@ impl BrokerThread {
                         let live = self.confirmed.contains(&channel);
                         self.sync(&channel, live, max);
                     }
-                    m @ (Msg::Publish { .. } | Msg::Broadcast(_) | Msg::Append(..)) => {
-                        pipeline.push(m)
+                    Msg::PresenceJoin {
+                        channel,
+                        client,
+                        info,
+                    } => {
+                        self.presence
+                            .insert((channel.clone(), client.clone()), info.clone());
+                        pipeline.push(Msg::PresenceJoin {
+                            channel,
+                            client,
+                            info,
+                        });
                     }
+                    Msg::PresenceLeave { channel, client } => {
+                        self.presence.remove(&(channel.clone(), client.clone()));
+                        pipeline.push(Msg::PresenceLeave { channel, client });
+                    }
+                    m @ (Msg::Publish { .. }
+                    | Msg::Broadcast(_)
+                    | Msg::Append(..)
+                    | Msg::PresenceList(..)) => pipeline.push(m),
                 }
             }
             if !pipeline.is_empty() {
@@ -452,16 +555,20 @@ impl BrokerThread {
                     .map_err(|e| e.to_string())?;
                 c.set_write_timeout(Some(timeout))
                     .map_err(|e| e.to_string())?;
-                self.append_sha = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(APPEND)
-                    .query(&mut c)
-                    .map_err(|e| e.to_string())?;
-                self.sync_sha = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(SYNC)
-                    .query(&mut c)
-                    .map_err(|e| e.to_string())?;
+                let mut load = |script: &str| -> Result<String, String> {
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(script)
+                        .query(&mut c)
+                        .map_err(|e| e.to_string())
+                };
+                self.shas = Shas {
+                    append: load(APPEND)?,
+                    sync: load(SYNC)?,
+                    pjoin: load(PJOIN)?,
+                    pleave: load(PLEAVE)?,
+                    plist: load(PLIST)?,
+                };
                 self.cmd = Some(c);
             }
             if self.sub.is_none() {
@@ -481,6 +588,8 @@ impl BrokerThread {
                 self.backoff = self.inner.config.backoff_min;
                 self.retry_at = None;
                 self.inner.state.store(UP, Ordering::Release);
+                // Presence entries may have been lost with Redis: write them again now.
+                self.refresh_at = Instant::now();
                 // Streams whose snapshot failed while the command connection was down.
                 let unsynced: Vec<String> = self.unsynced.drain().collect();
                 for ch in unsynced {
@@ -640,7 +749,7 @@ impl BrokerThread {
             return self.sink.synced(ch, Err(unavailable()), live);
         };
         let r: redis::RedisResult<Value> = redis::cmd("EVALSHA")
-            .arg(&self.sync_sha)
+            .arg(&self.shas.sync)
             .arg(2)
             .arg(self.inner.names.meta(ch))
             .arg(self.inner.names.history(ch))
@@ -680,6 +789,42 @@ impl BrokerThread {
         }
     }
 
+    /// Queues the script that writes one presence member with a fresh expiry.
+    fn pjoin(&self, pipe: &mut redis::Pipeline, channel: &str, client: &str, info: &[u8]) {
+        let ttl = self.inner.config.presence_ttl.as_millis().max(1) as u64;
+        pipe.cmd("EVALSHA")
+            .arg(&self.shas.pjoin)
+            .arg(2)
+            .arg(self.inner.names.presence(channel))
+            .arg(self.inner.names.presence_info(channel))
+            .arg(client)
+            .arg(info)
+            .arg(now_ms() + ttl)
+            .arg(ttl * 2);
+    }
+
+    /// Writes every presence member of this node again with a fresh expiry (every third of
+    /// the TTL, and after a reconnect).
+    fn refresh_presence(&mut self) {
+        self.refresh_at = Instant::now() + self.inner.config.presence_ttl / 3;
+        if self.presence.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for ((channel, client), info) in &self.presence {
+            self.pjoin(&mut pipe, channel, client, info);
+        }
+        let Some(cmd) = self.cmd.as_mut() else {
+            return;
+        };
+        if let Err(e) = pipe.query::<Vec<redis::RedisResult<Value>>>(cmd) {
+            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                self.cmd_lost(&e.to_string());
+            }
+        }
+    }
+
     fn cmd_lost(&mut self, why: &str) {
         tracing::warn!(
             reason = why,
@@ -691,12 +836,12 @@ impl BrokerThread {
 
     /// Sends a batch of publishes and appends as one pipeline and answers each.
     fn execute(&mut self, batch: Vec<Msg>) {
-        let Some(cmd) = self.cmd.as_mut() else {
+        if self.cmd.is_none() {
             for m in batch {
                 fail(&self.inner, m, unavailable);
             }
             return;
-        };
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for m in &batch {
@@ -712,7 +857,7 @@ impl BrokerThread {
                 Msg::Append(a, _) => {
                     let ttl = a.history_ttl.map_or(0, |t| t.as_millis().max(1) as u64);
                     pipe.cmd("EVALSHA")
-                        .arg(&self.append_sha)
+                        .arg(&self.shas.append)
                         .arg(3)
                         .arg(self.inner.names.meta(&a.channel))
                         .arg(self.inner.names.history(&a.channel))
@@ -724,9 +869,35 @@ impl BrokerThread {
                         .arg(std::str::from_utf8(&[wire::kind_byte(a.kind)]).unwrap_or("b"))
                         .arg(ttl);
                 }
+                Msg::PresenceJoin {
+                    channel,
+                    client,
+                    info,
+                } => {
+                    self.pjoin(&mut pipe, channel, client, info);
+                }
+                Msg::PresenceLeave { channel, client } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(&self.shas.pleave)
+                        .arg(2)
+                        .arg(self.inner.names.presence(channel))
+                        .arg(self.inner.names.presence_info(channel))
+                        .arg(client);
+                }
+                Msg::PresenceList(channel, _) => {
+                    pipe.cmd("EVALSHA")
+                        .arg(&self.shas.plist)
+                        .arg(2)
+                        .arg(self.inner.names.presence(channel))
+                        .arg(self.inner.names.presence_info(channel))
+                        .arg(now_ms());
+                }
                 _ => {}
             }
         }
+        let Some(cmd) = self.cmd.as_mut() else {
+            return;
+        };
         let replies: redis::RedisResult<Vec<redis::RedisResult<Value>>> = pipe.query(cmd);
         match replies {
             Ok(replies) if replies.len() == batch.len() => {
@@ -764,6 +935,13 @@ impl BrokerThread {
                 }
             }
             (Msg::Broadcast(_), Ok(_)) => bump(&counters.published, 1),
+            (Msg::PresenceList(_, done), Ok(v)) => match parse_presence(v) {
+                Some(list) => done(Ok(list)),
+                None => {
+                    bump(&counters.malformed, 1);
+                    done(Err(BrokerError::Failed("malformed presence reply".into())));
+                }
+            },
             (Msg::Append(_, done), Ok(v)) => match parse_position(v) {
                 Some(p) => {
                     bump(&counters.published, 1);
@@ -882,6 +1060,36 @@ impl Reader {
             _ => bump(&c.malformed, 1),
         }
     }
+}
+
+/// `{ids, infos}` (or `{}`) from the presence list script, sorted by client.
+fn parse_presence(v: Value) -> Option<Vec<PresenceMember>> {
+    let Value::Array(items) = v else { return None };
+    let mut it = items.into_iter();
+    let (Some(Value::Array(ids)), Some(Value::Array(infos))) = (it.next(), it.next()) else {
+        return Some(Vec::new());
+    };
+    let mut out: Vec<PresenceMember> = ids
+        .iter()
+        .zip(infos)
+        .filter_map(|(id, info)| {
+            Some(PresenceMember {
+                client: as_string(id)?,
+                info: match info {
+                    Value::BulkString(b) => Bytes::from(b),
+                    _ => return None, // removed between the two reads
+                },
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.client.cmp(&b.client));
+    Some(out)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `{offset, epoch}` from the append script.

@@ -129,6 +129,16 @@ impl Names {
         format!("{}:{{{channel}}}:meta", self.prefix)
     }
 
+    /// The sorted set of a channel's presence members, scored by expiry (ms).
+    pub(crate) fn presence(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:pz", self.prefix)
+    }
+
+    /// The hash of a channel's presence members' infos.
+    pub(crate) fn presence_info(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:ph", self.prefix)
+    }
+
     /// The Redis stream holding a channel's kept publications (ids `<offset>-0`).
     pub(crate) fn history(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:hist", self.prefix)

@@ -327,3 +327,98 @@ fn redis_killed_and_restarted_loses_no_acknowledged_publication() {
         );
     }
 }
+
+/// The presence list as `client=info` strings, read through `node`'s broker.
+fn presence(node: &Node, channel: &str) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    node.handle.broker().expect("a broker").presence_list(
+        channel,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|m| format!("{}={}", m.client, String::from_utf8_lossy(&m.info)))
+        .collect()
+}
+
+#[test]
+fn presence_spans_the_nodes_and_a_dead_nodes_entries_expire() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let ttl = Duration::from_millis(600);
+    let (a, b, c) = (
+        Node::start_with(&redis.url(), ttl),
+        Node::start_with(&redis.url(), ttl),
+        Node::start(&redis.url()),
+    );
+    let pa = a.handle.broker().unwrap();
+    let pb = b.handle.broker().unwrap();
+    pa.presence_join("room", "c1", b"u1");
+    pa.presence_join("room", "c3", b"u1");
+    pb.presence_join("room", "c2", b"u2");
+    wait("three members", || presence(&c, "room").len() == 3);
+    assert_eq!(presence(&c, "room"), vec!["c1=u1", "c2=u2", "c3=u1"]);
+    pa.presence_leave("room", "c3");
+    wait("c3 left", || presence(&c, "room").len() == 2);
+    // Entries of a live node outlive the TTL (its broker refreshes them).
+    std::thread::sleep(ttl * 2);
+    assert_eq!(presence(&c, "room"), vec!["c1=u1", "c2=u2"]);
+    // B dies without leaving: its member expires within the TTL; A's stays.
+    b.broker.stop();
+    wait("B's member expired", || {
+        presence(&c, "room") == vec!["c1=u1"]
+    });
+    std::thread::sleep(ttl);
+    assert_eq!(presence(&a, "room"), vec!["c1=u1"]);
+}
+
+#[test]
+fn a_node_that_stopped_listening_recovers_from_redis_when_it_listens_again() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (Node::start(&redis.url()), Node::start(&redis.url()));
+    let mut first = b.connect();
+    let (_, epoch, _) = first.subscribe("chat:y", None);
+    b.wait_subscriptions(1);
+    for i in 1..=3 {
+        let r = a.handle.publish_blocking(
+            "chat:y",
+            format!("p{i}").as_bytes(),
+            MessageKind::Text,
+            PublishOptions::default(),
+        );
+        assert_eq!(r.unwrap().position.unwrap().offset, i);
+    }
+    for i in 1..=3 {
+        assert_eq!(first.recv(), format!("{i}|p{i}"));
+    }
+    // B's last subscriber leaves: B unsubscribes and forgets its copy.
+    drop(first);
+    b.wait_subscriptions(0);
+    for i in 4..=6 {
+        a.handle.publish("chat:y", &format!("p{i}"));
+    }
+    wait("published", || {
+        a.handle
+            .history_blocking("chat:y", HistoryQuery::Last(1))
+            .is_ok_and(|p| p.position.offset == 6)
+    });
+    // A client that had offset 3 comes back to B: recovered from Redis, then live.
+    let mut back = b.connect();
+    let (o, e, rec) = back.subscribe("chat:y", Some((3, epoch)));
+    assert_eq!((o, e, rec.as_str()), (6, epoch, "recovered:3"));
+    for i in 4..=6 {
+        assert_eq!(back.recv(), format!("{i}|p{i}"));
+    }
+    a.handle.publish("chat:y", "p7");
+    assert_eq!(back.recv(), "7|p7");
+    assert_eq!(back.recv_within(Duration::from_millis(200)), None);
+}

@@ -240,8 +240,20 @@ impl CoreState {
                 live,
             } => self.synced(io, &channel, snapshot, live),
             StreamMsg::Desynced { channel } => {
-                if let Some(m) = self.owned(&channel).mirror.as_mut() {
+                let interested = channel.interested();
+                let stream = self.owned(&channel);
+                if let Some(m) = stream.mirror.as_mut() {
                     m.live = false;
+                    if !interested {
+                        // Nobody here listens any more: forget the copy (the next subscriber
+                        // starts from a fresh snapshot); a broken subscription keeps it, to
+                        // deliver what its subscribers missed once it is back.
+                        m.held.clear();
+                        let policy = stream.h.policy.clone();
+                        let old = std::mem::replace(&mut stream.h, History::new(policy, 0, 0));
+                        stream.h.idem = old.idem;
+                        stream.h.idem_order = old.idem_order;
+                    }
                 }
             }
         }

@@ -175,7 +175,13 @@ pub struct Node {
 
 impl Node {
     pub fn start(redis_url: &str) -> Node {
+        Node::start_with(redis_url, Duration::from_secs(30))
+    }
+
+    /// With presence entries expiring `presence_ttl` after their node stopped.
+    pub fn start_with(redis_url: &str, presence_ttl: Duration) -> Node {
         let mut cfg = RedisConfig::new(redis_url);
+        cfg.presence_ttl = presence_ttl;
         cfg.backoff_min = Duration::from_millis(20);
         cfg.backoff_max = Duration::from_millis(200);
         cfg.timeout = Duration::from_millis(500);
