@@ -83,6 +83,9 @@ pub(crate) struct Settings {
     pub(crate) read_queue_messages: usize,
     pub(crate) read_queue_bytes: usize,
     pub(crate) max_response_len: usize,
+    /// The TLS configuration for `wss://` (`None`: Mozilla's roots).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for Settings {
@@ -103,6 +106,8 @@ impl Default for Settings {
             read_queue_messages: 256,
             read_queue_bytes: 4 << 20,
             max_response_len: 16 << 10,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -218,6 +223,34 @@ impl ClientBuilder {
     /// Cap on the server's response header block. Default 16 KiB.
     pub fn max_response_len(self, bytes: usize) -> Self {
         self.set(|s| s.max_response_len = bytes)
+    }
+
+    /// `wss://` (feature `tls`): use this rustls configuration (its roots, versions, client
+    /// certificate, ALPN, …) instead of the default one (Mozilla's roots, TLS 1.3 and 1.2, ALPN
+    /// `http/1.1`).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.set(|s| s.tls = Some(config))
+    }
+
+    /// `wss://` (feature `tls`): trust exactly the CA certificates in `pem` (one or more
+    /// `CERTIFICATE` blocks) instead of Mozilla's roots, e.g. a private CA. Fails with
+    /// [`Error::Config`] if the PEM holds no usable certificate.
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_pem(self, pem: &[u8]) -> Result<Self> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Config(format!("CA PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::Config("CA PEM: no CERTIFICATE block".into()));
+        }
+        Ok(self.tls_config(crate::stream::tls::config_with_roots(roots)))
     }
 
     /// Connects: TCP, the upgrade request, the server's 101, permessage-deflate negotiation;

@@ -23,7 +23,6 @@ use edge_ws_protocol::connection::{
 };
 use edge_ws_protocol::{CloseCode, Decoder, DecoderConfig, Encoder, OpCode, Role};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::Settings;
@@ -105,7 +104,7 @@ impl Room {
 }
 
 pub(crate) struct Driver {
-    stream: TcpStream,
+    stream: crate::stream::Stream,
     conn: Connection,
     cfg: ConnectionConfig,
     scratch: Decoder,
@@ -515,7 +514,12 @@ impl Driver {
                     self.cur = self.wbuf.split().freeze();
                     self.cur_msgs = std::mem::take(&mut self.wbuf_msgs);
                 } else {
-                    return Ok(progress);
+                    // Nothing left: make sure it left the process (TLS keeps records until
+                    // flushed; for TCP this is a no-op).
+                    return match Pin::new(&mut self.stream).poll_flush(cx) {
+                        Poll::Ready(Err(e)) => Err(e),
+                        _ => Ok(progress),
+                    };
                 }
             }
             match Pin::new(&mut self.stream).poll_write(cx, &self.cur) {
@@ -566,25 +570,18 @@ impl Driver {
                     if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                         self.rbuf.reserve(READ_CHUNK);
                     }
-                    match self.stream.poll_read_ready(cx) {
+                    match self.stream.poll_read_into(cx, &mut self.rbuf) {
                         Poll::Pending => return progress,
+                        Poll::Ready(Ok(0)) => {
+                            self.transport_ended(None);
+                            progress = true;
+                        }
+                        Poll::Ready(Ok(_)) => progress = true,
+                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                         Poll::Ready(Err(e)) => {
                             self.transport_ended(Some(e));
                             progress = true;
                         }
-                        Poll::Ready(Ok(())) => match self.stream.try_read_buf(&mut self.rbuf) {
-                            Ok(0) => {
-                                self.transport_ended(None);
-                                progress = true;
-                            }
-                            Ok(_) => progress = true,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                self.transport_ended(Some(e));
-                                progress = true;
-                            }
-                        },
                     }
                 }
             }

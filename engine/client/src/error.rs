@@ -21,10 +21,19 @@ pub enum Error {
     /// The URL is not a valid `ws://` URL; the text says what is wrong.
     #[error("invalid WebSocket URL: {0}")]
     InvalidUrl(String),
-    /// A `wss://` URL: TLS is not supported yet (connect to a `ws://` endpoint, or put a TLS
-    /// terminating proxy in front).
-    #[error("wss:// needs TLS, which this client does not support yet")]
+    /// A `wss://` URL, and the crate was built without its `tls` feature.
+    #[error("wss:// needs TLS: build edge-ws-client with its `tls` feature")]
     TlsNotSupported,
+    /// The TLS handshake with the server failed; the text says why, e.g. "invalid peer
+    /// certificate: Expired", "... certificate not valid for name ...", "... UnknownIssuer"
+    /// (a server certificate not signed by a trusted CA), or an alert the server sent.
+    #[error("TLS handshake with {host} failed: {reason}")]
+    Tls {
+        /// The name the certificate was checked against (the URL's host).
+        host: String,
+        /// What rustls reported.
+        reason: String,
+    },
     /// An extra header whose name is not an HTTP token, or one the client sets itself (`Host`,
     /// `Upgrade`, `Connection`, `Sec-WebSocket-*`).
     #[error("invalid or reserved request header {0:?}")]

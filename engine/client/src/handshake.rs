@@ -6,6 +6,8 @@ use edge_ws_protocol::deflate::{client_accept, client_offer, DeflateParams};
 use edge_ws_protocol::handshake::{parse_response, ClientOutcome, ClientRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::stream::Stream;
 use tokio::time::timeout;
 
 use crate::config::Settings;
@@ -16,7 +18,7 @@ use crate::request::Request;
 /// A connection whose upgrade succeeded, ready for its driver.
 #[derive(Debug)]
 pub(crate) struct Established {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     /// Bytes the server sent after its 101 (frames).
     pub(crate) leftover: BytesMut,
     /// The subprotocol the server chose.
@@ -42,15 +44,33 @@ pub(crate) async fn connect(s: &Settings, req: &Request) -> Result<Established> 
     .map_err(|_| Error::ConnectTimeout(s.connect_timeout))?
     .map_err(Error::connect)?;
     stream.set_nodelay(true).map_err(Error::connect)?;
-    timeout(s.handshake_timeout, upgrade(s, req, stream, key, keys))
-        .await
-        .map_err(|_| Error::HandshakeTimeout(s.handshake_timeout))?
+    // The TLS handshake (wss://) counts against the handshake timeout, like the upgrade.
+    timeout(s.handshake_timeout, async {
+        let stream = secure(s, req, stream).await?;
+        upgrade(s, req, stream, key, keys).await
+    })
+    .await
+    .map_err(|_| Error::HandshakeTimeout(s.handshake_timeout))?
+}
+
+/// The TLS handshake for a `wss://` URL; a `ws://` URL's stream as it is.
+async fn secure(s: &Settings, req: &Request, tcp: TcpStream) -> Result<Stream> {
+    if !req.url().is_tls() {
+        return Ok(Stream::Plain(tcp));
+    }
+    #[cfg(feature = "tls")]
+    return crate::stream::tls::connect(s.tls.as_ref(), req.url().host(), tcp).await;
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = s;
+        Err(Error::TlsNotSupported)
+    }
 }
 
 async fn upgrade(
     s: &Settings,
     req: &Request,
-    mut stream: TcpStream,
+    mut stream: Stream,
     key: [u8; 16],
     keys: (MaskKeys, MaskKeys),
 ) -> Result<Established> {

@@ -5,7 +5,7 @@
 //! client role.
 //!
 //! What it does:
-//! - [`Client::connect`] / [`ClientBuilder`]: `ws://` URLs, extra headers, subprotocols (the
+//! - [`Client::connect`] / [`ClientBuilder`]: `ws://` and `wss://` URLs, extra headers, subprotocols (the
 //!   chosen one is [`WebSocket::protocol`]), a permessage-deflate offer (on by default),
 //!   connect and handshake timeouts, message and frame size limits, keepalive pings with a
 //!   pong timeout, a close timeout, and bounded write and read queues.
@@ -36,11 +36,18 @@
 //!   served first come, first served), release on drop, LRU idle eviction, validation by
 //!   ping on checkout ([`WebSocket::ping`]), counts ([`PoolStats`]) and a graceful
 //!   [`close`](Pool::close) ([`pool`]).
+//! - `wss://` (feature `tls`): TLS over rustls (the `ring` provider), checked against
+//!   Mozilla's root CAs (webpki-roots) or the CAs given with
+//!   `ClientBuilder::tls_ca_pem` / `ClientBuilder::tls_config`, the host sent as SNI; a
+//!   certificate that is expired, for another name or from an unknown CA fails with
+//!   [`Error::Tls`] saying so. Without the feature a `wss://` URL fails with
+//!   [`Error::TlsNotSupported`].
+//!   The pool, [`Backends`] and the reconnecting client take `wss://` URLs like `ws://`
+//!   ones (active health checks stay plain HTTP).
 //! - Masking and handshake keys come from the operating system's generator ([`getrandom`]),
 //!   masking keys 64 per system call.
 //!
 //! What it refuses to do:
-//! - TLS: a `wss://` URL fails with [`Error::TlsNotSupported`] (for now).
 //! - Run without a tokio runtime: connecting spawns a task, so it must be called inside a
 //!   runtime (current-thread or multi-thread) with I/O and time enabled.
 //! - Buffer without bound: both queues are bounded, and a full write queue makes `send` wait.
@@ -83,6 +90,7 @@ pub mod pool;
 pub mod reconnect;
 mod request;
 mod socket;
+mod stream;
 
 pub use crate::backends::{
     Backend, BackendConnection, BackendLoad, BackendStatus, Backends, BackendsBuilder,
@@ -103,3 +111,6 @@ pub use crate::socket::{ConnectionInfo, Receiver, Sender, WebSocket};
 pub use edge_ws_protocol::connection::Side;
 pub use edge_ws_protocol::deflate::{DeflateConfig, DeflateParams};
 pub use edge_ws_protocol::CloseCode;
+/// The rustls crate the client uses (feature `tls`), for [`ClientBuilder::tls_config`].
+#[cfg(feature = "tls")]
+pub use rustls;

@@ -6,10 +6,11 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 
-/// A parsed `ws://host[:port][/path][?query]` URL.
+/// A parsed `ws://host[:port][/path][?query]` or `wss://…` URL.
 ///
-/// The scheme is case-insensitive; the port defaults to 80; an IPv6 host is written in
-/// brackets (`ws://[::1]:9001/`). `wss://` is refused with [`Error::TlsNotSupported`]; user
+/// The scheme is case-insensitive; the port defaults to 80 (`ws://`) or 443 (`wss://`); an
+/// IPv6 host is written in brackets (`ws://[::1]:9001/`). `wss://` needs the crate's `tls`
+/// feature and is refused with [`Error::TlsNotSupported`] without it; user
 /// information (`user:pass@`) and fragments (`#…`, forbidden by RFC 6455 §3) with
 /// [`Error::InvalidUrl`]. The path and query are sent as written (bytes that cannot appear in
 /// a request line are percent-encoded).
@@ -21,10 +22,7 @@ use crate::error::{Error, Result};
 /// assert_eq!(url.host(), "example.com");
 /// assert_eq!(url.port(), 8080);
 /// assert_eq!(url.path_and_query(), "/chat?room=1");
-/// assert!(matches!(
-///     "wss://example.com/".parse::<Url>(),
-///     Err(edge_ws_client::Error::TlsNotSupported)
-/// ));
+/// assert!(!url.is_tls());
 /// # Ok::<(), edge_ws_client::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +30,7 @@ pub struct Url {
     host: String,
     port: u16,
     path: String,
+    tls: bool,
 }
 
 impl Url {
@@ -41,11 +40,12 @@ impl Url {
         let Some((scheme, rest)) = s.split_once("://") else {
             return bad("expected ws://host[:port]/path");
         };
-        if scheme.eq_ignore_ascii_case("wss") {
+        let tls = scheme.eq_ignore_ascii_case("wss");
+        if tls && !cfg!(feature = "tls") {
             return Err(Error::TlsNotSupported);
         }
-        if !scheme.eq_ignore_ascii_case("ws") {
-            return bad("the scheme must be ws://");
+        if !tls && !scheme.eq_ignore_ascii_case("ws") {
+            return bad("the scheme must be ws:// or wss://");
         }
         if rest.contains('#') {
             return bad("a WebSocket URL may not have a fragment");
@@ -87,6 +87,7 @@ impl Url {
             return bad("invalid character in the host");
         }
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
                 match p.parse::<u16>() {
@@ -107,7 +108,22 @@ impl Url {
             host: host.to_owned(),
             port,
             path,
+            tls,
         })
+    }
+
+    /// Whether this is a `wss://` URL (TLS, with the host as the SNI name and the name the
+    /// server's certificate must be valid for).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    fn default_port(&self) -> u16 {
+        if self.tls {
+            443
+        } else {
+            80
+        }
     }
 
     /// The host: a name or an IP address (IPv6 without brackets).
@@ -115,7 +131,7 @@ impl Url {
         &self.host
     }
 
-    /// The port (80 unless the URL names one).
+    /// The port (80 or 443 unless the URL names one).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -125,14 +141,15 @@ impl Url {
         &self.path
     }
 
-    /// The `Host` header value: the host, in brackets if IPv6, with `:port` unless it is 80.
+    /// The `Host` header value: the host, in brackets if IPv6, with `:port` unless it is the
+    /// scheme's default.
     pub fn host_header(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == self.default_port() {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -147,7 +164,8 @@ impl fmt::Display for Url {
         } else {
             self.host.clone()
         };
-        write!(f, "ws://{host}:{}{}", self.port, self.path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{host}:{}{}", self.port, self.path)
     }
 }
 
@@ -357,14 +375,27 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_serve() {
-        assert!(matches!(
-            Url::parse("wss://h/"),
-            Err(Error::TlsNotSupported)
-        ));
-        assert!(matches!(
-            Url::parse("WSS://h:443/"),
-            Err(Error::TlsNotSupported)
-        ));
+        #[cfg(not(feature = "tls"))]
+        {
+            assert!(matches!(
+                Url::parse("wss://h/"),
+                Err(Error::TlsNotSupported)
+            ));
+            assert!(matches!(
+                Url::parse("WSS://h:443/"),
+                Err(Error::TlsNotSupported)
+            ));
+        }
+        #[cfg(feature = "tls")]
+        {
+            let u = Url::parse("WSS://h/x").unwrap();
+            assert!(u.is_tls());
+            assert_eq!((u.port(), u.host_header().as_str()), (443, "h"));
+            assert_eq!(u.to_string(), "wss://h:443/x");
+            let u = Url::parse("wss://h:8443/").unwrap();
+            assert_eq!(u.host_header(), "h:8443");
+            assert!(!Url::parse("ws://h/").unwrap().is_tls());
+        }
         for bad in [
             "http://h/",
             "h:80/",
