@@ -617,6 +617,20 @@ impl CoreState {
         text: bool,
         opts: PublishOptions,
     ) {
+        self.publish_channel_acked(io, channel, payload, text, opts, None);
+    }
+
+    /// [`CoreState::publish_channel`]; for a channel without history `broker_ack` gets the
+    /// cluster broker's answer (`Ok` at once without a broker).
+    pub(crate) fn publish_channel_acked(
+        &mut self,
+        io: &mut Io<'_>,
+        channel: &str,
+        payload: &[u8],
+        text: bool,
+        opts: PublishOptions,
+        broker_ack: Option<crate::broker::BrokerAck>,
+    ) {
         let shared = self.local_channel(channel).shared.clone();
         if shared.is_stream() && !opts.transient {
             let payload = Bytes::copy_from_slice(payload);
@@ -625,7 +639,8 @@ impl CoreState {
         shared
             .inproc
             .call(&shared.name, || unsequenced(payload, text));
-        self.shared.to_broker(&shared.name, payload, text);
+        self.shared
+            .to_broker(&shared.name, payload, text, broker_ack);
         let p = Arc::new(Publish::new(Target::Channel(shared), payload, text, opts));
         self.dispatch(io, p);
     }

@@ -188,7 +188,7 @@ impl EngineHandle {
         if self.shared.channels.config.policy(channel).is_stream() && !opts.transient {
             return self.publish_acked(channel, payload, kind, opts, |_| {});
         }
-        self.shared.to_broker(channel, payload, text);
+        self.shared.to_broker(channel, payload, text, None);
         let Some(t) = self.shared.channels.get(channel) else {
             // Nobody ever subscribed: nothing to deliver, no cross-core traffic.
             crate::metrics::inc(&self.shared.metrics[0].publishes);

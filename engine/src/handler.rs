@@ -266,13 +266,36 @@ impl Socket<'_, '_> {
             if opts.idempotency_key.is_some() {
                 return done(self, Err(StreamError::NoHistory(channel.to_string())));
             }
-            self.state
-                .publish_channel(self.io, channel, payload, kind.is_text(), opts);
             let published = Published {
                 position: None,
                 duplicate: false,
             };
-            return done(self, Ok(published));
+            if self.state.shared.broker.is_none() {
+                self.state
+                    .publish_channel(self.io, channel, payload, kind.is_text(), opts);
+                return done(self, Ok(published));
+            }
+            // In a cluster: delivered here at once, acknowledged (on this core) once the
+            // broker has it, or answered with its error.
+            let (shared, core, conn) = (self.state.shared.clone(), self.state.core_index, self.id);
+            let ack: crate::broker::BrokerAck = Box::new(move |r| {
+                let r = r.map_err(StreamError::from).map(|()| published);
+                let call: ConnFnBox<()> =
+                    Box::new(move |state, io, id, ()| done(&mut Socket { state, io, id }, r));
+                shared.queues[core].push(crate::shared::Command::Call {
+                    conn,
+                    f: ConnFn::erase(call),
+                });
+                shared.wakers[core].wake();
+            });
+            return self.state.publish_channel_acked(
+                self.io,
+                channel,
+                payload,
+                kind.is_text(),
+                opts,
+                Some(ack),
+            );
         }
         let f: ConnFnBox<PublishResult> =
             Box::new(move |state, io, id, r| done(&mut Socket { state, io, id }, r));

@@ -237,15 +237,29 @@ impl Shared {
 
     /// A publish made on this node to a channel without history, already delivered here:
     /// handed to the cluster broker for the other nodes (nothing without one).
+    /// `done`, if given, gets the broker's answer (called at once with `Ok` without one).
     #[inline]
-    pub(crate) fn to_broker(&self, channel: &str, payload: &[u8], text: bool) {
-        if let Some(b) = &self.broker {
-            let kind = if text {
-                crate::ids::MessageKind::Text
-            } else {
-                crate::ids::MessageKind::Binary
-            };
-            b.publish(channel, payload, kind, None);
+    pub(crate) fn to_broker(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        text: bool,
+        done: Option<crate::broker::BrokerAck>,
+    ) {
+        match &self.broker {
+            Some(b) => {
+                let kind = if text {
+                    crate::ids::MessageKind::Text
+                } else {
+                    crate::ids::MessageKind::Binary
+                };
+                b.publish(channel, payload, kind, done);
+            }
+            None => {
+                if let Some(done) = done {
+                    done(Ok(()));
+                }
+            }
         }
     }
 

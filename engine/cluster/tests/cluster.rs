@@ -282,6 +282,13 @@ fn redis_killed_and_restarted_loses_no_acknowledged_publication() {
         r.is_err(),
         "a plain publish while Redis is down fails: {r:?}"
     );
+    let mut client = a.connect();
+    client.send("pub news from-a-client");
+    let reply = client.recv();
+    assert!(
+        reply.starts_with("error "),
+        "a client's publish fails too: {reply}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     redis.restart();
     let (acked, errors) = publisher.join().unwrap();
