@@ -5,6 +5,7 @@
 //! namespaces ([`StoreStreams`], [`restore_streams`]). Wire format: docs/PROTOCOL.md, §
 //! "Channels".
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -42,6 +43,19 @@ pub type ChannelAccess =
 pub struct EnvelopeFormat;
 
 impl EnvelopeFormat {
+    /// What a publication to `channel` carries into the engine: the published JSON as it is
+    /// for a stream (its owner core wraps it with the offset), the whole publication envelope
+    /// otherwise. The one place both the `publish` route and the HTTP API build it.
+    pub(crate) fn payload<'a>(stream: bool, channel: &str, data: &'a [u8]) -> Cow<'a, [u8]> {
+        if stream {
+            Cow::Borrowed(data)
+        } else {
+            let mut framed = Vec::with_capacity(data.len() + channel.len() + 48);
+            EnvelopeFormat::write(channel, None, data, &mut framed);
+            Cow::Owned(framed)
+        }
+    }
+
     fn write(channel: &str, position: Option<StreamPosition>, data: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(br#"{"type":"publication","channel":"#);
         json_string(channel, out);
@@ -116,6 +130,9 @@ struct PublishReq<'a> {
     data: &'a serde_json::value::RawValue,
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// Not to the publishing connection itself (typing indicators, cursor echoes).
+    #[serde(default)]
+    exclude_self: bool,
 }
 
 #[derive(Deserialize)]
@@ -154,7 +171,7 @@ fn stream_error(id: Option<&str>, e: &StreamError) -> String {
     crate::json::error_envelope(id, &e.to_string(), retry, "")
 }
 
-fn position_fields(out: &mut String, p: Option<StreamPosition>) {
+pub(crate) fn position_fields(out: &mut String, p: Option<StreamPosition>) {
     if let Some(p) = p {
         let _ = write!(out, r#","offset":{},"epoch":"{}""#, p.offset, p.epoch);
     }
@@ -170,7 +187,7 @@ fn failure_name(f: RecoveryFailure) -> &'static str {
     }
 }
 
-fn history_data(channel: &str, page: &HistoryPage) -> String {
+pub(crate) fn history_data(channel: &str, page: &HistoryPage) -> String {
     let mut d = String::from(r#"{"channel":"#);
     d.push_str(&serde_json::to_string(channel).unwrap_or_default());
     position_fields(&mut d, Some(page.position));
@@ -562,7 +579,7 @@ struct PresenceSetReq<'a> {
     meta: Option<&'a serde_json::value::RawValue>,
 }
 
-fn presence_json(p: &crate::presence::UserPresence) -> String {
+pub(crate) fn presence_json(p: &crate::presence::UserPresence) -> String {
     format!(
         r#"{{"user":{},"status":{},"last_seen":{},"connections":{},"meta":{}}}"#,
         serde_json::to_string(&p.user).unwrap_or_default(),
@@ -761,6 +778,7 @@ fn publish(
     }
     let opts = PublishOptions {
         idempotency_key: req.idempotency_key.as_deref().map(Arc::from),
+        exclude: req.exclude_self.then(|| ctx.id()),
         ..PublishOptions::default()
     };
     let stream = ctx.socket().has_history(&req.channel);
@@ -778,17 +796,9 @@ fn publish(
         }
         Err(e) => send(s, &stream_error(id.as_deref(), &e)),
     };
-    let data = req.data.get().as_bytes();
-    if stream {
-        // The owner core wraps it in the publication envelope with its offset.
-        ctx.socket()
-            .publish_acked(&req.channel, data, MessageKind::Text, opts, done);
-    } else {
-        let mut framed = Vec::with_capacity(data.len() + req.channel.len() + 48);
-        EnvelopeFormat::write(&req.channel, None, data, &mut framed);
-        ctx.socket()
-            .publish_acked(&req.channel, &framed, MessageKind::Text, opts, done);
-    }
+    let payload = EnvelopeFormat::payload(stream, &req.channel, req.data.get().as_bytes());
+    ctx.socket()
+        .publish_acked(&req.channel, &payload, MessageKind::Text, opts, done);
     Ok(())
 }
 

@@ -68,6 +68,7 @@ mod credentials;
 #[cfg(feature = "store")]
 pub mod documents;
 mod events;
+pub mod http_api;
 mod identity;
 mod json;
 mod jwt;

@@ -16,22 +16,46 @@ use std::time::Duration;
 use edge_ws::protocol::deflate::DeflateConfig;
 use edge_ws::stream::{PublicationFormat, RestoredStream};
 use edge_ws::{
-    ChannelConfig, ChannelPolicy, Config, Cores, Engine, Handler, Message, MessageKind,
+    ChannelConfig, ChannelPolicy, Config, Cores, Engine, Handler, HttpRequest, HttpResponse,
+    Message, MessageKind,
     SlowConsumerPolicy, Socket, StreamPosition, Upgrade, UpgradeRequest,
 };
-use edge_ws_server::channels::{restore_streams, EnvelopeFormat, StoreStreams};
+use edge_ws_server::channels::{
+    restore_streams, ChannelAccess, ChannelOp, EnvelopeFormat, StoreStreams,
+};
+use edge_ws_server::http_api::{HttpApi, HttpApiConfig};
 use edge_ws_server::documents::DocumentConfig;
 use edge_ws_server::notifications::{NotificationConfig, Notifications};
 use edge_ws_server::presence::PresenceConfig;
 use edge_ws_server::store::{Durability, Store, StoreHandle, StoreOptions};
 use edge_ws_server::{
-    ApiKeyAuth, Auth, AuthRejection, JwtAuth, Manager, ManagerHandler, RejectReason, Router,
-    TokenSource, UserContext,
+    ApiKeyAuth, Auth, AuthRejection, JwtAuth, Manager, ManagerHandler, RateLimit, RejectReason,
+    Router, TokenSource, UserContext,
 };
 use serde::Deserialize;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// What edge-ws runs with when no file is given; a `--config` file is merged over it.
+const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Lays `over` on `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
 
 const HELP: &str = "\
 edge-ws: thread-per-core io_uring WebSocket server
@@ -45,7 +69,9 @@ OPTIONS:
         --cores N         number of cores, overrides the file (default: all)
         --log-format F    text (default) or json: one JSON object per line
         --stats-interval S  log the counters every S seconds (default 60; 0: only at exit)
-        --print-config    print the effective configuration and exit
+        --data-dir DIR    where the store keeps its files (store.dir; default ./edge-ws-data)
+        --api-addr ADDR   the HTTP API's address (http_api.addr), or off
+        --print-config    print the effective configuration (built-in + file) and exit
     -h, --help            this text
     -V, --version         print the version
 
@@ -65,6 +91,9 @@ SIGINT/SIGTERM: graceful shutdown (1001 to every client, then exit).
 #[serde(deny_unknown_fields, default)]
 struct FileConfig {
     server: ServerSection,
+    demo: DemoSection,
+    http_api: HttpApiSection,
+    rate_limit: RateLimitSection,
     io: IoSection,
     limits: LimitsSection,
     timeouts: TimeoutsSection,
@@ -76,6 +105,37 @@ struct FileConfig {
     presence: PresenceSection,
     notifications: NotificationsSection,
     documents: DocumentsSection,
+}
+
+/// `[demo]`: the page at `/`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DemoSection {
+    /// Serve the page; without an `[auth]` method, `/ws` then names users by `?user=`.
+    enabled: Option<bool>,
+}
+
+/// `[http_api]`: the server HTTP API on an admin port.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HttpApiSection {
+    enabled: Option<bool>,
+    addr: Option<SocketAddr>,
+    /// Accepted keys; none: a random one is made at start and logged.
+    keys: Vec<String>,
+    max_body: Option<usize>,
+}
+
+/// `[rate_limit]`: per-connection message rate (token bucket).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RateLimitSection {
+    /// 0: unlimited.
+    messages_per_second: Option<f64>,
+    messages_burst: Option<u32>,
+    /// Per user, over all their connections (0: unlimited).
+    user_messages_per_second: Option<f64>,
+    user_messages_burst: Option<u32>,
 }
 
 /// `[documents]`: collaborative documents in the store (opening it).
@@ -99,6 +159,10 @@ struct AuthSection {
     /// The header API keys come in (default `x-api-key`).
     api_key_header: Option<String>,
     api_keys: Vec<ApiKeyEntry>,
+    /// Without `jwt_secret` or `api_keys`: take the user id from this query parameter,
+    /// unchecked (`/ws?user=alice`; the demo's sign-in, for loopback and trusted networks).
+    /// Empty: anonymous connections.
+    query_user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,6 +320,11 @@ struct ChannelsSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct PolicySection {
+    /// Who may subscribe (and read history): "anyone" (default), "users" (authenticated)
+    /// or a permission name the user must hold.
+    subscribe: Option<String>,
+    /// Who may publish: the same choices.
+    publish: Option<String>,
     presence: Option<bool>,
     join_leave: Option<bool>,
     history_size: Option<usize>,
@@ -331,6 +400,10 @@ struct IoSection {
 #[serde(deny_unknown_fields, default)]
 struct LimitsSection {
     max_connections: Option<usize>,
+    /// Per authenticated user, over every core (0: unlimited).
+    max_connections_per_user: Option<u32>,
+    /// Per client address (0: unlimited).
+    max_connections_per_ip: Option<u32>,
     max_message_size: Option<usize>,
     max_frame_size: Option<usize>,
     max_fragments: Option<usize>,
@@ -516,7 +589,8 @@ impl PublicationFormat for ProductFormat {
     }
 }
 
-/// `[auth]` as the manager's authentication.
+/// `[auth]` as the manager's authentication: JWT, API keys, or else (with `query_user`) users
+/// named by a query parameter, unchecked (the demo's sign-in).
 fn auth(a: &AuthSection) -> Result<Auth, Failure> {
     match (&a.jwt_secret, a.api_keys.is_empty()) {
         (Some(_), false) => Err("auth: configure jwt_secret or api_keys, not both".into()),
@@ -553,8 +627,156 @@ fn auth(a: &AuthSection) -> Result<Auth, Failure> {
                 },
             )))
         }
+        (None, true) if a.query_user.as_deref().is_some_and(|q| !q.is_empty()) => {
+            let param: std::sync::Arc<str> = a.query_user.as_deref().unwrap_or("user").into();
+            Ok(named_by_query(param))
+        }
         (None, true) => Ok(Auth::None),
     }
+}
+
+/// Users named by `?<param>=`, unchecked; they may notify each other (the demo page turns
+/// @mentions into notifications).
+fn named_by_query(param: std::sync::Arc<str>) -> Auth {
+    Auth::validator(move |info| {
+        let param = param.clone();
+        async move {
+            match info.request.query_param(&param) {
+                // Demo users may notify each other (the page turns @mentions into notifications).
+                Some(u) if is_demo_name(u) => {
+                    Ok(UserContext::new(u).with_permissions(["notifications:send"]))
+                }
+                Some(_) => Err(AuthRejection::unauthorized(
+                    "user names are 1 to 32 letters, digits, '-', '_' or '.'",
+                )),
+                None => Err(AuthRejection::unauthorized(format!(
+                    "sign in with ?{param}=<name>"
+                ))),
+            }
+        }
+    })
+}
+
+fn is_demo_name(u: &str) -> bool {
+    (1..=32).contains(&u.len())
+        && u
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Who may do something on a channel (`subscribe`/`publish` in a namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Who {
+    Anyone,
+    Users,
+    Nobody,
+    Permission(String),
+}
+
+impl Who {
+    fn parse(key: &str, v: Option<&str>) -> Result<Who, String> {
+        match v {
+            None | Some("anyone") => Ok(Who::Anyone),
+            Some("users") => Ok(Who::Users),
+            Some("nobody") => Ok(Who::Nobody),
+            Some(p) => match p.strip_prefix("permission:") {
+                Some(name) if !name.is_empty() => Ok(Who::Permission(name.to_string())),
+                _ => Err(format!(
+                    "{key}: \"anyone\", \"users\", \"nobody\" or \"permission:<name>\", got {p:?}"
+                )),
+            },
+        }
+    }
+
+    fn allows(&self, user: Option<&UserContext>) -> bool {
+        match self {
+            Who::Anyone => true,
+            Who::Users => user.is_some(),
+            Who::Nobody => false,
+            Who::Permission(p) => user.is_some_and(|u| u.has_permission(p)),
+        }
+    }
+}
+
+/// The channel routes' access check from `subscribe`/`publish` of `[channels]` and each
+/// `[[channels.namespace]]` (the longest matching prefix decides, as for the policies).
+fn channel_access(ch: &ChannelsSection) -> Result<ChannelAccess, String> {
+    let rule = |what: &str, p: &PolicySection| -> Result<(Who, Who), String> {
+        Ok((
+            Who::parse(&format!("{what}.subscribe"), p.subscribe.as_deref())?,
+            Who::parse(&format!("{what}.publish"), p.publish.as_deref())?,
+        ))
+    };
+    let default = rule("channels", &ch.default)?;
+    let mut spaces = Vec::with_capacity(ch.namespace.len());
+    for ns in &ch.namespace {
+        let r = rule(&format!("channels.namespace {:?}", ns.prefix), &ns.policy)?;
+        // A namespace without its own rules inherits the default's.
+        let sub = ns.policy.subscribe.is_some().then_some(r.0).unwrap_or(default.0.clone());
+        let publ = ns.policy.publish.is_some().then_some(r.1).unwrap_or(default.1.clone());
+        spaces.push((ns.prefix.clone(), (sub, publ)));
+    }
+    Ok(std::sync::Arc::new(move |user, channel, op| {
+        let (sub, publ) = spaces
+            .iter()
+            .filter(|(p, _)| channel.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len())
+            .map_or(&default, |(_, r)| r);
+        let (who, verb) = match op {
+            ChannelOp::Publish => (publ, "publish to"),
+            _ => (sub, "subscribe to"),
+        };
+        if who.allows(user) {
+            Ok(())
+        } else {
+            Err(format!("not allowed to {verb} {channel}"))
+        }
+    }))
+}
+
+/// A `[rate_limit]` pair: none when the rate is absent or 0.
+fn rate_limit(per_second: &Option<f64>, burst: Option<u32>) -> Result<Option<RateLimit>, String> {
+    match *per_second {
+        None => Ok(None),
+        Some(r) if r == 0.0 => Ok(None),
+        Some(r) if r.is_finite() && r > 0.0 => {
+            let burst = burst.unwrap_or_else(|| (r.ceil() as u32).max(1));
+            Ok(Some(RateLimit::new().messages(r, burst.max(1))))
+        }
+        Some(r) => Err(format!(
+            "rate_limit: a rate is a positive number of messages per second, got {r}"
+        )),
+    }
+}
+
+/// Starts `[http_api]` when enabled (a random key when none is configured, logged).
+fn start_http_api(a: &HttpApiSection, manager: &Manager) -> Result<Option<HttpApi>, Failure> {
+    if !a.enabled.unwrap_or(false) {
+        return Ok(None);
+    }
+    let addr = a
+        .addr
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9002)));
+    let mut keys = a.keys.clone();
+    if keys.is_empty() {
+        let key = random_key().map_err(|e| Failure::Runtime(format!("http_api: {e}")))?;
+        tracing::info!(key = %key, "http_api: no keys configured; this run's key");
+        keys.push(key);
+    }
+    let mut c = HttpApiConfig::new(addr, keys);
+    c.max_body = a.max_body.unwrap_or(c.max_body);
+    let api = HttpApi::start(manager.clone(), c)
+        .map_err(|e| Failure::Runtime(format!("http_api on {addr}: {e}")))?;
+    tracing::info!(addr = %api.local_addr(), "HTTP API on http://{}/api/", api.local_addr());
+    Ok(Some(api))
+}
+
+/// 128 random bits as hex.
+fn random_key() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn presence_config(p: &PresenceSection) -> PresenceConfig {
@@ -581,10 +803,67 @@ fn is_envelope_path(path: &str) -> bool {
 /// `/ws`: the manager and its channel routes; every other path: the demo.
 struct Product {
     demo: Demo,
+    /// Serve the demo page at `/`.
+    page: bool,
+    store: Option<StoreHandle>,
+    manager: Manager,
     ws: ManagerHandler<Router>,
 }
 
+/// The demo page's files (engine/server/static), compiled in.
+const PAGE_FILES: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../../static/index.html")),
+    ("/index.html", "text/html; charset=utf-8", include_str!("../../static/index.html")),
+    ("/demo.js", "text/javascript; charset=utf-8", include_str!("../../static/demo.js")),
+    ("/ot.js", "text/javascript; charset=utf-8", include_str!("../../static/ot.js")),
+    ("/demo.css", "text/css; charset=utf-8", include_str!("../../static/demo.css")),
+];
+
+impl Product {
+    /// `GET /health`: the engine, the manager and the store.
+    fn health(&self) -> HttpResponse {
+        let h = self.manager.engine();
+        let mut body = format!(
+            r#"{{"status":"ok","cores":{},"connections":{},"users_online":{}"#,
+            h.map_or(0, |h| h.cores()),
+            h.map_or(0, |h| h.connections()),
+            self.manager.users_online(),
+        );
+        if let Some(store) = &self.store {
+            let s = store.stats();
+            body.push_str(&format!(
+                r#","store":{{"path":{},"commits":{},"failed_commits":{},"io_errors":{},"queue_depth":{},"commit_p99_us":{}}}"#,
+                serde_json::to_string(&store.path().display().to_string()).unwrap_or_default(),
+                s.commits,
+                s.failed_commits,
+                s.io_errors,
+                s.queue_depth,
+                s.commit_latency.p99_us
+            ));
+        }
+        body.push('}');
+        HttpResponse::ok("application/json", body)
+    }
+}
+
 impl Handler for Product {
+    fn on_http(&mut self, request: &HttpRequest) -> Option<HttpResponse> {
+        if request.method != "GET" {
+            return None;
+        }
+        if request.path == "/health" {
+            return Some(self.health());
+        }
+        if !self.page {
+            return None;
+        }
+        let (_, content_type, body) = PAGE_FILES.iter().find(|(p, _, _)| *p == request.path)?;
+        Some(
+            HttpResponse::ok(*content_type, body.as_bytes())
+                .with_header("Cache-Control", "no-cache"),
+        )
+    }
+
     fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Upgrade {
         if is_envelope_path(&request.request.path) {
             self.ws.on_upgrade(request)
@@ -724,6 +1003,8 @@ fn run() -> Result<(), Failure> {
     let mut addr = None;
     let mut cores = None;
     let mut print = false;
+    let mut data_dir: Option<String> = None;
+    let mut api_addr: Option<Option<SocketAddr>> = None;
     let mut log_format = LogFormat::Text;
     let mut stats_interval = Duration::from_secs(60);
     while let Some(a) = args.next() {
@@ -768,37 +1049,86 @@ fn run() -> Result<(), Failure> {
                 );
             }
             "--print-config" => print = true,
+            "--data-dir" => data_dir = Some(args.next().ok_or("--data-dir needs a directory")?),
+            "--api-addr" => {
+                let v = args.next().ok_or("--api-addr needs HOST:PORT or off")?;
+                api_addr = Some(if v == "off" {
+                    None
+                } else {
+                    Some(
+                        v.parse::<SocketAddr>()
+                            .map_err(|e| format!("--api-addr {v}: {e}"))?,
+                    )
+                });
+            }
             other => return Err(format!("unknown argument {other:?} (see --help)").into()),
         }
     }
-    let mut cfg = Config::default();
-    let mut store_section = StoreSection::default();
-    let mut proxy_section = None;
-    let mut auth_section = AuthSection::default();
-    let mut presence_section = PresenceSection::default();
-    let mut notify_section = NotificationsSection::default();
-    let mut docs_section = DocumentsSection::default();
-    if let Some(path) = config_path {
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-        let mut file: FileConfig = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
-        store_section = std::mem::take(&mut file.store);
-        proxy_section = file.proxy.take();
-        auth_section = std::mem::take(&mut file.auth);
-        presence_section = std::mem::take(&mut file.presence);
-        notify_section = std::mem::take(&mut file.notifications);
-        docs_section = std::mem::take(&mut file.documents);
-        apply(file, &mut cfg)?;
+    let mut merged: toml::Value =
+        toml::from_str(DEFAULT_CONFIG).map_err(|e| format!("the built-in configuration: {e}"))?;
+    if let Some(path) = &config_path {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        let over: toml::Value = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+        merge(&mut merged, over);
     }
-    if let Some(a) = addr {
-        cfg.addr = a;
-    }
-    if let Some(n) = cores {
-        cfg.cores = Cores::Count(n);
+    // The command line wins over the files.
+    if let Some(table) = merged.as_table_mut() {
+        let server = table
+            .entry("server")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let Some(server) = server.as_table_mut() {
+            if let Some(a) = addr {
+                server.insert("addr".into(), toml::Value::String(a.to_string()));
+            }
+            if let Some(n) = cores {
+                server.insert("cores".into(), toml::Value::Integer(n as i64));
+            }
+        }
+        let mut set = |section: &str, key: &str, v: toml::Value| {
+            if let Some(t) = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+            {
+                t.insert(key.into(), v);
+            }
+        };
+        if let Some(d) = data_dir {
+            set("store", "dir", toml::Value::String(d));
+        }
+        match api_addr {
+            Some(Some(a)) => set("http_api", "addr", toml::Value::String(a.to_string())),
+            Some(None) => set("http_api", "enabled", toml::Value::Boolean(false)),
+            None => {}
+        }
     }
     if print {
-        println!("{cfg:#?}");
+        print!(
+            "{}",
+            toml::to_string_pretty(&merged).map_err(|e| format!("--print-config: {e}"))?
+        );
         return Ok(());
     }
+    let source = config_path.as_deref().unwrap_or("the configuration");
+    let mut file: FileConfig = merged
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("{source}: {e}"))?;
+    let store_section = std::mem::take(&mut file.store);
+    let proxy_section = file.proxy.take();
+    let auth_section = std::mem::take(&mut file.auth);
+    let presence_section = std::mem::take(&mut file.presence);
+    let notify_section = std::mem::take(&mut file.notifications);
+    let docs_section = std::mem::take(&mut file.documents);
+    let demo_section = std::mem::take(&mut file.demo);
+    let api_section = std::mem::take(&mut file.http_api);
+    let rate_section = std::mem::take(&mut file.rate_limit);
+    let manager_limits = (
+        file.limits.max_connections_per_user.unwrap_or(0),
+        file.limits.max_connections_per_ip.unwrap_or(0),
+    );
+    let access = channel_access(&file.channels)?;
+    let mut cfg = Config::default();
+    apply(file, &mut cfg)?;
     cfg.validate().map_err(|e| e.to_string())?;
     init_logs(log_format)?;
     edge_ws::runtime::os::block_termination_signals();
@@ -816,9 +1146,25 @@ fn run() -> Result<(), Failure> {
             .stream_store(std::sync::Arc::new(StoreStreams::new(store.clone())))
             .restore_streams(restored.clone());
     }
+    let demo = demo_section.enabled.unwrap_or(false);
     let mut mb = Manager::builder()
         .auth(auth(&auth_section)?)
         .presence(presence_config(&presence_section));
+    if manager_limits.0 > 0 {
+        mb = mb.max_connections_per_user(manager_limits.0);
+    }
+    if manager_limits.1 > 0 {
+        mb = mb.max_connections_per_ip(manager_limits.1);
+    }
+    if let Some(r) = rate_limit(&rate_section.messages_per_second, rate_section.messages_burst)? {
+        mb = mb.rate_limit(r);
+    }
+    if let Some(r) = rate_limit(
+        &rate_section.user_messages_per_second,
+        rate_section.user_messages_burst,
+    )? {
+        mb = mb.user_rate_limit(r);
+    }
     if let (true, Some((store, _))) = (notify, &store) {
         let mut nc = NotificationConfig::default();
         nc.max_per_user = notify_section.max_per_user.unwrap_or(nc.max_per_user);
@@ -829,10 +1175,14 @@ fn run() -> Result<(), Failure> {
     }
     let manager = mb.build();
     let m = manager.clone();
+    let store_handle = store.as_ref().map(|(s, _)| s.clone());
     let engine = builder
         .build(move |_core| Product {
             demo: Demo,
-            ws: m.handler(Router::new().channels()),
+            page: demo,
+            store: store_handle.clone(),
+            manager: m.clone(),
+            ws: m.handler(Router::new().channels_with(access.clone())),
         })
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     manager.attach(engine.handle());
@@ -844,6 +1194,7 @@ fn run() -> Result<(), Failure> {
         dc.snapshot_every = docs_section.snapshot_every.unwrap_or(dc.snapshot_every);
         manager.start_documents(store.clone(), dc);
     }
+    let _api = start_http_api(&api_section, &manager)?;
     tracing::info!(
         addr = %engine.local_addr(),
         cores = engine.handle().cores(),
@@ -851,6 +1202,17 @@ fn run() -> Result<(), Failure> {
         "edge-ws listening on ws://{}",
         engine.local_addr()
     );
+    if demo {
+        tracing::info!("demo page on http://{}/", engine.local_addr());
+    }
+    if auth_section.jwt_secret.is_none()
+        && auth_section.api_keys.is_empty()
+        && auth_section.query_user.as_deref().is_some_and(|q| !q.is_empty())
+    {
+        tracing::warn!(
+            "auth.query_user: users sign in by name, unchecked; configure auth.jwt_secret or auth.api_keys before exposing this server"
+        );
+    }
     let result = serve(engine, stats_interval);
     if let Some((store, _)) = store {
         if let Err(e) = store.shutdown() {
