@@ -16,7 +16,13 @@ struct Server {
 impl Server {
     fn start(args: &[&str]) -> (Server, SocketAddr) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-ws"))
-            .args(["--addr", "127.0.0.1:0", "--cores", "1"])
+            .args(["--addr", "127.0.0.1:0", "--cores", "1", "--api-addr", "off"])
+            .arg("--data-dir")
+            .arg(std::env::temp_dir().join(format!(
+                "edge-ws-logs-{}-{}",
+                std::process::id(),
+                args.join("")
+            )))
             .args(args)
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())

@@ -39,7 +39,7 @@ fn recv(ws: &mut WebSocket<TcpStream>) -> Value {
 fn config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("edge-ws.toml");
     let text = format!(
-        "[channels]\nhistory_size = 0\n\n\
+        "[auth]\nquery_user = \"\"\n\n[rate_limit]\nmessages_per_second = 0\n\n[channels]\nhistory_size = 0\n\n\
          [[channels.namespace]]\nprefix = \"p:\"\nhistory_size = 10000\npersist = true\n\n\
          [[channels.namespace]]\nprefix = \"m:\"\nhistory_size = 100\n\n\
          [store]\ndir = {:?}\n",

@@ -29,7 +29,7 @@ fn backend(dir: &Path, name: &str) -> Server {
     let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
-        "[[channels.namespace]]\nprefix = \"m:\"\nhistory_size = 10\n",
+        "[auth]\nquery_user = \"\"\n\n[[channels.namespace]]\nprefix = \"m:\"\nhistory_size = 10\n",
     )
     .unwrap();
     let s = Server::start(1, Some(&cfg));

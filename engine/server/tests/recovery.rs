@@ -25,7 +25,7 @@ fn free_port() -> SocketAddr {
 fn config(dir: &Path) -> PathBuf {
     let path = dir.join("edge-ws.toml");
     let text = format!(
-        "[[channels.namespace]]\nprefix = \"h:\"\nhistory_size = 10000\npersist = true\n\n\
+        "[auth]\nquery_user = \"\"\n\n[rate_limit]\nmessages_per_second = 0\n\n[[channels.namespace]]\nprefix = \"h:\"\nhistory_size = 10000\npersist = true\n\n\
          [store]\ndir = {:?}\n",
         dir.join("data")
     );

@@ -1245,8 +1245,10 @@ fn serve(engine: Engine, stats_interval: Duration) -> std::thread::Result<()> {
 }
 
 /// Reverse-proxy mode (`[proxy]`): every path is relayed to a backend.
-fn run_proxy(p: &ProxySection, cfg: Config, stats_interval: Duration) -> Result<(), Failure> {
+fn run_proxy(p: &ProxySection, mut cfg: Config, stats_interval: Duration) -> Result<(), Failure> {
     let (proxy, checks) = build_proxy(p)?;
+    // Channels live on the backends: the proxy keeps none (nor the built-in namespaces).
+    cfg.channels = ChannelConfig::default();
     let px = proxy.clone();
     let engine = Engine::builder()
         .config(cfg)

@@ -8,10 +8,16 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+static NEXT_DIR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A running `edge-ws` process.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTP API's address (it runs on a free port).
+    pub api: Option<SocketAddr>,
+    /// Log lines after the start line, as they come.
+    pub log: std::sync::mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -35,9 +41,21 @@ impl Server {
     pub fn try_start(addr: &str, cores: usize, config: Option<&Path>) -> Option<Server> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-ws"));
         cmd.args(["--addr", addr, "--cores", &cores.to_string()])
-            .args(["--stats-interval", "0"]);
+            .args(["--stats-interval", "0", "--api-addr", "127.0.0.1:0"]);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
+        }
+        // The built-in configuration keeps data in ./edge-ws-data: a test without its own
+        // [store] gets a fresh directory instead.
+        let own_store = config
+            .and_then(|c| std::fs::read_to_string(c).ok())
+            .is_some_and(|t| t.contains("[store]"));
+        if !own_store {
+            let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("edge-ws-test-data-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            cmd.arg("--data-dir").arg(dir);
         }
         let mut child = cmd
             .env_remove("RUST_LOG")
@@ -53,9 +71,13 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
+        let mut api = None;
         let found = loop {
             match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(line) => {
+                    if let Some(rest) = line.split("HTTP API on http://").nth(1) {
+                        api = rest.split('/').next().and_then(|a| a.parse().ok());
+                    }
                     if let Some(rest) = line.split("listening on ws://").nth(1) {
                         break rest
                             .split(|c: char| c == '"' || c.is_whitespace())
@@ -68,7 +90,12 @@ impl Server {
             }
         };
         match found {
-            Some(addr) => Some(Server { child, addr }),
+            Some(addr) => Some(Server {
+                child,
+                addr,
+                api,
+                log: rx,
+            }),
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
