@@ -243,3 +243,51 @@ fn envelope_errors_are_answered_and_the_connection_keeps_serving() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sigterm_closes_clients_with_1001_flushes_the_store_and_exits_0() {
+    let dir = std::env::temp_dir().join(format!("edge-ws-channels-t-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = config(&dir);
+    let mut server = Server::start(2, Some(&cfg));
+    let mut c = connect(server.addr);
+    send(
+        &mut c,
+        json!({"type":"publish","id":1,"data":{"channel":"p:drain","data":"kept"}}),
+    );
+    let ack = recv(&mut c);
+    assert_eq!(ack["type"], "published", "{ack}");
+    let epoch = ack["data"]["epoch"].as_str().unwrap().to_string();
+
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The client hears "going away" (reconnect, docs/PROTOCOL.md section 8) and answers it.
+    let close = loop {
+        match c.read() {
+            Ok(Message::Close(f)) => break f.expect("a close code"),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame before the end: {e}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+    let _ = c.flush();
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+
+    let server = Server::start(2, Some(&cfg));
+    let mut c = connect(server.addr);
+    send(
+        &mut c,
+        json!({"type":"history","id":2,"data":{"channel":"p:drain","limit":10}}),
+    );
+    let h = recv(&mut c);
+    assert_eq!(h["data"]["epoch"], epoch.as_str(), "{h}");
+    assert_eq!(h["data"]["publications"][0]["data"], "kept", "{h}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
