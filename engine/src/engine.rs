@@ -80,6 +80,12 @@ impl EngineHandle {
         s
     }
 
+    /// Every counter in the Prometheus text format, as `GET` on the metrics path answers it
+    /// (for a handler that answers that path itself and adds its own series).
+    pub fn prometheus(&self) -> String {
+        crate::metrics::prometheus(&self.shared)
+    }
+
     /// Counters of one core (`None` if there is no such core).
     pub fn core_metrics(&self, core: usize) -> Option<MetricsSnapshot> {
         let mut s = MetricsSnapshot::sum(std::iter::once(self.shared.metrics.get(core)?));

@@ -325,7 +325,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
     Ok(Some((head, used)))
 }
 
-fn write_response(conn: &mut TcpStream, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
+fn write_response(
+    conn: &mut TcpStream,
+    status: u16,
+    body: &str,
+    keep_alive: bool,
+) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -552,7 +557,10 @@ impl Api {
             .as_deref()
             .is_some_and(|k| self.config.keys.iter().any(|good| same_key(k, good)));
         if !authorised {
-            return (401, error_json("missing or invalid API key", "unauthorized"));
+            return (
+                401,
+                error_json("missing or invalid API key", "unauthorized"),
+            );
         }
         let body = if body.iter().all(u8::is_ascii_whitespace) {
             &b"{}"[..]
@@ -587,7 +595,8 @@ impl Api {
                     ..PublishOptions::default()
                 };
                 let stream = engine.has_history(&req.channel);
-                let payload = EnvelopeFormat::payload(stream, &req.channel, req.data.get().as_bytes());
+                let payload =
+                    EnvelopeFormat::payload(stream, &req.channel, req.data.get().as_bytes());
                 let p = engine
                     .publish_blocking(&req.channel, &payload, MessageKind::Text, opts)
                     .map_err(|e| stream_failure(&e))?;
@@ -681,7 +690,9 @@ impl Api {
                     None => {
                         let mut d = String::from(r#"{"user":"#);
                         crate::json::push_str(&mut d, &req.user);
-                        d.push_str(r#","status":"offline","last_seen":null,"connections":0,"meta":null}"#);
+                        d.push_str(
+                            r#","status":"offline","last_seen":null,"connections":0,"meta":null}"#,
+                        );
                         d
                     }
                 })
@@ -735,7 +746,10 @@ impl Api {
                         "code: 1000 or 4000-4999 (4000-4499: the client may reconnect, 4500-4999: it should not)",
                     ));
                 }
-                let reason = req.reason.as_deref().unwrap_or("disconnected by the server");
+                let reason = req
+                    .reason
+                    .as_deref()
+                    .unwrap_or("disconnected by the server");
                 if reason.len() > 123 {
                     return Err(Failure::bad("reason: at most 123 bytes"));
                 }
@@ -801,7 +815,9 @@ mod tests {
         let (h, _) = parse_head(raw).unwrap().unwrap();
         assert_eq!(h.key.as_deref(), Some("k"));
         assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
-        assert!(parse_head(b"POST /api/x HTTP/1.1\r\nHost:").unwrap().is_none());
+        assert!(parse_head(b"POST /api/x HTTP/1.1\r\nHost:")
+            .unwrap()
+            .is_none());
         assert!(parse_head(b"\x16\x03\x01\x02\x00garbage\r\n\r\n").is_err());
         let conflicting = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert!(parse_head(conflicting).is_err());

@@ -76,6 +76,7 @@ mod limits;
 #[cfg(feature = "store")]
 pub mod notifications;
 pub mod presence;
+pub mod prometheus;
 pub mod proxy;
 mod rate;
 mod route_error;

@@ -86,6 +86,18 @@ fn call(api: SocketAddr, method: &str, body: Value) -> Value {
     v
 }
 
+/// The body of a plain `GET` on the public port.
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut c = connect(addr);
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let text = String::from_utf8(buf).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
 type Ws = tungstenite::WebSocket<TcpStream>;
 
 fn ws(addr: SocketAddr, user: &str) -> Ws {
@@ -131,12 +143,28 @@ fn bad_requests_get_their_status_and_the_api_goes_on() {
         (Some("wrong-key"), "info", "{}", 401, "unauthorized"),
         (Some(KEY), "nope", "{}", 404, "not_found"),
         (Some(KEY), "publish", "{\"channel\":", 400, "bad_request"),
-        (Some(KEY), "publish", r#"{"channel":"a","data":1,"x":2}"#, 400, "bad_request"),
-        (Some(KEY), "disconnect", r#"{"user":"a","code":1006}"#, 400, "bad_request"),
+        (
+            Some(KEY),
+            "publish",
+            r#"{"channel":"a","data":1,"x":2}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            Some(KEY),
+            "disconnect",
+            r#"{"user":"a","code":1006}"#,
+            400,
+            "bad_request",
+        ),
     ];
     for (key, method, body, status, code) in cases {
         let (s, v) = call_with(api, key, method, body);
-        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{method} {body}: {v}");
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (status, Some(code)),
+            "{method} {body}: {v}"
+        );
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     }
     // A GET, a chunked body, a body over max_body, garbage.
@@ -168,6 +196,32 @@ fn bad_requests_get_their_status_and_the_api_goes_on() {
     let mut w = ws(server.addr, "ann");
     send(&mut w, json!({"type":"ping","id":1}));
     assert_eq!(recv_kind(&mut w, "pong")["id"], 1);
+    // GET /metrics on the public port counts it all, with the server's own series.
+    call(api, "publish", json!({"channel":"h:m","data":1}));
+    let page = get(server.addr, "/metrics");
+    let value = |series: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+    };
+    assert_eq!(
+        value(r#"edge_ws_http_api_requests_total{outcome="unauthorized"}"#),
+        2
+    );
+    assert!(value(r#"edge_ws_http_api_requests_total{outcome="error"}"#) >= 8);
+    assert!(value("edge_ws_store_commit_seconds_count") >= 1);
+    assert_eq!(value("edge_ws_users_online"), 1);
+    let per_core: u64 = (0..2)
+        .map(|c| value(&format!(r#"edge_ws_core_opened{{core="{c}"}}"#)))
+        .sum();
+    assert_eq!(per_core, value("edge_ws_opened"));
+    assert!(page.contains(r#"edge_ws_upgrades_rejected_total{reason="invalid_api_key"}"#));
+    let health: Value = serde_json::from_str(&get(server.addr, "/health")).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert!(
+        health["store"]["commits"].as_u64().unwrap() >= 1,
+        "{health}"
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -192,7 +246,10 @@ fn a_backend_publishes_reads_history_and_lists_channels() {
         "publish",
         json!({"channel":"h:room","data":{"text":"from the backend"},"idempotency_key":"k1"}),
     );
-    assert_eq!((r["offset"].as_u64(), &r["duplicate"]), (Some(1), &json!(false)));
+    assert_eq!(
+        (r["offset"].as_u64(), &r["duplicate"]),
+        (Some(1), &json!(false))
+    );
     let p = recv_kind(&mut w, "publication");
     assert_eq!(p["channel"], "h:room");
     assert_eq!(p["offset"], 1);
@@ -204,7 +261,10 @@ fn a_backend_publishes_reads_history_and_lists_channels() {
         "publish",
         json!({"channel":"h:room","data":{"text":"from the backend"},"idempotency_key":"k1"}),
     );
-    assert_eq!((again["offset"].as_u64(), &again["duplicate"]), (Some(1), &json!(true)));
+    assert_eq!(
+        (again["offset"].as_u64(), &again["duplicate"]),
+        (Some(1), &json!(true))
+    );
 
     let b = call(
         api,
@@ -218,12 +278,18 @@ fn a_backend_publishes_reads_history_and_lists_channels() {
     let mut got = Vec::new();
     for _ in 0..2 {
         let p = recv_kind(&mut w, "publication");
-        got.push((p["channel"].as_str().unwrap().to_string(), p["data"].clone()));
+        got.push((
+            p["channel"].as_str().unwrap().to_string(),
+            p["data"].clone(),
+        ));
     }
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         got,
-        vec![("h:room".into(), json!("both")), ("plain".into(), json!("both"))]
+        vec![
+            ("h:room".into(), json!("both")),
+            ("plain".into(), json!("both"))
+        ]
     );
 
     let h = call(api, "history", json!({"channel":"h:room","limit":10}));
@@ -256,7 +322,10 @@ fn a_backend_notifies_messages_looks_up_and_disconnects_a_user() {
     assert_eq!(recv_kind(&mut bob, "pong")["id"], 1);
 
     let p = call(api, "presence", json!({"user":"bob"}));
-    assert_eq!((p["status"].as_str(), p["connections"].as_u64()), (Some("online"), Some(1)));
+    assert_eq!(
+        (p["status"].as_str(), p["connections"].as_u64()),
+        (Some("online"), Some(1))
+    );
     let nobody = call(api, "presence", json!({"user":"nobody"}));
     assert_eq!(nobody["status"], "offline");
 
@@ -281,7 +350,10 @@ fn a_backend_notifies_messages_looks_up_and_disconnects_a_user() {
     assert_eq!(s["connections"], 1);
     let m = recv_kind(&mut bob, "alert");
     assert_eq!(m["data"]["level"], "high");
-    assert_eq!(call(api, "send_to_user", json!({"user":"nobody","data":1}))["connections"], 0);
+    assert_eq!(
+        call(api, "send_to_user", json!({"user":"nobody","data":1}))["connections"],
+        0
+    );
 
     let d = call(
         api,

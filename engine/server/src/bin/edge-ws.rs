@@ -17,14 +17,13 @@ use edge_ws::protocol::deflate::DeflateConfig;
 use edge_ws::stream::{PublicationFormat, RestoredStream};
 use edge_ws::{
     ChannelConfig, ChannelPolicy, Config, Cores, Engine, Handler, HttpRequest, HttpResponse,
-    Message, MessageKind,
-    SlowConsumerPolicy, Socket, StreamPosition, Upgrade, UpgradeRequest,
+    Message, MessageKind, SlowConsumerPolicy, Socket, StreamPosition, Upgrade, UpgradeRequest,
 };
 use edge_ws_server::channels::{
     restore_streams, ChannelAccess, ChannelOp, EnvelopeFormat, StoreStreams,
 };
-use edge_ws_server::http_api::{HttpApi, HttpApiConfig};
 use edge_ws_server::documents::DocumentConfig;
+use edge_ws_server::http_api::{HttpApi, HttpApiConfig};
 use edge_ws_server::notifications::{NotificationConfig, Notifications};
 use edge_ws_server::presence::PresenceConfig;
 use edge_ws_server::store::{Durability, Store, StoreHandle, StoreOptions};
@@ -659,8 +658,7 @@ fn named_by_query(param: std::sync::Arc<str>) -> Auth {
 
 fn is_demo_name(u: &str) -> bool {
     (1..=32).contains(&u.len())
-        && u
-            .bytes()
+        && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
@@ -712,8 +710,18 @@ fn channel_access(ch: &ChannelsSection) -> Result<ChannelAccess, String> {
     for ns in &ch.namespace {
         let r = rule(&format!("channels.namespace {:?}", ns.prefix), &ns.policy)?;
         // A namespace without its own rules inherits the default's.
-        let sub = ns.policy.subscribe.is_some().then_some(r.0).unwrap_or(default.0.clone());
-        let publ = ns.policy.publish.is_some().then_some(r.1).unwrap_or(default.1.clone());
+        let sub = ns
+            .policy
+            .subscribe
+            .is_some()
+            .then_some(r.0)
+            .unwrap_or(default.0.clone());
+        let publ = ns
+            .policy
+            .publish
+            .is_some()
+            .then_some(r.1)
+            .unwrap_or(default.1.clone());
         spaces.push((ns.prefix.clone(), (sub, publ)));
     }
     Ok(std::sync::Arc::new(move |user, channel, op| {
@@ -807,16 +815,39 @@ struct Product {
     page: bool,
     store: Option<StoreHandle>,
     manager: Manager,
+    /// The engine's metrics path, answered here with the server's series added.
+    metrics_path: Option<String>,
+    api: Option<std::sync::Arc<HttpApi>>,
     ws: ManagerHandler<Router>,
 }
 
 /// The demo page's files (engine/server/static), compiled in.
 const PAGE_FILES: &[(&str, &str, &str)] = &[
-    ("/", "text/html; charset=utf-8", include_str!("../../static/index.html")),
-    ("/index.html", "text/html; charset=utf-8", include_str!("../../static/index.html")),
-    ("/demo.js", "text/javascript; charset=utf-8", include_str!("../../static/demo.js")),
-    ("/ot.js", "text/javascript; charset=utf-8", include_str!("../../static/ot.js")),
-    ("/demo.css", "text/css; charset=utf-8", include_str!("../../static/demo.css")),
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../static/index.html"),
+    ),
+    (
+        "/index.html",
+        "text/html; charset=utf-8",
+        include_str!("../../static/index.html"),
+    ),
+    (
+        "/demo.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/demo.js"),
+    ),
+    (
+        "/ot.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/ot.js"),
+    ),
+    (
+        "/demo.css",
+        "text/css; charset=utf-8",
+        include_str!("../../static/demo.css"),
+    ),
 ];
 
 impl Product {
@@ -853,6 +884,13 @@ impl Handler for Product {
         }
         if request.path == "/health" {
             return Some(self.health());
+        }
+        if self.metrics_path.as_deref() == Some(request.path.as_str()) {
+            let mut extra = edge_ws_server::prometheus::Extra::default();
+            extra.store = self.store.clone();
+            extra.http_api = self.api.as_ref().map(|a| a.stats());
+            let body = edge_ws_server::prometheus::render(&self.manager, &extra);
+            return Some(HttpResponse::ok("text/plain; version=0.0.4", body));
         }
         if !self.page {
             return None;
@@ -1156,7 +1194,10 @@ fn run() -> Result<(), Failure> {
     if manager_limits.1 > 0 {
         mb = mb.max_connections_per_ip(manager_limits.1);
     }
-    if let Some(r) = rate_limit(&rate_section.messages_per_second, rate_section.messages_burst)? {
+    if let Some(r) = rate_limit(
+        &rate_section.messages_per_second,
+        rate_section.messages_burst,
+    )? {
         mb = mb.rate_limit(r);
     }
     if let Some(r) = rate_limit(
@@ -1176,12 +1217,18 @@ fn run() -> Result<(), Failure> {
     let manager = mb.build();
     let m = manager.clone();
     let store_handle = store.as_ref().map(|(s, _)| s.clone());
+    // Before the engine: a call arriving before it is attached is answered 503.
+    let api = start_http_api(&api_section, &manager)?.map(std::sync::Arc::new);
+    let api_handle = api.clone();
+    let metrics_path = builder.config_ref().metrics_path.clone();
     let engine = builder
         .build(move |_core| Product {
             demo: Demo,
             page: demo,
             store: store_handle.clone(),
             manager: m.clone(),
+            metrics_path: metrics_path.clone(),
+            api: api_handle.clone(),
             ws: m.handler(Router::new().channels_with(access.clone())),
         })
         .map_err(|e| Failure::Runtime(e.to_string()))?;
@@ -1194,7 +1241,6 @@ fn run() -> Result<(), Failure> {
         dc.snapshot_every = docs_section.snapshot_every.unwrap_or(dc.snapshot_every);
         manager.start_documents(store.clone(), dc);
     }
-    let _api = start_http_api(&api_section, &manager)?;
     tracing::info!(
         addr = %engine.local_addr(),
         cores = engine.handle().cores(),
@@ -1207,7 +1253,10 @@ fn run() -> Result<(), Failure> {
     }
     if auth_section.jwt_secret.is_none()
         && auth_section.api_keys.is_empty()
-        && auth_section.query_user.as_deref().is_some_and(|q| !q.is_empty())
+        && auth_section
+            .query_user
+            .as_deref()
+            .is_some_and(|q| !q.is_empty())
     {
         tracing::warn!(
             "auth.query_user: users sign in by name, unchecked; configure auth.jwt_secret or auth.api_keys before exposing this server"

@@ -52,8 +52,8 @@ impl Server {
             .is_some_and(|t| t.contains("[store]"));
         if !own_store {
             let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir = std::env::temp_dir()
-                .join(format!("edge-ws-test-data-{}-{n}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("edge-ws-test-data-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             cmd.arg("--data-dir").arg(dir);
         }
