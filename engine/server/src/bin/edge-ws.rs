@@ -710,18 +710,16 @@ fn channel_access(ch: &ChannelsSection) -> Result<ChannelAccess, String> {
     for ns in &ch.namespace {
         let r = rule(&format!("channels.namespace {:?}", ns.prefix), &ns.policy)?;
         // A namespace without its own rules inherits the default's.
-        let sub = ns
-            .policy
-            .subscribe
-            .is_some()
-            .then_some(r.0)
-            .unwrap_or(default.0.clone());
-        let publ = ns
-            .policy
-            .publish
-            .is_some()
-            .then_some(r.1)
-            .unwrap_or(default.1.clone());
+        let sub = if ns.policy.subscribe.is_some() {
+            r.0
+        } else {
+            default.0.clone()
+        };
+        let publ = if ns.policy.publish.is_some() {
+            r.1
+        } else {
+            default.1.clone()
+        };
         spaces.push((ns.prefix.clone(), (sub, publ)));
     }
     Ok(std::sync::Arc::new(move |user, channel, op| {
@@ -746,7 +744,7 @@ fn channel_access(ch: &ChannelsSection) -> Result<ChannelAccess, String> {
 fn rate_limit(per_second: &Option<f64>, burst: Option<u32>) -> Result<Option<RateLimit>, String> {
     match *per_second {
         None => Ok(None),
-        Some(r) if r == 0.0 => Ok(None),
+        Some(0.0) => Ok(None),
         Some(r) if r.is_finite() && r > 0.0 => {
             let burst = burst.unwrap_or_else(|| (r.ceil() as u32).max(1));
             Ok(Some(RateLimit::new().messages(r, burst.max(1))))
