@@ -18,7 +18,11 @@ start_edge_ws() {
   fi
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   ADDR="127.0.0.1:$port"
-  "$bin" --config "$here/server.toml" --addr "$ADDR" >"$log" 2>&1 &
+  # The built-in configuration under server.toml; only the HTTP API's port (free) and the data
+  # directory (a temporary one) move, so nothing lands in the checkout or collides.
+  EDGE_WS_DATA="$(mktemp -d)"
+  "$bin" --config "$here/server.toml" --addr "$ADDR" --api-addr 127.0.0.1:0 \
+    --data-dir "$EDGE_WS_DATA" >"$log" 2>&1 &
   SERVER_PID=$!
   trap stop_edge_ws EXIT
   trap 'exit 130' INT TERM
@@ -53,4 +57,5 @@ stop_edge_ws() {
     kill -KILL "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
   fi
+  if [ -n "${EDGE_WS_DATA:-}" ]; then rm -rf "$EDGE_WS_DATA"; fi
 }

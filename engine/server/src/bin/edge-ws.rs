@@ -1,8 +1,8 @@
 //! The edge-ws server binary: an engine configured from a TOML file (or defaults).
 //!
 //! ```text
-//! edge-ws [--config FILE] [--addr HOST:PORT] [--cores N] [--log-format text|json]
-//!         [--stats-interval SECS] [--print-config]
+//! edge-ws [--config FILE] [--addr HOST:PORT] [--cores N] [--data-dir DIR] [--api-addr ADDR|off]
+//!         [--log-format text|json] [--stats-interval SECS] [--print-config]
 //! ```
 //!
 //! Logs go to stderr through `tracing`, filtered by `RUST_LOG` (`info` when unset; e.g.
@@ -78,10 +78,14 @@ Logs go to stderr, filtered by RUST_LOG (default info; e.g. RUST_LOG=edge_ws=deb
 Exit status: 0 after a clean shutdown, 1 if the server failed while running, 2 for a
 bad command line or configuration.
 
-Paths: /ws speaks the JSON envelope (docs/PROTOCOL.md: subscribe with recovery,
-publish, history); /sub subscribes to the \"broadcast\" channel, every message sent on
-/pub is published to it (on every core), any other path echoes. GET /health answers JSON,
-GET /metrics the counters in the Prometheus text format.
+With no --config the built-in configuration runs (see --print-config): the demo page at /,
+users named by ?user= (unchecked), chat:* rooms with history, notifications, documents, the
+HTTP API on 127.0.0.1:9002 (key logged at start), data in ./edge-ws-data. A --config file is
+merged over it key by key.
+
+Paths: GET / the demo page; /ws the JSON envelope (docs/PROTOCOL.md); /sub subscribes to the
+\"broadcast\" channel, every message sent on /pub is published to it; any other path echoes.
+GET /health answers JSON, GET /metrics the counters in the Prometheus text format.
 With a [proxy] section every path is relayed to a backend instead (reverse-proxy mode).
 SIGINT/SIGTERM: graceful shutdown (1001 to every client, then exit).
 ";
