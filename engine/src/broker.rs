@@ -115,6 +115,17 @@ pub struct BrokerStats {
 }
 
 impl BrokerStats {
+    /// The `"broker"` object of `GET /health`: `{"state":…,"subscriptions":…,…}`.
+    pub fn health_json(&self, state: BrokerState) -> String {
+        format!(
+            r#"{{"state":"{}","subscriptions":{},"reconnects":{},"publish_errors":{}}}"#,
+            state.as_str(),
+            self.subscriptions,
+            self.reconnects,
+            self.publish_errors
+        )
+    }
+
     /// `(name, value)` of every counter (gauges: `subscriptions`).
     pub fn fields(&self) -> [(&'static str, u64); 8] {
         [

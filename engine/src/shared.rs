@@ -222,14 +222,8 @@ impl Shared {
             if state != crate::broker::BrokerState::Up {
                 status = 503;
             }
-            let s = b.stats();
-            body.push_str(&format!(
-                ",\"broker\":{{\"state\":\"{}\",\"subscriptions\":{},\"reconnects\":{},\"publish_errors\":{}}}",
-                state.as_str(),
-                s.subscriptions,
-                s.reconnects,
-                s.publish_errors
-            ));
+            body.push_str(",\"broker\":");
+            body.push_str(&b.stats().health_json(state));
         }
         body.push('}');
         (status, body)

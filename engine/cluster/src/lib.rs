@@ -30,6 +30,7 @@
 
 #[cfg(feature = "redis")]
 mod redis_broker;
+pub mod testing;
 mod wire;
 
 #[cfg(feature = "redis")]

@@ -4,6 +4,8 @@
 //! (`t` text, `b` binary) and the payload. A stream publication is made by the append script:
 //! `S<offset>:<epoch>:<timestamp_ms>:<kind>:` and the payload. Payloads are bytes; nothing is
 //! escaped.
+// Without the `redis` feature only `user_channel` is used.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
 use bytes::Bytes;
 use edge_ws::broker::BrokerEntry;

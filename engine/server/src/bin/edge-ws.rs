@@ -108,6 +108,7 @@ struct FileConfig {
     presence: PresenceSection,
     notifications: NotificationsSection,
     documents: DocumentsSection,
+    cluster: ClusterSection,
 }
 
 /// `[demo]`: the page at `/`.
@@ -874,8 +875,22 @@ impl Product {
                 s.commit_latency.p99_us
             ));
         }
+        // In cluster mode: the broker's state; 503 while it cannot reach Redis.
+        let broker = h.and_then(|h| h.broker_state());
+        if let Some((state, stats)) = &broker {
+            body.push_str(",\"broker\":");
+            body.push_str(&stats.health_json(*state));
+        }
         body.push('}');
-        HttpResponse::ok("application/json", body)
+        let down = broker.is_some_and(|(s, _)| s != edge_ws::broker::BrokerState::Up);
+        if down {
+            body = body.replacen(r#""status":"ok""#, r#""status":"degraded""#, 1);
+        }
+        let mut r = HttpResponse::ok("application/json", body);
+        if down {
+            r.status = 503;
+        }
+        r
     }
 }
 
@@ -1162,6 +1177,7 @@ fn run() -> Result<(), Failure> {
     let demo_section = std::mem::take(&mut file.demo);
     let api_section = std::mem::take(&mut file.http_api);
     let rate_section = std::mem::take(&mut file.rate_limit);
+    let cluster_section = std::mem::take(&mut file.cluster);
     let manager_limits = (
         file.limits.max_connections_per_user.unwrap_or(0),
         file.limits.max_connections_per_ip.unwrap_or(0),
@@ -1186,6 +1202,7 @@ fn run() -> Result<(), Failure> {
             .stream_store(std::sync::Arc::new(StoreStreams::new(store.clone())))
             .restore_streams(restored.clone());
     }
+    builder = with_cluster(builder, &cluster_section)?;
     let demo = demo_section.enabled.unwrap_or(false);
     let mut mb = Manager::builder()
         .auth(auth(&auth_section)?)
@@ -1328,4 +1345,48 @@ fn run_proxy(p: &ProxySection, mut cfg: Config, stats_interval: Duration) -> Res
         "proxy stopped"
     );
     result.map_err(|_| Failure::Runtime("a core thread panicked".to_string()))
+}
+
+/// `[cluster]`: join the other edge-ws processes pointed at the same Redis (docs/CLUSTER.md;
+/// needs the `cluster` feature).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ClusterSection {
+    /// `redis://[user:password@]host:port[/db]`; no cluster without it.
+    redis_url: Option<String>,
+    /// Prefix of every Redis key and channel (default `edge-ws`).
+    prefix: Option<String>,
+    /// How long a dead node's presence entries last (default 30000).
+    presence_ttl_ms: Option<u64>,
+}
+
+/// The engine builder with the Redis broker of `[cluster]`, if it names a Redis.
+fn with_cluster(
+    builder: edge_ws::EngineBuilder,
+    c: &ClusterSection,
+) -> Result<edge_ws::EngineBuilder, Failure> {
+    let Some(url) = &c.redis_url else {
+        return Ok(builder);
+    };
+    #[cfg(feature = "cluster")]
+    {
+        let mut rc = edge_ws_cluster::RedisConfig::new(url.clone());
+        if let Some(p) = &c.prefix {
+            rc.prefix = p.clone();
+        }
+        if let Some(t) = c.presence_ttl_ms {
+            rc.presence_ttl = ms(t.max(1));
+        }
+        let broker = edge_ws_cluster::RedisBroker::new(rc).map_err(|e| format!("[cluster] {e}"))?;
+        tracing::info!(redis = %url, node = %format_args!("{:016x}", broker.node_id()), "cluster mode");
+        Ok(builder.broker(std::sync::Arc::new(broker)))
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = (builder, &c.prefix, c.presence_ttl_ms);
+        Err(format!(
+            "[cluster] redis_url = {url:?}, but this edge-ws was built without the `cluster` feature"
+        )
+        .into())
+    }
 }
