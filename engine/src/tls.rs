@@ -116,6 +116,26 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The server's provider: ring's suites with AES-128-GCM first. The server picks by its own
+/// order (`ignore_client_order`): rustls clients, for one, list AES-256-GCM first, which costs
+/// about 40% more per byte than AES-128-GCM for no practical gain in strength here.
+fn server_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
@@ -231,19 +251,21 @@ impl TlsConfig {
         self.by_name.keys().map(String::as_str)
     }
 
-    /// The rustls server configuration: TLS 1.3 and 1.2, the `ring` provider's cipher suites,
-    /// ALPN `http/1.1`, no early data, no client certificates, the certificates above.
+    /// The rustls server configuration: TLS 1.3 and 1.2, the `ring` provider's cipher suites
+    /// in the server's order (AES-128-GCM first), ALPN `http/1.1`, no early data, no client
+    /// certificates, the certificates above.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let resolver = Resolver {
             default: self.default.clone(),
             by_name: self.by_name.clone(),
         };
-        let mut sc = rustls::ServerConfig::builder_with_provider(provider())
+        let mut sc = rustls::ServerConfig::builder_with_provider(server_provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
         sc.alpn_protocols = vec![b"http/1.1".to_vec()];
         sc.max_early_data_size = 0;
+        sc.ignore_client_order = true;
         Ok(Arc::new(sc))
     }
 }

@@ -166,19 +166,24 @@ fn wss_echo_beside_plain_ws_both_versions() {
     let e = engine(tls_config(&pki), Duration::from_secs(5));
     let tls_addr = e.tls_local_addr().expect("a TLS listener");
     assert_ne!(tls_addr, e.local_addr());
-    for (versions, want) in [
+    for (versions, want, suite) in [
         (
             &[&rustls::version::TLS13][..],
             rustls::ProtocolVersion::TLSv1_3,
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
         ),
         (
             &[&rustls::version::TLS12][..],
             rustls::ProtocolVersion::TLSv1_2,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
         ),
     ] {
         let (mut ws, v) =
             connect_tls(tls_addr, pki.client_config(versions), "localhost", "/").unwrap();
         assert_eq!(v, want);
+        // The server's order wins: AES-128-GCM, though rustls clients list AES-256 first.
+        let got = ws.get_ref().conn.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(got, suite);
         for i in 0..50 {
             ws.send(WsMessage::text(format!("hello {i}"))).unwrap();
             assert_eq!(text(&mut ws), format!("hello {i}"));
