@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_ws_server::{Auth, Manager, RouteError, Router};
+use edge_ws_server::{Auth, AuthRejection, Manager, RouteError, Router, UserContext};
 use serde_json::{json, Value};
 use util::*;
 
@@ -238,6 +238,111 @@ fn expiry_closes_with_4401_unless_refreshed_and_refresh_rereads_permissions() {
     now_ms.store((t0 + 601) * 1000, Ordering::SeqCst);
     assert_eq!(manager.enforce_token_expiry(), 1);
     assert_eq!(expect_close(&mut b).0, 4401);
+    engine.handle().shutdown();
+    engine.join().unwrap();
+}
+
+#[test]
+fn an_async_validator_refreshes_and_a_refusal_keeps_the_rights_until_expiry() {
+    let t0 = now_secs();
+    let now_ms = Arc::new(AtomicU64::new(t0 * 1000));
+    let clock = now_ms.clone();
+    let manager = Manager::builder()
+        // Users sign in by name (an async validator), with rights until t0+60.
+        .auth(Auth::validator(move |info| async move {
+            let user = info
+                .request
+                .query_param("user")
+                .unwrap_or("nobody")
+                .to_string();
+            Ok(UserContext::new(user)
+                .with_permissions(["chat"])
+                .with_expiry((t0 + 60) * 1000))
+        }))
+        // Refresh tokens: "renew:<user>:<permission>" (after a lookup), "revoked", "slow".
+        .refresh_validator(move |info| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if info.token == "slow" {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            match info.token.split(':').collect::<Vec<_>>()[..] {
+                ["renew", user, perm] => Ok(UserContext::new(user)
+                    .with_permissions(["chat", perm])
+                    .with_expiry((t0 + 600) * 1000)),
+                _ => Err(AuthRejection::unauthorized("session revoked")),
+            }
+        })
+        .auth_timeout(Duration::from_millis(300))
+        .clock(move || clock.load(Ordering::SeqCst))
+        .build();
+    let (d, x) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let engine = start(&manager, config(2), move || router(d.clone(), x.clone()));
+    let addr = engine.local_addr();
+    let mut b = upgrade(addr, "/?user=ben", &[]).open();
+    b.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    eventually("ben open", || manager.active_connections() == 1);
+    assert_eq!(call(&mut b, json!({"type":"perm","id":1}))["data"], false);
+
+    // Renewed by the validator: new permissions at once, a later expiry.
+    let r = call(
+        &mut b,
+        json!({"type":"refresh","id":2,"data":{"token":"renew:ben:admin"}}),
+    );
+    assert_eq!(
+        (
+            r["type"].as_str(),
+            r["id"].as_u64(),
+            r["data"]["expires_at"].as_u64()
+        ),
+        (Some("refreshed"), Some(2), Some((t0 + 600) * 1000)),
+        "{r}"
+    );
+    assert_eq!(call(&mut b, json!({"type":"perm","id":3}))["data"], true);
+
+    // Refusals: another user, the validator's no, a timeout, two at once. Rights unchanged.
+    let r = call(
+        &mut b,
+        json!({"type":"refresh","id":4,"data":{"token":"renew:ann:admin"}}),
+    );
+    assert_eq!(
+        r["error"], "refresh refused: the token is for another user",
+        "{r}"
+    );
+    let r = call(
+        &mut b,
+        json!({"type":"refresh","id":5,"data":{"token":"revoked"}}),
+    );
+    assert_eq!(r["error"], "refresh refused: session revoked", "{r}");
+    send(
+        &mut b,
+        &json!({"type":"refresh","id":6,"data":{"token":"slow"}}).to_string(),
+    );
+    send(
+        &mut b,
+        &json!({"type":"refresh","id":7,"data":{"token":"renew:ben:x"}}).to_string(),
+    );
+    let mut answers: Vec<Value> = vec![next(&mut b), next(&mut b)];
+    answers.sort_by_key(|v| v["id"].as_u64());
+    assert_eq!(
+        answers[0]["error"],
+        "refresh refused: the validator timed out"
+    );
+    assert_eq!(
+        answers[1]["error"],
+        "refresh refused: one is already in progress"
+    );
+    assert_eq!(call(&mut b, json!({"type":"perm","id":8}))["data"], true);
+    assert_eq!(manager.stats().refresh_refused, 4);
+
+    // The renewed expiry holds: not closed at t0+61, closed with 4401 after t0+600.
+    now_ms.store((t0 + 61) * 1000, Ordering::SeqCst);
+    assert_eq!(manager.enforce_token_expiry(), 0);
+    now_ms.store((t0 + 601) * 1000, Ordering::SeqCst);
+    assert_eq!(manager.enforce_token_expiry(), 1);
+    assert_eq!(expect_close(&mut b).0, 4401);
+    assert_eq!(manager.stats().expired_closes, 1);
     engine.handle().shutdown();
     engine.join().unwrap();
 }

@@ -172,6 +172,11 @@ pub struct ManagerStats {
     pub errors: Vec<(ErrorKind, u64)>,
     /// Connections closed by the abuse policy.
     pub abuse_closes: u64,
+    /// Connections closed with 4401 because their credentials expired.
+    pub expired_closes: u64,
+    /// `refresh` requests refused (another user, a bad or expired token, a validator's
+    /// refusal or timeout, one already in progress).
+    pub refresh_refused: u64,
 }
 
 impl ManagerStats {

@@ -141,6 +141,7 @@ pub mod bench_support {
 
 pub use self::async_route::Request;
 pub use self::auth::{ApiKeyAuth, Auth, HandshakeInfo, Validator, ValidatorFuture};
+pub use self::credentials::{RefreshFuture, RefreshInfo};
 pub use self::events::{ErrorKind, Event, ManagerStats};
 pub use self::identity::{AuthRejection, RejectReason, UserContext};
 pub use self::jwt::{Algorithm, JwtAuth, TokenSource, MAX_TOKEN_LEN};
@@ -205,6 +206,8 @@ pub(crate) struct Inner {
     pub(crate) settings: Settings,
     pub(crate) auth: Auth,
     pub(crate) clock: credentials::Clock,
+    /// The async refresh validator, if any (else JWT refreshes only).
+    pub(crate) refresh: Option<Arc<credentials::RefreshFn>>,
     pub(crate) expiries: credentials::Expiries,
     /// Reservations: upgrades admitted or being authenticated, plus open connections.
     pub(crate) total: AtomicUsize,
@@ -656,6 +659,8 @@ impl Manager {
                 .map(|&k| (k, load(&i.stats.errors[k.index()])))
                 .collect(),
             abuse_closes: load(&i.stats.abuse_closes),
+            expired_closes: load(&i.stats.expired_closes),
+            refresh_refused: load(&i.stats.refresh_refused),
         }
     }
 }
@@ -676,6 +681,7 @@ pub struct ManagerBuilder {
     #[cfg(feature = "store")]
     notifications: Option<notifications::Notifications>,
     clock: Option<credentials::Clock>,
+    refresh: Option<Arc<credentials::RefreshFn>>,
 }
 
 impl std::fmt::Debug for ManagerBuilder {
@@ -706,6 +712,7 @@ impl Default for ManagerBuilder {
             #[cfg(feature = "store")]
             notifications: None,
             clock: None,
+            refresh: None,
         }
     }
 }
@@ -777,6 +784,35 @@ impl ManagerBuilder {
         self
     }
 
+    /// An async validator for `refresh` (docs/PROTOCOL.md): called with the connection's
+    /// current user and the token it sent, on the connection's core (the future need not be
+    /// `Send`), within the auth timeout. The user it returns must have the same id; its
+    /// permissions and expiry replace the connection's. Without one, `refresh` works with
+    /// JWT authentication only (the token is verified like at the upgrade).
+    ///
+    /// ```
+    /// use edge_ws_server::{AuthRejection, Manager, UserContext};
+    /// let manager = Manager::builder()
+    ///     .refresh_validator(|info| async move {
+    ///         // e.g. ask the session service whether `info.token` is still valid
+    ///         if info.token == "still-valid" {
+    ///             Ok(UserContext::new(info.user.id()).with_permissions(["chat"]))
+    ///         } else {
+    ///             Err(AuthRejection::unauthorized("session revoked"))
+    ///         }
+    ///     })
+    ///     .build();
+    /// # let _ = manager;
+    /// ```
+    pub fn refresh_validator<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(RefreshInfo) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<UserContext, AuthRejection>> + 'static,
+    {
+        self.refresh = Some(Arc::new(move |info| Box::pin(f(info))));
+        self
+    }
+
     /// The clock credentials expire by (ms since the Unix epoch; default the system clock):
     /// replace it to test expiry.
     pub fn clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
@@ -815,6 +851,7 @@ impl ManagerBuilder {
                 },
                 auth: self.auth,
                 clock: self.clock.unwrap_or_else(|| Arc::new(wall_ms)),
+                refresh: self.refresh,
                 expiries: credentials::Expiries::default(),
                 total: AtomicUsize::new(0),
                 active: AtomicUsize::new(0),
@@ -925,6 +962,12 @@ impl<A: App> Handler for ManagerHandler<A> {
             scratch,
             ..
         } = self;
+        // Credentials an async refresh validator renewed since the last message on this core.
+        credentials::apply_refreshed(&manager.inner, |id, user| {
+            if let Some(Some(c)) = conns.get_mut(id.slot()) {
+                c.user = Some(user);
+            }
+        });
         let Some(Some(conn)) = conns.get_mut(socket.id().slot()) else {
             return; // not admitted by a manager
         };
@@ -975,6 +1018,7 @@ impl<A: App> Handler for ManagerHandler<A> {
         };
         self.open -= 1;
         let id = socket.id();
+        credentials::forget(id);
         {
             let mut ctx = Context::new(socket, &mut conn, &self.manager, &mut self.scratch);
             self.app.on_close(&mut ctx, code, reason);

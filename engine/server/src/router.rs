@@ -582,6 +582,18 @@ fn refresh(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteErr
         .user_arc()
         .ok_or_else(|| RouteError::new("refresh needs an authenticated connection"))?;
     let inner = ctx.manager().inner.clone();
+    if let Some(v) = &inner.refresh {
+        // Answered by the validator's task (`refreshed` or the refusal).
+        return crate::credentials::refresh_async(
+            &inner,
+            v,
+            ctx.id(),
+            current,
+            req.token,
+            msg.id().map(str::to_owned),
+        )
+        .map_err(RouteError::new);
+    }
     let user = crate::credentials::refreshed_user(&inner, &current, &req.token)
         .map_err(RouteError::new)?;
     let until = user.expires_at_ms();
