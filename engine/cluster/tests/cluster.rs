@@ -84,6 +84,13 @@ fn a_publish_crosses_once_to_each_interested_node_and_is_not_delivered_twice() {
     assert_eq!(sc.echoes_ignored, 0, "{sc:?}");
     assert_eq!(sa.published, 50);
     assert_eq!(sc.published, 50);
+    // A broadcast to every connection reaches every node's connections once.
+    b.handle
+        .broadcast_all(b"to all", MessageKind::Text, PublishOptions::default());
+    for client in [&mut on_a, &mut on_b, &mut on_b2, &mut on_c] {
+        assert_eq!(client.recv(), "to all");
+        assert_eq!(client.recv_within(Duration::from_millis(100)), None);
+    }
     // The last subscriber leaving a node unsubscribes it at Redis.
     drop(on_b);
     drop(on_b2);
@@ -205,6 +212,32 @@ fn a_stream_is_numbered_in_redis_and_recovers_on_any_node() {
     b.handle.publish("chat:1", "live");
     assert_eq!(again.recv(), "11|live");
     assert_eq!(on_a.recv(), "11|live");
+    // An idempotency key: a repeat (in flight or after the answer) publishes nothing.
+    let keyed = || PublishOptions {
+        idempotency_key: Some("k1".into()),
+        ..PublishOptions::default()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..2 {
+        let tx = tx.clone();
+        b.handle
+            .publish_acked("chat:1", b"once", MessageKind::Text, keyed(), move |r| {
+                let _ = tx.send(r);
+            });
+    }
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    let second = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(first.position, second.position);
+    assert!(second.duplicate && !first.duplicate);
+    let third = b
+        .handle
+        .publish_blocking("chat:1", b"once", MessageKind::Text, keyed())
+        .unwrap();
+    assert!(third.duplicate);
+    assert_eq!(third.position, first.position);
+    assert_eq!(again.recv(), "12|once");
+    assert_eq!(on_a.recv(), "12|once");
+    assert_eq!(again.recv_within(Duration::from_millis(200)), None);
     // A position of another epoch cannot be recovered.
     let mut stale = b.connect();
     let (_, _, rec) = stale.subscribe("chat:1", Some((3, epoch ^ 1)));
@@ -215,14 +248,14 @@ fn a_stream_is_numbered_in_redis_and_recovers_on_any_node() {
         .handle
         .history_blocking("chat:1", HistoryQuery::Last(3))
         .unwrap();
-    assert_eq!(page.position.offset, 11);
+    assert_eq!(page.position.offset, 12);
     assert_eq!(page.position.epoch, epoch);
     let texts: Vec<String> = page
         .publications
         .iter()
         .map(|p| String::from_utf8_lossy(&p.data).to_string())
         .collect();
-    assert_eq!(texts, vec!["9|a4", "10|c4", "11|live"]);
+    assert_eq!(texts, vec!["10|c4", "11|live", "12|once"]);
     assert_eq!(d.broker.stats().subscriptions, 0);
 }
 

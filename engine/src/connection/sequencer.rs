@@ -64,6 +64,8 @@ pub(crate) struct Mirror {
     recovers: Vec<WaitingRecover>,
     /// History reads waiting for a snapshot.
     reads: Vec<(HistoryQuery, ReplyTo<Result<HistoryPage, StreamError>>)>,
+    /// Repeats of an idempotency key whose first publish waits for the broker's answer.
+    duplicates: std::collections::HashMap<Arc<str>, Vec<ReplyTo<PublishResult>>>,
 }
 
 struct WaitingRecover {
@@ -406,7 +408,10 @@ impl CoreState {
                 Some(None) => {
                     // The first is waiting for its commit: answer both together.
                     inc(&metrics[me].stream_duplicates);
-                    if let Some(p) = stream
+                    if let Some(m) = stream.mirror.as_mut() {
+                        // In a cluster the first is waiting for the broker's answer.
+                        m.duplicates.entry(key.clone()).or_default().push(reply);
+                    } else if let Some(p) = stream
                         .pending
                         .iter_mut()
                         .find(|p| p.key.as_deref() == Some(&**key))
@@ -778,6 +783,10 @@ impl CoreState {
         reply: ReplyTo<PublishResult>,
     ) {
         let me = self.core_index;
+        let repeats = key
+            .as_ref()
+            .and_then(|k| self.owned(channel).mirror.as_mut()?.duplicates.remove(k))
+            .unwrap_or_default();
         match result {
             Ok(position) => {
                 let ack: PublishResult = Ok(Published {
@@ -790,6 +799,13 @@ impl CoreState {
                         .idem_record(k, Some(ack.clone()), now_ms());
                 }
                 self.answer(io, reply, ack);
+                for r in repeats {
+                    let dup = Ok(Published {
+                        position: Some(position),
+                        duplicate: true,
+                    });
+                    self.answer(io, r, dup);
+                }
             }
             Err(e) => {
                 inc(&self.metrics[me].stream_store_errors);
@@ -797,7 +813,11 @@ impl CoreState {
                 if let Some(k) = &key {
                     self.owned(channel).h.idem.remove(k);
                 }
-                self.answer(io, reply, Err(e.into()));
+                let e: StreamError = e.into();
+                for r in repeats {
+                    self.answer(io, r, Err(e.clone()));
+                }
+                self.answer(io, reply, Err(e));
             }
         }
     }
