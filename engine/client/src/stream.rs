@@ -9,6 +9,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Bytes of spare room a TLS read offers (and zeroes first): one TLS record's plaintext.
+#[cfg(feature = "tls")]
+const TLS_READ_WINDOW: usize = 16 * 1024;
+
 /// A connection's byte stream.
 #[derive(Debug)]
 pub(crate) enum Stream {
@@ -37,8 +41,10 @@ impl Stream {
             },
             #[cfg(feature = "tls")]
             Stream::Tls(s) => {
+                // rustls hands out at most one record (16 KiB) of plaintext per read, so a
+                // bigger window would only be zeroed for nothing.
                 let len = buf.len();
-                buf.resize(buf.capacity(), 0);
+                buf.resize(buf.capacity().min(len + TLS_READ_WINDOW), 0);
                 let mut rb = ReadBuf::new(&mut buf[len..]);
                 let r = Pin::new(&mut **s).poll_read(cx, &mut rb);
                 let n = rb.filled().len();
