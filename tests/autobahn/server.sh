@@ -21,7 +21,8 @@ start_edge_ws() {
   # The built-in configuration under server.toml; only the HTTP API's port (free) and the data
   # directory (a temporary one) move, so nothing lands in the checkout or collides.
   EDGE_WS_DATA="$(mktemp -d)"
-  "$bin" --config "$here/server.toml" --addr "$ADDR" --api-addr 127.0.0.1:0 \
+  # EDGE_WS_SERVER_TOML: another configuration (tests/clients/run.sh adds [tls] to this one).
+  "$bin" --config "${EDGE_WS_SERVER_TOML:-$here/server.toml}" --addr "$ADDR" --api-addr 127.0.0.1:0 \
     --data-dir "$EDGE_WS_DATA" >"$log" 2>&1 &
   SERVER_PID=$!
   trap stop_edge_ws EXIT

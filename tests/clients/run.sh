@@ -5,7 +5,10 @@
 # binary, 1 MiB, empty and UTF-8-heavy messages, asserts permessage-deflate was negotiated and
 # closes with 1000.
 #
-#   tests/clients/run.sh [python] [node] [chromium]     (default: all three)
+#   tests/clients/run.sh [python] [python-tls] [node] [chromium]     (default: all four)
+#
+# python-tls: the same Python checks over wss:// (the server gets a [tls] listener with a CA
+# and a certificate for localhost made here by openssl; the client trusts only that CA).
 #
 # Environment: EDGE_WS_BIN (use this binary instead of building target/release/edge-ws),
 # CHROMIUM (browser path, default /usr/bin/chromium), JOBS (cargo -j, default 2).
@@ -16,7 +19,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
 
 clients=("$@")
-[ ${#clients[@]} -eq 0 ] && clients=(python node chromium)
+[ ${#clients[@]} -eq 0 ] && clients=(python python-tls node chromium)
 t0=$SECONDS
 
 # --- dependencies -----------------------------------------------------------------------------
@@ -34,8 +37,24 @@ LOGDIR="$HERE/logs"
 mkdir -p "$LOGDIR"
 # shellcheck source=../autobahn/server.sh
 . "$ROOT/tests/autobahn/server.sh"
-start_edge_ws "$LOGDIR/edge-ws.log"
+# A test CA and a localhost certificate for the TLS listener (test-only keys, made per run).
+TLSDIR="$(mktemp -d)"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=edge-ws test CA" -keyout "$TLSDIR/ca.key" -out "$TLSDIR/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+  -keyout "$TLSDIR/key.pem" -out "$TLSDIR/cert.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\n' >"$TLSDIR/ext.cnf"
+openssl x509 -req -in "$TLSDIR/cert.csr" -CA "$TLSDIR/ca.pem" -CAkey "$TLSDIR/ca.key" \
+  -CAcreateserial -days 2 -extfile "$TLSDIR/ext.cnf" -out "$TLSDIR/cert.pem" 2>/dev/null
+TLS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+cp "$ROOT/tests/autobahn/server.toml" "$TLSDIR/server.toml"
+printf '\n[tls]\naddr = "127.0.0.1:%s"\ncert = "%s"\nkey = "%s"\n' \
+  "$TLS_PORT" "$TLSDIR/cert.pem" "$TLSDIR/key.pem" >>"$TLSDIR/server.toml"
+export EDGE_WS_CA="$TLSDIR/ca.pem"
+EDGE_WS_SERVER_TOML="$TLSDIR/server.toml" start_edge_ws "$LOGDIR/edge-ws.log"
+trap 'stop_edge_ws; rm -rf "$TLSDIR"' EXIT
 URL="ws://$ADDR/"
+WSS_URL="wss://localhost:$TLS_PORT/"
 echo "clients: edge-ws on $URL (deps ready in $((SECONDS - t0))s)"
 
 # --- the clients ------------------------------------------------------------------------------
@@ -45,9 +64,10 @@ for c in "${clients[@]}"; do
   t1=$SECONDS
   case "$c" in
     python) cmd=("$PYVENV/bin/python" "$HERE/python/client.py" "$URL") ;;
+    python-tls) cmd=("$PYVENV/bin/python" "$HERE/python/client.py" "$WSS_URL") ;;
     node) cmd=(node "$HERE/node/ws-client.js" "$URL") ;;
     chromium) cmd=(node "$HERE/node/chromium-client.js" "$URL") ;;
-    *) echo "clients: unknown client $c (python, node, chromium)" >&2; exit 2 ;;
+    *) echo "clients: unknown client $c (python, python-tls, node, chromium)" >&2; exit 2 ;;
   esac
   echo "--- $c"
   if timeout 300 "${cmd[@]}"; then

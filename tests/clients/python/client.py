@@ -2,6 +2,7 @@
 """Real-client check: Python `websockets` against the edge-ws echo server.
 
 Usage: client.py ws://127.0.0.1:PORT/
+       EDGE_WS_CA=ca.pem client.py wss://localhost:PORT/   (TLS, trusting the CA in ca.pem)
 
 Echoes text, binary, 1 MiB, empty and UTF-8-heavy messages, asserts that permessage-deflate was
 negotiated (websockets offers it by default), closes with 1000 and asserts the closing handshake
@@ -11,6 +12,7 @@ completed. Prints `python-websockets: N passed, M failed`; exits 1 on any failur
 import asyncio
 import json
 import os
+import ssl
 import sys
 import traceback
 from pathlib import Path
@@ -33,7 +35,13 @@ async def echo(ws, msg):
 
 async def main(url):
     results = []
-    async with connect(url, compression="deflate", max_size=64 * MIB, open_timeout=10) as ws:
+    tls = {}
+    if url.startswith("wss://"):
+        # Verified against the test CA only (hostname included): a real TLS client.
+        tls["ssl"] = ssl.create_default_context(cafile=os.environ["EDGE_WS_CA"])
+    async with connect(
+        url, compression="deflate", max_size=64 * MIB, open_timeout=10, **tls
+    ) as ws:
 
         async def deflate():
             header = ws.response.headers.get("Sec-WebSocket-Extensions", "")
@@ -97,7 +105,8 @@ def run(url):
         else:
             failed += 1
             print(f"  FAIL  {name}: {err}")
-    print(f"{NAME}: {len(results) - failed} passed, {failed} failed")
+    name = NAME + ("-wss" if url.startswith("wss://") else "")
+    print(f"{name}: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 

@@ -109,6 +109,31 @@ struct FileConfig {
     notifications: NotificationsSection,
     documents: DocumentsSection,
     cluster: ClusterSection,
+    tls: TlsSection,
+}
+
+/// `[tls]`: a TLS listener (`wss://`) beside the plain one; `[[tls.sni]]`: more certificates
+/// chosen by the client's SNI name. Feature `tls` (on by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsSection {
+    /// The TLS listener's address; without it there is none.
+    addr: Option<SocketAddr>,
+    /// PEM files: the certificate chain (leaf first) and its private key, the default
+    /// certificate.
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    /// TLS handshakes one core runs at once at most (default 1024).
+    max_handshakes_per_core: Option<usize>,
+    sni: Vec<SniSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SniSection {
+    name: String,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
 }
 
 /// `[demo]`: the page at `/`.
@@ -536,7 +561,41 @@ fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
         let policy = ns.policy.apply(c.channels.default.clone());
         c.channels = std::mem::take(&mut c.channels).namespace(ns.prefix, policy);
     }
-    Ok(())
+    apply_tls(file.tls, c)
+}
+
+/// `[tls]` onto the engine's configuration (certificates are read here, so a bad file is a
+/// start error naming it).
+fn apply_tls(t: TlsSection, c: &mut Config) -> Result<(), String> {
+    let Some(addr) = t.addr else {
+        if t.cert.is_some() || t.key.is_some() || !t.sni.is_empty() {
+            return Err("tls: certificates need tls.addr, the TLS listener's address".into());
+        }
+        return Ok(());
+    };
+    #[cfg(feature = "tls")]
+    {
+        let (Some(cert), Some(key)) = (t.cert, t.key) else {
+            return Err("tls.addr needs tls.cert and tls.key (PEM files)".into());
+        };
+        let mut tls = edge_ws::tls::TlsConfig::from_pem_files(addr, &cert, &key)
+            .map_err(|e| format!("tls: {e}"))?;
+        for s in t.sni {
+            tls = tls
+                .sni_pem_files(&s.name, &s.cert, &s.key)
+                .map_err(|e| format!("tls.sni: {e}"))?;
+        }
+        if let Some(n) = t.max_handshakes_per_core {
+            tls = tls.max_handshakes_per_core(n);
+        }
+        c.tls = Some(tls);
+        Ok(())
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (addr, c);
+        Err("tls.addr: this edge-ws was built without its `tls` feature".into())
+    }
 }
 
 /// Opens the store if a namespace persists: the stream store and the streams to continue.
@@ -1293,6 +1352,13 @@ fn run() -> Result<(), Failure> {
 /// Runs `engine` until it stops: SIGINT/SIGTERM start the graceful shutdown, the counters are
 /// logged every `stats_interval` (0: never) and at the end.
 fn serve(engine: Engine, stats_interval: Duration) -> std::thread::Result<()> {
+    if let Some(a) = engine.tls_local_addr() {
+        tracing::info!(
+            tls_addr = %a,
+            ktls = edge_ws::runtime::os::ktls_available(),
+            "edge-ws listening on wss://{a}"
+        );
+    }
     let handle = engine.handle();
     std::thread::spawn(move || {
         edge_ws::runtime::os::wait_for_termination();
