@@ -10,7 +10,7 @@
 //! the broker thread).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -25,7 +25,7 @@ use edge_ws::broker::{
 use edge_ws::{MessageKind, StreamPosition};
 use redis::Value;
 
-use crate::wire::{self, Inbound, Names};
+use crate::wire::{self, Inbound, Names, Resp};
 
 /// Numbers a stream publication, keeps it and publishes it, atomically.
 /// KEYS: meta hash, history stream, Redis channel. ARGV: a fresh epoch (used if the stream has
@@ -976,58 +976,83 @@ struct Reader {
 }
 
 impl Reader {
-    fn run(self, stream: TcpStream) {
-        let mut reader = BufReader::with_capacity(64 * 1024, stream);
-        let mut parser = redis::Parser::new();
+    fn run(self, mut stream: TcpStream) {
+        // Everything one read brought is parsed first and then handed to the cores in one
+        // go, so a burst from Redis reaches a core as one run (one send per subscriber).
+        let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut values = Vec::new();
         loop {
-            let v = match parser.parse_value(&mut reader) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::debug!(error = %e, "subscription connection ended");
+            let n = match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => {
+                    tracing::debug!("subscription connection ended");
                     let _ = self.tx.send(Msg::Lost(self.gen));
                     return;
                 }
+                Ok(n) => n,
             };
-            let Value::Array(items) = v else {
-                if let Value::ServerError(e) = v {
-                    tracing::warn!(error = ?e, "redis refused a subscription command");
-                    let _ = self.tx.send(Msg::Lost(self.gen));
-                    return;
-                }
-                continue;
-            };
-            let mut it = items.into_iter();
-            let (Some(kind), Some(Value::BulkString(ch))) = (it.next(), it.next()) else {
-                continue;
-            };
-            let kind = match kind {
-                Value::BulkString(k) => k,
-                Value::SimpleString(k) => k.into_bytes(),
-                _ => continue,
-            };
-            let Ok(ch) = String::from_utf8(ch) else {
-                bump(&self.inner.counters.malformed, 1);
-                continue;
-            };
-            match kind.as_slice() {
-                b"message" => {
-                    let Some(Value::BulkString(payload)) = it.next() else {
-                        bump(&self.inner.counters.malformed, 1);
-                        continue;
-                    };
-                    self.message(&ch, Bytes::from(payload));
-                }
-                b"subscribe" => {
-                    if let Some(name) = self.inner.names.channel_of(&ch) {
-                        let _ = self.tx.send(Msg::Confirmed {
-                            channel: name.to_string(),
-                            gen: self.gen,
-                        });
+            buf.extend_from_slice(&chunk[..n]);
+            let data = buf.split().freeze();
+            let mut at = 0;
+            loop {
+                match wire::resp(&data, at) {
+                    Ok(Some((v, next))) => {
+                        values.push(v);
+                        at = next;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable subscription stream");
+                        let _ = self.tx.send(Msg::Lost(self.gen));
+                        return;
                     }
                 }
-                _ => {}
+            }
+            buf.extend_from_slice(&data[at..]);
+            for v in values.drain(..) {
+                if !self.value(v) {
+                    let _ = self.tx.send(Msg::Lost(self.gen));
+                    return;
+                }
             }
         }
+    }
+
+    /// Handles one value; `false` if the connection must be dropped.
+    fn value(&self, v: Resp) -> bool {
+        let items = match v {
+            Resp::Array(Some(items)) => items,
+            Resp::Error(e) => {
+                tracing::warn!(error = %String::from_utf8_lossy(&e), "redis refused a subscription command");
+                return false;
+            }
+            _ => return true, // +OK of AUTH
+        };
+        let mut it = items.into_iter();
+        let (Some(Resp::Bulk(Some(kind))), Some(Resp::Bulk(Some(ch)))) = (it.next(), it.next())
+        else {
+            return true;
+        };
+        let Ok(ch) = std::str::from_utf8(&ch) else {
+            bump(&self.inner.counters.malformed, 1);
+            return true;
+        };
+        match &kind[..] {
+            b"message" => match it.next() {
+                Some(Resp::Bulk(Some(payload))) => self.message(ch, payload),
+                _ => bump(&self.inner.counters.malformed, 1),
+            },
+            b"subscribe" => {
+                if let Some(name) = self.inner.names.channel_of(ch) {
+                    let _ = self.tx.send(Msg::Confirmed {
+                        channel: name.to_string(),
+                        gen: self.gen,
+                    });
+                }
+            }
+            _ => {}
+        }
+        true
     }
 
     fn message(&self, ch: &str, payload: Bytes) {

@@ -95,6 +95,85 @@ pub(crate) fn parse(msg: Bytes) -> Option<Inbound> {
     }
 }
 
+/// A RESP value as a subscription connection receives it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Resp {
+    Simple(Bytes),
+    Error(Bytes),
+    Int(i64),
+    Bulk(Option<Bytes>),
+    Array(Option<Vec<Resp>>),
+}
+
+/// Most elements or bytes one value may declare (a guard against a corrupt stream).
+const RESP_MAX: usize = 512 << 20;
+
+/// Parses the RESP value at `data[at..]`: `Ok(Some((value, next)))`, `Ok(None)` when it is
+/// not complete yet, `Err` on bytes that are not RESP. Bulk strings are slices of `data`.
+pub(crate) fn resp(data: &Bytes, at: usize) -> Result<Option<(Resp, usize)>, String> {
+    let Some(kind) = data.get(at) else {
+        return Ok(None);
+    };
+    let Some(eol) = data[at..].windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let line = &data[at + 1..at + eol];
+    let next = at + eol + 2;
+    let int = || -> Result<i64, String> {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad RESP integer {line:?}"))
+    };
+    match kind {
+        b'+' => Ok(Some((Resp::Simple(data.slice(at + 1..at + eol)), next))),
+        b'-' => Ok(Some((Resp::Error(data.slice(at + 1..at + eol)), next))),
+        b':' => Ok(Some((Resp::Int(int()?), next))),
+        b'$' => {
+            let n = int()?;
+            if n < 0 {
+                return Ok(Some((Resp::Bulk(None), next)));
+            }
+            let n = n as usize;
+            if n > RESP_MAX {
+                return Err(format!("RESP bulk string of {n} bytes"));
+            }
+            if data.len() < next + n + 2 {
+                return Ok(None);
+            }
+            if &data[next + n..next + n + 2] != b"\r\n" {
+                return Err("RESP bulk string without its CRLF".into());
+            }
+            Ok(Some((
+                Resp::Bulk(Some(data.slice(next..next + n))),
+                next + n + 2,
+            )))
+        }
+        b'*' | b'>' => {
+            let n = int()?;
+            if n < 0 {
+                return Ok(Some((Resp::Array(None), next)));
+            }
+            if n as usize > RESP_MAX {
+                return Err(format!("RESP array of {n} elements"));
+            }
+            let mut items = Vec::with_capacity((n as usize).min(16));
+            let mut at = next;
+            for _ in 0..n {
+                match resp(data, at)? {
+                    Some((v, after)) => {
+                        items.push(v);
+                        at = after;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Resp::Array(Some(items)), at)))
+        }
+        other => Err(format!("not RESP: first byte {other:#04x}")),
+    }
+}
+
 /// Key and channel names under one prefix. Per-channel keys carry the channel in a hash tag
 /// (`{...}`), so a stream's keys live on one Redis Cluster slot.
 #[derive(Debug, Clone)]
@@ -187,6 +266,37 @@ mod tests {
         ] {
             assert_eq!(parse(Bytes::copy_from_slice(bad)), None, "{bad:?}");
         }
+        // RESP as a subscription connection sends it, whole or cut anywhere.
+        let stream = Bytes::from_static(
+            b"*3\r\n$9\r\nsubscribe\r\n$4\r\new:c\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$4\r\new:c\r\n$5\r\na\r\nb!\r\n+OK\r\n-ERR x\r\n$-1\r\n",
+        );
+        let (v, at) = resp(&stream, 0).unwrap().unwrap();
+        let b = |s: &'static [u8]| Resp::Bulk(Some(Bytes::from_static(s)));
+        assert_eq!(
+            v,
+            Resp::Array(Some(vec![b(b"subscribe"), b(b"ew:c"), Resp::Int(1)]))
+        );
+        let (v, at) = resp(&stream, at).unwrap().unwrap();
+        assert_eq!(
+            v,
+            Resp::Array(Some(vec![b(b"message"), b(b"ew:c"), b(b"a\r\nb!")]))
+        );
+        let (v, at) = resp(&stream, at).unwrap().unwrap();
+        assert_eq!(v, Resp::Simple(Bytes::from_static(b"OK")));
+        let (v, at) = resp(&stream, at).unwrap().unwrap();
+        assert_eq!(v, Resp::Error(Bytes::from_static(b"ERR x")));
+        let (v, at) = resp(&stream, at).unwrap().unwrap();
+        assert_eq!((v, at), (Resp::Bulk(None), stream.len()));
+        for cut in 0..stream.len() {
+            let part = stream.slice(..cut);
+            let mut at = 0;
+            while let Some((_, next)) = resp(&part, at).unwrap() {
+                at = next;
+            }
+            assert!(at <= cut);
+        }
+        assert!(resp(&Bytes::from_static(b"?x\r\n"), 0).is_err());
+        assert!(resp(&Bytes::from_static(b"$3\r\nabcd\r\n"), 0).is_err());
         let n = Names::new("ew");
         assert_eq!(n.channel_of(&n.channel("a:b")), Some("a:b"));
         assert_eq!(n.channel_of(&n.all()), None);
