@@ -5,10 +5,12 @@
 # binary, 1 MiB, empty and UTF-8-heavy messages, asserts permessage-deflate was negotiated and
 # closes with 1000.
 #
-#   tests/clients/run.sh [python] [python-tls] [node] [chromium]     (default: all four)
+#   tests/clients/run.sh [python] [python-tls] [node] [node-tls] [chromium] [chromium-tls]
+#                                                                     (default: all six)
 #
-# python-tls: the same Python checks over wss:// (the server gets a [tls] listener with a CA
-# and a certificate for localhost made here by openssl; the client trusts only that CA).
+# *-tls: the same checks over wss:// (the server gets a [tls] listener with a CA and a
+# certificate for localhost made here by openssl; Python and Node trust only that CA, Chromium
+# only that certificate's key).
 #
 # Environment: EDGE_WS_BIN (use this binary instead of building target/release/edge-ws),
 # CHROMIUM (browser path, default /usr/bin/chromium), JOBS (cargo -j, default 2).
@@ -19,7 +21,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
 
 clients=("$@")
-[ ${#clients[@]} -eq 0 ] && clients=(python python-tls node chromium)
+[ ${#clients[@]} -eq 0 ] && clients=(python python-tls node node-tls chromium chromium-tls)
 t0=$SECONDS
 
 # --- dependencies -----------------------------------------------------------------------------
@@ -51,6 +53,8 @@ cp "$ROOT/tests/autobahn/server.toml" "$TLSDIR/server.toml"
 printf '\n[tls]\naddr = "127.0.0.1:%s"\ncert = "%s"\nkey = "%s"\n' \
   "$TLS_PORT" "$TLSDIR/cert.pem" "$TLSDIR/key.pem" >>"$TLSDIR/server.toml"
 export EDGE_WS_CA="$TLSDIR/ca.pem"
+SPKI="$(openssl x509 -in "$TLSDIR/cert.pem" -pubkey -noout | openssl pkey -pubin -outform der |
+  openssl dgst -sha256 -binary | base64)"
 EDGE_WS_SERVER_TOML="$TLSDIR/server.toml" start_edge_ws "$LOGDIR/edge-ws.log"
 trap 'stop_edge_ws; rm -rf "$TLSDIR"' EXIT
 URL="ws://$ADDR/"
@@ -65,9 +69,11 @@ for c in "${clients[@]}"; do
   case "$c" in
     python) cmd=("$PYVENV/bin/python" "$HERE/python/client.py" "$URL") ;;
     python-tls) cmd=("$PYVENV/bin/python" "$HERE/python/client.py" "$WSS_URL") ;;
+    node-tls) cmd=(env NODE_EXTRA_CA_CERTS="$EDGE_WS_CA" node "$HERE/node/ws-client.js" "$WSS_URL") ;;
+    chromium-tls) cmd=(env CHROMIUM_SPKI="$SPKI" node "$HERE/node/chromium-client.js" "$WSS_URL") ;;
     node) cmd=(node "$HERE/node/ws-client.js" "$URL") ;;
     chromium) cmd=(node "$HERE/node/chromium-client.js" "$URL") ;;
-    *) echo "clients: unknown client $c (python, python-tls, node, chromium)" >&2; exit 2 ;;
+    *) echo "clients: unknown client $c (python, node, chromium, each also -tls)" >&2; exit 2 ;;
   esac
   echo "--- $c"
   if timeout 300 "${cmd[@]}"; then

@@ -19,7 +19,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 
-const NAME = 'chromium';
+const NAME = (process.argv[2] || '').startsWith('wss:') ? 'chromium-wss' : 'chromium';
 const payloads = require(path.join(__dirname, '..', 'payloads.json'));
 
 // Runs inside the page. Returns [[check, error-or-null], ...] plus what the browser saw.
@@ -147,6 +147,11 @@ async function pageChecks({ url, utf8, MIB }) {
         '--disable-component-update',
         '--disable-sync',
         '--no-first-run',
+        // wss:// to the test server: trust exactly its certificate's key (CHROMIUM_SPKI, the
+        // base64 SHA-256 of its SubjectPublicKeyInfo), nothing else.
+        ...(process.env.CHROMIUM_SPKI
+          ? [`--ignore-certificate-errors-spki-list=${process.env.CHROMIUM_SPKI}`]
+          : []),
       ],
       timeout: 60000,
     });

@@ -2,6 +2,7 @@
 // Real-client check: Node `ws` 8 against the edge-ws echo server.
 //
 // Usage: node ws-client.js ws://127.0.0.1:PORT/
+//        NODE_EXTRA_CA_CERTS=ca.pem node ws-client.js wss://localhost:PORT/   (TLS)
 //
 // Echoes text, binary, 1 MiB, empty and UTF-8-heavy messages, asserts that permessage-deflate
 // was negotiated (perMessageDeflate on, as ws offers by default), closes with 1000 and asserts
@@ -13,7 +14,7 @@ const crypto = require('node:crypto');
 const path = require('node:path');
 const WebSocket = require('ws');
 
-const NAME = 'node-ws';
+const NAME = (process.argv[2] || '').startsWith('wss:') ? 'node-ws-wss' : 'node-ws';
 const payloads = require(path.join(__dirname, '..', 'payloads.json'));
 const UTF8 = payloads.utf8.repeat(payloads.utf8_repeat);
 const MIB = 1 << 20;
