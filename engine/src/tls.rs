@@ -6,14 +6,14 @@
 //! and reach the engine as plaintext, so everything above (upgrade, handlers, fan-out, limits)
 //! is the same for `ws://` and `wss://`. The handshake timeout
 //! ([`Config::handshake_timeout`](crate::Config::handshake_timeout)) runs from the accept, so
-//! it covers the TLS handshake and the HTTP upgrade together. Design record:
-//! `docs/design/tls.md`.
+//! it covers the TLS handshake and the HTTP upgrade together. Certificates can be replaced
+//! while the engine runs ([`TlsConfig::reloader`]). Design record: `docs/design/tls.md`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -98,6 +98,44 @@ pub struct TlsConfig {
     pub max_handshakes_per_core: usize,
     default: Arc<CertifiedKey>,
     by_name: HashMap<String, Arc<CertifiedKey>>,
+    /// What the running listener serves: set by [`TlsConfig::server_config`], replaced by a
+    /// [`CertificateReloader`]; shared by clones.
+    live: Arc<RwLock<Arc<Certificates>>>,
+}
+
+/// A certificate set: the default one and those by SNI name.
+#[derive(Debug)]
+struct Certificates {
+    default: Arc<CertifiedKey>,
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+/// Replaces the certificates of a running TLS listener (see [`TlsConfig::reloader`]).
+///
+/// Handshakes that start after [`reload`](Self::reload) get the new certificates; open
+/// connections keep the session they have, so nothing is dropped.
+#[derive(Clone)]
+pub struct CertificateReloader {
+    live: Arc<RwLock<Arc<Certificates>>>,
+}
+
+impl fmt::Debug for CertificateReloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateReloader")
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateReloader {
+    /// Serves the certificates of `from` (its default and SNI certificates; its address and
+    /// limits are ignored) from the next handshake on.
+    pub fn reload(&self, from: &TlsConfig) {
+        let next = Arc::new(from.certificates());
+        match self.live.write() {
+            Ok(mut g) => *g = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
 }
 
 impl fmt::Debug for TlsConfig {
@@ -199,11 +237,31 @@ impl TlsConfig {
     }
 
     fn with_key(addr: SocketAddr, ck: CertifiedKey) -> Self {
+        let ck = Arc::new(ck);
         TlsConfig {
             addr,
             max_handshakes_per_core: 1024,
-            default: Arc::new(ck),
+            default: ck.clone(),
             by_name: HashMap::new(),
+            live: Arc::new(RwLock::new(Arc::new(Certificates {
+                default: ck,
+                by_name: HashMap::new(),
+            }))),
+        }
+    }
+
+    fn certificates(&self) -> Certificates {
+        Certificates {
+            default: self.default.clone(),
+            by_name: self.by_name.clone(),
+        }
+    }
+
+    /// A handle that replaces the certificates this configuration's listener serves, while
+    /// it runs (e.g. when the files changed); every clone of this configuration shares it.
+    pub fn reloader(&self) -> CertificateReloader {
+        CertificateReloader {
+            live: self.live.clone(),
         }
     }
 
@@ -255,9 +313,9 @@ impl TlsConfig {
     /// in the server's order (AES-128-GCM first), ALPN `http/1.1`, no early data, no client
     /// certificates, the certificates above.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.reloader().reload(self);
         let resolver = Resolver {
-            default: self.default.clone(),
-            by_name: self.by_name.clone(),
+            live: self.live.clone(),
         };
         let mut sc = rustls::ServerConfig::builder_with_provider(server_provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -273,16 +331,20 @@ impl TlsConfig {
 /// The SNI name's certificate, else the default one.
 #[derive(Debug)]
 struct Resolver {
-    default: Arc<CertifiedKey>,
-    by_name: HashMap<String, Arc<CertifiedKey>>,
+    live: Arc<RwLock<Arc<Certificates>>>,
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // rustls hands the name over lower-cased and validated as a DNS name.
-        if let Some(ck) = hello.server_name().and_then(|n| self.by_name.get(n)) {
+        // One read lock per handshake (never contended but by a reload).
+        let certs = match self.live.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(ck) = hello.server_name().and_then(|n| certs.by_name.get(n)) {
             return Some(ck.clone());
         }
-        Some(self.default.clone())
+        Some(certs.default.clone())
     }
 }

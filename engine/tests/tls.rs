@@ -463,3 +463,31 @@ fn pem_errors_are_clear() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(ok.is_ok());
 }
+
+#[test]
+fn certificates_reload_without_dropping_connections() {
+    let pki = Pki::new();
+    let (c1, k1, d1) = pki.leaf(&["localhost"]);
+    let (c2, k2, d2) = pki.leaf(&["localhost"]);
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let tls = TlsConfig::from_pem(any, c1.as_bytes(), k1.as_bytes()).unwrap();
+    let reloader = tls.reloader();
+    let e = engine(tls, Duration::from_secs(5));
+    let addr = e.tls_local_addr().unwrap();
+    let cfg = pki.client_config(BOTH);
+    let peer = |ws: &Wss| ws.get_ref().conn.peer_certificates().unwrap()[0].clone();
+    let (mut old, _) = connect_tls(addr, cfg, "localhost", "/").unwrap();
+    assert_eq!(peer(&old), d1);
+    reloader.reload(&TlsConfig::from_pem(any, c2.as_bytes(), k2.as_bytes()).unwrap());
+    // A fresh client (a shared one would resume its earlier session, which sends no
+    // certificate).
+    let (mut new, _) = connect_tls(addr, pki.client_config(BOTH), "localhost", "/").unwrap();
+    assert_eq!(peer(&new), d2);
+    // The connection opened before the reload goes on with its session.
+    for ws in [&mut old, &mut new] {
+        ws.send(WsMessage::text("after reload")).unwrap();
+        assert_eq!(text(ws), "after reload");
+    }
+    e.handle().shutdown();
+    e.join().unwrap();
+}

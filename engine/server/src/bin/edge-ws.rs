@@ -116,6 +116,7 @@ struct FileConfig {
 /// chosen by the client's SNI name. Feature `tls` (on by default).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 struct TlsSection {
     /// The TLS listener's address; without it there is none.
     addr: Option<SocketAddr>,
@@ -128,8 +129,10 @@ struct TlsSection {
     sni: Vec<SniSection>,
 }
 
-#[derive(Debug, Deserialize)]
+// Read only with the `tls` feature (without it `[tls]` is refused).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 struct SniSection {
     name: String,
     cert: std::path::PathBuf,
@@ -564,6 +567,58 @@ fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
     apply_tls(file.tls, c)
 }
 
+/// Reloads the TLS certificates when one of their files changes (checked every 5 s): new
+/// handshakes get the new certificates, open connections keep their sessions. Files that do
+/// not load (a key that no longer matches while only one of the pair was replaced) are
+/// logged and the certificates in use stay.
+#[cfg(feature = "tls")]
+fn watch_certificates(
+    addr: SocketAddr,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    sni: Vec<SniSection>,
+    reloader: edge_ws::tls::CertificateReloader,
+) {
+    let files: Vec<std::path::PathBuf> = [cert.clone(), key.clone()]
+        .into_iter()
+        .chain(sni.iter().flat_map(|s| [s.cert.clone(), s.key.clone()]))
+        .collect();
+    let stamp = move || -> Vec<Option<std::time::SystemTime>> {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut last = stamp();
+    let spawned = std::thread::Builder::new()
+        .name("edge-ws-tls-reload".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let now = stamp();
+            if now == last {
+                continue;
+            }
+            last = now;
+            let loaded = edge_ws::tls::TlsConfig::from_pem_files(addr, &cert, &key).and_then(|t| {
+                sni.iter()
+                    .try_fold(t, |t, s| t.sni_pem_files(&s.name, &s.cert, &s.key))
+            });
+            match loaded {
+                Ok(t) => {
+                    reloader.reload(&t);
+                    tracing::info!("TLS certificates reloaded");
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "TLS certificate files changed but do not load; the old ones stay"
+                ),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "TLS certificate reload thread did not start");
+    }
+}
+
 /// `[tls]` onto the engine's configuration (certificates are read here, so a bad file is a
 /// start error naming it).
 fn apply_tls(t: TlsSection, c: &mut Config) -> Result<(), String> {
@@ -580,7 +635,7 @@ fn apply_tls(t: TlsSection, c: &mut Config) -> Result<(), String> {
         };
         let mut tls = edge_ws::tls::TlsConfig::from_pem_files(addr, &cert, &key)
             .map_err(|e| format!("tls: {e}"))?;
-        for s in t.sni {
+        for s in &t.sni {
             tls = tls
                 .sni_pem_files(&s.name, &s.cert, &s.key)
                 .map_err(|e| format!("tls.sni: {e}"))?;
@@ -588,6 +643,7 @@ fn apply_tls(t: TlsSection, c: &mut Config) -> Result<(), String> {
         if let Some(n) = t.max_handshakes_per_core {
             tls = tls.max_handshakes_per_core(n);
         }
+        watch_certificates(addr, cert, key, t.sni, tls.reloader());
         c.tls = Some(tls);
         Ok(())
     }
