@@ -127,6 +127,9 @@ pub struct MemStreams {
     pub format: Option<Arc<dyn PublicationFormat>>,
     /// Streams to continue.
     pub restore: Vec<RestoredStream>,
+    /// A cluster broker (what `EngineBuilder::broker` gives a real engine); started with the
+    /// engine.
+    pub broker: Option<Arc<dyn crate::broker::Broker>>,
 }
 
 impl std::fmt::Debug for MemStreams {
@@ -135,6 +138,7 @@ impl std::fmt::Debug for MemStreams {
             .field("store", &self.store.is_some())
             .field("format", &self.format.is_some())
             .field("restore", &self.restore.len())
+            .field("broker", &self.broker.is_some())
             .finish()
     }
 }
@@ -192,9 +196,10 @@ impl<H: Handler> MemEngine<H> {
                 store: streams.store,
                 format: streams.format,
                 restore: streams.restore,
-                broker: None,
+                broker: streams.broker,
             },
         ));
+        Shared::start_broker(&shared);
         let config = Arc::new(config);
         let drivers = (0..cores)
             .map(|i| {
