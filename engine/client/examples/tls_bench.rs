@@ -7,6 +7,7 @@
 //! ```text
 //! cargo run --release -p edge-ws-client --features tls --example tls_bench -- echo [REPS] [SECS]
 //! cargo run --release -p edge-ws-client --features tls --example tls_bench -- idle [CONNS]
+//! cargo run --release -p edge-ws-client --features tls --example tls_bench -- handshakes [REPS] [SECS]
 //! ```
 //! `SERVER_CORE` (default 0) and `CLIENT_CORE` (default 1) pick the cores. Every loop is
 //! bounded; traffic stays on 127.0.0.1.
@@ -107,7 +108,11 @@ fn main() {
         Some("idle") => idle_main(&args[1..]),
         Some("client-echo") => client(&args[1..], true),
         Some("client-idle") => client(&args[1..], false),
-        _ => eprintln!("usage: tls_bench echo [REPS] [SECS] | idle [CONNS]"),
+        Some("handshakes") => handshakes_main(&args[1..]),
+        Some("client-handshakes") => client_handshakes(&args[1..]),
+        _ => eprintln!(
+            "usage: tls_bench echo [REPS] [SECS] | idle [CONNS] | handshakes [REPS] [SECS]"
+        ),
     }
 }
 
@@ -303,6 +308,132 @@ fn client(args: &[String], echo: bool) {
         counting.store(false, std::sync::atomic::Ordering::Relaxed);
         println!("msgs {}", count.load(std::sync::atomic::Ordering::Relaxed));
         let _ = std::io::stdout().flush();
+        for t in tasks {
+            t.abort();
+        }
+    });
+}
+
+/// Connections per second, each: connect, (TLS handshake,) upgrade, one echo, close; 32 at a
+/// time. TLS: full handshakes (a new client configuration, so no resumption) and resumed ones.
+fn handshakes_main(args: &[String]) {
+    let reps: usize = args.first().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let secs: f64 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(3.0);
+    let (ca, cert, key) = pki();
+    let e = engine(&cert, &key);
+    println!("| kind | conns/s | server µs CPU/conn |");
+    println!("|---|---|---|");
+    let kinds = ["plain", "tls-full", "tls-resumed"];
+    let mut per: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); kinds.len()];
+    for _ in 0..reps {
+        for (k, kind) in kinds.into_iter().enumerate() {
+            let addr = if k == 0 {
+                e.local_addr()
+            } else {
+                e.tls_local_addr().unwrap()
+            };
+            let mut child = spawn_client(&[
+                "client-handshakes".into(),
+                kind.into(),
+                addr.to_string(),
+                secs.to_string(),
+                ca.clone(),
+            ]);
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), "start", "client: {line}");
+            let cpu0 = edge_ws::runtime::os::threads_cpu_seconds(&["edge-ws-core"]);
+            let t0 = Instant::now();
+            line.clear();
+            out.read_line(&mut line).unwrap();
+            let cpu1 = edge_ws::runtime::os::threads_cpu_seconds(&["edge-ws-core"]);
+            let wall = t0.elapsed().as_secs_f64();
+            let n: f64 = line
+                .trim()
+                .strip_prefix("conns ")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("client: {line}"));
+            let _ = child.wait();
+            per[k].0.push(n / wall);
+            per[k].1.push((cpu1 - cpu0) * 1e6 / n.max(1.0));
+        }
+    }
+    for (k, kind) in kinds.into_iter().enumerate() {
+        let (mut rate, mut us) = per[k].clone();
+        println!(
+            "| {kind} | {:.0} | {:.1} |",
+            median(&mut rate),
+            median(&mut us)
+        );
+    }
+    e.handle().shutdown();
+    let _ = e.join();
+}
+
+/// The child of `handshakes`: `kind addr secs ca_pem`.
+fn client_handshakes(args: &[String]) {
+    let kind = args[0].clone();
+    let addr: SocketAddr = args[1].parse().unwrap();
+    let secs: f64 = args[2].parse().unwrap();
+    let ca = args[3].clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let url = if kind == "plain" {
+            format!("ws://{addr}/")
+        } else {
+            format!("wss://localhost:{}/", addr.port())
+        };
+        let shared = Client::builder()
+            .deflate(None)
+            .keepalive(None, Duration::from_secs(10))
+            .tls_ca_pem(ca.as_bytes())
+            .unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let (count, counting, stop) = (count.clone(), counting.clone(), stop.clone());
+            let (url, kind, ca, shared) = (url.clone(), kind.clone(), ca.clone(), shared.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A full handshake needs a client with no session to resume.
+                    let b = if kind == "tls-full" {
+                        Client::builder()
+                            .deflate(None)
+                            .keepalive(None, Duration::from_secs(10))
+                            .tls_ca_pem(ca.as_bytes())
+                            .unwrap()
+                    } else {
+                        shared.clone()
+                    };
+                    let Ok(mut ws) = b.connect(url.as_str()).await else {
+                        continue;
+                    };
+                    if ws.send(ClientMessage::text("x")).await.is_err() {
+                        continue;
+                    }
+                    let _ = ws.recv().await;
+                    let _ = ws.close(1000, "").await;
+                    if counting.load(std::sync::atomic::Ordering::Relaxed) {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        counting.store(true, std::sync::atomic::Ordering::Relaxed);
+        println!("start");
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        counting.store(false, std::sync::atomic::Ordering::Relaxed);
+        println!("conns {}", count.load(std::sync::atomic::Ordering::Relaxed));
+        let _ = std::io::stdout().flush();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in tasks {
             t.abort();
         }
