@@ -18,7 +18,7 @@
 //!   pings, and stops reading the socket (instead of buffering without bound) while the
 //!   application does not take received messages.
 //! - [`ReconnectingClient`]: reconnects with exponential backoff and full jitter, honouring
-//!   close codes (4000–4499 reconnect, 4500–4999 stop, 1000/1001 as configured), with an
+//!   close codes (4000–4499 reconnect, 4500–4999 stop, 1001 reconnect, 1000 as configured), with an
 //!   [`on_connect`](ReconnectBuilder::on_connect) hook to resubscribe and
 //!   [`ReconnectEvent`]s to observe.
 //! - [`ChannelClient`]: channels of the edge-ws JSON envelope over a reconnecting client:

@@ -8,7 +8,8 @@
 //! | --- | --- |
 //! | the server's close 4000–4499 | reconnect |
 //! | the server's close 4500–4999 | stop: [`Error::ServerStopped`] with the code and reason |
-//! | the server's close 1000 or 1001 | reconnect if [`reconnect_on_normal_close`](ReconnectBuilder::reconnect_on_normal_close), else stop: [`Error::ServerClosed`] |
+//! | the server's close 1001 (going away: a restart, a drain) | reconnect with backoff, the first delay drawn from a wider window (4× the base) so a restarted server's clients do not all return at once |
+//! | the server's close 1000 | reconnect if [`reconnect_on_normal_close`](ReconnectBuilder::reconnect_on_normal_close), else stop: [`Error::ServerClosed`] |
 //! | any other close code of the server's, a lost connection, a protocol error, a pong timeout | reconnect |
 //! | the application's [`close`](ReconnectingClient::close) (or every handle dropped) | stop, without an error |
 //!
@@ -294,9 +295,10 @@ impl ReconnectBuilder {
         self
     }
 
-    /// Whether the server's normal close (1000, 1001 "going away", e.g. a restart) is
-    /// followed by a reconnect. Default `false`: the client stops with
-    /// [`Error::ServerClosed`].
+    /// Whether the server's normal close (1000) is followed by a reconnect. Default `false`:
+    /// the client stops with [`Error::ServerClosed`]. (1001 "going away", what a server sends
+    /// when it restarts or drains, is always followed by a reconnect, as docs/PROTOCOL.md
+    /// asks.)
     pub fn reconnect_on_normal_close(mut self, reconnect: bool) -> Self {
         self.reconnect_on_normal_close = reconnect;
         self
@@ -415,6 +417,10 @@ impl ReconnectingClient {
     }
 }
 
+/// The backoff step a client starts from after the server's 1001 "going away" (a restart or
+/// a drain closes every client at once): ceiling 4× the base, 1 s by default.
+const GOING_AWAY_STEP: u32 = 2;
+
 struct Policy {
     backoff: Backoff,
     stable_after: Duration,
@@ -433,9 +439,7 @@ impl Policy {
         let (code, reason) = (close.code, close.reason.clone());
         match code.0 {
             4500..=4999 => Err(Error::ServerStopped { code, reason }),
-            1000 | 1001 if !self.reconnect_on_normal_close => {
-                Err(Error::ServerClosed { code, reason })
-            }
+            1000 if !self.reconnect_on_normal_close => Err(Error::ServerClosed { code, reason }),
             _ => Ok(()),
         }
     }
@@ -514,6 +518,11 @@ async fn supervise(
                         error: stop.clone(),
                     });
                     return Err(stop);
+                }
+                if end.close.initiated_by == Side::Peer && end.close.code.0 == 1001 {
+                    // The server is going away: all its clients are leaving at this moment.
+                    // Spread their return over a wider window than one client's blip needs.
+                    step = step.max(GOING_AWAY_STEP);
                 }
                 let delay = policy.backoff.delay(step);
                 step = step.saturating_add(1);

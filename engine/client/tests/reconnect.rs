@@ -220,6 +220,37 @@ async fn a_normal_close_reconnects_only_if_configured() {
 }
 
 #[tokio::test]
+async fn going_away_1001_reconnects_by_default() {
+    let (engine, mut seen) = recorder_engine(engine_config());
+    let mut client = Client::reconnecting(url(engine.local_addr(), "/"))
+        .backoff(fast_backoff(10, 100))
+        .start()
+        .unwrap();
+    let id = expect_open(&mut seen).await;
+    assert!(engine.handle().close(id, CloseCode(1001), "restarting"));
+    assert_eq!(
+        next_seen(&mut seen).await,
+        Seen::Closed(id, 1001, "restarting".into())
+    );
+    let id2 = expect_open(&mut seen).await;
+    assert_ne!(id, id2, "a second connection after 1001");
+    let ev = [
+        next_event(client.events()).await,
+        next_event(client.events()).await,
+        next_event(client.events()).await,
+    ];
+    assert!(
+        matches!(&ev[1], ReconnectEvent::Disconnected { code, retry_in: Some(_), .. } if code.0 == 1001),
+        "{ev:?}"
+    );
+    assert!(matches!(
+        ev[2],
+        ReconnectEvent::Connected { connects: 2, .. }
+    ));
+    within(WAIT, client.close(1000, "")).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_restarted_server_is_found_again_with_growing_capped_delays() {
     let (engine, mut seen) = recorder_engine(engine_config());
     let addr = engine.local_addr();
