@@ -478,6 +478,27 @@ impl EngineHandle {
             Command::ResolveUpgrade {
                 conn: id.conn(),
                 decision,
+                protocol: None,
+            },
+        )
+    }
+
+    /// [`EngineHandle::resolve_upgrade`] accepting with `protocol` as the subprotocol (`None`:
+    /// none), whatever `Config::subprotocols` says: what a proxy does with the protocol its
+    /// backend chose. It must be one the client offered, or the client will fail the
+    /// handshake.
+    pub fn resolve_upgrade_with_protocol(
+        &self,
+        id: ConnectionId,
+        protocol: Option<String>,
+        data: Option<Box<dyn std::any::Any + Send>>,
+    ) -> bool {
+        self.push(
+            id.core(),
+            Command::ResolveUpgrade {
+                conn: id.conn(),
+                decision: Ok(data),
+                protocol: Some(protocol),
             },
         )
     }

@@ -250,6 +250,7 @@ impl<H: Handler> WsService<H> {
         io: &mut Io<'_>,
         id: ConnId,
         decision: Result<Option<Box<dyn Any + Send>>, Rejection>,
+        protocol: Option<Option<String>>,
     ) {
         let Some(conn) = self.state.conn_mut(id) else {
             return;
@@ -258,10 +259,11 @@ impl<H: Handler> WsService<H> {
             return;
         };
         let (req, used) = *pending;
+        let chosen = protocol.map_or(Chosen::Configured, Chosen::This);
         match decision {
             Ok(data) => {
                 let data = data.map(|d| d as Box<dyn Any>);
-                self.complete_upgrade(io, id, &req, used, Chosen::Configured, data)
+                self.complete_upgrade(io, id, &req, used, chosen, data)
             }
             Err(rej) => self.reject_upgrade(io, id, &rej),
         }
@@ -517,8 +519,12 @@ impl<H: Handler> WsService<H> {
                 Command::Unsubscribe { conn, channel } => {
                     self.state.unsubscribe(io, conn, &channel);
                 }
-                Command::ResolveUpgrade { conn, decision } => {
-                    self.resolve_upgrade(io, conn, decision);
+                Command::ResolveUpgrade {
+                    conn,
+                    decision,
+                    protocol,
+                } => {
+                    self.resolve_upgrade(io, conn, decision, protocol);
                 }
                 Command::Deliver(p) => self.state.deliver(io, &p),
                 Command::Stream(msg) => self.state.on_stream(io, *msg),

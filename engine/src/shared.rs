@@ -134,6 +134,8 @@ pub(crate) enum Command {
     ResolveUpgrade {
         conn: ConnId,
         decision: Result<Option<Box<dyn std::any::Any + Send>>, Rejection>,
+        /// `None`: the configured subprotocol choice; `Some(p)`: exactly `p` (or none).
+        protocol: Option<Option<String>>,
     },
     /// A publish from outside the cores. It travels in the same queue as the other commands,
     /// so what one thread does through the handle reaches each core in the order it did it

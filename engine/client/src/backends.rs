@@ -309,6 +309,11 @@ impl BackendConnection {
         self.guard.backend
     }
 
+    /// The subprotocol the backend chose, if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.ws.protocol()
+    }
+
     /// The backend's name.
     pub fn backend_name(&self) -> &str {
         &self.guard.shared.entries[self.guard.backend].name

@@ -230,10 +230,19 @@ fn backend_request(
     base: &Request,
     path_and_query: &str,
     headers: &[(String, String)],
+    protocols: &[String],
     peer: std::net::IpAddr,
 ) -> edge_ws_client::Result<Request> {
     let url = base.url();
-    let mut r = Request::new(format!("ws://{}{}", url.host_header(), path_and_query))?;
+    let scheme = if url.is_tls() { "wss" } else { "ws" };
+    let mut r = Request::new(format!(
+        "{scheme}://{}{}",
+        url.host_header(),
+        path_and_query
+    ))?;
+    for p in protocols {
+        r = r.protocol(p.clone());
+    }
     for (k, v) in base.headers() {
         r = r.header(k.clone(), v.clone());
     }
@@ -291,18 +300,23 @@ impl Handler for ProxyHandler {
             path.push_str(q);
         }
         let headers = req.request.headers.clone();
+        let offered = req.request.protocols.clone();
         let key = inner.config.key_by_ip.then(|| ip_key(peer.ip()));
         tokio::task::spawn_local(async move {
             let r = inner
                 .backends
                 .connect_with(key.as_deref(), |base| {
-                    backend_request(base, &path, &headers, peer.ip())
+                    backend_request(base, &path, &headers, &offered, peer.ip())
                 })
                 .await;
             let decision = match r {
-                Ok(conn) => Ok(Some(
-                    Box::new(Some(conn) as Slot) as Box<dyn std::any::Any + Send>
-                )),
+                Ok(conn) => {
+                    // The client gets the subprotocol its backend chose (from its own offer).
+                    let protocol = conn.protocol().map(str::to_owned);
+                    let slot = Box::new(Some(conn) as Slot) as Box<dyn std::any::Any + Send>;
+                    handle.resolve_upgrade_with_protocol(id, protocol, Some(slot));
+                    return;
+                }
                 Err(e) => {
                     inner.counters.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, error = %e, "proxy: no backend");

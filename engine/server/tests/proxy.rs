@@ -184,6 +184,32 @@ async fn echo_text_and_binary_through_the_proxy() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn the_backend_chooses_the_subprotocol_from_the_clients_offer() {
+    let dir = tmp("protocols");
+    let cfg = dir.join("sub.toml");
+    std::fs::write(&cfg, "[server]\nsubprotocols = [\"chat.v1\"]\n").unwrap();
+    let a = Server::start(1, Some(&cfg));
+    let p = proxy(&dir, &[a.addr], "");
+    let offer = |protocols: &[&str]| {
+        let mut r = edge_ws_client::Request::new(format!("ws://{}/echo", p.addr)).unwrap();
+        for name in protocols {
+            r = r.protocol(*name);
+        }
+        r
+    };
+    let ws = tokio::time::timeout(WAIT, Client::connect(offer(&["chat.v2", "chat.v1"])))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ws.protocol(), Some("chat.v1"), "the backend's choice");
+    let ws = tokio::time::timeout(WAIT, Client::connect(offer(&["other"])))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ws.protocol(), None, "nothing in common: none");
+}
+
 #[test]
 fn ip_hash_keeps_each_client_address_on_one_backend() {
     let dir = tmp("sticky");
