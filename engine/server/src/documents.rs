@@ -95,6 +95,7 @@ enum Req {
         revision: u64,
         op: String,
         msg_id: Option<String>,
+        received: std::time::Instant,
     },
     Committed {
         doc: Arc<str>,
@@ -118,6 +119,7 @@ enum Req {
 #[derive(Clone)]
 pub struct Documents {
     tx: Arc<Mutex<Sender<Req>>>,
+    ack_latency: Arc<crate::store::stats::Histogram>,
 }
 
 impl std::fmt::Debug for Documents {
@@ -130,7 +132,9 @@ impl Documents {
     /// Starts the documents thread over `store`, answering through `engine`.
     pub fn start(store: StoreHandle, engine: EngineHandle, config: DocumentConfig) -> Documents {
         let (tx, rx) = mpsc::channel();
+        let ack_latency = Arc::new(crate::store::stats::Histogram::new());
         let w = Worker {
+            ack_latency: ack_latency.clone(),
             store,
             engine,
             config,
@@ -144,7 +148,15 @@ impl Documents {
             .spawn(move || w.run(rx));
         Documents {
             tx: Arc::new(Mutex::new(tx)),
+            ack_latency,
         }
+    }
+
+    /// Server-side time from an edit's arrival on its connection's core to its `doc.ack`
+    /// being handed to the engine: the documents thread's queue, transform and apply, and
+    /// the log record's commit (fsync).
+    pub fn ack_latency(&self) -> crate::store::LatencyStats {
+        self.ack_latency.snapshot()
     }
 
     fn push(&self, r: Req) {
@@ -212,6 +224,7 @@ impl Documents {
             revision,
             op: op.into(),
             msg_id: msg_id.map(Into::into),
+            received: std::time::Instant::now(),
         });
     }
 
@@ -234,6 +247,7 @@ struct Pending {
     conn: ConnectionId,
     msg_id: Option<String>,
     op: TextOperation,
+    received: std::time::Instant,
 }
 
 struct Doc {
@@ -270,6 +284,7 @@ struct Worker {
     /// Per connection, the documents it is in.
     member_of: HashMap<ConnectionId, Vec<Arc<str>>>,
     stats: DocumentStats,
+    ack_latency: Arc<crate::store::stats::Histogram>,
 }
 
 fn key(doc: &str) -> Vec<u8> {
@@ -339,7 +354,8 @@ impl Worker {
                 revision,
                 op,
                 msg_id,
-            } => self.edit(&doc, conn, revision, &op, msg_id),
+                received,
+            } => self.edit(&doc, conn, revision, &op, msg_id, received),
             Req::Committed {
                 doc,
                 revision,
@@ -580,6 +596,7 @@ impl Worker {
         revision: u64,
         op: &str,
         msg_id: Option<String>,
+        received: std::time::Instant,
     ) {
         let id = msg_id.as_deref();
         let Some(d) = self.docs.get_mut(doc) else {
@@ -675,7 +692,15 @@ impl Worker {
         });
         let json = op.to_json();
         let d = self.docs.get_mut(doc).expect("present");
-        d.unacked.push_back((rev, Pending { conn, msg_id, op }));
+        d.unacked.push_back((
+            rev,
+            Pending {
+                conn,
+                msg_id,
+                op,
+                received,
+            },
+        ));
         if let Err(e) = self
             .store
             .put(Table::DocumentOps, &op_key(doc, rev), json, ack)
@@ -727,6 +752,7 @@ impl Worker {
         let d = &self.docs[doc];
         let ack = format!(r#"{{"doc":{},"revision":{rev}}}"#, json_str(doc));
         self.send(p.conn, &envelope("doc.ack", p.msg_id.as_deref(), &ack));
+        self.ack_latency.record(p.received.elapsed());
         let user = d.members.get(&p.conn).and_then(|m| m.user.clone());
         let ev = envelope(
             "doc.op",

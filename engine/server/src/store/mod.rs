@@ -94,7 +94,7 @@
 mod backend;
 mod codec;
 mod error;
-mod stats;
+pub(crate) mod stats;
 mod writer;
 
 use std::fmt;

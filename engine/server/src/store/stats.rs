@@ -39,7 +39,7 @@ pub(crate) struct Histogram {
 }
 
 impl Histogram {
-    fn new() -> Histogram {
+    pub(crate) fn new() -> Histogram {
         Histogram {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             count: AtomicU64::new(0),
@@ -58,7 +58,7 @@ impl Histogram {
         self.max_us.fetch_max(us, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> LatencyStats {
+    pub(crate) fn snapshot(&self) -> LatencyStats {
         let buckets: Vec<u64> = self
             .buckets
             .iter()
