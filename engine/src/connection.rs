@@ -892,6 +892,8 @@ impl CoreState {
                     ..params
                 };
                 e.set_deflate(&shared_params, level, threshold);
+                // One per core, compressing back to back: its state stays.
+                e.keep_deflate_state();
                 e
             });
             let mut out = BytesMut::with_capacity(payload.len() / 2 + 16);

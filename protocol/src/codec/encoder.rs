@@ -90,6 +90,21 @@ impl Encoder {
         self.threshold = threshold;
     }
 
+    /// Keeps the compressor's state between messages even without context takeover (see
+    /// [`Compressor::keep_state`]): for an encoder shared by many connections.
+    pub fn keep_deflate_state(&mut self) {
+        if let Some(c) = self.compressor.as_mut() {
+            c.keep_state();
+        }
+    }
+
+    /// Whether deflate state is allocated now (`false` without permessage-deflate).
+    pub fn holds_deflate_state(&self) -> bool {
+        self.compressor
+            .as_ref()
+            .is_some_and(Compressor::holds_state)
+    }
+
     /// Whether a data message of `len` bytes would be compressed.
     pub fn compresses(&self, len: usize) -> bool {
         self.compressor.is_some() && len > self.threshold

@@ -29,10 +29,19 @@ const GROW_TO_CAP_AT: usize = 1 << 20;
 /// Construct with our direction's parameters: a server uses `server_max_window_bits` and
 /// `server_no_context_takeover` from the agreed [`DeflateParams`](super::DeflateParams), a
 /// client the `client_*` pair.
+///
+/// Without context takeover the deflate state (a few hundred KiB with a 15-bit window) exists
+/// only while a message is being compressed, so an idle connection holds none of it; call
+/// [`keep_state`](Self::keep_state) for a compressor that compresses back to back (one shared
+/// by many connections), to reset it in place instead.
 #[derive(Debug)]
 pub struct Compressor {
-    inner: Compress,
+    /// `None` between messages when the state is released.
+    inner: Option<Compress>,
+    level: u32,
+    window_bits: u8,
     no_context_takeover: bool,
+    keep: bool,
 }
 
 impl Compressor {
@@ -51,9 +60,24 @@ impl Compressor {
             (level.min(9), window_bits)
         };
         Compressor {
-            inner: Compress::new_with_window_bits(Compression::new(level), false, window_bits),
+            inner: None,
+            level,
+            window_bits,
             no_context_takeover,
+            keep: false,
         }
+    }
+
+    /// Keep the deflate state between messages even without context takeover (reset in
+    /// place): for a compressor used for message after message, where allocating the state
+    /// per message would cost more than holding it.
+    pub fn keep_state(&mut self) {
+        self.keep = true;
+    }
+
+    /// Whether deflate state is allocated now.
+    pub fn holds_state(&self) -> bool {
+        self.inner.is_some()
     }
 
     /// Compresses one whole message payload and appends it to `out`, without the trailing
@@ -69,6 +93,10 @@ impl Compressor {
             return;
         }
         let start = out.len();
+        let (level, bits) = (self.level, self.window_bits);
+        let inner = self.inner.get_or_insert_with(|| {
+            Compress::new_with_window_bits(Compression::new(level), false, bits)
+        });
         let mut input = payload;
         // Enough for the output in one round unless the data is incompressible with tiny
         // blocks; the loop grows it otherwise.
@@ -76,15 +104,14 @@ impl Compressor {
         loop {
             let len = out.len();
             out.resize(len + room, 0);
-            let (in0, out0) = (self.inner.total_in(), self.inner.total_out());
-            let status = self
-                .inner
+            let (in0, out0) = (inner.total_in(), inner.total_out());
+            let status = inner
                 .compress(input, &mut out[len..], FlushCompress::Sync)
                 // Deflate only fails on an inconsistent stream state, which safe use of
                 // flate2 cannot produce.
                 .expect("raw deflate with a sync flush cannot fail");
-            let consumed = (self.inner.total_in() - in0) as usize;
-            let written = (self.inner.total_out() - out0) as usize;
+            let consumed = (inner.total_in() - in0) as usize;
+            let written = (inner.total_out() - out0) as usize;
             out.truncate(len + written);
             input = &input[consumed..];
             // The flush is complete once deflate returns with output room to spare.
@@ -102,13 +129,20 @@ impl Compressor {
         );
         out.truncate(out.len() - TAIL.len());
         if self.no_context_takeover {
-            self.inner.reset();
+            self.reset();
         }
     }
 
-    /// Drops the compression context, as if a fresh compressor were created.
+    /// Drops the compression context, as if a fresh compressor were created (and its memory,
+    /// unless [`keep_state`](Self::keep_state)).
     pub fn reset(&mut self) {
-        self.inner.reset();
+        if self.keep {
+            if let Some(inner) = &mut self.inner {
+                inner.reset();
+            }
+        } else {
+            self.inner = None;
+        }
     }
 }
 
@@ -122,9 +156,13 @@ impl Compressor {
 /// any window size anyway, so a smaller one would save no memory; flate2 can reset a 15-bit
 /// inflater in place but re-creates (re-allocates) any other; and peers whose zlib silently
 /// turns a negotiated 8 into 9 still inflate.
+///
+/// Without context takeover the inflate state (its 32 KiB window and tables) exists only while
+/// a message is being inflated: an idle connection holds none of it.
 #[derive(Debug)]
 pub struct Decompressor {
-    inner: Decompress,
+    /// `None` between messages without context takeover (and before the first).
+    inner: Option<Decompress>,
     no_context_takeover: bool,
     /// Inflated bytes of the current message so far.
     message_len: usize,
@@ -139,7 +177,7 @@ impl Decompressor {
     pub fn new(window_bits: u8, no_context_takeover: bool) -> Self {
         let _ = window_bits;
         Decompressor {
-            inner: Decompress::new_with_window_bits(false, MAX_WINDOW_BITS),
+            inner: None,
             no_context_takeover,
             message_len: 0,
             stream_ended: false,
@@ -189,6 +227,9 @@ impl Decompressor {
             .len()
             .saturating_mul(4)
             .clamp(MIN_ROUND, MAX_INFLATE_ROUND);
+        let inner = self
+            .inner
+            .get_or_insert_with(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS));
         loop {
             // One byte more than allowed, to see whether the limit is crossed.
             let rest = max.saturating_sub(self.message_len).saturating_add(1);
@@ -196,12 +237,10 @@ impl Decompressor {
             let len = out.len();
             reserve_output(out, room, rest);
             out.resize(len + room, 0);
-            let (in0, out0) = (self.inner.total_in(), self.inner.total_out());
-            let result = self
-                .inner
-                .decompress(input, &mut out[len..], FlushDecompress::None);
-            let consumed = (self.inner.total_in() - in0) as usize;
-            let written = (self.inner.total_out() - out0) as usize;
+            let (in0, out0) = (inner.total_in(), inner.total_out());
+            let result = inner.decompress(input, &mut out[len..], FlushDecompress::None);
+            let consumed = (inner.total_in() - in0) as usize;
+            let written = (inner.total_out() - out0) as usize;
             out.truncate(len + written);
             input = &input[consumed..];
             self.message_len += written;
@@ -256,9 +295,19 @@ impl Decompressor {
     /// created. Errors from this type do it themselves; call it when abandoning a message for
     /// another reason.
     pub fn reset(&mut self) {
-        self.inner.reset(false);
+        if self.no_context_takeover {
+            // Nothing to carry into the next message: free the state until it has one.
+            self.inner = None;
+        } else if let Some(inner) = &mut self.inner {
+            inner.reset(false);
+        }
         self.message_len = 0;
         self.stream_ended = false;
+    }
+
+    /// Whether inflate state is allocated now.
+    pub fn holds_state(&self) -> bool {
+        self.inner.is_some()
     }
 
     fn fail(&mut self, err: ProtocolError) -> ProtocolError {
@@ -302,6 +351,51 @@ mod tests {
         d.decompress(data, &mut out, MAX)?;
         d.finish_message(&mut out, MAX)?;
         Ok(out.to_vec())
+    }
+
+    #[test]
+    fn without_context_takeover_no_state_is_held_between_messages() {
+        let (mut c, mut d) = (Compressor::new(1, 15, true), Decompressor::new(15, true));
+        assert!(
+            !c.holds_state() && !d.holds_state(),
+            "nothing before the first message"
+        );
+        for i in 0..5 {
+            let msg = sample(i, 3000);
+            let z = compress(&mut c, &msg);
+            assert!(!c.holds_state(), "compressor released after message {i}");
+            assert_eq!(inflate(&mut d, &z).unwrap(), msg);
+            assert!(!d.holds_state(), "inflater released after message {i}");
+        }
+        // Mid-message the inflater holds its state; a corrupt message releases it too.
+        let z = compress(&mut c, &sample(9, 3000));
+        let mut out = BytesMut::new();
+        d.decompress(&z[..z.len() / 2], &mut out, MAX).unwrap();
+        assert!(d.holds_state());
+        d.decompress(&z[z.len() / 2..], &mut out, MAX).unwrap();
+        d.finish_message(&mut out, MAX).unwrap();
+        assert_eq!(&out[..], &sample(9, 3000)[..]);
+        assert!(!d.holds_state());
+        // A reserved block type (BTYPE 11) is an error, and the state goes with it.
+        assert!(inflate(&mut d, &[0x07, 0x00]).is_err());
+        assert!(!d.holds_state());
+        // With context takeover both keep their window, and messages still round-trip.
+        let (mut c, mut d) = (Compressor::new(1, 15, false), Decompressor::new(15, false));
+        for i in 0..5 {
+            let msg = sample(i, 3000);
+            let z = compress(&mut c, &msg);
+            assert_eq!(inflate(&mut d, &z).unwrap(), msg);
+            assert!(c.holds_state() && d.holds_state());
+        }
+        // A shared compressor keeps its state without context takeover.
+        let mut shared = Compressor::new(1, 15, true);
+        shared.keep_state();
+        let z = compress(&mut shared, &sample(1, 500));
+        assert!(shared.holds_state());
+        assert_eq!(
+            inflate(&mut Decompressor::new(15, true), &z).unwrap(),
+            sample(1, 500)
+        );
     }
 
     /// Varied, somewhat compressible text.

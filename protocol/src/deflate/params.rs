@@ -38,11 +38,13 @@ pub struct DeflateConfig {
     /// Server: include `server_no_context_takeover` in the answer even when the client did not
     /// offer it (allowed by RFC 7692 §7.1.1.1), so our compressor resets after every message.
     /// Client: request it in the offer (the server's answer must then acknowledge it).
-    /// Default `false`.
+    /// Default `false`. Without context takeover our compressor's state (hundreds of KiB with
+    /// a 15-bit window) exists only while a message is compressed.
     pub server_no_context_takeover: bool,
     /// Server: include `client_no_context_takeover` in the answer even when the client did not
     /// offer it (allowed by RFC 7692 §7.1.1.2). Client: offer it, i.e. promise not to use
-    /// context takeover ourselves. Default `false`.
+    /// context takeover ourselves. Default `false`. Without context takeover the peer's
+    /// inflater state (its 32 KiB window and tables) exists only while a message is inflated.
     pub client_no_context_takeover: bool,
     /// Server: the largest window our compressor uses (the answer carries `server_max_window_bits`
     /// when this is below 15, or the client's smaller request). Client: when below 15, request
