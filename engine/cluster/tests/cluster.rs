@@ -332,6 +332,14 @@ fn redis_killed_and_restarted_loses_no_acknowledged_publication() {
     assert!(a.broker.stats().reconnects >= 1);
     assert!(a.broker.stats().publish_errors >= errors);
     assert_eq!(a.health().0, 200);
+    let (_, metrics) = a.get("/metrics");
+    assert!(metrics.contains("edge_ws_broker_up 1"), "{metrics}");
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edge_ws_broker_publish_errors "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(refused >= errors, "{refused} publish errors counted");
     // The subscriber on B received every acknowledged publication, in offset order, once
     // (what it missed during the outage was read back from the stream on reconnect).
     let last = *acked.keys().last().unwrap();

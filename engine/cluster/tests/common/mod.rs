@@ -103,10 +103,17 @@ impl Node {
 
     /// `GET /health`: status code and body.
     pub fn health(&self) -> (u16, String) {
+        self.get("/health")
+    }
+
+    /// `GET path`: status code and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let status = out
