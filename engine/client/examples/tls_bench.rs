@@ -1,5 +1,6 @@
 //! `wss://` beside `ws://` on the same engine, same run: server CPU per echoed message and heap
-//! (and RSS) per idle connection. The engine runs in this process on one pinned core; the
+//! (and RSS) per idle connection; and a peer, tokio-tungstenite over tokio-rustls on one
+//! current-thread runtime pinned to the same core (echo rows only). The engine runs in this process on one pinned core; the
 //! clients (edge-ws-client, the same for both) run in a child process pinned to another core,
 //! so the counted CPU (the engine's core thread, from schedstat) and heap (a counting
 //! allocator) are the server's alone.
@@ -74,6 +75,82 @@ fn engine(cert: &str, key: &str) -> Engine {
         .expect("engine starts")
 }
 
+/// The peer: tokio-tungstenite 0.30 over tokio-rustls with the engine's own rustls server
+/// configuration, on one current-thread runtime in a thread named `peer-tls`, pinned to
+/// `SERVER_CORE`; echo as the bench crate's peers do (feed what is readable, one flush).
+fn start_peer(cert: &str, key: &str) -> SocketAddr {
+    let tls = TlsConfig::from_pem(
+        "127.0.0.1:0".parse().unwrap(),
+        cert.as_bytes(),
+        key.as_bytes(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config().unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let core = env_core("SERVER_CORE", 0);
+    std::thread::Builder::new()
+        .name("peer-tls".into())
+        .spawn(move || {
+            core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((s, _)) = l.accept().await else {
+                        continue;
+                    };
+                    let _ = s.set_nodelay(true);
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(s) = acceptor.accept(s).await else {
+                            return;
+                        };
+                        let Ok(ws) = tokio_tungstenite::accept_async(s).await else {
+                            return;
+                        };
+                        peer_echo(ws).await;
+                    });
+                }
+            });
+        })
+        .unwrap();
+    addr
+}
+
+async fn peer_echo<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{FutureExt, SinkExt, StreamExt};
+    let data = |m: &tokio_tungstenite::tungstenite::Message| m.is_text() || m.is_binary();
+    while let Some(Ok(msg)) = ws.next().await {
+        if data(&msg) && ws.feed(msg).await.is_err() {
+            return;
+        }
+        while let Some(next) = ws.next().now_or_never() {
+            match next {
+                Some(Ok(m)) => {
+                    if data(&m) && ws.feed(m).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {
+                    let _ = ws.flush().await;
+                    return;
+                }
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -124,16 +201,21 @@ fn echo_main(args: &[String]) {
     let e = engine(&cert, &key);
     let plain = e.local_addr();
     let tls = e.tls_local_addr().unwrap();
+    let peer = start_peer(&cert, &key);
     println!("| size | conns × depth | kind | msgs/s | server µs CPU/msg |");
     println!("|---|---|---|---|---|");
     for (size, conns) in [(64usize, 1000usize), (4096, 1000)] {
-        let mut per: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+        let mut per: [(Vec<f64>, Vec<f64>); 3] = Default::default();
         for _ in 0..reps {
-            for (k, kind) in ["plain", "tls"].into_iter().enumerate() {
-                let addr = if k == 0 { plain } else { tls };
+            let targets = [
+                (plain, "plain", "edge-ws-core"),
+                (tls, "tls", "edge-ws-core"),
+                (peer, "tls", "peer-tls"),
+            ];
+            for (k, (addr, client_kind, threads)) in targets.into_iter().enumerate() {
                 let mut child = spawn_client(&[
                     "client-echo".into(),
-                    kind.into(),
+                    client_kind.into(),
                     addr.to_string(),
                     conns.to_string(),
                     "8".into(),
@@ -146,11 +228,11 @@ fn echo_main(args: &[String]) {
                 // "start": the measured window begins (connections up, warmed up).
                 out.read_line(&mut line).unwrap();
                 assert_eq!(line.trim(), "start", "client: {line}");
-                let cpu0 = edge_ws::runtime::os::threads_cpu_seconds(&["edge-ws-core"]);
+                let cpu0 = edge_ws::runtime::os::threads_cpu_seconds(&[threads]);
                 let t0 = Instant::now();
                 line.clear();
                 out.read_line(&mut line).unwrap();
-                let cpu1 = edge_ws::runtime::os::threads_cpu_seconds(&["edge-ws-core"]);
+                let cpu1 = edge_ws::runtime::os::threads_cpu_seconds(&[threads]);
                 let wall = t0.elapsed().as_secs_f64();
                 let msgs: f64 = line
                     .trim()
@@ -162,8 +244,8 @@ fn echo_main(args: &[String]) {
                 per[k].1.push((cpu1 - cpu0) * 1e6 / msgs.max(1.0));
             }
         }
-        let mut cpu = [0.0; 2];
-        for (k, kind) in ["plain", "tls"].into_iter().enumerate() {
+        let mut cpu = [0.0; 3];
+        for (k, kind) in ["plain", "tls", "peer-tls"].into_iter().enumerate() {
             let (mut rate, mut us) = per[k].clone();
             cpu[k] = median(&mut us);
             println!(
@@ -181,6 +263,10 @@ fn echo_main(args: &[String]) {
         println!(
             "| {size} B | | TLS / plain | | {:.2}× (medians) |",
             cpu[1] / cpu[0]
+        );
+        println!(
+            "| {size} B | | peer TLS / edge-ws TLS | | {:.2}× (medians) |",
+            cpu[2] / cpu[1]
         );
     }
     e.handle().shutdown();
