@@ -172,6 +172,9 @@ struct Inner {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Most requests the broker thread sends as one pipeline.
+const MAX_BATCH: usize = 1024;
+
 const CONNECTING: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
@@ -478,12 +481,22 @@ impl BrokerThread {
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             };
+            // Take everything queued; while a burst is still arriving (the last drain found
+            // more), give its producers one yield to finish it, so that a burst of publishes
+            // is one pipeline here and one burst at every other node.
             let mut batch = vec![first];
-            while batch.len() < 1024 {
-                match self.rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+            loop {
+                let before = batch.len();
+                while batch.len() < MAX_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
                 }
+                if batch.len() == before || batch.len() >= MAX_BATCH {
+                    break;
+                }
+                std::thread::yield_now();
             }
             let mut pipeline = Vec::new();
             for m in batch {
