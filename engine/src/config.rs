@@ -52,15 +52,10 @@ pub struct Config {
     pub cores: Cores,
     /// Pin each core's thread to its core.
     pub pin: bool,
-    /// io_uring submission queue entries per core.
-    pub ring_entries: u32,
-    /// Provided receive buffers per core (power of two). Shared by all of the core's
-    /// connections: an idle connection holds none.
-    pub buf_count: u16,
-    /// Size of each provided receive buffer in bytes.
-    pub buf_size: u32,
-    /// Listen backlog.
-    pub backlog: i32,
+    /// Each core's io_uring entries, provided receive buffers (shared by all of the core's
+    /// connections: an idle connection holds none) and listen backlog: the runtime's own
+    /// [`IoConfig`](crate::runtime::IoConfig), passed to it as it is.
+    pub io: crate::runtime::IoConfig,
     /// Most connections in total (split evenly across cores); more are closed at accept.
     pub max_connections: usize,
     /// A connection that has not completed its upgrade by then is dropped (slowloris).
@@ -125,10 +120,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
             cores: Cores::All,
             pin: true,
-            ring_entries: 4096,
-            buf_count: 1024,
-            buf_size: 4096,
-            backlog: 1024,
+            io: crate::runtime::IoConfig::default(),
             max_connections: 1_000_000,
             handshake_timeout: Duration::from_secs(5),
             max_request_len: edge_ws_protocol::handshake::MAX_REQUEST_LEN,
@@ -159,20 +151,11 @@ impl Config {
     /// runs this before starting).
     pub fn validate(&self) -> Result<(), crate::error::EngineError> {
         let bad = |msg: String| Err(crate::error::EngineError::Config(msg));
-        if self.buf_count == 0 || !self.buf_count.is_power_of_two() {
-            return bad(format!(
-                "buf_count must be a power of two, got {}",
-                self.buf_count
-            ));
-        }
-        if self.buf_size == 0 {
-            return bad("buf_size must be at least 1".into());
+        if let Err(why) = self.io.validate() {
+            return bad(format!("io: {why}"));
         }
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());
-        }
-        if self.ring_entries == 0 {
-            return bad("ring_entries must be at least 1".into());
         }
         if self.max_message_size == 0 || self.max_frame_size == 0 || self.max_fragments == 0 {
             return bad(
@@ -259,10 +242,10 @@ mod tests {
     fn configurations_that_cannot_work_are_refused_with_the_key_named() {
         type Breaker = fn(&mut Config);
         let cases: Vec<(&str, Breaker)> = vec![
-            ("buf_count", |c| c.buf_count = 1000),
-            ("buf_size", |c| c.buf_size = 0),
+            ("buf_count", |c| c.io.buf_count = 1000),
+            ("buf_size", |c| c.io.buf_size = 0),
             ("max_connections", |c| c.max_connections = 0),
-            ("ring_entries", |c| c.ring_entries = 0),
+            ("ring_entries", |c| c.io.ring_entries = 0),
             ("max_fragments", |c| c.max_fragments = 0),
             ("write_buffer_limit", |c| c.write_buffer_limit = 100),
             ("max_request_len", |c| c.max_request_len = 100),

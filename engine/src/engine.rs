@@ -754,10 +754,7 @@ impl EngineBuilder {
             addr: cfg.addr,
             cores,
             pin: cfg.pin,
-            ring_entries: cfg.ring_entries,
-            buf_count: cfg.buf_count,
-            buf_size: cfg.buf_size,
-            backlog: cfg.backlog,
+            io: cfg.io,
             max_connections_per_core: cfg.max_connections.div_ceil(n),
             tick: cfg.tick,
             #[cfg(feature = "tls")]

@@ -56,6 +56,7 @@ pub use crate::fanout::{Filter, PublishOptions};
 pub use crate::handler::{Handler, Socket};
 pub use crate::ids::{ConnectionId, MessageKind};
 pub use crate::metrics::MetricsSnapshot;
+pub use crate::runtime::IoConfig;
 pub use crate::stream::{
     ChannelConfig, ChannelPolicy, HistoryPage, HistoryQuery, Publication, Published, Recovery,
     RecoveryFailure, StreamError, StreamPosition, Subscribed,

@@ -32,10 +32,12 @@ const N: usize = 200;
 /// Live heap bytes per connection for `N` idle deflate connections, each after one
 /// compressed round trip, with the server answering `no_context_takeover` or not.
 fn per_idle_connection(no_context_takeover: bool) -> isize {
-    let mut deflate = DeflateConfig::default();
-    deflate.server_no_context_takeover = no_context_takeover;
-    deflate.client_no_context_takeover = no_context_takeover;
-    deflate.threshold = 0;
+    let deflate = DeflateConfig {
+        server_no_context_takeover: no_context_takeover,
+        client_no_context_takeover: no_context_takeover,
+        threshold: 0,
+        ..DeflateConfig::default()
+    };
     let mut config = Config::default();
     config.deflate = Some(deflate);
     let engine = MemEngine::new(config, 1, |_| Echo);
@@ -82,9 +84,7 @@ fn open(engine: &MemEngine<Echo>) -> (MemClient, Encoder, Decoder) {
     });
     engine.pump();
     let response = c.finish_upgrade().expect("upgraded").expect("a 101");
-    let mut cfg = DeflateConfig::default();
-    cfg.client_max_window_bits = 15;
-    let params = client_accept(&response.extensions, &cfg)
+    let params = client_accept(&response.extensions, &DeflateConfig::default())
         .expect("a valid answer")
         .expect("deflate agreed");
     let mut enc = Encoder::client(|| [1, 2, 3, 4]);

@@ -31,7 +31,7 @@ pub fn test_config(cores: usize) -> Config {
     c.cores = Cores::Count(cores);
     c.pin = false;
     c.tick = Duration::from_millis(20);
-    c.buf_count = 256;
+    c.io.buf_count = 256;
     c
 }
 

@@ -341,7 +341,7 @@ fn child_echo_server() {
     }
     raise_nofile(16_384);
     let mut cfg = test_config(2);
-    cfg.backlog = 4096;
+    cfg.io.backlog = 4096;
     let engine = echo_engine(cfg);
     println!("LISTENING {}", engine.local_addr());
     let mut sink = Vec::new();

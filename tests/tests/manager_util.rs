@@ -71,7 +71,7 @@ pub fn b64(data: &[u8]) -> String {
 /// A test engine config: loopback, port 0, `cores` cores, unpinned, short tick.
 pub fn config(cores: usize) -> Config {
     let mut c = edge_ws_tests::test_config(cores);
-    c.backlog = 1024;
+    c.io.backlog = 1024;
     c
 }
 

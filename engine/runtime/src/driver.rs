@@ -221,13 +221,14 @@ impl Core {
         listeners: [Option<Socket>; 2],
         waker: &CoreWaker,
     ) -> Result<Core, (&'static str, io::Error)> {
-        let (ring, deferred) = build_ring(cfg.ring_entries).map_err(|e| ("io_uring setup", e))?;
+        let (ring, deferred) =
+            build_ring(cfg.io.ring_entries).map_err(|e| ("io_uring setup", e))?;
         RuntimeStats::set(&stats[index].ring_defer_taskrun, u64::from(deferred));
         ring.submitter()
             .register_eventfd(waker.eventfd())
             .map_err(|e| ("io_uring register eventfd", e))?;
-        let mut bufs =
-            BufRing::new(cfg.buf_count, cfg.buf_size, BGID).map_err(|e| ("buffer ring", e))?;
+        let mut bufs = BufRing::new(cfg.io.buf_count, cfg.io.buf_size, BGID)
+            .map_err(|e| ("buffer ring", e))?;
         // `bufs` is only dropped after `ring` below, or leaked.
         bufs.register(&ring.submitter())
             .map_err(|e| ("io_uring register buffer ring", e))?;

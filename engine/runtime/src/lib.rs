@@ -109,6 +109,49 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// Each core's I/O resources: its ring, its receive buffers, its listener's backlog. One
+/// definition with one set of defaults, for the runtime and the engine's `Config` alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IoConfig {
+    /// Submission queue entries of each core's ring (the completion queue gets 4×). Default
+    /// 4096.
+    pub ring_entries: u32,
+    /// Provided receive buffers per core (power of two, at most 32768). Default 1024.
+    pub buf_count: u16,
+    /// Size of one provided receive buffer in bytes. Default 4096.
+    pub buf_size: u32,
+    /// `listen(2)` backlog of each core's listener. Default 1024.
+    pub backlog: i32,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        IoConfig {
+            ring_entries: 4096,
+            buf_count: 1024,
+            buf_size: 4096,
+            backlog: 1024,
+        }
+    }
+}
+
+impl IoConfig {
+    /// Checks the values the runtime can work with, naming the first that cannot.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.buf_count == 0 || !self.buf_count.is_power_of_two() || self.buf_count > 32768 {
+            return Err("buf_count must be a power of two in 1..=32768");
+        }
+        if self.buf_size == 0 {
+            return Err("buf_size must be positive");
+        }
+        if self.ring_entries < 8 {
+            return Err("ring_entries must be at least 8");
+        }
+        Ok(())
+    }
+}
+
 /// Configuration of the per-core runtime.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -119,14 +162,8 @@ pub struct RuntimeConfig {
     pub cores: Vec<usize>,
     /// Pin each thread to its core.
     pub pin: bool,
-    /// Submission queue entries of each core's ring (the completion queue gets 4×).
-    pub ring_entries: u32,
-    /// Provided receive buffers per core (power of two, at most 32768).
-    pub buf_count: u16,
-    /// Size of one provided receive buffer in bytes.
-    pub buf_size: u32,
-    /// `listen(2)` backlog of each core's listener.
-    pub backlog: i32,
+    /// Each core's ring, receive buffers and listen backlog.
+    pub io: IoConfig,
     /// Connections one core keeps at most; accepts beyond it are closed at once and counted in
     /// [`RuntimeStats::rejected_over_limit`].
     pub max_connections_per_core: usize,
@@ -159,10 +196,7 @@ impl Default for RuntimeConfig {
             addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             cores: vec![0],
             pin: true,
-            ring_entries: 4096,
-            buf_count: 512,
-            buf_size: 4096,
-            backlog: 1024,
+            io: IoConfig::default(),
             max_connections_per_core: 100_000,
             tick: Duration::from_millis(100),
             #[cfg(feature = "tls")]
@@ -352,14 +386,14 @@ impl Runtime {
         F: Fn(usize, Arc<[CoreWaker]>) -> S + Send + Sync + 'static,
     {
         validate(&cfg)?;
-        let listeners = sys::bind_listeners(cfg.addr, cfg.cores.len(), cfg.backlog)?;
+        let listeners = sys::bind_listeners(cfg.addr, cfg.cores.len(), cfg.io.backlog)?;
         let local_addr = sys::local_addr(&listeners[0]).map_err(|source| RuntimeError::Io {
             op: "getsockname",
             source,
         })?;
         #[cfg(feature = "tls")]
         let mut tls_listeners: Vec<Option<socket2::Socket>> = match &cfg.tls {
-            Some(t) => sys::bind_listeners(t.addr, cfg.cores.len(), cfg.backlog)?
+            Some(t) => sys::bind_listeners(t.addr, cfg.cores.len(), cfg.io.backlog)?
                 .into_iter()
                 .map(Some)
                 .collect(),
@@ -531,19 +565,7 @@ fn validate(cfg: &RuntimeConfig) -> Result<(), RuntimeError> {
             return Err(RuntimeError::DuplicateCore(c));
         }
     }
-    if cfg.buf_count == 0 || !cfg.buf_count.is_power_of_two() || cfg.buf_count > 32768 {
-        return Err(RuntimeError::InvalidConfig(
-            "buf_count must be a power of two in 1..=32768",
-        ));
-    }
-    if cfg.buf_size == 0 {
-        return Err(RuntimeError::InvalidConfig("buf_size must be positive"));
-    }
-    if cfg.ring_entries < 8 {
-        return Err(RuntimeError::InvalidConfig(
-            "ring_entries must be at least 8",
-        ));
-    }
+    cfg.io.validate().map_err(RuntimeError::InvalidConfig)?;
     if cfg.tick.is_zero() {
         return Err(RuntimeError::InvalidConfig("tick must be positive"));
     }
@@ -587,7 +609,10 @@ mod tests {
     #[test]
     fn validate_rejects_bad_buffers() {
         let cfg = RuntimeConfig {
-            buf_count: 500,
+            io: IoConfig {
+                buf_count: 500,
+                ..IoConfig::default()
+            },
             ..Default::default()
         };
         assert!(matches!(

@@ -643,7 +643,7 @@ fn ten_thousand_idle_connections_then_echo() {
     let n = 10_000.min(n_fit);
     println!("idle connections: {n} (RLIMIT_NOFILE {})", nofile_limit());
     let mut c = cfg(core_ids(1));
-    c.backlog = 4096;
+    c.io.backlog = 4096;
     let (rt, probe) = start(c);
     let addr = rt.local_addr();
     let rss0 = rss_bytes();
@@ -696,8 +696,8 @@ fn small_buffer_ring_recovers_from_enobufs() {
     // 4 buffers of 256 B for 64 connections that all send at once: receives end with ENOBUFS
     // and must be re-armed until everything arrives.
     let mut c = cfg(core_ids(1));
-    c.buf_count = 4;
-    c.buf_size = 256;
+    c.io.buf_count = 4;
+    c.io.buf_size = 256;
     let (rt, _probe) = start(c);
     echo_clients(rt.local_addr(), 64, 16 * 1024);
     println!(
@@ -738,7 +738,7 @@ fn config_errors() {
         other => panic!("expected Bind error, got {other:?}"),
     }
     let mut c = cfg(vec![c0]);
-    c.buf_count = 100;
+    c.io.buf_count = 100;
     assert!(matches!(
         Runtime::start(c, f),
         Err(RuntimeError::InvalidConfig(_))

@@ -513,8 +513,17 @@ mod tests {
             ("authorization".to_string(), "Bearer t".to_string()),
             ("x-forwarded-for".to_string(), "1.2.3.4".to_string()),
         ];
-        let r = backend_request(&base, "/ws?room=7", &headers, "5.6.7.8".parse().unwrap()).unwrap();
+        let offered = ["chat.v2".to_string(), "chat.v1".to_string()];
+        let r = backend_request(
+            &base,
+            "/ws?room=7",
+            &headers,
+            &offered,
+            "5.6.7.8".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.url().path_and_query(), "/ws?room=7");
+        assert_eq!(r.protocols(), &offered[..], "the client's offer, in order");
         assert_eq!(r.url().host_header(), "10.0.0.2:9002");
         let h: Vec<(&str, &str)> = r
             .headers()

@@ -30,7 +30,7 @@ pub fn engine_config() -> Config {
     c.cores = Cores::Count(1);
     c.pin = false;
     c.tick = Duration::from_millis(20);
-    c.buf_count = 256;
+    c.io.buf_count = 256;
     c
 }
 

@@ -500,10 +500,10 @@ fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
         c.metrics_path = (!p.is_empty()).then_some(p);
     }
     let io = file.io;
-    c.ring_entries = io.ring_entries.unwrap_or(c.ring_entries);
-    c.buf_count = io.buf_count.unwrap_or(c.buf_count);
-    c.buf_size = io.buf_size.unwrap_or(c.buf_size);
-    c.backlog = io.backlog.unwrap_or(c.backlog);
+    c.io.ring_entries = io.ring_entries.unwrap_or(c.io.ring_entries);
+    c.io.buf_count = io.buf_count.unwrap_or(c.io.buf_count);
+    c.io.buf_size = io.buf_size.unwrap_or(c.io.buf_size);
+    c.io.backlog = io.backlog.unwrap_or(c.io.backlog);
     let l = file.limits;
     c.max_connections = l.max_connections.unwrap_or(c.max_connections);
     c.max_message_size = l.max_message_size.unwrap_or(c.max_message_size);
