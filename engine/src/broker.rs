@@ -112,6 +112,9 @@ pub struct BrokerStats {
     pub reconnects: u64,
     /// Stream syncs (position and kept history read after a subscription started or came back).
     pub syncs: u64,
+    /// Publications received for a channel nobody here listens to any more (in flight when
+    /// the node unsubscribed), dropped.
+    pub unrouted: u64,
 }
 
 impl BrokerStats {
@@ -127,7 +130,7 @@ impl BrokerStats {
     }
 
     /// `(name, value)` of every counter (gauges: `subscriptions`).
-    pub fn fields(&self) -> [(&'static str, u64); 8] {
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
         [
             ("published", self.published),
             ("publish_errors", self.publish_errors),
@@ -137,6 +140,7 @@ impl BrokerStats {
             ("subscriptions", self.subscriptions),
             ("reconnects", self.reconnects),
             ("syncs", self.syncs),
+            ("unrouted", self.unrouted),
         ]
     }
 }

@@ -155,6 +155,7 @@ struct Counters {
     subscriptions: AtomicU64,
     reconnects: AtomicU64,
     syncs: AtomicU64,
+    unrouted: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -358,6 +359,7 @@ impl Broker for RedisBroker {
         s.subscriptions = c.subscriptions.load(Ordering::Relaxed);
         s.reconnects = c.reconnects.load(Ordering::Relaxed);
         s.syncs = c.syncs.load(Ordering::Relaxed);
+        s.unrouted = c.unrouted.load(Ordering::Relaxed);
         s
     }
 }
@@ -1089,11 +1091,15 @@ impl Reader {
             }
             (Some(Inbound::Plain { kind, payload, .. }), Some(name)) => {
                 bump(&c.received, 1);
-                self.sink.deliver(name, &payload, kind);
+                if !self.sink.deliver(name, &payload, kind) {
+                    bump(&c.unrouted, 1);
+                }
             }
             (Some(Inbound::Stream { entry, epoch }), Some(name)) => {
                 bump(&c.received, 1);
-                self.sink.stream_publication(name, entry, epoch);
+                if !self.sink.stream_publication(name, entry, epoch) {
+                    bump(&c.unrouted, 1);
+                }
             }
             _ => bump(&c.malformed, 1),
         }
