@@ -760,6 +760,20 @@ fn subscribe(
     Ok(())
 }
 
+/// The options of a publish with an optional idempotency key (1 to
+/// [`MAX_IDEMPOTENCY_KEY`] bytes): the one check for the `publish` route and the HTTP API.
+pub(crate) fn publish_options(idempotency_key: Option<&str>) -> Result<PublishOptions, String> {
+    if idempotency_key.is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY) {
+        return Err(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+        ));
+    }
+    Ok(PublishOptions {
+        idempotency_key: idempotency_key.map(Arc::from),
+        ..PublishOptions::default()
+    })
+}
+
 fn publish(
     ctx: &mut Context<'_, '_>,
     msg: &Envelope<'_>,
@@ -767,20 +781,8 @@ fn publish(
 ) -> Result<(), RouteError> {
     let req: PublishReq<'_> = msg.data()?;
     check(ctx, access, &req.channel, ChannelOp::Publish)?;
-    if req
-        .idempotency_key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
-    {
-        return Err(RouteError::new(format!(
-            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
-        )));
-    }
-    let opts = PublishOptions {
-        idempotency_key: req.idempotency_key.as_deref().map(Arc::from),
-        exclude: req.exclude_self.then(|| ctx.id()),
-        ..PublishOptions::default()
-    };
+    let mut opts = publish_options(req.idempotency_key.as_deref()).map_err(RouteError::new)?;
+    opts.exclude = req.exclude_self.then(|| ctx.id());
     let stream = ctx.socket().has_history(&req.channel);
     let id = msg.id().map(str::to_owned);
     let name = serde_json::to_string(&req.channel)?;

@@ -32,7 +32,7 @@ use edge_ws::{CloseCode, MessageKind, PublishOptions};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::channels::{EnvelopeFormat, DEFAULT_HISTORY_LIMIT, MAX_IDEMPOTENCY_KEY};
+use crate::channels::{EnvelopeFormat, DEFAULT_HISTORY_LIMIT};
 use crate::Manager;
 
 /// Settings of the HTTP API.
@@ -581,19 +581,8 @@ impl Api {
         match method {
             "publish" => {
                 let req: PublishReq<'_> = serde_json::from_slice(body)?;
-                if req
-                    .idempotency_key
-                    .as_ref()
-                    .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
-                {
-                    return Err(Failure::bad(format!(
-                        "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
-                    )));
-                }
-                let opts = PublishOptions {
-                    idempotency_key: req.idempotency_key.as_deref().map(Arc::from),
-                    ..PublishOptions::default()
-                };
+                let opts = crate::channels::publish_options(req.idempotency_key.as_deref())
+                    .map_err(Failure::bad)?;
                 let stream = engine.has_history(&req.channel);
                 let payload =
                     EnvelopeFormat::payload(stream, &req.channel, req.data.get().as_bytes());
