@@ -45,7 +45,7 @@ pub(crate) struct OwnedStream {
     /// store's position.
     failed: bool,
     /// In a cluster whose broker numbers the streams: the state of this node's mirror.
-    mirror: Option<Mirror>,
+    mirror: Option<Box<Mirror>>,
 }
 
 /// This node's copy of a stream the cluster broker numbers. It is *live* while the node is
@@ -315,7 +315,7 @@ impl CoreState {
                     h,
                     pending: VecDeque::new(),
                     failed: false,
-                    mirror: cluster.then(Mirror::default),
+                    mirror: cluster.then(Box::default),
                 },
             );
         }
