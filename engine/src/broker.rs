@@ -31,7 +31,7 @@ use bytes::Bytes;
 use crate::fanout::{Publish, PublishOptions, Target};
 use crate::ids::MessageKind;
 use crate::shared::{Shared, StreamMsg};
-use crate::stream::{ChannelPolicy, Publication, StreamError, StreamPosition};
+use crate::stream::{ChannelPolicy, Publication, Published, StreamError, StreamPosition};
 
 /// Why the broker could not take a publication.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,8 +55,10 @@ impl From<BrokerError> for StreamError {
 /// Called once, from any thread, with the outcome of a [`Broker::publish`].
 pub type BrokerAck = Box<dyn FnOnce(Result<(), BrokerError>) + Send + 'static>;
 
-/// Called once, from any thread, with the position the broker gave a stream publication.
-pub type AppendAck = Box<dyn FnOnce(Result<StreamPosition, BrokerError>) + Send + 'static>;
+/// Called once, from any thread, with the position the broker gave a stream publication
+/// (`duplicate`: its idempotency key was seen within the window, on any node, and nothing was
+/// published; the position is the first publication's).
+pub type AppendAck = Box<dyn FnOnce(Result<Published, BrokerError>) + Send + 'static>;
 
 /// One member of a channel's presence across the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +162,11 @@ pub struct StreamAppend {
     pub history_size: usize,
     /// How long they are kept (`None`: until `history_size` pushes them out).
     pub history_ttl: Option<Duration>,
+    /// The publish's idempotency key: a repeat within `idempotency_window`, through any
+    /// node, publishes nothing and gets the first one's position.
+    pub idempotency_key: Option<Arc<str>>,
+    /// How long the key is remembered.
+    pub idempotency_window: Duration,
 }
 
 /// One publication of a stream as the broker keeps it.

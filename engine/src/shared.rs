@@ -15,8 +15,8 @@ use crate::fanout::{
 use crate::metrics::{CoreMetrics, MetricsSnapshot};
 use crate::runtime::{ConnId, CoreWaker, RuntimeStats};
 use crate::stream::{
-    ChannelConfig, Entry, HistoryPage, HistoryQuery, PublishResult, StreamError, StreamPosition,
-    StreamSetup, StreamShared, Subscribed,
+    ChannelConfig, Entry, HistoryPage, HistoryQuery, PublishResult, Published, StreamError,
+    StreamPosition, StreamSetup, StreamShared, Subscribed,
 };
 use crate::upgrade::Rejection;
 
@@ -88,7 +88,7 @@ pub(crate) enum StreamMsg {
     /// The cluster broker numbered (or refused) a publication (from the broker's thread).
     Appended {
         channel: Arc<ChannelShared>,
-        result: Result<StreamPosition, BrokerError>,
+        result: Result<Published, BrokerError>,
         key: Option<Arc<str>>,
         reply: ReplyTo<PublishResult>,
     },

@@ -167,7 +167,10 @@ impl Broker for Node {
         for t in targets {
             t.stream_publication(&a.channel, entry.clone(), epoch);
         }
-        done(Ok(position));
+        done(Ok(edge_ws::Published {
+            position: Some(position),
+            duplicate: false,
+        }));
     }
 
     fn stream_sync(&self, channel: &str, _max: usize) {

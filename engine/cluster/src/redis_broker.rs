@@ -22,23 +22,30 @@ use edge_ws::broker::{
     AppendAck, Broker, BrokerAck, BrokerEntry, BrokerError, BrokerSink, BrokerSnapshot,
     BrokerState, BrokerStats, PresenceAck, PresenceMember, StreamAppend,
 };
-use edge_ws::{MessageKind, StreamPosition};
+use edge_ws::{MessageKind, Published, StreamPosition};
 use redis::Value;
 
 use crate::wire::{self, Inbound, Names, Resp};
 
-/// Numbers a stream publication, keeps it and publishes it, atomically.
-/// KEYS: meta hash, history stream, Redis channel. ARGV: a fresh epoch (used if the stream has
-/// none), MAXLEN, payload, timestamp, kind, TTL in ms (0: none).
+/// Numbers a stream publication, keeps it and publishes it, atomically; returns
+/// `{offset, epoch, duplicate}`.
+/// KEYS: meta hash, history stream, Redis channel, and the idempotency key's key if the
+/// publish has one. ARGV: a fresh epoch (used if the stream has none), MAXLEN, payload,
+/// timestamp, kind, TTL in ms (0: none), the idempotency window in ms.
 const APPEND: &str = r"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then e = ARGV[1]; redis.call('HSET', KEYS[1], 'e', e) end
+if KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
+  if first then return {tonumber(first), e, 1} end
+end
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+if KEYS[4] then redis.call('SET', KEYS[4], o, 'PX', ARGV[7]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], o .. '-0', 'p', ARGV[3], 't', ARGV[4], 'k', ARGV[5])
 local ttl = tonumber(ARGV[6])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 redis.call('PUBLISH', KEYS[3], 'S' .. o .. ':' .. e .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[3])
-return {o, e}
+return {o, e, 0}
 ";
 
 /// A stream's position and its newest kept publications, atomically.
@@ -871,18 +878,23 @@ impl BrokerThread {
                 }
                 Msg::Append(a, _) => {
                     let ttl = a.history_ttl.map_or(0, |t| t.as_millis().max(1) as u64);
-                    pipe.cmd("EVALSHA")
+                    let c = pipe
+                        .cmd("EVALSHA")
                         .arg(&self.shas.append)
-                        .arg(3)
+                        .arg(if a.idempotency_key.is_some() { 4 } else { 3 })
                         .arg(self.inner.names.meta(&a.channel))
                         .arg(self.inner.names.history(&a.channel))
-                        .arg(self.inner.names.channel(&a.channel))
-                        .arg(edge_ws_epoch().to_string())
+                        .arg(self.inner.names.channel(&a.channel));
+                    if let Some(k) = &a.idempotency_key {
+                        c.arg(self.inner.names.idempotency(&a.channel, k));
+                    }
+                    c.arg(edge_ws_epoch().to_string())
                         .arg(a.history_size.max(1))
                         .arg(a.payload.as_ref())
                         .arg(a.timestamp_ms)
                         .arg(std::str::from_utf8(&[wire::kind_byte(a.kind)]).unwrap_or("b"))
-                        .arg(ttl);
+                        .arg(ttl)
+                        .arg(a.idempotency_window.as_millis().max(1) as u64);
                 }
                 Msg::PresenceJoin {
                     channel,
@@ -1136,12 +1148,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `{offset, epoch}` from the append script.
-fn parse_position(v: Value) -> Option<StreamPosition> {
+/// `{offset, epoch, duplicate}` from the append script.
+fn parse_position(v: Value) -> Option<Published> {
     let Value::Array(items) = v else { return None };
-    Some(StreamPosition {
-        offset: as_u64(items.first()?)?,
-        epoch: as_u64(items.get(1)?)?,
+    Some(Published {
+        position: Some(StreamPosition {
+            offset: as_u64(items.first()?)?,
+            epoch: as_u64(items.get(1)?)?,
+        }),
+        duplicate: as_u64(items.get(2)?)? == 1,
     })
 }
 

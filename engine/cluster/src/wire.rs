@@ -215,6 +215,11 @@ impl Names {
         format!("{}:{{{channel}}}:pz", self.prefix)
     }
 
+    /// The key remembering a stream publish's idempotency key (its value: the offset).
+    pub(crate) fn idempotency(&self, channel: &str, key: &str) -> String {
+        format!("{}:{{{channel}}}:idem:{key}", self.prefix)
+    }
+
     /// The hash of a channel's presence members' infos.
     pub(crate) fn presence_info(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:ph", self.prefix)

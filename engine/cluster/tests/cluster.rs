@@ -235,6 +235,13 @@ fn a_stream_is_numbered_in_redis_and_recovers_on_any_node() {
         .unwrap();
     assert!(third.duplicate);
     assert_eq!(third.position, first.position);
+    // ... and through another node too (a client retrying elsewhere after a failover).
+    let elsewhere = c
+        .handle
+        .publish_blocking("chat:1", b"once", MessageKind::Text, keyed())
+        .unwrap();
+    assert!(elsewhere.duplicate, "{elsewhere:?}");
+    assert_eq!(elsewhere.position, first.position);
     assert_eq!(again.recv(), "12|once");
     assert_eq!(on_a.recv(), "12|once");
     assert_eq!(again.recv_within(Duration::from_millis(200)), None);

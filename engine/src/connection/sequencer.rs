@@ -756,6 +756,8 @@ impl CoreState {
             timestamp_ms: now,
             history_size: policy.history_size,
             history_ttl: policy.history_ttl,
+            idempotency_key: key.clone(),
+            idempotency_window: policy.idempotency_window,
         };
         broker.stream_append(
             append,
@@ -778,31 +780,35 @@ impl CoreState {
         &mut self,
         io: &mut Io<'_>,
         channel: &Arc<ChannelShared>,
-        result: Result<StreamPosition, BrokerError>,
+        result: Result<Published, BrokerError>,
         key: Option<Arc<str>>,
         reply: ReplyTo<PublishResult>,
     ) {
         let me = self.core_index;
+        if result.as_ref().is_ok_and(|p| p.duplicate) {
+            // A repeat of a key first published through another node.
+            inc(&self.metrics[me].stream_duplicates);
+        }
         let repeats = key
             .as_ref()
             .and_then(|k| self.owned(channel).mirror.as_mut()?.duplicates.remove(k))
             .unwrap_or_default();
         match result {
-            Ok(position) => {
-                let ack: PublishResult = Ok(Published {
-                    position: Some(position),
-                    duplicate: false,
-                });
+            Ok(published) => {
+                let ack: PublishResult = Ok(published);
                 if let Some(k) = key {
-                    self.owned(channel)
-                        .h
-                        .idem_record(k, Some(ack.clone()), now_ms());
+                    // Remembered here as the first result (a local repeat says duplicate).
+                    let first = Ok(Published {
+                        duplicate: false,
+                        ..published
+                    });
+                    self.owned(channel).h.idem_record(k, Some(first), now_ms());
                 }
                 self.answer(io, reply, ack);
                 for r in repeats {
                     let dup = Ok(Published {
-                        position: Some(position),
                         duplicate: true,
+                        ..published
                     });
                     self.answer(io, r, dup);
                 }
