@@ -42,6 +42,9 @@ pub(super) const IN_REARM: u8 = 16;
 /// Receiving is paused: no receive is armed for it (the kernel's socket buffer and then TCP
 /// flow control hold the peer back).
 pub(super) const PAUSED: u8 = 32;
+/// The slot is in the core's list of queues to release at the next tick (its queue emptied
+/// with an allocation kept for the next send).
+pub(super) const IN_IDLE: u8 = 64;
 
 /// The iovec array and header of one `SendMsg`; pooled per core, lent to a connection only while
 /// its send is in flight.
@@ -331,6 +334,20 @@ impl Slot {
             .map(Bytes::len)
             .sum();
         self.queued - in_kernel.min(self.queued)
+    }
+
+    /// Whether the queue is empty but still holds an allocation (kept so that a busy
+    /// connection does not allocate per send; the core frees it at its next tick if the
+    /// connection stayed quiet, so an idle connection holds none).
+    pub(super) fn holds_idle_queue(&self) -> bool {
+        self.queue.is_empty() && self.queue.capacity() > 0
+    }
+
+    /// Frees the queue's allocation if the queue is still empty and nothing is in flight.
+    pub(super) fn release_idle_queue(&mut self) {
+        if self.queue.is_empty() && !self.has(SEND_INFLIGHT) {
+            self.queue = VecDeque::new();
+        }
     }
 
     /// Drops every entry not yet handed to the kernel, keeping the committed ones even between
