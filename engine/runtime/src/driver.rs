@@ -19,8 +19,8 @@ use tokio::time::MissedTickBehavior;
 
 use super::bufring::BufRing;
 use super::conn::{
-    SendPlan, SendVec, Slot, State, CLOSE_INFLIGHT, IN_DIRTY, IN_REARM, PAUSED, RECV_ARMED,
-    SEND_INFLIGHT,
+    SendPlan, SendVec, Slot, State, CLOSE_INFLIGHT, IN_DIRTY, IN_IDLE, IN_REARM, PAUSED,
+    RECV_ARMED, SEND_INFLIGHT,
 };
 use super::{
     sys, ConnId, CoreWaker, RuntimeConfig, RuntimeError, RuntimeStats, Service, StartReport,
@@ -193,6 +193,9 @@ pub(super) struct Core {
     pool: Vec<Box<SendVec>>,
     /// Slots with output to submit.
     dirty: Vec<u32>,
+    /// Slots whose send queue emptied since the last tick, keeping its allocation: freed at the
+    /// tick if still empty (idle connections hold no queue; busy ones do not allocate per send).
+    idle_queues: Vec<ConnId>,
     /// Slots whose receive ended with ENOBUFS, re-armed a few per iteration (pitfall 4).
     rearm: VecDeque<u32>,
     rearm_per_iter: usize,
@@ -221,13 +224,14 @@ impl Core {
         listeners: [Option<Socket>; 2],
         waker: &CoreWaker,
     ) -> Result<Core, (&'static str, io::Error)> {
-        let (ring, deferred) = build_ring(cfg.ring_entries).map_err(|e| ("io_uring setup", e))?;
+        let (ring, deferred) =
+            build_ring(cfg.io.ring_entries).map_err(|e| ("io_uring setup", e))?;
         RuntimeStats::set(&stats[index].ring_defer_taskrun, u64::from(deferred));
         ring.submitter()
             .register_eventfd(waker.eventfd())
             .map_err(|e| ("io_uring register eventfd", e))?;
-        let mut bufs =
-            BufRing::new(cfg.buf_count, cfg.buf_size, BGID).map_err(|e| ("buffer ring", e))?;
+        let mut bufs = BufRing::new(cfg.io.buf_count, cfg.io.buf_size, BGID)
+            .map_err(|e| ("buffer ring", e))?;
         // `bufs` is only dropped after `ring` below, or leaked.
         bufs.register(&ring.submitter())
             .map_err(|e| ("io_uring register buffer ring", e))?;
@@ -240,6 +244,7 @@ impl Core {
             conns: Slab::with_capacity(cfg.max_connections_per_core.clamp(1, 1 << 22)),
             pool: Vec::new(),
             dirty: Vec::new(),
+            idle_queues: Vec::new(),
             rearm: VecDeque::new(),
             #[cfg(feature = "tls")]
             tls: match (&cfg.tls, &listeners[LISTENER_TLS]) {
@@ -788,8 +793,25 @@ impl<S: Service> Driver<S> {
             self.core.accept_rearm_on_tick = false;
             self.core.arm_accept();
         }
+        self.release_idle_queues();
         let (s, mut io) = self.io();
         s.on_tick(&mut io, Instant::now());
+    }
+
+    /// Frees the send-queue allocations of the connections that stayed quiet since their queue
+    /// emptied (at most one tick ago).
+    fn release_idle_queues(&mut self) {
+        let core = &mut self.core;
+        for id in core.idle_queues.drain(..) {
+            if let Some(c) = core
+                .conns
+                .get_mut(id.index())
+                .filter(|c| c.generation == id.generation())
+            {
+                c.clear(IN_IDLE);
+                c.release_idle_queue();
+            }
+        }
     }
 
     /// Handles up to `budget` completions; returns how many.
@@ -1073,6 +1095,10 @@ impl<S: Service> Driver<S> {
         let mut failed = false;
         if res >= 0 {
             c.complete_send(res as usize);
+            if c.holds_idle_queue() && !c.has(IN_IDLE) {
+                c.set(IN_IDLE);
+                core.idle_queues.push(id);
+            }
             let st = &core.stats[core.index];
             RuntimeStats::add(&st.bytes_out, res as u64);
         } else {
