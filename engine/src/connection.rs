@@ -640,7 +640,7 @@ impl CoreState {
             .inproc
             .call(&shared.name, || unsequenced(payload, text));
         self.shared
-            .to_broker(&shared.name, payload, text, broker_ack);
+            .to_broker(&shared.name, payload, text, &opts, broker_ack);
         let p = Arc::new(Publish::new(Target::Channel(shared), payload, text, opts));
         self.dispatch(io, p);
     }
@@ -653,14 +653,7 @@ impl CoreState {
         text: bool,
         opts: PublishOptions,
     ) {
-        if let Some(b) = &self.shared.broker {
-            let kind = if text {
-                crate::MessageKind::Text
-            } else {
-                crate::MessageKind::Binary
-            };
-            b.broadcast(payload, kind);
-        }
+        self.shared.broadcast_to_broker(payload, text, &opts);
         let p = Arc::new(Publish::new(Target::All, payload, text, opts));
         self.dispatch(io, p);
     }

@@ -194,7 +194,7 @@ impl EngineHandle {
         if self.shared.channels.config.policy(channel).is_stream() && !opts.transient {
             return self.publish_acked(channel, payload, kind, opts, |_| {});
         }
-        self.shared.to_broker(channel, payload, text, None);
+        self.shared.to_broker(channel, payload, text, &opts, None);
         let Some(t) = self.shared.channels.get(channel) else {
             // Nobody ever subscribed: nothing to deliver, no cross-core traffic.
             crate::metrics::inc(&self.shared.metrics[0].publishes);
@@ -230,7 +230,13 @@ impl EngineHandle {
             if opts.idempotency_key.is_some() {
                 return done(Err(StreamError::NoHistory(channel.to_string())));
             }
-            let Some(broker) = &self.shared.broker else {
+            // A filtered publish stays on this node (see `Shared::to_broker`).
+            let Some(broker) = self
+                .shared
+                .broker
+                .as_ref()
+                .filter(|_| opts.filter.is_none())
+            else {
                 self.publish_with(channel, payload, kind, opts);
                 return done(Ok(Published {
                     position: None,
@@ -402,9 +408,8 @@ impl EngineHandle {
 
     /// Sends a message to every open connection (that passes the filter) on every core.
     pub fn broadcast_all(&self, payload: &[u8], kind: MessageKind, opts: PublishOptions) {
-        if let Some(b) = &self.shared.broker {
-            b.broadcast(payload, kind);
-        }
+        self.shared
+            .broadcast_to_broker(payload, kind.is_text(), &opts);
         self.shared
             .publish_external(Publish::new(Target::All, payload, kind.is_text(), opts));
     }

@@ -234,16 +234,20 @@ impl Shared {
     /// A publish made on this node to a channel without history, already delivered here:
     /// handed to the cluster broker for the other nodes (nothing without one).
     /// `done`, if given, gets the broker's answer (called at once with `Ok` without one).
+    /// A publish with a filter stays on this node: the filter is a closure over this node's
+    /// connections, and delivering it elsewhere unfiltered could reach connections it was
+    /// meant to skip.
     #[inline]
     pub(crate) fn to_broker(
         &self,
         channel: &str,
         payload: &[u8],
         text: bool,
+        opts: &PublishOptions,
         done: Option<crate::broker::BrokerAck>,
     ) {
         match &self.broker {
-            Some(b) => {
+            Some(b) if opts.filter.is_none() => {
                 let kind = if text {
                     crate::ids::MessageKind::Text
                 } else {
@@ -251,11 +255,25 @@ impl Shared {
                 };
                 b.publish(channel, payload, kind, done);
             }
-            None => {
+            _ => {
                 if let Some(done) = done {
                     done(Ok(()));
                 }
             }
+        }
+    }
+
+    /// A message for every connection made on this node, for the other nodes too (unless it
+    /// has a filter, see [`Shared::to_broker`]).
+    #[inline]
+    pub(crate) fn broadcast_to_broker(&self, payload: &[u8], text: bool, opts: &PublishOptions) {
+        if let Some(b) = self.broker.as_ref().filter(|_| opts.filter.is_none()) {
+            let kind = if text {
+                crate::ids::MessageKind::Text
+            } else {
+                crate::ids::MessageKind::Binary
+            };
+            b.broadcast(payload, kind);
         }
     }
 

@@ -108,7 +108,9 @@ impl Broker for Node {
         }
     }
 
-    fn broadcast(&self, _payload: &[u8], _kind: MessageKind) {}
+    fn broadcast(&self, _payload: &[u8], _kind: MessageKind) {
+        self.bus.0.lock().unwrap().log.push((self.id, "all".into()));
+    }
 
     fn subscribe(&self, channel: &str) {
         let mut s = self.bus.0.lock().unwrap();
@@ -299,6 +301,24 @@ fn the_broker_hears_of_the_first_and_last_subscriber_and_gets_each_publish_once(
     // A publish from a handle reaches the broker even where nobody subscribes.
     b.handle().publish("elsewhere", "x");
     assert_eq!(bus.log(), vec![(1, "pub elsewhere".to_string())]);
+    // A publish with a filter (a closure over this node's connections) stays on its node.
+    let filtered = || PublishOptions {
+        filter: Some(Arc::new(|_, _| true)),
+        ..PublishOptions::default()
+    };
+    a.handle()
+        .publish_with("news", b"mine", MessageKind::Text, filtered());
+    a.handle()
+        .broadcast_all(b"mine too", MessageKind::Text, filtered());
+    pump(&[&a, &b]);
+    assert_eq!(bus.log(), vec![]);
+    assert_eq!(texts(&mut a0), vec!["mine", "mine too"]);
+    assert_eq!(texts(&mut b0), Vec::<String>::new());
+    a.handle()
+        .broadcast_all(b"everyone", MessageKind::Text, PublishOptions::default());
+    pump(&[&a, &b]);
+    assert_eq!(bus.log(), vec![(0, "all".to_string())]);
+    assert_eq!(texts(&mut a0), vec!["everyone"]);
     // The last subscriber leaving B unsubscribes B (the first leaving does not).
     b0.send_text("unsub news");
     pump(&[&a, &b]);
