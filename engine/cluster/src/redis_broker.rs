@@ -175,7 +175,8 @@ struct Inner {
     node: u64,
     state: AtomicU8,
     counters: Counters,
-    tx: Mutex<Sender<Msg>>,
+    /// Shared by every core and thread without a lock (an mpsc `Sender` is `Sync`).
+    tx: Sender<Msg>,
     rx: Mutex<Option<Receiver<Msg>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -218,7 +219,7 @@ impl RedisBroker {
                 node: random_u64(),
                 state: AtomicU8::new(CONNECTING),
                 counters: Counters::default(),
-                tx: Mutex::new(tx),
+                tx,
                 rx: Mutex::new(Some(rx)),
                 thread: Mutex::new(None),
             }),
@@ -246,9 +247,7 @@ impl RedisBroker {
     }
 
     fn send(&self, msg: Msg) {
-        let tx = self.inner.tx.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(mpsc::SendError(msg)) = tx.send(msg) {
-            drop(tx);
+        if let Err(mpsc::SendError(msg)) = self.inner.tx.send(msg) {
             fail(&self.inner, msg, || {
                 BrokerError::Unavailable("the broker stopped".into())
             });
@@ -437,7 +436,7 @@ struct BrokerThread {
 
 impl BrokerThread {
     fn new(inner: Arc<Inner>, sink: BrokerSink, rx: Receiver<Msg>) -> Self {
-        let tx = inner.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let tx = inner.tx.clone();
         let client = redis::Client::open(inner.config.url.as_str()).expect("checked by new");
         BrokerThread {
             backoff: inner.config.backoff_min,
@@ -508,17 +507,26 @@ impl BrokerThread {
                 std::thread::yield_now();
             }
             let mut pipeline = Vec::new();
-            for m in batch {
+            let mut batch = batch.into_iter();
+            while let Some(m) = batch.next() {
                 match m {
                     Msg::Stop => {
+                        // Everything not sent is answered: nobody waits forever.
                         self.close_sub();
-                        for m in pipeline {
-                            fail(&self.inner, m, unavailable);
+                        let stopped = || BrokerError::Unavailable("the broker stopped".into());
+                        for m in pipeline.into_iter().chain(batch) {
+                            fail(&self.inner, m, stopped);
+                        }
+                        while let Ok(m) = self.rx.try_recv() {
+                            fail(&self.inner, m, stopped);
                         }
                         return;
                     }
                     Msg::Interest(ch) => self.reconcile(ch),
-                    Msg::Confirmed { channel, gen } if gen == self.gen => {
+                    // The confirmation of a subscription still wanted (not one undone since).
+                    Msg::Confirmed { channel, gen }
+                        if gen == self.gen && self.subscribed.contains(&channel) =>
+                    {
                         self.confirmed.insert(channel.clone());
                         self.inner
                             .counters

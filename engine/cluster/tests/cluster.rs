@@ -426,6 +426,14 @@ fn presence_spans_the_nodes_and_a_dead_nodes_entries_expire() {
     assert_eq!(presence(&c, "room"), vec!["c1=u1", "c2=u2"]);
     // B dies without leaving: its member expires within the TTL; A's stays.
     b.broker.stop();
+    // A stopped broker answers at once: nothing waits for it.
+    let r = b.handle.publish_blocking(
+        "chat:after-stop",
+        b"x",
+        MessageKind::Text,
+        PublishOptions::default(),
+    );
+    assert!(r.is_err(), "{r:?}");
     wait("B's member expired", || {
         presence(&c, "room") == vec!["c1=u1"]
     });
