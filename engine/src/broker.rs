@@ -28,10 +28,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::fanout::{Publish, PublishOptions, Target};
 use crate::ids::MessageKind;
-use crate::shared::{Shared, StreamMsg};
-use crate::stream::{ChannelPolicy, Publication, Published, StreamError, StreamPosition};
+use crate::stream::{ChannelPolicy, Published, StreamError, StreamPosition};
 
 /// Why the broker could not take a publication.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -270,88 +268,68 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 /// How a broker hands what it receives to this process's cores. Cheap to clone, any thread.
 #[derive(Clone)]
 pub struct BrokerSink {
-    pub(crate) shared: Arc<Shared>,
+    inner: Arc<dyn Inbound>,
 }
 
 impl std::fmt::Debug for BrokerSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerSink")
-            .field("cores", &self.shared.cores)
+            .field("cores", &self.inner.cores())
             .finish()
     }
 }
 
+/// The cores' side of a [`BrokerSink`] (implemented by the engine's shared state, which sits
+/// above this module: the sink reaches the cores without this module knowing them).
+pub(crate) trait Inbound: Send + Sync {
+    fn cores(&self) -> usize;
+    fn interested(&self, channel: &str) -> bool;
+    fn policy(&self, channel: &str) -> &ChannelPolicy;
+    fn max_history_read(&self) -> usize;
+    fn deliver(&self, channel: &str, payload: &[u8], kind: MessageKind) -> bool;
+    fn deliver_all(&self, payload: &[u8], kind: MessageKind);
+    fn stream_publication(&self, channel: &str, entry: BrokerEntry, epoch: u64) -> bool;
+    fn synced(&self, channel: &str, snapshot: Result<BrokerSnapshot, BrokerError>, live: bool);
+    fn desynced(&self, channel: &str);
+}
+
 impl BrokerSink {
+    pub(crate) fn new(inner: Arc<dyn Inbound>) -> BrokerSink {
+        BrokerSink { inner }
+    }
+
     /// Whether this process has a subscriber (a connection or an in-process callback) to
     /// `channel`.
     pub fn interested(&self, channel: &str) -> bool {
-        self.shared
-            .channels
-            .get(channel)
-            .is_some_and(|c| c.interested())
+        self.inner.interested(channel)
     }
 
     /// The policy of `channel`'s namespace.
     pub fn policy(&self, channel: &str) -> &ChannelPolicy {
-        self.shared.channels.config.policy(channel)
+        self.inner.policy(channel)
     }
 
     /// Most publications a recovery returns (the most a sync needs to read).
     pub fn max_history_read(&self) -> usize {
-        self.shared.channels.config.max_history_read
+        self.inner.max_history_read()
     }
 
     /// A publication to a channel without history from another node: delivered to this
     /// node's subscribers (in-process ones included). Returns whether anyone here listens.
     pub fn deliver(&self, channel: &str, payload: &[u8], kind: MessageKind) -> bool {
-        let Some(t) = self.shared.channels.get(channel) else {
-            return false;
-        };
-        if !t.interested() {
-            return false;
-        }
-        t.inproc.call(&t.name, || Publication {
-            offset: 0,
-            timestamp_ms: crate::stream::now_ms(),
-            kind,
-            data: Bytes::copy_from_slice(payload),
-        });
-        self.shared.publish_external(Publish::new(
-            Target::Channel(t),
-            payload,
-            kind.is_text(),
-            PublishOptions::default(),
-        ));
-        true
+        self.inner.deliver(channel, payload, kind)
     }
 
     /// A message for every open connection, from another node.
     pub fn deliver_all(&self, payload: &[u8], kind: MessageKind) {
-        self.shared.publish_external(Publish::new(
-            Target::All,
-            payload,
-            kind.is_text(),
-            PublishOptions::default(),
-        ));
+        self.inner.deliver_all(payload, kind)
     }
 
     /// A numbered publication of a stream, in the broker's order: handed to the channel's
     /// owner core, which keeps it and delivers it to this node's subscribers (or, after a
     /// gap, asks for a sync first). Returns whether the channel is known here.
     pub fn stream_publication(&self, channel: &str, entry: BrokerEntry, epoch: u64) -> bool {
-        let Some(t) = self.shared.channels.get(channel) else {
-            return false;
-        };
-        let owner = t.owner;
-        self.shared.to_core(
-            owner,
-            StreamMsg::Remote {
-                channel: t,
-                entry,
-                epoch,
-            },
-        );
-        true
+        self.inner.stream_publication(channel, entry, epoch)
     }
 
     /// The answer to [`Broker::stream_sync`] (or the broker's own sync once a subscription to
@@ -362,29 +340,13 @@ impl BrokerSink {
     /// `live` it only answers history reads. An error answers waiting history reads with it
     /// and leaves recovering subscribers waiting for the next sync.
     pub fn synced(&self, channel: &str, snapshot: Result<BrokerSnapshot, BrokerError>, live: bool) {
-        let Some(t) = self.shared.channels.get(channel) else {
-            return;
-        };
-        let owner = t.owner;
-        self.shared.to_core(
-            owner,
-            StreamMsg::Synced {
-                channel: t,
-                snapshot,
-                live,
-            },
-        );
+        self.inner.synced(channel, snapshot, live)
     }
 
     /// The node stopped receiving `channel`'s publications (unsubscribed, or the
     /// subscription connection broke): its owner core stops trusting its mirror of the
     /// stream until the next [`BrokerSink::synced`].
     pub fn desynced(&self, channel: &str) {
-        let Some(t) = self.shared.channels.get(channel) else {
-            return;
-        };
-        let owner = t.owner;
-        self.shared
-            .to_core(owner, StreamMsg::Desynced { channel: t });
+        self.inner.desynced(channel)
     }
 }

@@ -83,7 +83,7 @@ impl EngineHandle {
     /// Every counter in the Prometheus text format, as `GET` on the metrics path answers it
     /// (for a handler that answers that path itself and adds its own series).
     pub fn prometheus(&self) -> String {
-        crate::metrics::prometheus(&self.shared)
+        self.shared.prometheus()
     }
 
     /// Counters of one core (`None` if there is no such core).
@@ -552,6 +552,7 @@ impl Engine {
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
             streams: StreamSetup::default(),
+            broker: None,
             config: Config::default(),
         }
     }
@@ -582,6 +583,7 @@ impl Engine {
 pub struct EngineBuilder {
     config: Config,
     streams: StreamSetup,
+    broker: Option<Arc<dyn crate::broker::Broker>>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -591,7 +593,7 @@ impl std::fmt::Debug for EngineBuilder {
             .field("stream_store", &self.streams.store.is_some())
             .field("publication_format", &self.streams.format.is_some())
             .field("restored_streams", &self.streams.restore.len())
-            .field("broker", &self.streams.broker.is_some())
+            .field("broker", &self.broker.is_some())
             .finish()
     }
 }
@@ -621,7 +623,7 @@ impl EngineBuilder {
     /// cross to the other nodes, subscriptions follow this node's local subscribers, and,
     /// when the broker sequences streams, channels with history are numbered and kept by it.
     pub fn broker(mut self, broker: Arc<dyn crate::broker::Broker>) -> Self {
-        self.streams.broker = Some(broker);
+        self.broker = Some(broker);
         self
     }
 
@@ -748,6 +750,7 @@ impl EngineBuilder {
             .validate(Some(self.streams.store.is_some()))
             .map_err(EngineError::Config)?;
         let streams = self.streams;
+        let broker = self.broker;
         let cores = resolve_cores(&cfg.cores)?;
         let n = cores.len();
         // 0 (automatic) is resolved by `Shared::new`, the one place that builds the rings.
@@ -790,6 +793,7 @@ impl EngineBuilder {
                         wakers,
                         cfg.channels.clone(),
                         streams.clone(),
+                        broker.clone(),
                     ));
                     Shared::start_broker(&shared);
                     shared

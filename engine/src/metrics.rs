@@ -198,51 +198,6 @@ pub(crate) fn inc(c: &AtomicU64) {
     add(c, 1);
 }
 
-/// Every counter in the Prometheus text format (what `GET /metrics` answers, see
-/// `Config::metrics_path`): totals over the cores, as `edge_ws_<counter>`, plus the open
-/// connections and the cores as gauges.
-pub(crate) fn prometheus(shared: &crate::shared::Shared) -> String {
-    use std::fmt::Write as _;
-    let mut m = MetricsSnapshot::sum(shared.metrics.iter());
-    if let Some(rt) = shared.runtime_stats.get() {
-        m.add_runtime(rt.iter());
-    }
-    let mut out = String::with_capacity(64 * 64);
-    for (name, v) in m.fields() {
-        let kind = if name.ends_with("_hwm") {
-            "gauge"
-        } else {
-            "counter"
-        };
-        let _ = writeln!(out, "# TYPE edge_ws_{name} {kind}\nedge_ws_{name} {v}");
-    }
-    if let Some(b) = &shared.broker {
-        for (name, v) in b.stats().fields() {
-            let kind = if name == "subscriptions" {
-                "gauge"
-            } else {
-                "counter"
-            };
-            let _ = writeln!(
-                out,
-                "# TYPE edge_ws_broker_{name} {kind}\nedge_ws_broker_{name} {v}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# TYPE edge_ws_broker_up gauge\nedge_ws_broker_up {}",
-            u8::from(b.state() == crate::broker::BrokerState::Up)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# TYPE edge_ws_connections gauge\nedge_ws_connections {}\n# TYPE edge_ws_cores gauge\nedge_ws_cores {}",
-        shared.connections(),
-        shared.cores
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

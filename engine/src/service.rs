@@ -171,7 +171,7 @@ impl<H: Handler> WsService<H> {
                 } else if info.method == "GET"
                     && st.cfg.metrics_path.as_deref() == Some(info.path.as_str())
                 {
-                    let body = crate::metrics::prometheus(&st.shared);
+                    let body = st.shared.prometheus();
                     write_http_response(
                         200,
                         "OK",

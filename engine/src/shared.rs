@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use edge_ws_protocol::CloseCode;
 
-use crate::broker::{Broker, BrokerEntry, BrokerError, BrokerSnapshot};
+use crate::broker::{Broker, BrokerEntry, BrokerError, BrokerSnapshot, Inbound};
 use crate::fanout::{
     auto_ring_capacity, ChannelRegistry, ChannelShared, Inbox, Publish, PublishOptions,
 };
@@ -178,6 +178,7 @@ impl Shared {
         wakers: Arc<[CoreWaker]>,
         channels: ChannelConfig,
         streams: StreamSetup,
+        broker: Option<Arc<dyn Broker>>,
     ) -> Self {
         debug_assert_eq!(wakers.len(), cores, "one waker per core");
         Shared {
@@ -195,13 +196,9 @@ impl Shared {
                     .map(|_| Arc::new(Inbox::new(cores, capacity)))
                     .collect()
             },
-            channels: ChannelRegistry::with_config(cores, channels)
-                .with_broker(streams.broker.clone()),
-            cluster_streams: streams
-                .broker
-                .as_ref()
-                .is_some_and(|b| b.sequences_streams()),
-            broker: streams.broker.clone(),
+            channels: ChannelRegistry::with_config(cores, channels).with_broker(broker.clone()),
+            cluster_streams: broker.as_ref().is_some_and(|b| b.sequences_streams()),
+            broker,
             streams: StreamShared::new(streams),
         }
     }
@@ -280,9 +277,9 @@ impl Shared {
     /// Starts the cluster broker, if there is one, with a sink into these cores.
     pub(crate) fn start_broker(shared: &Arc<Shared>) {
         if let Some(b) = &shared.broker {
-            b.start(crate::broker::BrokerSink {
+            b.start(crate::broker::BrokerSink::new(Arc::new(CoreSink {
                 shared: shared.clone(),
-            });
+            })));
         }
     }
 
@@ -306,5 +303,154 @@ impl Shared {
     pub(crate) fn connections(&self) -> u64 {
         let s = MetricsSnapshot::sum(self.metrics.iter());
         s.opened.saturating_sub(s.closed)
+    }
+}
+
+impl Shared {
+    /// Every counter in the Prometheus text format (what `GET /metrics` answers, see
+    /// `Config::metrics_path`): totals over the cores, as `edge_ws_<counter>`, plus the open
+    /// connections and the cores as gauges.
+    pub(crate) fn prometheus(&self) -> String {
+        let shared = self;
+        use std::fmt::Write as _;
+        let mut m = crate::metrics::MetricsSnapshot::sum(shared.metrics.iter());
+        if let Some(rt) = shared.runtime_stats.get() {
+            m.add_runtime(rt.iter());
+        }
+        let mut out = String::with_capacity(64 * 64);
+        for (name, v) in m.fields() {
+            let kind = if name.ends_with("_hwm") {
+                "gauge"
+            } else {
+                "counter"
+            };
+            let _ = writeln!(out, "# TYPE edge_ws_{name} {kind}\nedge_ws_{name} {v}");
+        }
+        if let Some(b) = &shared.broker {
+            for (name, v) in b.stats().fields() {
+                let kind = if name == "subscriptions" {
+                    "gauge"
+                } else {
+                    "counter"
+                };
+                let _ = writeln!(
+                    out,
+                    "# TYPE edge_ws_broker_{name} {kind}\nedge_ws_broker_{name} {v}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# TYPE edge_ws_broker_up gauge\nedge_ws_broker_up {}",
+                u8::from(b.state() == crate::broker::BrokerState::Up)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE edge_ws_connections gauge\nedge_ws_connections {}\n# TYPE edge_ws_cores gauge\nedge_ws_cores {}",
+            shared.connections(),
+            shared.cores
+        );
+        out
+    }
+}
+
+use crate::fanout::Target;
+use crate::ids::MessageKind;
+use crate::stream::{ChannelPolicy, Publication};
+
+/// What a cluster broker delivers into: these cores (see [`crate::broker::BrokerSink`]).
+struct CoreSink {
+    shared: Arc<Shared>,
+}
+
+impl Inbound for CoreSink {
+    fn cores(&self) -> usize {
+        self.shared.cores
+    }
+
+    fn interested(&self, channel: &str) -> bool {
+        self.shared
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.interested())
+    }
+
+    fn policy(&self, channel: &str) -> &ChannelPolicy {
+        self.shared.channels.config.policy(channel)
+    }
+
+    fn max_history_read(&self) -> usize {
+        self.shared.channels.config.max_history_read
+    }
+
+    fn deliver(&self, channel: &str, payload: &[u8], kind: MessageKind) -> bool {
+        let Some(t) = self.shared.channels.get(channel) else {
+            return false;
+        };
+        if !t.interested() {
+            return false;
+        }
+        t.inproc.call(&t.name, || Publication {
+            offset: 0,
+            timestamp_ms: crate::stream::now_ms(),
+            kind,
+            data: Bytes::copy_from_slice(payload),
+        });
+        self.shared.publish_external(Publish::new(
+            Target::Channel(t),
+            payload,
+            kind.is_text(),
+            PublishOptions::default(),
+        ));
+        true
+    }
+
+    fn deliver_all(&self, payload: &[u8], kind: MessageKind) {
+        self.shared.publish_external(Publish::new(
+            Target::All,
+            payload,
+            kind.is_text(),
+            PublishOptions::default(),
+        ));
+    }
+
+    fn stream_publication(&self, channel: &str, entry: BrokerEntry, epoch: u64) -> bool {
+        let Some(t) = self.shared.channels.get(channel) else {
+            return false;
+        };
+        let owner = t.owner;
+        self.shared.to_core(
+            owner,
+            StreamMsg::Remote {
+                channel: t,
+                entry,
+                epoch,
+            },
+        );
+        true
+    }
+
+    fn synced(&self, channel: &str, snapshot: Result<BrokerSnapshot, BrokerError>, live: bool) {
+        let Some(t) = self.shared.channels.get(channel) else {
+            return;
+        };
+        let owner = t.owner;
+        self.shared.to_core(
+            owner,
+            StreamMsg::Synced {
+                channel: t,
+                snapshot,
+                live,
+            },
+        );
+    }
+
+    fn desynced(&self, channel: &str) {
+        let Some(t) = self.shared.channels.get(channel) else {
+            return;
+        };
+        let owner = t.owner;
+        self.shared
+            .to_core(owner, StreamMsg::Desynced { channel: t });
     }
 }

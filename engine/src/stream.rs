@@ -498,8 +498,6 @@ pub(crate) struct StreamSetup {
     pub(crate) store: Option<Arc<dyn StreamStore>>,
     pub(crate) format: Option<Arc<dyn PublicationFormat>>,
     pub(crate) restore: Vec<RestoredStream>,
-    /// The cluster broker (`None`: this process alone).
-    pub(crate) broker: Option<Arc<dyn crate::broker::Broker>>,
 }
 
 impl StreamShared {

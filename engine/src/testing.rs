@@ -196,8 +196,8 @@ impl<H: Handler> MemEngine<H> {
                 store: streams.store,
                 format: streams.format,
                 restore: streams.restore,
-                broker: streams.broker,
             },
+            streams.broker,
         ));
         Shared::start_broker(&shared);
         let config = Arc::new(config);
