@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use edge_ws_protocol::deflate::DeflateConfig;
 
-use crate::error::{Error, Result};
-use crate::reconnect::ReconnectBuilder;
+#[cfg(feature = "tls")]
+use crate::error::Error;
+use crate::error::Result;
 use crate::request::{IntoRequest, Request};
+use crate::settings::Settings;
 use crate::socket::WebSocket;
 
 /// The entry point: [`Client::connect`] with the defaults, or [`Client::builder`] to set
@@ -41,11 +43,6 @@ impl Client {
     pub fn builder() -> ClientBuilder {
         ClientBuilder::new()
     }
-
-    /// A [`ReconnectBuilder`] for `request` with the default connection settings.
-    pub fn reconnecting(request: impl IntoRequest) -> ReconnectBuilder {
-        ClientBuilder::new().reconnecting(request)
-    }
 }
 
 /// Connection settings; reusable (`Clone`) for any number of connections.
@@ -63,53 +60,6 @@ impl Client {
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     pub(crate) inner: Arc<Settings>,
-}
-
-/// The settings behind a builder.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) protocols: Vec<String>,
-    pub(crate) deflate: Option<DeflateConfig>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) max_message_size: usize,
-    pub(crate) max_frame_size: usize,
-    pub(crate) max_fragments: usize,
-    pub(crate) ping_interval: Option<Duration>,
-    pub(crate) pong_timeout: Duration,
-    pub(crate) close_timeout: Duration,
-    pub(crate) write_queue_limit: usize,
-    pub(crate) read_queue_messages: usize,
-    pub(crate) read_queue_bytes: usize,
-    pub(crate) max_response_len: usize,
-    /// The TLS configuration for `wss://` (`None`: Mozilla's roots).
-    #[cfg(feature = "tls")]
-    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            headers: Vec::new(),
-            protocols: Vec::new(),
-            deflate: Some(DeflateConfig::default()),
-            connect_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            max_message_size: 16 << 20,
-            max_frame_size: 16 << 20,
-            max_fragments: 1 << 16,
-            ping_interval: Some(Duration::from_secs(30)),
-            pong_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(5),
-            write_queue_limit: 1 << 20,
-            read_queue_messages: 256,
-            read_queue_bytes: 4 << 20,
-            max_response_len: 16 << 10,
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
-    }
 }
 
 impl Default for ClientBuilder {
@@ -166,7 +116,7 @@ impl ClientBuilder {
     }
 
     /// The largest message accepted from the server, after reassembly and inflation; a larger
-    /// one fails the connection with 1009 ([`Error::Protocol`]).
+    /// one fails the connection with 1009 ([`Error::Protocol`](crate::Error::Protocol)).
     pub fn max_message_size(self, bytes: usize) -> Self {
         self.set(|s| s.max_message_size = bytes)
     }
@@ -184,7 +134,7 @@ impl ClientBuilder {
 
     /// Keepalive: after `interval` without a byte from the server, send a ping; if no pong
     /// comes within `pong_timeout`, close with 4002 and end the connection with
-    /// [`Error::PongTimeout`]. `None` sends no pings (the server's pings are answered either
+    /// [`Error::PongTimeout`](crate::Error::PongTimeout). `None` sends no pings (the server's pings are answered either
     /// way). Time is counted in 10 ms steps.
     pub fn keepalive(self, interval: Option<Duration>, pong_timeout: Duration) -> Self {
         self.set(|s| {
@@ -195,7 +145,7 @@ impl ClientBuilder {
 
     /// How long the close handshake may take (our close frame to the server's reply, and the
     /// server closing TCP after it) before the connection is dropped with
-    /// [`Error::CloseTimeout`].
+    /// [`Error::CloseTimeout`](crate::Error::CloseTimeout).
     pub fn close_timeout(self, timeout: Duration) -> Self {
         self.set(|s| s.close_timeout = timeout)
     }
@@ -203,7 +153,7 @@ impl ClientBuilder {
     /// Bytes allowed to wait to be written (messages queued by the application plus encoded
     /// frames not yet taken by the kernel). While they are at or over the limit,
     /// [`send`](crate::Sender::send) waits and [`try_send`](crate::Sender::try_send) fails
-    /// with [`Error::WouldBlock`]; below it a message of any size is accepted, so at most the
+    /// with [`Error::WouldBlock`](crate::Error::WouldBlock); below it a message of any size is accepted, so at most the
     /// limit plus one message is held.
     pub fn write_queue_limit(self, bytes: usize) -> Self {
         self.set(|s| s.write_queue_limit = bytes)
@@ -235,7 +185,7 @@ impl ClientBuilder {
 
     /// `wss://` (feature `tls`): trust exactly the CA certificates in `pem` (one or more
     /// `CERTIFICATE` blocks) instead of Mozilla's roots, e.g. a private CA. Fails with
-    /// [`Error::Config`] if the PEM holds no usable certificate.
+    /// [`Error::Config`](crate::Error::Config) if the PEM holds no usable certificate.
     #[cfg(feature = "tls")]
     pub fn tls_ca_pem(self, pem: &[u8]) -> Result<Self> {
         use rustls::pki_types::pem::PemObject;
@@ -263,43 +213,6 @@ impl ClientBuilder {
         request.validate()?;
         let established = crate::handshake::connect(&self.inner, &request).await?;
         Ok(crate::socket::spawn(&self.inner, established))
-    }
-
-    /// A [`ReconnectBuilder`] for `request` with these connection settings.
-    pub fn reconnecting(&self, request: impl IntoRequest) -> ReconnectBuilder {
-        ReconnectBuilder::new(self.clone(), request.into_request())
-    }
-}
-
-impl Settings {
-    pub(crate) fn validate(&self) -> Result<()> {
-        let bad = |s: &str| Err(Error::Config(s.to_owned()));
-        if self.max_message_size == 0 || self.max_frame_size == 0 || self.max_fragments == 0 {
-            return bad("max_message_size, max_frame_size and max_fragments must be at least 1");
-        }
-        if self.write_queue_limit == 0 {
-            return bad("write_queue_limit must be at least 1 byte");
-        }
-        if self.read_queue_messages == 0 || self.read_queue_bytes == 0 {
-            return bad("read_queue_limit must allow at least 1 message and 1 byte");
-        }
-        if self.max_response_len < 256 {
-            return bad("max_response_len must be at least 256 bytes");
-        }
-        for (name, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("handshake_timeout", self.handshake_timeout),
-            ("close_timeout", self.close_timeout),
-            ("pong_timeout", self.pong_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(Error::Config(format!("{name} must be longer than zero")));
-            }
-        }
-        if self.ping_interval.is_some_and(|d| d.is_zero()) {
-            return bad("the keepalive interval must be longer than zero (None disables it)");
-        }
-        Ok(())
     }
 }
 

@@ -25,12 +25,12 @@ use edge_ws_protocol::{CloseCode, Decoder, DecoderConfig, Encoder, OpCode, Role}
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
-use crate::config::Settings;
 use crate::error::Error;
 use crate::handshake::Established;
 use crate::keys::MaskKeys;
 use crate::message::{CloseInfo, Message};
 use crate::pipe::Pipe;
+use crate::settings::Settings;
 
 /// One tick of the connection's clock. 10 ms keeps timers fine enough for tests and keeps
 /// the `u32` tick count from saturating for 497 days.

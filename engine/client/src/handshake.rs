@@ -10,10 +10,10 @@ use tokio::net::TcpStream;
 use crate::stream::Stream;
 use tokio::time::timeout;
 
-use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::keys::{handshake_key, MaskKeys};
 use crate::request::Request;
+use crate::settings::Settings;
 
 /// A connection whose upgrade succeeded, ready for its driver.
 #[derive(Debug)]

@@ -89,6 +89,7 @@ mod pipe;
 pub mod pool;
 pub mod reconnect;
 mod request;
+mod settings;
 mod socket;
 mod stream;
 

@@ -41,13 +41,15 @@ use edge_ws_protocol::CloseCode;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::config::{ClientBuilder, PendingRequest, Settings};
+use crate::config::{Client, ClientBuilder, PendingRequest};
 use crate::driver::{Driver, End};
 use crate::error::{Error, Result};
 use crate::keys::unit_interval;
 use crate::message::{Message, Stats};
 use crate::pipe::Pipe;
+use crate::request::IntoRequest;
 use crate::request::Request;
+use crate::settings::Settings;
 use crate::socket::{ConnectionInfo, Receiver, Sender};
 
 /// How much randomness goes into a backoff delay.
@@ -420,6 +422,20 @@ impl ReconnectingClient {
 /// The backoff step a client starts from after the server's 1001 "going away" (a restart or
 /// a drain closes every client at once): ceiling 4× the base, 1 s by default.
 const GOING_AWAY_STEP: u32 = 2;
+
+impl Client {
+    /// A [`ReconnectBuilder`] for `request` with the default connection settings.
+    pub fn reconnecting(request: impl IntoRequest) -> ReconnectBuilder {
+        ClientBuilder::new().reconnecting(request)
+    }
+}
+
+impl ClientBuilder {
+    /// A [`ReconnectBuilder`] for `request` with these connection settings.
+    pub fn reconnecting(&self, request: impl IntoRequest) -> ReconnectBuilder {
+        ReconnectBuilder::new(self.clone(), request.into_request())
+    }
+}
 
 struct Policy {
     backoff: Backoff,

@@ -10,12 +10,12 @@ use edge_ws_protocol::CloseCode;
 use futures_core::Stream;
 use futures_sink::Sink;
 
-use crate::config::Settings;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::handshake::Established;
 use crate::message::{CloseInfo, Message, Stats};
 use crate::pipe::Pipe;
+use crate::settings::Settings;
 
 /// What the server agreed to in its 101.
 #[derive(Debug, Clone, PartialEq, Eq)]
