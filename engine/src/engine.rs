@@ -245,18 +245,7 @@ impl EngineHandle {
             };
             // In a cluster: delivered here at once, acknowledged once the broker has it.
             if let Some(t) = self.shared.channels.get(channel) {
-                t.inproc.call(&t.name, || crate::stream::Publication {
-                    offset: 0,
-                    timestamp_ms: crate::stream::now_ms(),
-                    kind,
-                    data: Bytes::copy_from_slice(payload),
-                });
-                self.shared.publish_external(Publish::new(
-                    Target::Channel(t),
-                    payload,
-                    kind.is_text(),
-                    opts,
-                ));
+                self.shared.deliver_here(t, payload, kind, opts);
             }
             let ack: crate::broker::BrokerAck = Box::new(move |r| {
                 done(r.map_err(StreamError::from).map(|()| Published {

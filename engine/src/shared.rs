@@ -358,6 +358,31 @@ use crate::fanout::Target;
 use crate::ids::MessageKind;
 use crate::stream::{ChannelPolicy, Publication};
 
+impl Shared {
+    /// A publication to a channel without history delivered on this node: to its in-process
+    /// subscribers at once, and through the cores to its connections.
+    pub(crate) fn deliver_here(
+        &self,
+        t: Arc<crate::fanout::ChannelShared>,
+        payload: &[u8],
+        kind: MessageKind,
+        opts: PublishOptions,
+    ) {
+        t.inproc.call(&t.name, || Publication {
+            offset: 0,
+            timestamp_ms: crate::stream::now_ms(),
+            kind,
+            data: Bytes::copy_from_slice(payload),
+        });
+        self.publish_external(Publish::new(
+            Target::Channel(t),
+            payload,
+            kind.is_text(),
+            opts,
+        ));
+    }
+}
+
 /// What a cluster broker delivers into: these cores (see [`crate::broker::BrokerSink`]).
 struct CoreSink {
     shared: Arc<Shared>,
@@ -390,18 +415,8 @@ impl Inbound for CoreSink {
         if !t.interested() {
             return false;
         }
-        t.inproc.call(&t.name, || Publication {
-            offset: 0,
-            timestamp_ms: crate::stream::now_ms(),
-            kind,
-            data: Bytes::copy_from_slice(payload),
-        });
-        self.shared.publish_external(Publish::new(
-            Target::Channel(t),
-            payload,
-            kind.is_text(),
-            PublishOptions::default(),
-        ));
+        self.shared
+            .deliver_here(t, payload, kind, PublishOptions::default());
         true
     }
 

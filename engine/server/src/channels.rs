@@ -135,10 +135,11 @@ struct PublishReq<'a> {
     exclude_self: bool,
 }
 
+/// A history read, as the `history` route and the HTTP API take it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HistoryReq {
-    channel: String,
+pub(crate) struct HistoryReq {
+    pub(crate) channel: String,
     #[serde(default)]
     limit: Option<usize>,
     #[serde(default)]
@@ -804,6 +805,19 @@ fn publish(
     Ok(())
 }
 
+impl HistoryReq {
+    /// The query it asks for (`since` and `reverse` exclude each other).
+    pub(crate) fn query(&self) -> Result<HistoryQuery, &'static str> {
+        let limit = self.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+        match (self.since, self.reverse) {
+            (Some(after), false) => Ok(HistoryQuery::Since { after, limit }),
+            (None, false) => Ok(HistoryQuery::Last(limit)),
+            (None, true) => Ok(HistoryQuery::NewestFirst(limit)),
+            (Some(_), true) => Err("since and reverse cannot be combined"),
+        }
+    }
+}
+
 fn history(
     ctx: &mut Context<'_, '_>,
     msg: &Envelope<'_>,
@@ -811,17 +825,9 @@ fn history(
 ) -> Result<(), RouteError> {
     let req: HistoryReq = msg.data()?;
     check(ctx, access, &req.channel, ChannelOp::History)?;
-    let limit = req.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
-    let query = match (req.since, req.reverse) {
-        (Some(after), false) => HistoryQuery::Since { after, limit },
-        (None, false) => HistoryQuery::Last(limit),
-        (None, true) => HistoryQuery::NewestFirst(limit),
-        (Some(_), true) => {
-            return Err(RouteError::new(
-                "history: since and reverse cannot be combined",
-            ))
-        }
-    };
+    let query = req
+        .query()
+        .map_err(|e| RouteError::new(format!("history: {e}")))?;
     let id = msg.id().map(str::to_owned);
     let channel = req.channel;
     let ch = channel.clone();

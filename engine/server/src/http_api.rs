@@ -27,12 +27,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_ws::stream::{HistoryQuery, StreamError};
+use edge_ws::stream::StreamError;
 use edge_ws::{CloseCode, MessageKind, PublishOptions};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::channels::{EnvelopeFormat, DEFAULT_HISTORY_LIMIT};
+use crate::channels::EnvelopeFormat;
 use crate::Manager;
 
 /// Settings of the HTTP API.
@@ -489,18 +489,6 @@ struct ChannelPresenceReq {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HistoryReq {
-    channel: String,
-    #[serde(default)]
-    limit: Option<usize>,
-    #[serde(default)]
-    since: Option<u64>,
-    #[serde(default)]
-    reverse: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct DisconnectReq {
     user: String,
     #[serde(default)]
@@ -696,16 +684,8 @@ impl Api {
                 ))
             }
             "history" => {
-                let req: HistoryReq = serde_json::from_slice(body)?;
-                let limit = req.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
-                let query = match (req.since, req.reverse) {
-                    (Some(after), false) => HistoryQuery::Since { after, limit },
-                    (None, false) => HistoryQuery::Last(limit),
-                    (None, true) => HistoryQuery::NewestFirst(limit),
-                    (Some(_), true) => {
-                        return Err(Failure::bad("since and reverse cannot be combined"))
-                    }
-                };
+                let req: crate::channels::HistoryReq = serde_json::from_slice(body)?;
+                let query = req.query().map_err(Failure::bad)?;
                 let page = engine
                     .history_blocking(&req.channel, query)
                     .map_err(|e| stream_failure(&e))?;
