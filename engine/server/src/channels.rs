@@ -440,10 +440,11 @@ mod inbox {
         Ok(())
     }
 
+    /// A notification to send, as `notifications.send` and the HTTP API's `notify` take it.
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct SendReq<'a> {
-        user: String,
+    pub(crate) struct SendReq<'a> {
+        pub(crate) user: String,
         #[serde(rename = "type")]
         kind: String,
         #[serde(default)]
@@ -452,6 +453,18 @@ mod inbox {
         body: String,
         #[serde(borrow, default)]
         data: Option<&'a serde_json::value::RawValue>,
+    }
+
+    impl SendReq<'_> {
+        /// The notification it describes.
+        pub(crate) fn into_notification(self) -> crate::notifications::NewNotification {
+            crate::notifications::NewNotification {
+                kind: self.kind,
+                title: self.title,
+                body: self.body,
+                data: self.data.map(|d| d.get().to_string()),
+            }
+        }
     }
 
     /// The permission a connection needs to send notifications to any user over the envelope.
@@ -468,13 +481,8 @@ mod inbox {
         let req: SendReq<'_> = msg.data()?;
         let (_, n, engine) = setup(ctx)?;
         let (conn, id) = (ctx.id(), msg.id().map(str::to_owned));
-        let note = crate::notifications::NewNotification {
-            kind: req.kind,
-            title: req.title,
-            body: req.body,
-            data: req.data.map(|d| d.get().to_string()),
-        };
-        n.send(&req.user, note, move |r| {
+        let user = req.user.clone();
+        n.send(&user, req.into_notification(), move |r| {
             answer(
                 &engine,
                 conn,
@@ -844,6 +852,8 @@ fn history(
 
 #[cfg(feature = "store")]
 pub use self::durable::{restore_streams, StoreStreams};
+#[cfg(feature = "store")]
+pub(crate) use self::inbox::SendReq as SendNotification;
 
 #[cfg(feature = "store")]
 mod durable {

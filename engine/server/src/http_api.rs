@@ -447,20 +447,6 @@ struct SendReq<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NotifyReq<'a> {
-    user: String,
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    title: String,
-    #[serde(default)]
-    body: String,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct NotificationsReq {
     user: String,
     #[serde(default)]
@@ -637,15 +623,12 @@ impl Api {
                 Ok(format!(r#"{{"connections":{n}}}"#))
             }
             "notify" => {
-                let req: NotifyReq<'_> = serde_json::from_slice(body)?;
+                let req: crate::channels::SendNotification<'_> = serde_json::from_slice(body)?;
                 let n = self.notifications()?;
-                let note = crate::notifications::NewNotification {
-                    kind: req.kind,
-                    title: req.title,
-                    body: req.body,
-                    data: req.data.map(|d| d.get().to_string()),
-                };
-                let id = n.send_blocking(&req.user, note).map_err(notify_failure)?;
+                let user = req.user.clone();
+                let id = n
+                    .send_blocking(&user, req.into_notification())
+                    .map_err(notify_failure)?;
                 Ok(format!(r#"{{"id":{id}}}"#))
             }
             "notifications" => {

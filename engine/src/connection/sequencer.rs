@@ -322,6 +322,21 @@ impl CoreState {
         self.streams.get_mut(&channel.name).expect("inserted above")
     }
 
+    /// The publish subscribers get for a broker's entry `e` of `epoch`.
+    fn format_entry(&self, channel: &Arc<ChannelShared>, e: &BrokerEntry, epoch: u64) -> Publish {
+        let position = StreamPosition {
+            offset: e.offset,
+            epoch,
+        };
+        self.format_publish(
+            channel,
+            position,
+            &e.payload,
+            e.kind.is_text(),
+            PublishOptions::default(),
+        )
+    }
+
     /// The publish subscribers get for `payload` at `position`: formatted by the engine's
     /// [`crate::stream::PublicationFormat`] if it has one.
     fn format_publish(
@@ -879,18 +894,9 @@ impl CoreState {
     /// Keeps and delivers the publication after the mirror's position.
     fn apply_remote(&mut self, io: &mut Io<'_>, channel: &Arc<ChannelShared>, e: BrokerEntry) {
         let stream = self.owned(channel);
-        let position = StreamPosition {
-            offset: e.offset,
-            epoch: stream.h.epoch,
-        };
+        let epoch = stream.h.epoch;
         debug_assert_eq!(e.offset, stream.h.published + 1);
-        let publish = Arc::new(self.format_publish(
-            channel,
-            position,
-            &e.payload,
-            e.kind.is_text(),
-            PublishOptions::default(),
-        ));
+        let publish = Arc::new(self.format_entry(channel, &e, epoch));
         let kept = entry(e.timestamp_ms, &publish);
         let stream = self.owned(channel);
         stream.h.assigned = e.offset;
@@ -937,16 +943,7 @@ impl CoreState {
             let pubs: Vec<_> = contiguous(snap.entries, snap.position.offset);
             h.published = snap.position.offset - pubs.len() as u64;
             for e in pubs {
-                let p = self.format_publish(
-                    channel,
-                    StreamPosition {
-                        offset: e.offset,
-                        epoch: snap.position.epoch,
-                    },
-                    &e.payload,
-                    e.kind.is_text(),
-                    PublishOptions::default(),
-                );
+                let p = self.format_entry(channel, &e, snap.position.epoch);
                 h.push(entry(e.timestamp_ms, &p), now_ms());
             }
             h.published = snap.position.offset;
@@ -966,16 +963,7 @@ impl CoreState {
             // delivering it, nobody here was due it.
             stream.h = History::new(policy, snap.position.epoch, first - 1);
             for e in entries {
-                let p = self.format_publish(
-                    channel,
-                    StreamPosition {
-                        offset: e.offset,
-                        epoch: snap.position.epoch,
-                    },
-                    &e.payload,
-                    e.kind.is_text(),
-                    PublishOptions::default(),
-                );
+                let p = self.format_entry(channel, &e, snap.position.epoch);
                 let s = self.owned(channel);
                 s.h.assigned = e.offset;
                 s.h.push(entry(e.timestamp_ms, &p), now_ms());
