@@ -18,7 +18,8 @@ use bytes::{Bytes, BytesMut};
 use edge_ws_protocol::connection::{Connection, ConnectionConfig};
 use edge_ws_protocol::deflate::DeflateParams;
 use edge_ws_protocol::handshake::Request;
-use edge_ws_protocol::{codec::server_frame, CloseCode, Decoder, Encoder, OpCode, ProtocolError};
+use edge_ws_protocol::frame::MAX_HEADER_LEN;
+use edge_ws_protocol::{CloseCode, Decoder, Encoder, FrameHeader, OpCode, ProtocolError};
 
 use crate::config::{Config, SlowConsumerPolicy, CLOSE_SLOW_CONSUMER};
 use crate::fanout::{concat_frames, ChannelShared, Cork, Outbox, Publish, PublishOptions, Target};
@@ -237,6 +238,10 @@ pub(crate) struct CoreState {
     pub(crate) scratch_ids: Vec<ConnId>,
     /// The decoder idle connections share (see `Conn::ws`).
     pub(crate) scratch_decoder: Decoder,
+    /// A drained read buffer kept for the next connection that receives data, so that a
+    /// receive allocates neither the box nor (once the messages cut from it are dropped) the
+    /// bytes: see [`CoreState::recycle_rbuf`].
+    pub(crate) spare_rbuf: Option<Box<BytesMut>>,
     /// What every connection's state machine is told (ticks, limits), one copy per core.
     pub(crate) ws_cfg: ConnectionConfig,
     /// Interned request paths.
@@ -273,6 +278,17 @@ pub(crate) struct TickSpans {
     pub(crate) scan: u32,
 }
 
+/// The largest read buffer a core keeps as its spare.
+const SPARE_RBUF_MAX: usize = 64 * 1024;
+
+/// A data frame on its way to a connection's send queue.
+enum Frame<'a> {
+    /// Encoded already (shared, e.g. a broadcast frame), queued by reference count.
+    Encoded(Bytes),
+    /// A header and its payload, copied into the queue.
+    Parts(&'a [u8], &'a [u8]),
+}
+
 impl CoreState {
     pub(crate) fn m(&self) -> &CoreMetrics {
         &self.metrics[self.core_index]
@@ -289,6 +305,15 @@ impl CoreState {
             .filter(|c| c.id == id)
     }
 
+    /// Takes a drained read buffer back as the core's spare (if it has none and the buffer is
+    /// not one a large message left behind); dropping it otherwise.
+    #[inline]
+    pub(crate) fn recycle_rbuf(spare: &mut Option<Box<BytesMut>>, rbuf: Box<BytesMut>) {
+        if spare.is_none() && rbuf.capacity() <= SPARE_RBUF_MAX {
+            *spare = Some(rbuf);
+        }
+    }
+
     /// Encodes and queues a data message, applying the slow-consumer policy.
     pub(crate) fn send_data(
         &mut self,
@@ -303,20 +328,25 @@ impl CoreState {
             return Err(SendError::Closed);
         }
         let enc = conn.extra.as_mut().and_then(|e| e.encoder.as_mut());
-        let (frame, compressed) = match enc {
+        let compressed = match enc {
             Some(enc) if enc.compresses(payload.len()) => {
                 let mut out = BytesMut::with_capacity(payload.len() / 2 + 16);
                 enc.encode(opcode, payload, &mut out);
-                (out.freeze(), true)
+                Some(out.freeze())
             }
-            _ => (server_frame(opcode, payload), false),
+            _ => None,
         };
-        if compressed {
+        add(&self.m().bytes_out, payload.len() as u64);
+        if let Some(frame) = compressed {
             inc(&self.m().compressed_out);
+            return self.send_frame(io, id, frame, 1);
         }
-        let m = &self.metrics[self.core_index];
-        add(&m.bytes_out, payload.len() as u64);
-        self.send_frame(io, id, frame, 1)
+        // Header and payload copied straight into the connection's send queue: no allocation
+        // of its own for the frame.
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = FrameHeader::new(opcode, payload.len() as u64).encode(&mut header);
+        self.uncork(io);
+        self.queue_output(io, id, Frame::Parts(&header[..n], payload), 1)
     }
 
     /// Queues an encoded frame; `messages` is how many messages it counts as. Corked
@@ -340,6 +370,17 @@ impl CoreState {
         frame: Bytes,
         messages: u64,
     ) -> Result<(), SendError> {
+        self.queue_output(io, id, Frame::Encoded(frame), messages)
+    }
+
+    /// [`CoreState::queue_frame`] for a frame either encoded or in parts.
+    fn queue_output(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        frame: Frame<'_>,
+        messages: u64,
+    ) -> Result<(), SendError> {
         let Some(conn) = self.conn(id) else {
             inc(&self.m().sends_to_closed);
             return Err(SendError::Closed);
@@ -347,10 +388,18 @@ impl CoreState {
         if conn.phase != Phase::Open {
             return Err(SendError::Closed);
         }
-        if self.over_write_limit(io, id, frame.len()) {
+        let len = match &frame {
+            Frame::Encoded(b) => b.len(),
+            Frame::Parts(h, p) => h.len() + p.len(),
+        };
+        if self.over_write_limit(io, id, len) {
             return Err(self.slow_consumer(io, id, messages));
         }
-        if !io.send(id, frame) {
+        let queued = match frame {
+            Frame::Encoded(b) => io.send(id, b),
+            Frame::Parts(h, p) => io.send_parts(id, &[h, p]),
+        };
+        if !queued {
             return Err(SendError::Closed);
         }
         add(&self.m().messages_out, messages);

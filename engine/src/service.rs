@@ -102,6 +102,7 @@ impl<H: Handler> WsService<H> {
                 shared_encoders: HashMap::new(),
                 scratch_ids: Vec::new(),
                 scratch_decoder: ws_cfg.decoder(),
+                spare_rbuf: None,
                 ws_cfg,
                 paths: Vec::new(),
                 path_index: HashMap::new(),
@@ -390,8 +391,11 @@ impl<H: Handler> WsService<H> {
             match event {
                 Ok(None) => {
                     if drained {
-                        // Idle connections hold no read memory.
-                        conn.rbuf = None;
+                        // Idle connections hold no read memory: the core keeps it for the next
+                        // receive.
+                        if let Some(b) = conn.rbuf.take() {
+                            CoreState::recycle_rbuf(&mut st.spare_rbuf, b);
+                        }
                     }
                     break;
                 }
@@ -623,8 +627,12 @@ impl<H: Handler> Service for WsService<H> {
                 }
             }
             Phase::Open | Phase::Closing => {
+                let st = &mut self.state;
+                let Some(conn) = st.conns.get_mut(id.index()).and_then(Option::as_mut) else {
+                    return;
+                };
                 conn.rbuf
-                    .get_or_insert_with(Default::default)
+                    .get_or_insert_with(|| st.spare_rbuf.take().unwrap_or_default())
                     .extend_from_slice(data);
                 self.read_frames(io, id);
             }

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 
 use super::MAX_IOVECS;
 
@@ -14,6 +14,10 @@ pub(super) const COALESCE_MAX: usize = 2048;
 
 /// Most bytes one coalesced buffer gathers.
 const COALESCE_TOTAL: usize = 64 * 1024;
+
+/// The first allocation of an owned queue entry that small frames are copied into (it grows
+/// up to [`COALESCE_TOTAL`]): eight 64-byte frames fit without a reallocation.
+const OWNED_MIN: usize = 1024;
 
 /// The most bytes handed to one send operation (its result is an `i32`).
 pub(super) const MAX_SEND_BYTES: usize = 1 << 30;
@@ -69,11 +73,68 @@ pub(super) enum SendPlan {
     Vectored { n: usize },
 }
 
+/// One entry of a connection's send queue.
+///
+/// `Shared` is a buffer queued as it is (a broadcast frame shared by many connections, a frame
+/// the application encoded). `Owned` holds bytes the queue copied in ([`Slot::push_copy`]: the
+/// frames of echo-style sends, header and payload written straight into it, no allocation per
+/// frame), merged small entries and TLS records; frames copied in later are appended to the
+/// last `Owned` entry while it was not handed to the kernel.
+pub(super) enum Chunk {
+    /// Queued by reference count.
+    Shared(Bytes),
+    /// Owned bytes; `pos` is how much of `buf` was already sent.
+    Owned { buf: Vec<u8>, pos: usize },
+}
+
+impl Chunk {
+    /// Drops the first `n` bytes (sent).
+    #[inline]
+    fn advance(&mut self, n: usize) {
+        match self {
+            Chunk::Shared(b) => b.advance(n),
+            Chunk::Owned { pos, .. } => *pos += n,
+        }
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b) => b,
+            Chunk::Owned { buf, pos } => &buf[*pos..],
+        }
+    }
+}
+
+/// Output handed to a slot.
+pub(crate) enum Output<'a> {
+    /// Queued by reference count, after everything queued.
+    Buf(Bytes),
+    /// Queued ahead of output not yet handed to the kernel, after earlier urgent output.
+    Urgent(Bytes),
+    /// Copied, the parts in order as one unit, after everything queued.
+    Copy(&'a [&'a [u8]]),
+}
+
+impl Output<'_> {
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Output::Buf(b) | Output::Urgent(b) => b.is_empty(),
+            Output::Copy(parts) => parts.iter().all(|p| p.is_empty()),
+        }
+    }
+}
+
 /// A connection slot. Idle cost: this struct (see `docs/design/io-runtime.md`), no buffers.
 pub(super) struct Slot {
     /// Output: entries `[0, committed)` were handed to the kernel (the first may be partially
     /// sent, already advanced); then `urgent` urgent entries; then normal ones.
-    pub(super) queue: VecDeque<Bytes>,
+    pub(super) queue: VecDeque<Chunk>,
     /// Lent while a vectored send is in flight.
     pub(super) sendvec: Option<Box<SendVec>>,
     /// Bytes queued or in flight.
@@ -175,7 +236,7 @@ impl Slot {
                 return None;
             }
             self.queued += out.len();
-            self.queue.push_front(Bytes::from(out));
+            self.queue.push_front(Chunk::Owned { buf: out, pos: 0 });
             self.committed = 1;
         }
         let head = &self.queue[0];
@@ -202,18 +263,60 @@ impl Slot {
         self.flags &= !flag;
     }
 
+    /// Queues `out` (see [`Output`]).
+    #[inline]
+    pub(super) fn put(&mut self, out: Output<'_>) {
+        match out {
+            Output::Buf(b) => self.push(b),
+            Output::Urgent(b) => self.push_urgent(b),
+            Output::Copy(parts) => self.push_copy(parts),
+        }
+    }
+
     /// Appends normal output.
     pub(super) fn push(&mut self, data: Bytes) {
         self.queued += data.len();
-        self.queue.push_back(data);
+        self.queue.push_back(Chunk::Shared(data));
     }
 
     /// Inserts output ahead of queued-but-not-submitted normal data, after earlier urgent data.
     pub(super) fn push_urgent(&mut self, data: Bytes) {
         self.queued += data.len();
         let pos = usize::from(self.committed) + self.urgent as usize;
-        self.queue.insert(pos.min(self.queue.len()), data);
+        self.queue
+            .insert(pos.min(self.queue.len()), Chunk::Shared(data));
         self.urgent += 1;
+    }
+
+    /// Appends normal output by copying `parts`, in order, as one unit: into the last queue
+    /// entry when it is owned, not handed to the kernel, not urgent and has room (small units
+    /// may grow it up to [`COALESCE_TOTAL`]); otherwise into a new owned entry.
+    pub(super) fn push_copy(&mut self, parts: &[&[u8]]) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        self.queued += total;
+        let normal_waiting =
+            self.queue.len() > usize::from(self.committed) + self.urgent as usize;
+        if normal_waiting {
+            if let Some(Chunk::Owned { buf, .. }) = self.queue.back_mut() {
+                let room = buf.len() + total <= buf.capacity()
+                    || (total <= COALESCE_MAX && buf.len() + total <= COALESCE_TOTAL);
+                if room {
+                    for p in parts {
+                        buf.extend_from_slice(p);
+                    }
+                    return;
+                }
+            }
+        }
+        let mut buf = Vec::with_capacity(if total <= COALESCE_MAX {
+            total.max(OWNED_MIN)
+        } else {
+            total
+        });
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        self.queue.push_back(Chunk::Owned { buf, pos: 0 });
     }
 
     /// Plans the next send from the head of the queue and marks the covered entries committed.
@@ -260,15 +363,18 @@ impl Slot {
     }
 
     /// Merges the small buffers at the head of the queue (none of them handed to the kernel
-    /// yet) into one, keeping their order.
+    /// yet) into one, keeping their order: into the head itself when it is owned (frames copied
+    /// in), otherwise into a new owned buffer.
     fn coalesce_head(&mut self) {
         if self.committed != 0 || self.queue.len() < 2 {
             return;
         }
+        let owned_head = matches!(self.queue[0], Chunk::Owned { .. });
         let mut k = 0;
         let mut total = 0;
-        for b in &self.queue {
-            if b.len() > COALESCE_MAX || total + b.len() > COALESCE_TOTAL {
+        for (i, b) in self.queue.iter().enumerate() {
+            let small = b.len() <= COALESCE_MAX || (i == 0 && owned_head);
+            if !small || total + b.len() > COALESCE_TOTAL {
                 break;
             }
             total += b.len();
@@ -277,11 +383,27 @@ impl Slot {
         if k < 2 {
             return;
         }
-        let mut merged = BytesMut::with_capacity(total);
-        for b in self.queue.drain(..k) {
+        let mut rest = self.queue.drain(..k);
+        let mut merged = match rest.next() {
+            Some(Chunk::Owned { mut buf, pos }) => {
+                buf.drain(..pos);
+                buf.reserve(total - buf.len());
+                buf
+            }
+            Some(Chunk::Shared(b)) => {
+                let mut v = Vec::with_capacity(total);
+                v.extend_from_slice(&b);
+                v
+            }
+            None => return,
+        };
+        for b in rest {
             merged.extend_from_slice(&b);
         }
-        self.queue.push_front(merged.freeze());
+        self.queue.push_front(Chunk::Owned {
+            buf: merged,
+            pos: 0,
+        });
         // The urgent entries among the merged ones are now (part of) one entry.
         let urgent_merged = (self.urgent as usize).min(k);
         if urgent_merged > 0 {
@@ -331,7 +453,7 @@ impl Slot {
             .queue
             .iter()
             .take(usize::from(self.committed))
-            .map(Bytes::len)
+            .map(|b| b.len())
             .sum();
         self.queued - in_kernel.min(self.queued)
     }
@@ -505,7 +627,7 @@ mod tests {
         c.drop_waiting();
         // The rest of the committed frames stays whole; only what was never submitted goes.
         assert_eq!(c.queued, 7000);
-        assert_eq!(c.queue.iter().map(Bytes::len).sum::<usize>(), 7000);
+        assert_eq!(c.queue.iter().map(|b| b.len()).sum::<usize>(), 7000);
         assert_eq!(c.waiting(), 0);
         c.push(b("close"));
         assert_eq!(c.waiting(), 5);
@@ -527,5 +649,58 @@ mod tests {
         c.drop_unsent();
         assert!(c.queue.is_empty());
         assert_eq!(c.queued, 0);
+    }
+
+    #[test]
+    fn copied_frames_share_one_owned_entry_until_it_is_submitted() {
+        let mut c = Slot::new(-1, 1);
+        let mut sv = Vec::new();
+        c.push_copy(&[b"h1", b"payload-1"]);
+        c.push_copy(&[b"h2", b"payload-2"]);
+        // One entry, one allocation, both frames in order.
+        assert_eq!(contents(&c), vec!["h1payload-1h2payload-2"]);
+        assert!(matches!(c.queue[0], Chunk::Owned { .. }));
+        // An urgent frame goes ahead of it; a frame copied in after the urgent one still joins
+        // the normal entry (behind the urgent one), never the urgent entry.
+        c.push_urgent(b("U"));
+        c.push_copy(&[b"h3", b"p3"]);
+        assert_eq!(contents(&c), vec!["U", "h1payload-1h2payload-2h3p3"]);
+        assert_eq!(c.queued, 1 + 22 + 4);
+        match c.plan_send(&mut sv) {
+            SendPlan::Single { len, .. } => assert_eq!(len, 27),
+            SendPlan::Vectored { .. } => panic!("small entries should be merged"),
+        }
+        // Submitted: what is copied in now goes to a new entry, the submitted bytes are
+        // never touched while the kernel reads them.
+        c.push_copy(&[b"h4", b"p4"]);
+        assert_eq!(contents(&c), vec!["Uh1payload-1h2payload-2h3p3", "h4p4"]);
+        // A short write: the rest of the submitted entry stays first and whole.
+        c.complete_send(5);
+        assert_eq!(contents(&c), vec!["yload-1h2payload-2h3p3", "h4p4"]);
+        c.push_copy(&[b"h5", b"p5"]);
+        assert_eq!(contents(&c), vec!["yload-1h2payload-2h3p3", "h4p4h5p5"]);
+        assert_eq!(c.queued, 22 + 8);
+        let _ = c.plan_send(&mut sv);
+        c.complete_send(30);
+        assert!(c.queue.is_empty());
+        assert_eq!(c.queued, 0);
+    }
+
+    #[test]
+    fn large_copied_frames_get_their_own_entry_and_a_shared_one_is_not_appended_to() {
+        let mut c = Slot::new(-1, 1);
+        let big = vec![b'x'; COALESCE_MAX + 1];
+        c.push_copy(&[b"s", b"mall"]);
+        c.push_copy(&[b"H", &big]);
+        // Behind a small owned entry with room for it? Only while it fits the entry's
+        // capacity: a large frame starts its own, exactly sized.
+        assert_eq!(c.queue.len(), 1 + usize::from(OWNED_MIN < COALESCE_MAX + 6));
+        c.push(b("shared"));
+        c.push_copy(&[b"after"]);
+        let last = contents(&c).pop().unwrap();
+        assert_eq!(last, "after");
+        let all: String = contents(&c).concat();
+        assert_eq!(all.len(), 5 + 1 + big.len() + 6 + 5);
+        assert!(all.starts_with("smallHx") && all.ends_with("xsharedafter"));
     }
 }

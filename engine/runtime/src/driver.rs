@@ -19,7 +19,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::bufring::BufRing;
 use super::conn::{
-    SendPlan, SendVec, Slot, State, CLOSE_INFLIGHT, IN_DIRTY, IN_IDLE, IN_REARM, PAUSED,
+    Output,     SendPlan, SendVec, Slot, State, CLOSE_INFLIGHT, IN_DIRTY, IN_IDLE, IN_REARM, PAUSED,
     RECV_ARMED, SEND_INFLIGHT,
 };
 use super::{
@@ -412,21 +412,17 @@ impl Core {
             .filter(|c| c.generation == id.generation())
     }
 
-    fn send(&mut self, id: ConnId, data: Bytes, urgent: bool) -> bool {
+    fn send(&mut self, id: ConnId, out: Output<'_>) -> bool {
         let Some(c) = self.conn_mut(id) else {
             return false;
         };
         if c.state != State::Open {
             return false;
         }
-        if data.is_empty() {
+        if out.is_empty() {
             return true;
         }
-        if urgent {
-            c.push_urgent(data);
-        } else {
-            c.push(data);
-        }
+        c.put(out);
         if !c.has(IN_DIRTY) && !c.has(SEND_INFLIGHT) {
             c.set(IN_DIRTY);
             self.dirty.push(id.index() as u32);
@@ -1245,9 +1241,23 @@ impl Io<'_> {
     /// if `id` is dead or closing.
     #[inline]
     pub fn send(&mut self, id: ConnId, data: Bytes) -> bool {
+        self.output(id, Output::Buf(data))
+    }
+
+    /// Queues the bytes of `parts`, in order, for `id` as one unit (like one [`Io::send`] of
+    /// their concatenation), by copying them into the connection's queue: small frames go
+    /// straight into the buffer that is sent, with no allocation of their own (a frame header
+    /// and its payload, say). Returns false if `id` is dead or closing.
+    #[inline]
+    pub fn send_parts(&mut self, id: ConnId, parts: &[&[u8]]) -> bool {
+        self.output(id, Output::Copy(parts))
+    }
+
+    #[inline]
+    fn output(&mut self, id: ConnId, out: Output<'_>) -> bool {
         match &mut self.backend {
-            Backend::Uring(c) => c.send(id, data, false),
-            Backend::Memory(m) => m.send(id, data, false),
+            Backend::Uring(c) => c.send(id, out),
+            Backend::Memory(m) => m.send(id, out),
         }
     }
 
@@ -1259,10 +1269,7 @@ impl Io<'_> {
     /// units, so a frame that must stay contiguous has to be one `send` call, not several.
     #[inline]
     pub fn send_urgent(&mut self, id: ConnId, data: Bytes) -> bool {
-        match &mut self.backend {
-            Backend::Uring(c) => c.send(id, data, true),
-            Backend::Memory(m) => m.send(id, data, true),
-        }
+        self.output(id, Output::Urgent(data))
     }
 
     /// Drops the output queued for `id` that has not been handed to the kernel yet (what is in

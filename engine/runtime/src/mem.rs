@@ -16,10 +16,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
 use slab::Slab;
 
-use crate::conn::{SendVec, Slot, State, SEND_INFLIGHT};
+use crate::conn::{Output, SendVec, Slot, State, SEND_INFLIGHT};
 use crate::{ConnId, Io, RuntimeStats, Service, GEN_MASK};
 
 /// One connection of the memory core: its queue and what the peer has been sent.
@@ -100,21 +99,17 @@ impl MemCore {
         self.slots.len()
     }
 
-    pub(crate) fn send(&mut self, id: ConnId, data: Bytes, urgent: bool) -> bool {
+    pub(crate) fn send(&mut self, id: ConnId, out: Output<'_>) -> bool {
         let Some(s) = self.slot_mut(id) else {
             return false;
         };
         if s.conn.state != State::Open {
             return false;
         }
-        if data.is_empty() {
+        if out.is_empty() {
             return true;
         }
-        if urgent {
-            s.conn.push_urgent(data);
-        } else {
-            s.conn.push(data);
-        }
+        s.conn.put(out);
         s.had_output = true;
         self.dirty.push(id.index());
         true
@@ -180,7 +175,7 @@ impl MemCore {
                     .queue
                     .iter()
                     .take(usize::from(s.conn.committed))
-                    .map(Bytes::len)
+                    .map(|b| b.len())
                     .sum();
                 let n = s.window.map_or(in_kernel, |w| w.min(in_kernel));
                 if n == 0 {
@@ -400,6 +395,7 @@ impl<S: Service> MemDriver<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     /// Echoes, queues a control frame on "!", closes on "bye", and records callbacks.
     #[derive(Default)]
