@@ -16,7 +16,8 @@
 #   SMOKE=1 bench/cluster.sh             # 30 subscribers, 1 rep, short windows (~30 s)
 #   REPS=5 HISTORY=0 SOCKETIO=0 bench/cluster.sh
 #
-# Knobs: REPS (3), SUBS (3000), NODES (3), SIZE (64), INFLIGHT (32), WARMUP (1s),
+# Knobs: REPS (3), SUBS (3000), NODES (3), SIZE (64), INFLIGHT (32), RATE (20 messages/s for
+# the fixed-rate rows; 0: none), WARMUP (1s),
 # DURATION (4s), HISTORY (1), SOCKETIO (1; 0 or no node/npm: skipped), SERVER_CORE (0),
 # CLIENT_CORE (1), BUILD (1), JOBS (1), OUT (target/cluster-bench/latest.jsonl).
 # Needs redis-server and redis-cli, curl, python3; node and npm for the Socket.IO rows.
@@ -40,6 +41,7 @@ fi
 NODES=${NODES:-3}
 SIZE=${SIZE:-64}
 INFLIGHT=${INFLIGHT:-32}
+RATE=${RATE:-20}
 HISTORY=${HISTORY:-1}
 SOCKETIO=${SOCKETIO:-1}
 SERVER_CORE=${SERVER_CORE:-0}
@@ -134,9 +136,9 @@ rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 { cat "$ROOT/bench/cluster/edge-ws.toml"; printf '\n[cluster]\nredis_url = "%s"\n' "$REDIS_URL"; } >"$TMP/cluster.toml"
 
 # ---- one row -----------------------------------------------------------------------------------
-# run_row LABEL KIND(single|cluster|socketio) CHANNEL REP
+# run_row LABEL KIND(single|cluster|socketio) CHANNEL REP [RATE]
 run_row() {
-    local label=$1 kind=$2 channel=$3 rep=$4
+    local label=$1 kind=$2 channel=$3 rep=$4 rate=${5:-0}
     local n=1 proto=edge-ws ports=() pids=() pidargs=() i port pid
     [[ $kind != single ]] && n=$NODES
     [[ $kind == socketio ]] && proto=socketio
@@ -184,23 +186,23 @@ run_row() {
     local line rc=0
     line=$(taskset -c "$CLIENT_CORE" "$BIN/cluster-fanout" --proto "$proto" --nodes "${nodes%,}" \
         --subs "$SUBS" --channel "$channel" --size "$SIZE" --inflight "$INFLIGHT" \
-        --warmup "$WARMUP" --duration "$DURATION" --label "$label" --client-core "$CLIENT_CORE" \
+        --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" --label "$label" --client-core "$CLIENT_CORE" \
         "${pidargs[@]}") || rc=$?
     if [[ -z $line ]]; then
         log "$label: no result (exit $rc)"
         line="{\"label\":\"$label\",\"ok\":false,\"published\":0,\"deliveries_per_s\":0,\"cpu_us_per_delivery\":0,\"deliveries_per_cpu_s\":0}"
     fi
     local extra=(rep="$rep" load="\"$load\"")
-    if [[ $kind != single ]]; then
+    [[ $kind != single ]] &&
         extra+=(redis="$(rcli info commandstats | tr -d '\r' | python3 "$REPORT" redis-stats)")
-        if [[ $kind == cluster ]]; then
-            local m="["
-            for ((i = 0; i < n; i++)); do
-                m+=$(curl -sf "http://127.0.0.1:${ports[$i]}/metrics" | python3 "$REPORT" metrics || echo '{}')
-                ((i < n - 1)) && m+=","
-            done
-            extra+=(node_metrics="$m]")
-        fi
+    if [[ $kind != socketio ]]; then
+        # The engine's counters: edge_ws_broker_* and deliveries / delivery_runs.
+        local m="["
+        for ((i = 0; i < n; i++)); do
+            m+=$(curl -sf "http://127.0.0.1:${ports[$i]}/metrics" | python3 "$REPORT" metrics || echo '{}')
+            ((i < n - 1)) && m+=","
+        done
+        extra+=(node_metrics="$m]")
     fi
     echo "$line" | python3 "$REPORT" merge "${extra[@]}" | tee -a "$OUT"
     stop_pids "${pids[@]}"
@@ -218,9 +220,16 @@ mkdir -p "$(dirname "$OUT")"
 FAILED=0
 log "$(nproc) cores, $(uname -r), $(uptime)"
 for ((rep = 1; rep <= REPS; rep++)); do
+    # As fast as the in-flight window allows.
     run_row "edge-ws single" single bench "$rep"
     run_row "edge-ws cluster" cluster bench "$rep"
     [[ $SOCKETIO == 1 ]] && run_row "socketio cluster" socketio bench "$rep"
+    # The same offered load for all: RATE messages/s (one Socket.IO sustains here).
+    if [[ $RATE != 0 ]]; then
+        run_row "edge-ws single @$RATE/s" single bench "$rep" "$RATE"
+        run_row "edge-ws cluster @$RATE/s" cluster bench "$rep" "$RATE"
+        [[ $SOCKETIO == 1 ]] && run_row "socketio cluster @$RATE/s" socketio bench "$rep" "$RATE"
+    fi
     if [[ $HISTORY == 1 ]]; then
         run_row "edge-ws single hist" single hist:bench "$rep"
         run_row "edge-ws cluster hist" cluster hist:bench "$rep"

@@ -33,13 +33,20 @@ def redis_stats():
 def metrics():
     out = {}
     for line in sys.stdin:
-        if line.startswith("edge_ws_broker_"):
-            parts = line.split()
-            if len(parts) == 2:
-                try:
-                    out[parts[0][len("edge_ws_broker_"):]] = int(float(parts[1]))
-                except ValueError:
-                    pass
+        parts = line.split()
+        if len(parts) != 2:
+            continue
+        name = parts[0]
+        if name.startswith("edge_ws_broker_"):
+            name = name[len("edge_ws_broker_"):]
+        elif name in ("edge_ws_deliveries", "edge_ws_delivery_runs"):
+            name = name[len("edge_ws_"):]
+        else:
+            continue
+        try:
+            out[name] = int(float(parts[1]))
+        except ValueError:
+            pass
     print(json.dumps(out, separators=(",", ":")))
 
 
@@ -70,28 +77,49 @@ def table(path):
           % (first.get("subs", 0), first.get("size", "?"), first.get("inflight", "?"),
              first.get("window_s", 0), max((len(v) for v in by.values()), default=0)))
     print()
-    print("| run | processes | deliveries/s | CPU µs per delivery | deliveries per CPU-second | ok |")
-    print("|---|---|---|---|---|---|")
+    print("| run | processes | deliveries/s | CPU µs per delivery | deliveries per CPU-second "
+          "| kernel share of that CPU | messages per queued buffer | ok |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def sys_share(r):
+        t = r.get("user_ns", 0) + r.get("sys_ns", 0)
+        return [100.0 * r["sys_ns"] / t] if t else []
+
+    def per_buffer(r):
+        ms = r.get("node_metrics") or []
+        d = sum(m.get("deliveries", 0) for m in ms)
+        runs = sum(m.get("delivery_runs", 0) for m in ms)
+        return [d / runs] if runs else []
+
     for label in order:
         rs = by[label]
         ok = sum(1 for r in rs if r.get("ok"))
         procs = ", ".join(rs[0].get("cpu_ns", {}).keys())
-        print("| %s | %s | %s | %s | %s | %d/%d |" % (
+        print("| %s | %s | %s | %s | %s | %s | %s | %d/%d |" % (
             label, procs,
             fmt([r["deliveries_per_s"] for r in rs]),
             fmt([r["cpu_us_per_delivery"] for r in rs], 3),
             fmt([r["deliveries_per_cpu_s"] for r in rs]),
+            fmt([x for r in rs for x in sys_share(r)]) + " %",
+            fmt([x for r in rs for x in per_buffer(r)], 1),
             ok, len(rs)))
     print()
 
     def per_rep(label):
         return {r.get("rep"): r for r in by.get(label, [])}
 
-    pairs = [
-        ("edge-ws cluster", "edge-ws single", "CPU per delivery, cluster / single (target ≤ 1.5×)", "cpu"),
-        ("edge-ws cluster hist", "edge-ws single hist", "CPU per delivery with history, cluster / single", "cpu"),
-        ("edge-ws cluster", "socketio cluster", "deliveries per CPU-second, edge-ws cluster / Socket.IO cluster (target ≥ 5×)", "eff"),
-    ]
+    pairs = []
+    for label in order:
+        if not label.startswith("edge-ws cluster"):
+            continue
+        sfx = label[len("edge-ws cluster"):]
+        what = {"": "as fast as the window allows", " hist": "history"}.get(sfx, sfx.strip())
+        pairs.append((label, "edge-ws single" + sfx,
+                      "CPU per delivery, cluster / single (%s; target ≤ 1.5×)" % what, "cpu"))
+        if ("socketio cluster" + sfx) in by:
+            pairs.append((label, "socketio cluster" + sfx,
+                          "deliveries per CPU-second, edge-ws cluster / Socket.IO cluster (%s; target ≥ 5×)" % what,
+                          "eff"))
     lines = []
     for a, b, title, kind in pairs:
         ra, rb = per_rep(a), per_rep(b)

@@ -304,6 +304,7 @@ fn run(cfg: Config) -> io::Result<bool> {
     let warm_end = Instant::now() + r.cfg.warmup;
     r.pump_until(warm_end, true)?;
     let cpu0 = r.cpu();
+    let us0 = r.user_sys();
     let self0 = sys::self_cpu_ns();
     let d0 = r.counts.deliveries;
     let c0 = r.complete;
@@ -311,6 +312,7 @@ fn run(cfg: Config) -> io::Result<bool> {
     r.pump_until(t0 + r.cfg.duration, true)?;
     let elapsed = t0.elapsed();
     let cpu1 = r.cpu();
+    let us1 = r.user_sys();
     let self1 = sys::self_cpu_ns();
     let d1 = r.counts.deliveries;
     let c1 = r.complete;
@@ -326,6 +328,8 @@ fn run(cfg: Config) -> io::Result<bool> {
         cpu0,
         cpu1,
         client_ns: self1.saturating_sub(self0),
+        user_ns: us1.0.saturating_sub(us0.0),
+        sys_ns: us1.1.saturating_sub(us0.1),
         deliveries: d1 - d0,
         messages: c1 - c0,
         drained,
@@ -338,6 +342,8 @@ struct ReportIn {
     cpu0: Vec<Option<u64>>,
     cpu1: Vec<Option<u64>>,
     client_ns: u64,
+    user_ns: u64,
+    sys_ns: u64,
     deliveries: u64,
     messages: u64,
     drained: bool,
@@ -477,6 +483,15 @@ impl Run {
             .iter()
             .map(|(_, p)| sys::process_cpu_ns(*p))
             .collect()
+    }
+
+    /// (user, system) ns of every `--pid`, summed (clock-tick precision).
+    fn user_sys(&self) -> (u64, u64) {
+        self.cfg
+            .pids
+            .iter()
+            .filter_map(|(_, p)| user_sys_ns(*p))
+            .fold((0, 0), |(u, s), (a, b)| (u + a, s + b))
     }
 
     /// One epoll wait and the reads it allows.
@@ -732,7 +747,7 @@ impl Run {
              \"inflight\":{},\"rate\":{},\"setup_s\":{:.3},\"window_s\":{:.3},\"messages\":{},\
              \"deliveries\":{},\"deliveries_per_s\":{:.0},\"messages_per_s\":{:.1},\
              \"cpu_ns\":{{{}}},\"cpu_ns_total\":{},\"cpu_us_per_delivery\":{:.5},\
-             \"deliveries_per_cpu_s\":{:.0},\"client_cpu_ns\":{},\"published\":{},\
+             \"deliveries_per_cpu_s\":{:.0},\"user_ns\":{},\"sys_ns\":{},\"client_cpu_ns\":{},\"published\":{},\
              \"deliveries_all\":{},\"deliveries_per_node\":[{}],\"lost\":{},\"duplicates\":{},\
              \"errors\":{},\"error_texts\":[{}],\"drained\":{},\"ok\":{}}}",
             self.cfg.label,
@@ -756,6 +771,8 @@ impl Run {
             cpu_total,
             per_delivery_ns / 1000.0,
             per_cpu_s,
+            x.user_ns,
+            x.sys_ns,
             x.client_ns,
             self.next_seq,
             c.deliveries,
@@ -769,6 +786,19 @@ impl Run {
         );
         Ok(ok)
     }
+}
+
+/// (utime, stime) of process `pid` from `/proc/PID/stat`, in ns.
+fn user_sys_ns(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields start after the command name's last ')': utime and stime are the 12th and 13th.
+    let f: Vec<&str> = s.get(s.rfind(')')? + 2..)?.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some((utime * 1_000_000_000 / hz, stime * 1_000_000_000 / hz))
 }
 
 /// Writes all of `buf` to a non-blocking socket, waiting (bounded) while it is full.
