@@ -6,6 +6,7 @@
 #   edge-ws cluster       3 edge-ws processes ([cluster] -> one redis-server), subscribers
 #                         spread evenly, the publisher on the first
 #   socketio cluster      3 Node processes, Socket.IO 4 + @socket.io/redis-adapter, the same
+#   ... @RATE/s           the same three at a fixed rate that Socket.IO sustains here
 #   edge-ws single hist / edge-ws cluster hist   the same with a channel keeping history
 #
 # Every server process and redis-server run on SERVER_CORE, the client on CLIENT_CORE; rows
@@ -16,8 +17,12 @@
 #   SMOKE=1 bench/cluster.sh             # 30 subscribers, 1 rep, short windows (~30 s)
 #   REPS=5 HISTORY=0 SOCKETIO=0 bench/cluster.sh
 #
-# Knobs: REPS (3), SUBS (3000), NODES (3), SIZE (64), INFLIGHT (32), RATE (20 messages/s for
-# the fixed-rate rows; 0: none), WARMUP (1s),
+# The publisher sends rounds of INFLIGHT messages (one write; the next round once every
+# subscriber has the whole round), or with ROUNDS=0 a sliding window of INFLIGHT messages;
+# the "@RATE/s" rows offer the same fixed load to all (one message every 1/RATE s).
+#
+# Knobs: REPS (3), SUBS (3000), NODES (3), SIZE (64), INFLIGHT (32), ROUNDS (1), RATE (20
+# messages/s for the fixed-rate rows; 0: none), WARMUP (1s),
 # DURATION (4s), HISTORY (1), SOCKETIO (1; 0 or no node/npm: skipped), SERVER_CORE (0),
 # CLIENT_CORE (1), BUILD (1), JOBS (1), OUT (target/cluster-bench/latest.jsonl).
 # Needs redis-server and redis-cli, curl, python3; node and npm for the Socket.IO rows.
@@ -42,6 +47,7 @@ NODES=${NODES:-3}
 SIZE=${SIZE:-64}
 INFLIGHT=${INFLIGHT:-32}
 RATE=${RATE:-20}
+ROUNDS=${ROUNDS:-1}
 HISTORY=${HISTORY:-1}
 SOCKETIO=${SOCKETIO:-1}
 SERVER_CORE=${SERVER_CORE:-0}
@@ -183,10 +189,11 @@ run_row() {
     local load
     load=$(cut -d' ' -f1 /proc/loadavg)
     log "rep $rep: $label ($n process(es), load $load)"
-    local line rc=0
+    local line rc=0 mode=()
+    [[ $ROUNDS == 1 ]] && mode=(--rounds)
     line=$(taskset -c "$CLIENT_CORE" "$BIN/cluster-fanout" --proto "$proto" --nodes "${nodes%,}" \
         --subs "$SUBS" --channel "$channel" --size "$SIZE" --inflight "$INFLIGHT" \
-        --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" --label "$label" --client-core "$CLIENT_CORE" \
+        "${mode[@]}" --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" --label "$label" --client-core "$CLIENT_CORE" \
         "${pidargs[@]}") || rc=$?
     if [[ -z $line ]]; then
         log "$label: no result (exit $rc)"

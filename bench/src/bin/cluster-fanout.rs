@@ -12,7 +12,8 @@
 //! Subscribers are spread evenly over the nodes (subscriber `i` on node `i % nodes`); the
 //! publisher is on the first node. It sends message `seq` (0, 1, 2, …) only while fewer than
 //! `--inflight` messages are not yet received by every subscriber (and at most `--rate` per
-//! second if given). Every subscriber checks it gets every message exactly once, in order:
+//! second if given); with `--rounds`, `--inflight` messages at once, in one write, and the
+//! next round once every subscriber has all of them. Every subscriber checks it gets every message exactly once, in order:
 //! a gap counts as lost messages, a repeat or an older one as a duplicate. After the
 //! measuring window the publisher stops and the in-flight messages drain (bounded); a run
 //! with losses, duplicates or errors prints `"ok":false` and exits 1.
@@ -46,6 +47,8 @@ OPTIONS:
     --channel NAME    edge-ws channel / Socket.IO room is the server's (default bench)
     --size N          payload bytes of each message (default 64, at least 24)
     --inflight N      messages not yet received by every subscriber, at most (default 32)
+    --rounds          send --inflight messages at once (one write), the next round once all
+                      of them reached every subscriber (default: a sliding window)
     --rate N          messages per second at most (default 0: only --inflight bounds it)
     --warmup D        publishing before the measuring window (default 1s)
     --duration D      the measuring window (default 4s)
@@ -71,6 +74,7 @@ struct Config {
     channel: String,
     size: usize,
     inflight: u64,
+    rounds: bool,
     rate: f64,
     warmup: Duration,
     duration: Duration,
@@ -91,6 +95,7 @@ fn parse_config() -> Result<Option<Config>, String> {
         channel: "bench".into(),
         size: 64,
         inflight: 32,
+        rounds: false,
         rate: 0.0,
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs(4),
@@ -129,6 +134,7 @@ fn parse_config() -> Result<Option<Config>, String> {
             "channel" => c.channel = a.value()?,
             "size" => c.size = a.size()?,
             "inflight" => c.inflight = a.parse()?,
+            "rounds" => c.rounds = true,
             "rate" => c.rate = a.parse()?,
             "warmup" => c.warmup = a.duration()?,
             "duration" => c.duration = a.duration()?,
@@ -425,17 +431,19 @@ impl Run {
                         + 1;
                     allowed = allowed.min(by_rate);
                 }
-                while self.next_seq < allowed {
-                    self.publish()?;
+                // Rounds: a whole burst once the previous one reached everybody.
+                if self.cfg.rounds && self.complete < self.next_seq {
+                    allowed = self.next_seq;
+                }
+                if self.next_seq < allowed {
+                    self.publish(allowed)?;
                 }
             }
             self.poll(1)?;
             if self.complete != last_complete {
                 last_complete = self.complete;
                 last_progress = Instant::now();
-            } else if self.next_seq > self.complete
-                && last_progress.elapsed() > self.cfg.timeout
-            {
+            } else if self.next_seq > self.complete && last_progress.elapsed() > self.cfg.timeout {
                 eprintln!(
                     "cluster-fanout: no progress for {:?} at message {} (published {})",
                     self.cfg.timeout, self.complete, self.next_seq
@@ -458,7 +466,20 @@ impl Run {
     }
 
     /// Sends message `next_seq` on the publisher connection.
-    fn publish(&mut self) -> io::Result<()> {
+    /// Sends the messages from `next_seq` up to `until` on the publisher connection, in one
+    /// write.
+    fn publish(&mut self, until: u64) -> io::Result<()> {
+        let mut out = Vec::new();
+        while self.next_seq < until {
+            self.frame(&mut out);
+            self.next_seq += 1;
+        }
+        let i = self.conns.len() - 1;
+        send(&self.conns[i].stream, &out, self.cfg.timeout)
+    }
+
+    /// Appends the frame of message `next_seq` to `out`.
+    fn frame(&mut self, out: &mut Vec<u8>) {
         let seq = self.next_seq;
         let hex = format!("{seq:016x}");
         self.payload[1..17].copy_from_slice(hex.as_bytes());
@@ -470,11 +491,7 @@ impl Run {
             ),
             Proto::SocketIo => format!(r#"42["pub","{body}"]"#),
         };
-        let frame = ws::masked_frame(OpCode::Text, text.as_bytes());
-        let i = self.conns.len() - 1;
-        send(&self.conns[i].stream, &frame, self.cfg.timeout)?;
-        self.next_seq += 1;
-        Ok(())
+        out.extend_from_slice(&ws::masked_frame(OpCode::Text, text.as_bytes()));
     }
 
     fn cpu(&self) -> Vec<Option<u64>> {
@@ -597,7 +614,8 @@ impl Run {
             match op {
                 0x1 | 0x2 => self.message(i, payload)?,
                 0x8 => {
-                    let text = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).into_owned();
+                    let text =
+                        String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).into_owned();
                     self.error(format!("connection {i}: close frame {text:?}"));
                 }
                 0x9 => {
@@ -744,7 +762,7 @@ impl Run {
         let per_node: Vec<String> = c.per_node.iter().map(|n| n.to_string()).collect();
         println!(
             "{{\"label\":\"{}\",\"proto\":\"{}\",\"nodes\":{},\"subs\":{},\"channel\":\"{}\",\"size\":{},\
-             \"inflight\":{},\"rate\":{},\"setup_s\":{:.3},\"window_s\":{:.3},\"messages\":{},\
+             \"inflight\":{},\"rounds\":{},\"rate\":{},\"setup_s\":{:.3},\"window_s\":{:.3},\"messages\":{},\
              \"deliveries\":{},\"deliveries_per_s\":{:.0},\"messages_per_s\":{:.1},\
              \"cpu_ns\":{{{}}},\"cpu_ns_total\":{},\"cpu_us_per_delivery\":{:.5},\
              \"deliveries_per_cpu_s\":{:.0},\"user_ns\":{},\"sys_ns\":{},\"client_cpu_ns\":{},\"published\":{},\
@@ -760,6 +778,7 @@ impl Run {
             self.cfg.channel,
             self.cfg.size,
             self.cfg.inflight,
+            self.cfg.rounds,
             self.cfg.rate,
             x.setup.as_secs_f64(),
             secs,
