@@ -23,7 +23,7 @@
 #
 # Knobs: REPS (3), SUBS (3000), NODES (3), SIZE (64), INFLIGHT (32), ROUNDS (1), RATE (20
 # messages/s for the fixed-rate rows; 0: none), WARMUP (1s),
-# DURATION (4s), HISTORY (1), SOCKETIO (1; 0 or no node/npm: skipped), SERVER_CORE (0),
+# DURATION (3s), HISTORY (1), SOCKETIO (1; 0 or no node/npm: skipped), SERVER_CORE (0),
 # CLIENT_CORE (1), BUILD (1), JOBS (1), OUT (target/cluster-bench/latest.jsonl).
 # Needs redis-server and redis-cli, curl, python3; node and npm for the Socket.IO rows.
 set -euo pipefail
@@ -41,7 +41,7 @@ else
     REPS=${REPS:-3}
     SUBS=${SUBS:-3000}
     WARMUP=${WARMUP:-1s}
-    DURATION=${DURATION:-4s}
+    DURATION=${DURATION:-3s}
 fi
 NODES=${NODES:-3}
 SIZE=${SIZE:-64}
@@ -190,7 +190,8 @@ run_row() {
     load=$(cut -d' ' -f1 /proc/loadavg)
     log "rep $rep: $label ($n process(es), load $load)"
     local line rc=0 mode=()
-    [[ $ROUNDS == 1 ]] && mode=(--rounds)
+    # Rounds for the as-fast-as-possible rows; a fixed rate sends one message at a time.
+    [[ $ROUNDS == 1 && $rate == 0 ]] && mode=(--rounds)
     line=$(taskset -c "$CLIENT_CORE" "$BIN/cluster-fanout" --proto "$proto" --nodes "${nodes%,}" \
         --subs "$SUBS" --channel "$channel" --size "$SIZE" --inflight "$INFLIGHT" \
         "${mode[@]}" --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" --label "$label" --client-core "$CLIENT_CORE" \
