@@ -202,7 +202,7 @@ run_row() {
     fi
     local extra=(rep="$rep" load="\"$load\"")
     [[ $kind != single ]] &&
-        extra+=(redis="$(rcli info commandstats | tr -d '\r' | python3 "$REPORT" redis-stats)")
+        extra+=(redis="$(rcli info all | tr -d '\r' | python3 "$REPORT" redis-stats)")
     if [[ $kind != socketio ]]; then
         # The engine's counters: edge_ws_broker_* and deliveries / delivery_runs.
         local m="["

@@ -2,7 +2,7 @@
 """bench/cluster.sh's helper (stdlib only).
 
   report.py merge KEY=JSON ...   < line     one cluster-fanout JSON line + extra fields -> stdout
-  report.py redis-stats                    < `redis-cli INFO commandstats` -> {"publish": calls, ...}
+  report.py redis-stats                    < `redis-cli INFO all` -> {"publish": calls, ..., "reads_processed": n}
   report.py metrics                        < a node's /metrics -> {"published": n, "received": n, ...}
   report.py table FILE.jsonl               the markdown tables (medians, min-max, ratios, counts)
 """
@@ -23,6 +23,9 @@ def redis_stats():
     out = {}
     for line in sys.stdin:
         line = line.strip()
+        for key in ("total_reads_processed", "total_writes_processed"):
+            if line.startswith(key + ":"):
+                out[key[len("total_"):]] = int(line.split(":", 1)[1])
         if line.startswith("cmdstat_") and ":" in line:
             name, rest = line[len("cmdstat_"):].split(":", 1)
             fields = dict(f.split("=", 1) for f in rest.split(",") if "=" in f)
@@ -140,16 +143,19 @@ def table(path):
 
     counted = [r for r in rows if "redis" in r]
     if counted:
-        print("| run | rep | messages published | Redis calls | per node: broker published / received / own echoes ignored | deliveries per node |")
-        print("|---|---|---|---|---|---|")
+        print("| run | rep | messages published | Redis calls | Redis reads / writes | per node: broker published / received / own echoes ignored | per node: messages per queued buffer | deliveries per node |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in counted:
             calls = ", ".join("%s %d" % (k, v) for k, v in sorted(r["redis"].items())
                               if k in ("publish", "evalsha", "eval", "fcall", "psubscribe", "subscribe"))
             nodes = r.get("node_metrics") or []
             per = "; ".join("%s / %s / %s" % (m.get("published", "–"), m.get("received", "–"),
                                                m.get("echoes_ignored", "–")) for m in nodes) or "–"
-            print("| %s | %s | %d | %s | %s | %s |" % (
-                r["label"], r.get("rep", "–"), r["published"], calls, per,
+            rw = "%s / %s" % (r["redis"].get("reads_processed", "–"), r["redis"].get("writes_processed", "–"))
+            runs = " / ".join("%.1f" % (m["deliveries"] / m["delivery_runs"]) if m.get("delivery_runs") else "–"
+                              for m in nodes) or "–"
+            print("| %s | %s | %d | %s | %s | %s | %s | %s |" % (
+                r["label"], r.get("rep", "–"), r["published"], calls, rw, per, runs,
                 " / ".join(str(n) for n in r.get("deliveries_per_node", []))))
         print()
     loads = [r.get("load") for r in rows if r.get("load")]
