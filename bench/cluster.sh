@@ -92,14 +92,15 @@ stop_pids() {
 }
 
 cleanup() {
-    local rc=$?
+    local rc=${1:-$?}
     trap - EXIT INT TERM
     ((${#PIDS[@]})) && stop_pids "${PIDS[@]}"
     [[ -n $REDIS_PID ]] && stop_pids "$REDIS_PID"
     rm -rf "$TMP"
     exit "$rc"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup 130' INT TERM
 
 # A free loopback TCP port (the kernel's choice).
 free_port() {

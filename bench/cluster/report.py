@@ -103,7 +103,7 @@ def table(path):
             fmt([r["deliveries_per_s"] for r in rs]),
             fmt([r["cpu_us_per_delivery"] for r in rs], 3),
             fmt([r["deliveries_per_cpu_s"] for r in rs]),
-            fmt([x for r in rs for x in sys_share(r)]) + " %",
+            (lambda v: fmt(v) + " %" if v else "–")([x for r in rs for x in sys_share(r)]),
             fmt([x for r in rs for x in per_buffer(r)], 1),
             ok, len(rs)))
     print()
