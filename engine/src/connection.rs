@@ -17,8 +17,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use edge_ws_protocol::connection::{Connection, ConnectionConfig};
 use edge_ws_protocol::deflate::DeflateParams;
-use edge_ws_protocol::handshake::Request;
 use edge_ws_protocol::frame::MAX_HEADER_LEN;
+use edge_ws_protocol::handshake::Request;
 use edge_ws_protocol::{CloseCode, Decoder, Encoder, FrameHeader, OpCode, ProtocolError};
 
 use crate::config::{Config, SlowConsumerPolicy, CLOSE_SLOW_CONSUMER};

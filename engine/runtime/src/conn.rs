@@ -294,8 +294,7 @@ impl Slot {
     pub(super) fn push_copy(&mut self, parts: &[&[u8]]) {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         self.queued += total;
-        let normal_waiting =
-            self.queue.len() > usize::from(self.committed) + self.urgent as usize;
+        let normal_waiting = self.queue.len() > usize::from(self.committed) + self.urgent as usize;
         if normal_waiting {
             if let Some(Chunk::Owned { buf, .. }) = self.queue.back_mut() {
                 let room = buf.len() + total <= buf.capacity()

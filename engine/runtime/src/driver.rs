@@ -19,7 +19,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::bufring::BufRing;
 use super::conn::{
-    Output,     SendPlan, SendVec, Slot, State, CLOSE_INFLIGHT, IN_DIRTY, IN_IDLE, IN_REARM, PAUSED,
+    Output, SendPlan, SendVec, Slot, State, CLOSE_INFLIGHT, IN_DIRTY, IN_IDLE, IN_REARM, PAUSED,
     RECV_ARMED, SEND_INFLIGHT,
 };
 use super::{
