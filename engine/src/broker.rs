@@ -31,6 +31,17 @@ use bytes::Bytes;
 use crate::ids::MessageKind;
 use crate::stream::{ChannelPolicy, Published, StreamError, StreamPosition};
 
+/// The prefix of every per-user channel ([`user_channel`]).
+pub const USER_CHANNEL_PREFIX: &str = "user#";
+
+/// The channel that carries what is sent to `user` on any node: a node where the user has a
+/// connection subscribes to it, and a send to the user is a publish to it. Applications that
+/// let clients name channels should refuse names starting with [`USER_CHANNEL_PREFIX`] (the
+/// server product's channel routes do).
+pub fn user_channel(user: &str) -> String {
+    format!("{USER_CHANNEL_PREFIX}{user}")
+}
+
 /// Why the broker could not take a publication.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

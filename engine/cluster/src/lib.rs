@@ -35,4 +35,4 @@ mod wire;
 
 #[cfg(feature = "redis")]
 pub use crate::redis_broker::{RedisBroker, RedisConfig};
-pub use crate::wire::user_channel;
+pub use edge_ws::broker::user_channel;

@@ -4,18 +4,12 @@
 //! (`t` text, `b` binary) and the payload. A stream publication is made by the append script:
 //! `S<offset>:<epoch>:<timestamp_ms>:<kind>:` and the payload. Payloads are bytes; nothing is
 //! escaped.
-// Without the `redis` feature only `user_channel` is used.
+// Without the `redis` feature none of it is used.
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
 use bytes::Bytes;
 use edge_ws::broker::BrokerEntry;
 use edge_ws::MessageKind;
-
-/// The channel that carries what is sent to `user` on any node: a connection of the user
-/// subscribes to it, and a send to the user is a publish to it.
-pub fn user_channel(user: &str) -> String {
-    format!("user#{user}")
-}
 
 /// The kind as one byte.
 pub(crate) fn kind_byte(kind: MessageKind) -> u8 {
@@ -307,6 +301,6 @@ mod tests {
         assert_eq!(n.channel_of(&n.all()), None);
         assert_eq!(n.channel_of("other:c:x"), None);
         assert_eq!(n.meta("x"), "ew:{x}:meta");
-        assert_eq!(user_channel("u1"), "user#u1");
+        assert_eq!(edge_ws::broker::user_channel("u1"), "user#u1");
     }
 }

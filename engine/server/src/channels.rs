@@ -524,7 +524,7 @@ mod inbox {
 }
 
 /// The push announcing that `user` (connection `client`) joined or left `channel`.
-fn presence_event(kind: &str, channel: &str, user: Option<&str>, client: ConnectionId) -> String {
+fn presence_event(kind: &str, channel: &str, user: Option<&str>, client: &str) -> String {
     let mut d = String::from(r#"{"user":"#);
     d.push_str(&serde_json::to_string(&user).unwrap_or_default());
     let _ = write!(d, r#","client":"{client}"}}"#);
@@ -558,8 +558,27 @@ fn join_presence(
     let name: Arc<str> = channel.into();
     let id = s.id();
     let m = manager.inner.presence.join(&name, id, user);
+    if let Some(c) = manager.inner.cluster.get() {
+        if m != crate::presence::Membership::None {
+            let text = (m == crate::presence::Membership::First && announce_it).then(|| {
+                presence_event(
+                    "presence.join",
+                    channel,
+                    user.map(|u| &**u),
+                    &c.client_id(id),
+                )
+            });
+            c.joined(channel, id, user.map(|u| &**u), text);
+        }
+        return;
+    }
     if m == crate::presence::Membership::First && announce_it {
-        let text = presence_event("presence.join", channel, user.map(|u| &**u), id);
+        let text = presence_event(
+            "presence.join",
+            channel,
+            user.map(|u| &**u),
+            &id.to_string(),
+        );
         announce(s, channel, &text);
     }
 }
@@ -567,8 +586,19 @@ fn join_presence(
 /// `id` left `channel`: membership, and the leave event if it was its user's last connection.
 fn leave_one(s: &mut Socket<'_, '_>, manager: &crate::Manager, channel: &str, id: ConnectionId) {
     let (m, user) = manager.inner.presence.leave(channel, id);
+    if let Some(c) = manager.inner.cluster.get() {
+        if m != crate::presence::Membership::None {
+            let text = (m == crate::presence::Membership::First
+                && s.channel_policy(channel).join_leave)
+                .then(|| {
+                    presence_event("presence.leave", channel, user.as_deref(), &c.client_id(id))
+                });
+            c.left(channel, id, user.as_deref(), text);
+        }
+        return;
+    }
     if m == crate::presence::Membership::First && s.channel_policy(channel).join_leave {
-        let text = presence_event("presence.leave", channel, user.as_deref(), id);
+        let text = presence_event("presence.leave", channel, user.as_deref(), &id.to_string());
         announce(s, channel, &text);
     }
 }
@@ -640,6 +670,9 @@ fn presence_get(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), Rou
             "presence.get asks about at most {MAX_PRESENCE_QUERY} users"
         )));
     }
+    if ctx.manager().inner.cluster.get().is_some() && !req.users.is_empty() {
+        return presence_get_everywhere(ctx, msg, req.users);
+    }
     let mut d = String::from(r#"{"users":["#);
     for (i, u) in req.users.iter().enumerate() {
         if i > 0 {
@@ -662,6 +695,79 @@ fn presence_get(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), Rou
     Ok(())
 }
 
+/// The JSON of a user nobody has online.
+pub(crate) fn offline_json(user: &str, last_seen: Option<u64>) -> String {
+    let mut d = String::from(r#"{"user":"#);
+    crate::json::push_str(&mut d, user);
+    match last_seen {
+        Some(t) => {
+            let _ = write!(d, r#","status":"offline","last_seen":{t}"#);
+        }
+        None => d.push_str(r#","status":"offline","last_seen":null"#),
+    }
+    d.push_str(r#","connections":0,"meta":null}"#);
+    d
+}
+
+/// `presence.get` in a cluster: every user's presence over the nodes, answered once all are
+/// in (or with the first error).
+fn presence_get_everywhere(
+    ctx: &mut Context<'_, '_>,
+    msg: &Envelope<'_>,
+    users: Vec<String>,
+) -> Result<(), RouteError> {
+    type Parts = (Vec<Option<String>>, usize, bool);
+    let engine = ctx
+        .manager()
+        .engine()
+        .cloned()
+        .ok_or_else(|| RouteError::new("presence is not available"))?;
+    let (conn, id) = (ctx.id(), msg.id().map(str::to_owned));
+    let n = users.len();
+    let parts: Arc<std::sync::Mutex<Parts>> =
+        Arc::new(std::sync::Mutex::new((vec![None; n], 0, false)));
+    for (i, u) in users.into_iter().enumerate() {
+        let (parts, engine, id) = (parts.clone(), engine.clone(), id.clone());
+        ctx.manager().presence_everywhere(&u.clone(), move |r| {
+            let mut p = parts.lock().unwrap_or_else(|e| e.into_inner());
+            if p.2 {
+                return; // answered with an error already
+            }
+            match r {
+                Ok(found) => {
+                    p.0[i] = Some(match found {
+                        Some(found) => presence_json(&found),
+                        None => offline_json(&u, None),
+                    });
+                    p.1 += 1;
+                    if p.1 == n {
+                        let mut d = String::from(r#"{"users":["#);
+                        for (j, part) in p.0.iter().enumerate() {
+                            if j > 0 {
+                                d.push(',');
+                            }
+                            d.push_str(part.as_deref().unwrap_or("null"));
+                        }
+                        d.push_str("]}");
+                        engine.send_text(conn, &envelope("presence", id.as_deref(), &d));
+                    }
+                }
+                Err(e) => {
+                    p.2 = true;
+                    let text = crate::json::error_envelope(
+                        id.as_deref(),
+                        &format!("presence: {e}"),
+                        Some(RETRY_AFTER_MS),
+                        "",
+                    );
+                    engine.send_text(conn, &text);
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PresenceChannelReq {
@@ -678,10 +784,72 @@ fn presence_channel(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(),
             req.channel
         )));
     }
+    if ctx.manager().inner.cluster.get().is_some() {
+        let engine = ctx
+            .manager()
+            .engine()
+            .cloned()
+            .ok_or_else(|| RouteError::new("presence is not available"))?;
+        let (conn, id) = (ctx.id(), msg.id().map(str::to_owned));
+        let (channel, members) = (req.channel.clone(), req.members);
+        ctx.manager()
+            .channel_presence_everywhere(&req.channel, req.members, move |r| {
+                let text = match r {
+                    Ok(p) => envelope(
+                        "presence.channel",
+                        id.as_deref(),
+                        &cluster_channel_presence_json(&channel, &p, members),
+                    ),
+                    Err(e) => crate::json::error_envelope(
+                        id.as_deref(),
+                        &format!("presence: {e}"),
+                        Some(RETRY_AFTER_MS),
+                        "",
+                    ),
+                };
+                engine.send_text(conn, &text);
+            });
+        return Ok(());
+    }
     let p = ctx.manager().channel_presence(&req.channel, req.members);
     let d = channel_presence_json(&req.channel, &p, req.members);
     let _ = ctx.send_text(&envelope("presence.channel", msg.id(), &d));
     Ok(())
+}
+
+/// The data of a `presence.channel` reply in a cluster (the same shape, client ids
+/// `<node>:<core>:<conn>`).
+pub(crate) fn cluster_channel_presence_json(
+    channel: &str,
+    p: &crate::ClusterChannelPresence,
+    members: bool,
+) -> String {
+    let mut d = String::with_capacity(64 + p.members.len() * 48);
+    let _ = write!(
+        d,
+        r#"{{"channel":{},"clients":{},"users":{}"#,
+        serde_json::to_string(channel).unwrap_or_default(),
+        p.clients,
+        p.users
+    );
+    if members {
+        d.push_str(r#","members":["#);
+        for (i, m) in p.members.iter().enumerate() {
+            if i > 0 {
+                d.push(',');
+            }
+            d.push_str(r#"{"client":"#);
+            crate::json::push_str(&mut d, &m.client);
+            let _ = write!(
+                d,
+                r#","user":{}}}"#,
+                serde_json::to_string(&m.user).unwrap_or_default()
+            );
+        }
+        d.push(']');
+    }
+    d.push('}');
+    d
 }
 
 /// The data of a `presence.channel` reply.
@@ -723,7 +891,20 @@ fn check(
     channel: &str,
     op: ChannelOp,
 ) -> Result<(), RouteError> {
+    reserved(channel).map_err(RouteError::new)?;
     access(ctx.user(), channel, op).map_err(RouteError::new)
+}
+
+/// Refuses the per-user channels (`user#…`): they carry the server's sends to a user across
+/// a cluster, not client traffic.
+pub(crate) fn reserved(channel: &str) -> Result<(), String> {
+    if channel.starts_with(edge_ws::broker::USER_CHANNEL_PREFIX) {
+        return Err(format!(
+            "channel names starting with {:?} are reserved for sends to users",
+            edge_ws::broker::USER_CHANNEL_PREFIX
+        ));
+    }
+    Ok(())
 }
 
 fn subscribe(

@@ -555,6 +555,7 @@ impl Api {
         match method {
             "publish" => {
                 let req: PublishReq<'_> = serde_json::from_slice(body)?;
+                crate::channels::reserved(&req.channel).map_err(Failure::bad)?;
                 let opts = crate::channels::publish_options(req.idempotency_key.as_deref())
                     .map_err(Failure::bad)?;
                 let stream = engine.has_history(&req.channel);
@@ -585,12 +586,15 @@ impl Api {
                     }
                     let stream = engine.has_history(ch);
                     let payload = EnvelopeFormat::payload(stream, ch, req.data.get().as_bytes());
-                    let r = engine.publish_blocking(
-                        ch,
-                        &payload,
-                        MessageKind::Text,
-                        PublishOptions::default(),
-                    );
+                    let r = match crate::channels::reserved(ch) {
+                        Ok(()) => engine.publish_blocking(
+                            ch,
+                            &payload,
+                            MessageKind::Text,
+                            PublishOptions::default(),
+                        ),
+                        Err(e) => Err(edge_ws::StreamError::InvalidChannel(e)),
+                    };
                     d.push_str(r#"{"channel":"#);
                     crate::json::push_str(&mut d, ch);
                     match r {
@@ -645,20 +649,29 @@ impl Api {
             }
             "presence" => {
                 let req: UserReq = serde_json::from_slice(body)?;
-                Ok(match m.presence(&req.user) {
+                let found = if m.cluster_node().is_some() {
+                    m.presence_everywhere_blocking(&req.user)
+                        .map_err(|e| Failure::unavailable(format!("presence: {e}")))?
+                } else {
+                    m.presence(&req.user)
+                };
+                Ok(match found {
                     Some(p) => crate::channels::presence_json(&p),
-                    None => {
-                        let mut d = String::from(r#"{"user":"#);
-                        crate::json::push_str(&mut d, &req.user);
-                        d.push_str(
-                            r#","status":"offline","last_seen":null,"connections":0,"meta":null}"#,
-                        );
-                        d
-                    }
+                    None => crate::channels::offline_json(&req.user, None),
                 })
             }
             "channel_presence" => {
                 let req: ChannelPresenceReq = serde_json::from_slice(body)?;
+                if m.cluster_node().is_some() {
+                    let p = m
+                        .channel_presence_everywhere_blocking(&req.channel, req.members)
+                        .map_err(|e| Failure::unavailable(format!("presence: {e}")))?;
+                    return Ok(crate::channels::cluster_channel_presence_json(
+                        &req.channel,
+                        &p,
+                        req.members,
+                    ));
+                }
                 let p = m.channel_presence(&req.channel, req.members);
                 Ok(crate::channels::channel_presence_json(
                     &req.channel,
@@ -711,8 +724,19 @@ impl Api {
             "info" => {
                 let _: Empty = serde_json::from_slice(body)?;
                 let s = m.stats();
+                // In a cluster: the node and the users online on every node (null when the
+                // broker cannot answer).
+                let cluster = match m.cluster_node() {
+                    None => String::new(),
+                    Some(node) => {
+                        let everywhere = m
+                            .users_online_everywhere_blocking()
+                            .map_or_else(|_| "null".to_string(), |n| n.to_string());
+                        format!(r#","cluster":{{"node":"{node}","users_online":{everywhere}}}"#)
+                    }
+                };
                 Ok(format!(
-                    r#"{{"version":"{}","cores":{},"connections":{},"users_online":{},"channels":{},"opened":{},"rejected":{}}}"#,
+                    r#"{{"version":"{}","cores":{},"connections":{},"users_online":{},"channels":{},"opened":{},"rejected":{}{cluster}}}"#,
                     env!("CARGO_PKG_VERSION"),
                     engine.cores(),
                     engine.connections(),

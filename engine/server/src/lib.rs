@@ -64,6 +64,7 @@
 pub mod async_route;
 mod auth;
 pub mod channels;
+mod cluster;
 mod credentials;
 #[cfg(feature = "store")]
 pub mod documents;
@@ -141,6 +142,7 @@ pub mod bench_support {
 
 pub use self::async_route::Request;
 pub use self::auth::{ApiKeyAuth, Auth, HandshakeInfo, Validator, ValidatorFuture};
+pub use self::cluster::{ClusterChannelPresence, ClusterMember, ClusterStats};
 pub use self::credentials::{RefreshFuture, RefreshInfo};
 pub use self::events::{ErrorKind, Event, ManagerStats};
 pub use self::identity::{AuthRejection, RejectReason, UserContext};
@@ -151,6 +153,7 @@ pub use self::router::{App, Context, Envelope, Middleware, Next, ReplyError, Rou
 use self::events::Stats;
 use self::limits::{Reservation, Sharded, UserEntry};
 use self::rate::{LocalBuckets, SharedBuckets};
+use edge_ws::broker::BrokerError;
 use edge_ws::fanout::Filter;
 use edge_ws::{
     ConnectionId, Engine, EngineBuilder, EngineError, EngineHandle, Handler, MessageKind,
@@ -220,6 +223,8 @@ pub(crate) struct Inner {
     pub(crate) engine: OnceLock<EngineHandle>,
     epoch: Instant,
     pub(crate) presence: presence::Presence,
+    /// The cluster side, when the attached engine has a broker (docs/CLUSTER.md).
+    pub(crate) cluster: OnceLock<cluster::Cluster>,
     #[cfg(feature = "store")]
     pub(crate) notifications: Option<notifications::Notifications>,
     #[cfg(feature = "store")]
@@ -237,8 +242,23 @@ impl Inner {
     /// Tells the listeners about presence changes.
     pub(crate) fn presence_changed(&self, change: Option<presence::PresenceChange>) {
         if let Some(change) = change {
+            if let Some(c) = self.cluster.get() {
+                c.sync_user(self, &change.user);
+            }
             if self.has_listeners() {
                 self.emit(&Event::Presence { change: &change });
+            }
+        }
+    }
+
+    /// A connection of `user` opened or closed: the listeners hear of a status change, and in
+    /// a cluster this node's view of the user is written to the cluster presence (once).
+    fn user_touched(&self, user: &str, change: Option<presence::PresenceChange>) {
+        let changed = change.is_some();
+        self.presence_changed(change);
+        if !changed {
+            if let Some(c) = self.cluster.get() {
+                c.sync_user(self, user);
             }
         }
     }
@@ -485,9 +505,29 @@ impl Manager {
     }
 
     /// Attaches the engine's handle (needed by async validators and the bulk actions);
-    /// `false` if one was already attached.
+    /// `false` if one was already attached. An engine with a broker (cluster mode) turns on
+    /// the manager's cluster side: sends to users, user and channel presence across the nodes
+    /// (docs/CLUSTER.md).
     pub fn attach(&self, handle: EngineHandle) -> bool {
-        self.inner.engine.set(handle).is_ok()
+        let cluster = cluster::Cluster::new(&handle);
+        if self.inner.engine.set(handle).is_err() {
+            return false;
+        }
+        if let Some(c) = cluster {
+            tracing::info!(node = c.node(), "manager in cluster mode");
+            let _ = self.inner.cluster.set(c);
+        }
+        true
+    }
+
+    /// This node's id in the cluster presence (`None` without a broker).
+    pub fn cluster_node(&self) -> Option<&str> {
+        self.inner.cluster.get().map(|c| c.node())
+    }
+
+    /// The cluster paths' counters (`None` without a broker).
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.inner.cluster.get().map(|c| c.stats())
     }
 
     /// The attached engine handle.
@@ -592,18 +632,110 @@ impl Manager {
         n
     }
 
-    /// Sends `text` to every open connection of `user_id`; returns how many.
+    /// Sends `text` to every open connection of `user_id`; returns how many on this node. In
+    /// a cluster the user's connections on the other nodes get it too (through the broker;
+    /// not counted here).
     pub fn send_to_user(&self, user_id: &str, text: &str) -> usize {
         let Some(h) = self.engine() else { return 0 };
         // Encoded once and shared by every socket of the user, on whichever cores they are.
-        h.send_text_to_many(&self.user_sockets(user_id), text)
+        let n = h.send_text_to_many(&self.user_sockets(user_id), text);
+        if let Some(c) = self.inner.cluster.get() {
+            c.send_to_user(user_id, text);
+        }
+        n
     }
 
-    /// Closes every open connection of `user_id`; returns how many.
+    /// Closes every open connection of `user_id`; returns how many on this node. In a cluster
+    /// the user's connections on the other nodes are closed too (not counted here).
     pub fn close_user(&self, user_id: &str, code: CloseCode, reason: &str) -> usize {
         let Some(h) = self.engine() else { return 0 };
         let ids = self.user_sockets(user_id);
-        ids.iter().filter(|&&id| h.close(id, code, reason)).count()
+        let n = ids.iter().filter(|&&id| h.close(id, code, reason)).count();
+        if let Some(c) = self.inner.cluster.get() {
+            c.close_user(user_id, code, reason);
+        }
+        n
+    }
+
+    /// `user_id`'s presence over every node of the cluster (connections summed; the status,
+    /// metadata and `last_seen` of the node that saw the user last; `None`: no node has the
+    /// user online or in the grace period). `done` runs on the broker's thread. Without a
+    /// broker: [`Manager::presence`], at once.
+    pub fn presence_everywhere(
+        &self,
+        user_id: &str,
+        done: impl FnOnce(Result<Option<presence::UserPresence>, BrokerError>) + Send + 'static,
+    ) {
+        match self.inner.cluster.get() {
+            Some(c) => c.user_presence(user_id, done),
+            None => done(Ok(self.presence(user_id))),
+        }
+    }
+
+    /// [`Manager::presence_everywhere`], waiting for the answer (not on a core; at most 5 s).
+    pub fn presence_everywhere_blocking(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<presence::UserPresence>, BrokerError> {
+        cluster::blocking(|done| self.presence_everywhere(user_id, done))
+    }
+
+    /// How many distinct users have a connection (or are in their grace period) on any node
+    /// of the cluster; `done` runs on the broker's thread. Without a broker:
+    /// [`Manager::users_online`], at once.
+    pub fn users_online_everywhere(
+        &self,
+        done: impl FnOnce(Result<usize, BrokerError>) + Send + 'static,
+    ) {
+        match self.inner.cluster.get() {
+            Some(c) => c.users_online(done),
+            None => done(Ok(self.users_online())),
+        }
+    }
+
+    /// [`Manager::users_online_everywhere`], waiting for the answer (not on a core; at most
+    /// 5 s).
+    pub fn users_online_everywhere_blocking(&self) -> Result<usize, BrokerError> {
+        cluster::blocking(|done| self.users_online_everywhere(done))
+    }
+
+    /// Who is in `channel` on every node of the cluster (client ids `<node>:<core>:<conn>`);
+    /// `done` runs on the broker's thread. Without a broker: [`Manager::channel_presence`]
+    /// at once, with this process's connection ids.
+    pub fn channel_presence_everywhere(
+        &self,
+        channel: &str,
+        members: bool,
+        done: impl FnOnce(Result<ClusterChannelPresence, BrokerError>) + Send + 'static,
+    ) {
+        match self.inner.cluster.get() {
+            Some(c) => c.channel_presence(channel, members, done),
+            None => {
+                let p = self.channel_presence(channel, members);
+                done(Ok(ClusterChannelPresence {
+                    clients: p.clients,
+                    users: p.users,
+                    members: p
+                        .members
+                        .into_iter()
+                        .map(|m| ClusterMember {
+                            client: m.connection.to_string(),
+                            user: m.user,
+                        })
+                        .collect(),
+                }))
+            }
+        }
+    }
+
+    /// [`Manager::channel_presence_everywhere`], waiting for the answer (not on a core; at
+    /// most 5 s).
+    pub fn channel_presence_everywhere_blocking(
+        &self,
+        channel: &str,
+        members: bool,
+    ) -> Result<ClusterChannelPresence, BrokerError> {
+        cluster::blocking(|done| self.channel_presence_everywhere(channel, members, done))
     }
 
     /// Sends `text` to every open connection, on every core, whose user passes `filter`
@@ -862,6 +994,7 @@ impl ManagerBuilder {
                 engine: OnceLock::new(),
                 epoch: Instant::now(),
                 presence: presence::Presence::new(self.presence),
+                cluster: OnceLock::new(),
                 #[cfg(feature = "store")]
                 notifications: self.notifications,
                 #[cfg(feature = "store")]
@@ -937,7 +1070,10 @@ impl<A: App> Handler for ManagerHandler<A> {
             if let Some(at) = u.expires_at_ms() {
                 inner.expiries.insert(at, id);
             }
-            inner.presence_changed(inner.presence.connected(u.id_arc(), wall_ms()));
+            if let Some(c) = inner.cluster.get() {
+                c.opened(&self.manager.inner, u.id_arc());
+            }
+            inner.user_touched(u.id(), inner.presence.connected(u.id_arc(), wall_ms()));
             #[cfg(feature = "store")]
             if let Some(n) = &inner.notifications {
                 n.connected(u.id_arc(), id);
@@ -1033,7 +1169,10 @@ impl<A: App> Handler for ManagerHandler<A> {
             if let Some(at) = u.expires_at_ms() {
                 inner.expiries.remove(at, id);
             }
-            inner.presence_changed(inner.presence.disconnected(u.id(), wall_ms()));
+            if let Some(c) = inner.cluster.get() {
+                c.closed(u.id());
+            }
+            inner.user_touched(u.id(), inner.presence.disconnected(u.id(), wall_ms()));
         }
         inner.stats.closed.fetch_add(1, Ordering::Relaxed);
         if inner.has_listeners() {

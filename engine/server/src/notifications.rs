@@ -645,9 +645,22 @@ impl Worker {
         let Some(engine) = m.engine().cloned() else {
             return;
         };
-        for conn in m.user_sockets(user) {
+        let local = m.user_sockets(user);
+        for &conn in &local {
             self.deliver_to(&engine, user, conn, &n);
             engine.send_text(conn, &unread_json(unread));
+        }
+        // In a cluster: to the user's connections on the other nodes too. It counts as
+        // delivered when the cluster presence shows connections beyond this node's.
+        if let Some(c) = m.inner.cluster.get() {
+            c.send_to_user(user, &push_json(&n));
+            c.send_to_user(user, &unread_json(unread));
+            let (tx, u, id, here) = (self.tx.clone(), user.clone(), n.id, local.len());
+            c.user_presence(user, move |r| {
+                if r.is_ok_and(|p| p.is_some_and(|p| p.connections as usize > here)) {
+                    let _ = tx.send(Req::Delivered { user: u, id });
+                }
+            });
         }
     }
 
@@ -737,11 +750,8 @@ impl Worker {
         if read && changed > 0 {
             let text = unread_json(inbox.unread);
             if let Some(m) = self.manager() {
-                if let Some(e) = m.engine() {
-                    for conn in m.user_sockets(&user) {
-                        e.send_text(conn, &text);
-                    }
-                }
+                // Every connection of the user, on every node of a cluster.
+                m.send_to_user(&user, &text);
             }
         }
         let Some(last) = writes.pop() else {

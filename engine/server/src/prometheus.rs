@@ -1,9 +1,12 @@
 //! The product's `GET /metrics`: the engine's counters (totals and per core) plus what the
 //! server layer adds: upgrades refused by reason, route errors by kind, users online, the
-//! store's counters and commit/fsync latency histograms, notifications, documents and the
-//! HTTP API. Prometheus text format 0.0.4.
+//! store's counters and commit/fsync latency histograms, notifications, documents, the HTTP
+//! API and, in a cluster, the broker's state and the cluster paths' counters. Prometheus text
+//! format 0.0.4.
 
 use std::fmt::Write as _;
+
+use edge_ws::broker::BrokerState;
 
 use crate::Manager;
 
@@ -73,6 +76,52 @@ pub fn render(manager: &Manager, extra: &Extra) -> String {
                 }
                 let _ = writeln!(out, "{metric}{{core=\"{core}\"}} {v}");
             }
+        }
+    }
+    if let Some((state, _)) = manager.engine().and_then(|h| h.broker_state()) {
+        // Beside the engine's `edge_ws_broker_*` counters and `edge_ws_broker_up`: the state
+        // as a label, so a dashboard tells "connecting" from "down".
+        series(
+            &mut out,
+            "edge_ws_broker_state",
+            "gauge",
+            "the cluster broker's state (1 for the current one)",
+        );
+        for st in [BrokerState::Connecting, BrokerState::Up, BrokerState::Down] {
+            let _ = writeln!(
+                out,
+                "edge_ws_broker_state{{state=\"{}\"}} {}",
+                st.as_str(),
+                u8::from(st == state)
+            );
+        }
+    }
+    if let Some(c) = manager.cluster_stats() {
+        for (name, help, v) in [
+            (
+                "user_commands_sent",
+                "sends and closes for a user handed to the broker for the other nodes",
+                c.user_commands_sent,
+            ),
+            (
+                "user_commands_received",
+                "sends and closes for a user received from other nodes",
+                c.user_commands_received,
+            ),
+            (
+                "presence_errors",
+                "cluster presence reads that failed",
+                c.presence_errors,
+            ),
+            (
+                "malformed",
+                "unreadable user-channel messages or presence entries",
+                c.malformed,
+            ),
+        ] {
+            let metric = format!("edge_ws_cluster_{name}_total");
+            series(&mut out, &metric, "counter", help);
+            let _ = writeln!(out, "{metric} {v}");
         }
     }
     let s = manager.stats();

@@ -148,3 +148,405 @@ fn two_edge_ws_processes_publish_and_recover_across_each_other() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- The server product across nodes: users, presence, notifications, metrics. ----
+
+const KEY: &str = "cluster-test-key";
+
+/// A node of the product test: users named by `?user=`, the HTTP API, notifications, a
+/// presence channel namespace with join/leave, presence entries expiring 600 ms after their
+/// node stopped refreshing them, and no grace period (offline at once).
+fn product_config(dir: &Path, node: usize, redis: &str) -> PathBuf {
+    let path = dir.join(format!("product{node}.toml"));
+    let text = format!(
+        "[auth]\nquery_user = \"user\"\n\n[rate_limit]\nmessages_per_second = 0\n\n\
+         [http_api]\nkeys = [\"{KEY}\"]\n\n[presence]\ngrace_ms = 0\n\n\
+         [notifications]\nenabled = true\n\n[documents]\nenabled = false\n\n\
+         [channels]\nhistory_size = 0\n\n\
+         [[channels.namespace]]\nprefix = \"room:\"\nhistory_size = 0\npresence = true\njoin_leave = true\n\n\
+         [store]\ndir = {:?}\n\n[cluster]\nredis_url = {redis:?}\npresence_ttl_ms = 600\n",
+        dir.join(format!("pdata{node}"))
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn product_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("edge-ws-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A connection of `user`, past the `notifications.unread` every connection gets first.
+fn user_ws(addr: SocketAddr, user: &str) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (mut ws, _) =
+        tungstenite::client(format!("ws://{addr}/ws?user={user}"), stream).expect("handshake");
+    let first = recv(&mut ws);
+    assert_eq!(first["type"], "notifications.unread", "{first}");
+    ws
+}
+
+/// One HTTP exchange on `addr`: status and body.
+fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// `POST /api/<method>` on `node`'s HTTP API; the answer must be 200.
+fn api(node: &Server, method: &str, body: Value) -> Value {
+    let body = body.to_string();
+    let (status, out) = http(
+        node.api.expect("the HTTP API's address"),
+        &format!(
+            "POST /api/{method} HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 200, "{method} {body}: {out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Reads until the connection is closed; returns the close code.
+fn recv_close(ws: &mut WebSocket<TcpStream>) -> u16 {
+    for _ in 0..20 {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return u16::from(f.code),
+            Ok(Message::Close(None)) => return 1005,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(other) => panic!("expected a close, got {other:?}"),
+            Err(e) => panic!("expected a close, got {e}"),
+        }
+    }
+    panic!("no close");
+}
+
+/// Polls `f` every 50 ms for up to 10 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("never: {what}");
+}
+
+#[test]
+fn a_users_connections_on_two_nodes_get_sends_notifications_and_closes_from_a_third() {
+    if !have_redis() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let dir = product_dir("users");
+    let one = Server::start(2, Some(&product_config(&dir, 1, &redis.url())));
+    let two = Server::start(1, Some(&product_config(&dir, 2, &redis.url())));
+    let three = Server::start(1, Some(&product_config(&dir, 3, &redis.url())));
+    let mut a1 = user_ws(one.addr, "alice");
+    let mut a2 = user_ws(two.addr, "alice");
+    let mut bob = user_ws(one.addr, "bob");
+    // Node one listens to user#alice and user#bob, node two to user#alice.
+    wait_subscribed(one.addr, 2);
+    wait_subscribed(two.addr, 1);
+
+    // send_to_user through node three's HTTP API: both of alice's connections, not bob.
+    let r = api(
+        &three,
+        "send_to_user",
+        json!({"user":"alice","type":"hello","data":{"n":1}}),
+    );
+    assert_eq!(
+        r["connections"], 0,
+        "none of alice's connections is on node three"
+    );
+    for ws in [&mut a1, &mut a2] {
+        let m = recv(ws);
+        assert_eq!(
+            (m["type"].as_str(), m["data"]["n"].as_u64()),
+            (Some("hello"), Some(1)),
+            "{m}"
+        );
+    }
+    // A notification sent on node three reaches both, with the unread count.
+    let r = api(
+        &three,
+        "notify",
+        json!({"user":"alice","type":"mention","title":"hi","body":"there"}),
+    );
+    let id = r["id"].as_u64().expect("an id");
+    for ws in [&mut a1, &mut a2] {
+        let m = recv(ws);
+        assert_eq!(m["type"], "notification", "{m}");
+        assert_eq!(
+            (m["data"]["id"].as_u64(), m["data"]["title"].as_str()),
+            (Some(id), Some("hi"))
+        );
+        let m = recv(ws);
+        assert_eq!(m["type"], "notifications.unread", "{m}");
+        assert_eq!(m["data"]["count"], 1);
+    }
+    // Node three marks it delivered: the cluster presence shows alice's connections elsewhere.
+    eventually("the notification marked delivered", || {
+        let page = api(&three, "notifications", json!({"user":"alice"}));
+        page["items"][0]["delivered"] == true
+    });
+    // Bob got none of it: the next thing he gets is his own message.
+    api(
+        &three,
+        "send_to_user",
+        json!({"user":"bob","type":"only-bob","data":null}),
+    );
+    assert_eq!(recv(&mut bob)["type"], "only-bob");
+
+    // The product's /metrics lists the broker's series and the cluster's counters.
+    let (status, page) = get(three.addr, "/metrics");
+    assert_eq!(status, 200);
+    let value = |page: &str, series: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+    };
+    assert_eq!(value(&page, "edge_ws_broker_up"), 1);
+    assert_eq!(value(&page, r#"edge_ws_broker_state{state="up"}"#), 1);
+    assert_eq!(value(&page, r#"edge_ws_broker_state{state="down"}"#), 0);
+    // A send to alice, the notification's push and unread count, a send to bob.
+    assert_eq!(value(&page, "edge_ws_cluster_user_commands_sent_total"), 4);
+    assert!(value(&page, "edge_ws_broker_published") >= 4);
+    assert_eq!(value(&page, "edge_ws_broker_publish_errors"), 0);
+    let (_, page_two) = get(two.addr, "/metrics");
+    assert_eq!(
+        value(&page_two, "edge_ws_cluster_user_commands_received_total"),
+        3
+    );
+    assert!(value(&page_two, "edge_ws_broker_received") >= 3);
+    assert_eq!(value(&page_two, "edge_ws_cluster_malformed_total"), 0);
+
+    // A client may not listen to or publish on another user's channel.
+    send(
+        &mut bob,
+        json!({"type":"subscribe","id":1,"data":{"channel":"user#alice"}}),
+    );
+    let r = recv(&mut bob);
+    assert_eq!(r["type"], "error", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("reserved"), "{r}");
+
+    // disconnect through node three closes alice everywhere.
+    let r = api(
+        &three,
+        "disconnect",
+        json!({"user":"alice","code":4503,"reason":"banned"}),
+    );
+    assert_eq!(r["connections"], 0);
+    assert_eq!(recv_close(&mut a1), 4503);
+    assert_eq!(recv_close(&mut a2), 4503);
+
+    // Redis gone: the state says so on /metrics, and /health answers 503.
+    redis.kill();
+    eventually("the broker down on /metrics", || {
+        let (_, page) = get(three.addr, "/metrics");
+        page.contains("edge_ws_broker_state{state=\"down\"} 1")
+            && page.contains("edge_ws_broker_up 0")
+    });
+    assert_eq!(get(three.addr, "/health").0, 503);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn user_and_channel_presence_span_the_nodes_and_a_killed_nodes_presence_expires() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let dir = product_dir("presence");
+    let mut one = Server::start(1, Some(&product_config(&dir, 1, &redis.url())));
+    let two = Server::start(1, Some(&product_config(&dir, 2, &redis.url())));
+    let three = Server::start(1, Some(&product_config(&dir, 3, &redis.url())));
+    let join = |ws: &mut WebSocket<TcpStream>, id: u64| {
+        send(
+            ws,
+            json!({"type":"subscribe","id":id,"data":{"channel":"room:a"}}),
+        );
+        let r = recv(ws);
+        assert_eq!(r["type"], "subscribed", "{r}");
+    };
+    let mut alice = user_ws(one.addr, "alice");
+    join(&mut alice, 1);
+    // alice's own join comes back to her.
+    let j = recv(&mut alice);
+    assert_eq!(
+        (j["type"].as_str(), j["data"]["user"].as_str()),
+        (Some("presence.join"), Some("alice")),
+        "{j}"
+    );
+    // Node one: user#alice and room:a; node two: user#bob, then room:a.
+    wait_subscribed(one.addr, 2);
+    let mut bob = user_ws(two.addr, "bob");
+    join(&mut bob, 1);
+    // bob's join on node two reaches alice on node one, with a cluster-wide client id.
+    let j = recv(&mut alice);
+    assert_eq!(
+        (j["type"].as_str(), j["data"]["user"].as_str()),
+        (Some("presence.join"), Some("bob")),
+        "{j}"
+    );
+    let bob_client = j["data"]["client"].as_str().unwrap().to_string();
+    assert_eq!(
+        bob_client.split(':').count(),
+        3,
+        "<node>:<core>:<conn>: {bob_client}"
+    );
+    assert_eq!(recv(&mut bob)["type"], "presence.join");
+    wait_subscribed(two.addr, 2);
+    // alice's second connection, on node two, is no new join: she is in the room on node one.
+    let mut alice2 = user_ws(two.addr, "alice");
+    join(&mut alice2, 1);
+    send(
+        &mut bob,
+        json!({"type":"publish","id":2,"data":{"channel":"room:a","data":"marker"}}),
+    );
+    let next = recv(&mut alice);
+    assert_eq!(
+        (next["type"].as_str(), next["data"].as_str()),
+        (Some("publication"), Some("marker")),
+        "no second join for alice: {next}"
+    );
+
+    // Channel presence, asked on node three (nobody there): three connections, two users.
+    check_channel_presence(&three, 3, 2);
+    // Over the WebSocket, on node two.
+    send(
+        &mut bob,
+        json!({"type":"presence.channel","id":3,"data":{"channel":"room:a","members":true}}),
+    );
+    let p = loop {
+        let m = recv(&mut bob);
+        if m["type"] == "presence.channel" {
+            break m;
+        }
+    };
+    assert_eq!(
+        (p["data"]["clients"].as_u64(), p["data"]["users"].as_u64()),
+        (Some(3), Some(2)),
+        "{p}"
+    );
+    assert!(
+        p["data"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["client"] == bob_client.as_str()),
+        "{p}"
+    );
+    // User presence, asked on node three: alice has two connections over two nodes.
+    let pa = api(&three, "presence", json!({"user":"alice"}));
+    assert_eq!(
+        (pa["status"].as_str(), pa["connections"].as_u64()),
+        (Some("online"), Some(2)),
+        "{pa}"
+    );
+    send(
+        &mut bob,
+        json!({"type":"presence.get","id":4,"data":{"users":["alice","bob","carol"]}}),
+    );
+    let g = loop {
+        let m = recv(&mut bob);
+        if m["type"] == "presence" {
+            break m;
+        }
+    };
+    let users = g["data"]["users"].as_array().unwrap();
+    let conns: Vec<(String, u64)> = users
+        .iter()
+        .map(|u| {
+            (
+                u["status"].as_str().unwrap().to_string(),
+                u["connections"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        conns,
+        vec![
+            ("online".into(), 2),
+            ("online".into(), 1),
+            ("offline".into(), 0)
+        ],
+        "{g}"
+    );
+    let info = api(&three, "info", json!({}));
+    assert_eq!(info["cluster"]["users_online"], 2, "{info}");
+    assert_eq!(info["users_online"], 0, "none on node three itself");
+
+    // alice's connection on node two leaves the room: no leave (she is still in on node one).
+    send(
+        &mut alice2,
+        json!({"type":"unsubscribe","id":5,"data":{"channel":"room:a"}}),
+    );
+    send(
+        &mut bob,
+        json!({"type":"publish","id":6,"data":{"channel":"room:a","data":"marker2"}}),
+    );
+    let next = recv(&mut alice);
+    assert_eq!(next["data"], "marker2", "no leave for alice: {next}");
+    drop(alice2);
+
+    // Node one is killed: alice's presence there expires (600 ms), on every other node.
+    one.kill9();
+    eventually("alice's presence expired", || {
+        let pa = api(&three, "presence", json!({"user":"alice"}));
+        pa["status"] == "offline" && pa["connections"] == 0
+    });
+    eventually("node one's room members expired", || {
+        let p = api(
+            &three,
+            "channel_presence",
+            json!({"channel":"room:a","members":true}),
+        );
+        p["clients"] == 1 && p["members"][0]["client"] == bob_client.as_str()
+    });
+    eventually("one user online", || {
+        api(&three, "info", json!({}))["cluster"]["users_online"] == 1
+    });
+    drop(alice);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `channel_presence` of room:a through `node`'s HTTP API.
+fn check_channel_presence(node: &Server, clients: u64, users: u64) {
+    let p = api(
+        node,
+        "channel_presence",
+        json!({"channel":"room:a","members":true}),
+    );
+    assert_eq!(
+        (p["clients"].as_u64(), p["users"].as_u64()),
+        (Some(clients), Some(users)),
+        "{p}"
+    );
+    assert_eq!(
+        p["members"].as_array().map(Vec::len),
+        Some(clients as usize),
+        "{p}"
+    );
+}
