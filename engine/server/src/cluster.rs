@@ -112,6 +112,9 @@ pub(crate) struct Cluster {
     node: String,
     /// Users with a connection here: how many, and the subscription to their user channel.
     users: Mutex<HashMap<Arc<str>, (u32, LocalSubscription)>>,
+    /// Held from reading a user's presence to queueing it for the broker, so that two cores
+    /// syncing one user queue their views in the order they read them.
+    sync: Mutex<()>,
     counters: Arc<Counters>,
 }
 
@@ -153,6 +156,7 @@ impl Cluster {
             engine: engine.clone(),
             node: node_id(),
             users: Mutex::new(HashMap::new()),
+            sync: Mutex::new(()),
             counters: Arc::new(Counters::default()),
         })
     }
@@ -236,6 +240,7 @@ impl Cluster {
     pub(crate) fn sync_user(&self, inner: &Inner, user: &str) {
         let key = user_key(user);
         let online = self.client_online(user);
+        let _order = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         match inner.presence.get(user) {
             Some(p) if p.connections > 0 || p.status != Status::Offline => {
                 let info = crate::channels::presence_json(&p);

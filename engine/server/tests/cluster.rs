@@ -154,7 +154,7 @@ fn two_edge_ws_processes_publish_and_recover_across_each_other() {
 const KEY: &str = "cluster-test-key";
 
 /// A node of the product test: users named by `?user=`, the HTTP API, notifications, a
-/// presence channel namespace with join/leave, presence entries expiring 600 ms after their
+/// namespace with history, presence and join/leave (like the default config's `chat:`), presence entries expiring 600 ms after their
 /// node stopped refreshing them, and no grace period (offline at once).
 fn product_config(dir: &Path, node: usize, redis: &str) -> PathBuf {
     let path = dir.join(format!("product{node}.toml"));
@@ -163,7 +163,7 @@ fn product_config(dir: &Path, node: usize, redis: &str) -> PathBuf {
          [http_api]\nkeys = [\"{KEY}\"]\n\n[presence]\ngrace_ms = 0\n\n\
          [notifications]\nenabled = true\n\n[documents]\nenabled = false\n\n\
          [channels]\nhistory_size = 0\n\n\
-         [[channels.namespace]]\nprefix = \"room:\"\nhistory_size = 0\npresence = true\njoin_leave = true\n\n\
+         [[channels.namespace]]\nprefix = \"room:\"\nhistory_size = 10\npresence = true\njoin_leave = true\n\n\
          [store]\ndir = {:?}\n\n[cluster]\nredis_url = {redis:?}\npresence_ttl_ms = 600\n",
         dir.join(format!("pdata{node}"))
     );
@@ -369,6 +369,17 @@ fn a_users_connections_on_two_nodes_get_sends_notifications_and_closes_from_a_th
             && page.contains("edge_ws_broker_up 0")
     });
     assert_eq!(get(three.addr, "/health").0, 503);
+    // A presence read without Redis: a clear 503, counted.
+    let (status, body) = http(
+        three.api.unwrap(),
+        &format!(
+            "POST /api/presence HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Length: 16\r\nConnection: close\r\n\r\n{{\"user\":\"alice\"}}"
+        ),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("presence: broker unavailable"), "{body}");
+    let (_, page) = get(three.addr, "/metrics");
+    assert!(value(&page, "edge_ws_cluster_presence_errors_total") >= 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
