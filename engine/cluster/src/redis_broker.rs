@@ -576,6 +576,14 @@ impl BrokerThread {
     fn connect(&mut self) {
         let timeout = self.inner.config.timeout;
         let r = (|| -> Result<(), String> {
+            // A command connection kept from before the failure (the subscription connection
+            // noticed it first) may be dead as well: check it, or the first request after the
+            // reconnect would fail on it.
+            if let Some(c) = self.cmd.as_mut() {
+                if redis::cmd("PING").query::<String>(c).is_err() {
+                    self.cmd = None;
+                }
+            }
             if self.cmd.is_none() {
                 let mut c = self
                     .client

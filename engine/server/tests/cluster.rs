@@ -380,6 +380,22 @@ fn a_users_connections_on_two_nodes_get_sends_notifications_and_closes_from_a_th
     assert!(body.contains("presence: broker unavailable"), "{body}");
     let (_, page) = get(three.addr, "/metrics");
     assert!(value(&page, "edge_ws_cluster_presence_errors_total") >= 1);
+    // Redis back: node one listens to user#bob again, and a send from node three reaches him.
+    redis.restart();
+    wait_subscribed(one.addr, 1);
+    eventually("the broker up on node three", || {
+        get(three.addr, "/health").0 == 200
+    });
+    api(
+        &three,
+        "send_to_user",
+        json!({"user":"bob","type":"after-restart","data":null}),
+    );
+    assert_eq!(recv(&mut bob)["type"], "after-restart");
+    // The first publish after the reconnect did not fail on the command connection kept
+    // from before the outage (nothing was published while Redis was down).
+    let (_, page) = get(three.addr, "/metrics");
+    assert_eq!(value(&page, "edge_ws_broker_publish_errors"), 0, "{page}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
