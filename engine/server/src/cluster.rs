@@ -54,6 +54,9 @@ pub struct ClusterStats {
     pub presence_errors: u64,
     /// Unreadable user-channel messages or presence entries, dropped.
     pub malformed: u64,
+    /// Users whose id cannot name a channel (see `EngineHandle::subscribe_fn`): sends to
+    /// them do not reach this node from the others (logged).
+    pub unlistenable_users: u64,
 }
 
 #[derive(Default)]
@@ -62,6 +65,7 @@ struct Counters {
     received: AtomicU64,
     presence_errors: AtomicU64,
     malformed: AtomicU64,
+    unlistenable: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -172,6 +176,7 @@ impl Cluster {
             user_commands_received: c.received.load(Ordering::Relaxed),
             presence_errors: c.presence_errors.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
+            unlistenable_users: c.unlistenable.load(Ordering::Relaxed),
         }
     }
 
@@ -198,7 +203,8 @@ impl Cluster {
                 users.insert(user.clone(), (1, sub));
             }
             Err(e) => {
-                tracing::warn!(user = %user, error = %e, "cluster: cannot listen to the user's channel");
+                bump(&self.counters.unlistenable);
+                tracing::warn!(user = %user, error = %e, "cluster: cannot listen to the user's channel; sends from other nodes will not reach this user here");
             }
         }
     }
@@ -546,6 +552,34 @@ mod tests {
             client: client.into(),
             info: Bytes::from(info.to_string()),
         }
+    }
+
+    #[test]
+    fn without_a_broker_the_cluster_reads_answer_at_once_from_this_process() {
+        let m = Manager::builder().build();
+        assert!(m.cluster_node().is_none() && m.cluster_stats().is_none());
+        let alice: Arc<str> = "alice".into();
+        m.inner.presence.connected(&alice, 5);
+        let room: Arc<str> = "room:a".into();
+        m.inner
+            .presence
+            .join(&room, ConnectionId::for_tests(1, 7), Some(&alice));
+        let p = m.presence_everywhere_blocking("alice").unwrap().unwrap();
+        assert_eq!((p.connections, p.status), (1, Status::Online));
+        assert!(m.presence_everywhere_blocking("bob").unwrap().is_none());
+        // users_online counts open sockets, which this test has none of.
+        assert_eq!(m.users_online_everywhere_blocking(), Ok(0));
+        let c = m
+            .channel_presence_everywhere_blocking("room:a", true)
+            .unwrap();
+        assert_eq!((c.clients, c.users), (1, 1));
+        assert_eq!(
+            c.members,
+            vec![ClusterMember {
+                client: ConnectionId::for_tests(1, 7).to_string(),
+                user: Some("alice".into())
+            }]
+        );
     }
 
     #[test]

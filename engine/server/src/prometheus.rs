@@ -118,6 +118,11 @@ pub fn render(manager: &Manager, extra: &Extra) -> String {
                 "unreadable user-channel messages or presence entries",
                 c.malformed,
             ),
+            (
+                "unlistenable_users",
+                "users whose id cannot name a channel (no sends from other nodes)",
+                c.unlistenable_users,
+            ),
         ] {
             let metric = format!("edge_ws_cluster_{name}_total");
             series(&mut out, &metric, "counter", help);
