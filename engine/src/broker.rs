@@ -81,6 +81,26 @@ pub struct PresenceMember {
 /// Called once with a presence list.
 pub type PresenceAck = Box<dyn FnOnce(Result<Vec<PresenceMember>, BrokerError>) + Send + 'static>;
 
+/// Called once with the outcome of a [`Broker::log_append`]: `Ok(Ok(seq))` appended as `seq`;
+/// `Ok(Err(last))` refused because the log's last entry is `last`, not `seq - 1` (nothing was
+/// appended or published).
+pub type LogAppendAck = Box<dyn FnOnce(Result<Result<u64, u64>, BrokerError>) + Send + 'static>;
+
+/// A sequenced log as [`Broker::log_read`] returns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogRead {
+    /// The log's last sequence number.
+    pub last: u64,
+    /// The newest snapshot `(seq, data)`, when it is newer than what the reader asked after
+    /// (the reader then starts from it).
+    pub snapshot: Option<(u64, Bytes)>,
+    /// The entries after `max(after, snapshot seq)`, oldest first.
+    pub entries: Vec<(u64, Bytes)>,
+}
+
+/// Called once with a [`Broker::log_read`].
+pub type LogReadAck = Box<dyn FnOnce(Result<LogRead, BrokerError>) + Send + 'static>;
+
 /// Whether the broker is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerState {
@@ -267,6 +287,41 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         done(Err(BrokerError::Failed(
             "this broker keeps no presence".into(),
         )));
+    }
+
+    /// Appends `record` to the sequenced log `name` as entry `seq` only if the log's last
+    /// entry is `seq - 1` — a compare-and-append, so the broker sequences the log for the
+    /// whole cluster — keeping its last `keep` entries, and in the same step publishes
+    /// `record` to `channel` as a plain publication that reaches every interested node, this
+    /// one included. The default keeps no logs and answers an error.
+    fn log_append(
+        &self,
+        name: &str,
+        seq: u64,
+        record: &[u8],
+        keep: usize,
+        channel: &str,
+        done: LogAppendAck,
+    ) {
+        let _ = (seq, record, keep, channel);
+        done(Err(BrokerError::Failed(format!(
+            "this broker keeps no logs ({name})"
+        ))));
+    }
+
+    /// Reads the log `name` after entry `after`: its newest snapshot if that is newer, and
+    /// the entries after `max(after, snapshot)`. The default answers an error.
+    fn log_read(&self, name: &str, after: u64, done: LogReadAck) {
+        let _ = after;
+        done(Err(BrokerError::Failed(format!(
+            "this broker keeps no logs ({name})"
+        ))));
+    }
+
+    /// Stores `data` as the snapshot of the log `name` at entry `seq`, unless a newer one is
+    /// stored. The default keeps none.
+    fn log_snapshot(&self, name: &str, seq: u64, data: &[u8]) {
+        let _ = (name, seq, data);
     }
 
     /// Whether it is connected.

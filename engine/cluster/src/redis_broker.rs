@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use edge_ws::broker::{
     AppendAck, Broker, BrokerAck, BrokerEntry, BrokerError, BrokerSink, BrokerSnapshot,
-    BrokerState, BrokerStats, PresenceAck, PresenceMember, StreamAppend,
+    BrokerState, BrokerStats, LogAppendAck, LogRead, LogReadAck, PresenceAck, PresenceMember,
+    StreamAppend,
 };
 use edge_ws::{MessageKind, Published, StreamPosition};
 use redis::Value;
@@ -86,6 +87,38 @@ if #ids == 0 then return {} end
 return {ids, redis.call('HMGET', KEYS[2], unpack(ids))}
 ";
 
+/// Appends to a sequenced log only as its next entry, and publishes the entry; returns
+/// `{1, seq}`, or `{0, last}` when the log's last entry is not `seq - 1`.
+/// KEYS: log stream, log meta hash, Redis channel. ARGV: seq, record, MAXLEN, message.
+const LOG_APPEND: &str = r"
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+local seq = tonumber(ARGV[1])
+if last + 1 ~= seq then return {0, last} end
+redis.call('HSET', KEYS[2], 'last', ARGV[1])
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[1] .. '-0', 'd', ARGV[2])
+redis.call('PUBLISH', KEYS[3], ARGV[4])
+return {1, seq}
+";
+
+/// A sequenced log after an entry: `{last, snapshot seq, snapshot data or nil, entries}`.
+/// KEYS: log stream, log meta hash. ARGV: after.
+const LOG_READ: &str = r"
+local m = redis.call('HMGET', KEYS[2], 'last', 'r', 'd')
+local last = tonumber(m[1] or '0')
+local sr = tonumber(m[2] or '0')
+local from = tonumber(ARGV[1])
+local snap = false
+if sr > from then from = sr; snap = m[3] end
+return {last, sr, snap, redis.call('XRANGE', KEYS[1], string.format('%d-0', from + 1), '+')}
+";
+
+/// Stores a log's snapshot unless a newer one is stored. KEYS: log meta hash. ARGV: seq, data.
+const LOG_SNAPSHOT: &str = r"
+local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+if tonumber(ARGV[1]) > r then redis.call('HSET', KEYS[1], 'r', ARGV[1], 'd', ARGV[2]) end
+return 1
+";
+
 /// How the broker reaches Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -149,6 +182,24 @@ enum Msg {
         client: String,
     },
     PresenceList(String, PresenceAck),
+    LogAppend {
+        name: String,
+        seq: u64,
+        record: Vec<u8>,
+        keep: usize,
+        channel: String,
+        done: LogAppendAck,
+    },
+    LogRead {
+        name: String,
+        after: u64,
+        done: LogReadAck,
+    },
+    LogSnapshot {
+        name: String,
+        seq: u64,
+        data: Vec<u8>,
+    },
     Stop,
 }
 
@@ -346,6 +397,48 @@ impl Broker for RedisBroker {
         self.send(Msg::PresenceList(channel.to_string(), done));
     }
 
+    fn log_append(
+        &self,
+        name: &str,
+        seq: u64,
+        record: &[u8],
+        keep: usize,
+        channel: &str,
+        done: LogAppendAck,
+    ) {
+        if self.state() == BrokerState::Down {
+            bump(&self.inner.counters.publish_errors, 1);
+            return done(Err(unavailable()));
+        }
+        self.send(Msg::LogAppend {
+            name: name.to_string(),
+            seq,
+            record: record.to_vec(),
+            keep,
+            channel: channel.to_string(),
+            done,
+        });
+    }
+
+    fn log_read(&self, name: &str, after: u64, done: LogReadAck) {
+        if self.state() == BrokerState::Down {
+            return done(Err(unavailable()));
+        }
+        self.send(Msg::LogRead {
+            name: name.to_string(),
+            after,
+            done,
+        });
+    }
+
+    fn log_snapshot(&self, name: &str, seq: u64, data: &[u8]) {
+        self.send(Msg::LogSnapshot {
+            name: name.to_string(),
+            seq,
+            data: data.to_vec(),
+        });
+    }
+
     fn state(&self) -> BrokerState {
         match self.inner.state.load(Ordering::Acquire) {
             CONNECTING => BrokerState::Connecting,
@@ -389,6 +482,11 @@ fn fail(inner: &Inner, msg: Msg, err: impl Fn() -> BrokerError) {
             done(Err(err()));
         }
         Msg::PresenceList(_, done) => done(Err(err())),
+        Msg::LogAppend { done, .. } => {
+            bump(&inner.counters.publish_errors, 1);
+            done(Err(err()));
+        }
+        Msg::LogRead { done, .. } => done(Err(err())),
         _ => {}
     }
 }
@@ -401,6 +499,9 @@ struct Shas {
     pjoin: String,
     pleave: String,
     plist: String,
+    log_append: String,
+    log_read: String,
+    log_snapshot: String,
 }
 
 /// The subscription connection as the broker thread holds it.
@@ -563,7 +664,10 @@ impl BrokerThread {
                     m @ (Msg::Publish { .. }
                     | Msg::Broadcast(_)
                     | Msg::Append(..)
-                    | Msg::PresenceList(..)) => pipeline.push(m),
+                    | Msg::PresenceList(..)
+                    | Msg::LogAppend { .. }
+                    | Msg::LogRead { .. }
+                    | Msg::LogSnapshot { .. }) => pipeline.push(m),
                 }
             }
             if !pipeline.is_empty() {
@@ -606,6 +710,9 @@ impl BrokerThread {
                     pjoin: load(PJOIN)?,
                     pleave: load(PLEAVE)?,
                     plist: load(PLIST)?,
+                    log_append: load(LOG_APPEND)?,
+                    log_read: load(LOG_READ)?,
+                    log_snapshot: load(LOG_SNAPSHOT)?,
                 };
                 self.cmd = Some(c);
             }
@@ -935,6 +1042,44 @@ impl BrokerThread {
                         .arg(self.inner.names.presence_info(channel))
                         .arg(now_ms());
                 }
+                Msg::LogAppend {
+                    name,
+                    seq,
+                    record,
+                    keep,
+                    channel,
+                    ..
+                } => {
+                    // Published like any plain publication from "node 0": no node ignores
+                    // it as its own echo, so the appending node gets it too.
+                    let message = wire::plain(0, MessageKind::Binary, record);
+                    pipe.cmd("EVALSHA")
+                        .arg(&self.shas.log_append)
+                        .arg(3)
+                        .arg(self.inner.names.log(name))
+                        .arg(self.inner.names.log_meta(name))
+                        .arg(self.inner.names.channel(channel))
+                        .arg(*seq)
+                        .arg(record.as_slice())
+                        .arg((*keep).max(1))
+                        .arg(message);
+                }
+                Msg::LogRead { name, after, .. } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(&self.shas.log_read)
+                        .arg(2)
+                        .arg(self.inner.names.log(name))
+                        .arg(self.inner.names.log_meta(name))
+                        .arg(*after);
+                }
+                Msg::LogSnapshot { name, seq, data } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(&self.shas.log_snapshot)
+                        .arg(1)
+                        .arg(self.inner.names.log_meta(name))
+                        .arg(*seq)
+                        .arg(data.as_slice());
+                }
                 _ => {}
             }
         }
@@ -983,6 +1128,25 @@ impl BrokerThread {
                 None => {
                     bump(&counters.malformed, 1);
                     done(Err(BrokerError::Failed("malformed presence reply".into())));
+                }
+            },
+            (Msg::LogAppend { done, .. }, Ok(v)) => match parse_log_append(v) {
+                Some(r) => {
+                    if r.is_ok() {
+                        bump(&counters.published, 1);
+                    }
+                    done(Ok(r))
+                }
+                None => {
+                    bump(&counters.malformed, 1);
+                    done(Err(BrokerError::Failed("malformed log append reply".into())));
+                }
+            },
+            (Msg::LogRead { done, .. }, Ok(v)) => match parse_log_read(v) {
+                Some(r) => done(Ok(r)),
+                None => {
+                    bump(&counters.malformed, 1);
+                    done(Err(BrokerError::Failed("malformed log read reply".into())));
                 }
             },
             (Msg::Append(_, done), Ok(v)) => match parse_position(v) {
@@ -1162,6 +1326,58 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `{1, seq}` or `{0, last}` from the log append script.
+fn parse_log_append(v: Value) -> Option<Result<u64, u64>> {
+    let Value::Array(items) = v else { return None };
+    let n = as_u64(items.get(1)?)?;
+    Some(if as_u64(items.first()?)? == 1 {
+        Ok(n)
+    } else {
+        Err(n)
+    })
+}
+
+/// `{last, snapshot seq, snapshot data or nil, [[id, [field, value, ...]], ...]}` from the log
+/// read script.
+fn parse_log_read(v: Value) -> Option<LogRead> {
+    let Value::Array(items) = v else { return None };
+    let mut it = items.into_iter();
+    let last = as_u64(&it.next()?)?;
+    let snap_seq = as_u64(&it.next()?)?;
+    let snapshot = match it.next()? {
+        Value::BulkString(b) => Some((snap_seq, Bytes::from(b))),
+        _ => None,
+    };
+    let Value::Array(xs) = it.next()? else {
+        return None;
+    };
+    let mut entries = Vec::with_capacity(xs.len());
+    for x in xs {
+        let Value::Array(pair) = x else { return None };
+        let mut pair = pair.into_iter();
+        let id = as_string(&pair.next()?)?;
+        let seq = id.strip_suffix("-0")?.parse().ok()?;
+        let Value::Array(fields) = pair.next()? else {
+            return None;
+        };
+        let mut f = fields.into_iter();
+        let mut data = None;
+        while let (Some(k), Some(v)) = (f.next(), f.next()) {
+            if as_string(&k)? == "d" {
+                if let Value::BulkString(b) = v {
+                    data = Some(Bytes::from(b));
+                }
+            }
+        }
+        entries.push((seq, data?));
+    }
+    Some(LogRead {
+        last,
+        snapshot,
+        entries,
+    })
 }
 
 /// `{offset, epoch, duplicate}` from the append script.

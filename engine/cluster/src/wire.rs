@@ -223,6 +223,16 @@ impl Names {
     pub(crate) fn history(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:hist", self.prefix)
     }
+
+    /// A sequenced log's entries (a stream whose ids are the sequence numbers).
+    pub(crate) fn log(&self, name: &str) -> String {
+        format!("{}:{{{name}}}:log", self.prefix)
+    }
+
+    /// A sequenced log's last sequence number (`last`) and snapshot (`r`, `d`).
+    pub(crate) fn log_meta(&self, name: &str) -> String {
+        format!("{}:{{{name}}}:logmeta", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -895,17 +895,21 @@ fn check(
     access(ctx.user(), channel, op).map_err(RouteError::new)
 }
 
-/// Refuses the per-user channels (`user#…`): they carry the server's sends to a user across
-/// a cluster, not client traffic.
+/// Refuses the per-user channels (`user#…`) and the documents' (`doc#…`): they carry the
+/// server's sends to a user and document revisions across a cluster, not client traffic.
 pub(crate) fn reserved(channel: &str) -> Result<(), String> {
-    if channel.starts_with(edge_ws::broker::USER_CHANNEL_PREFIX) {
-        return Err(format!(
-            "channel names starting with {:?} are reserved for sends to users",
-            edge_ws::broker::USER_CHANNEL_PREFIX
-        ));
+    for prefix in [edge_ws::broker::USER_CHANNEL_PREFIX, DOC_CHANNEL_PREFIX] {
+        if channel.starts_with(prefix) {
+            return Err(format!(
+                "channel names starting with {prefix:?} are reserved for the server"
+            ));
+        }
     }
     Ok(())
 }
+
+/// The prefix of the documents' cluster channels (`doc#<id>`, engine/server/src/documents.rs).
+const DOC_CHANNEL_PREFIX: &str = "doc#";
 
 fn subscribe(
     ctx: &mut Context<'_, '_>,

@@ -131,7 +131,7 @@ impl std::fmt::Debug for Cluster {
 }
 
 /// A random node id (the OS-seeded hasher, the clock and the process id; no RNG crate).
-fn node_id() -> String {
+pub(crate) fn node_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -147,13 +147,15 @@ impl Cluster {
     /// The cluster side for `engine`, if it has a broker.
     pub(crate) fn new(engine: &EngineHandle) -> Option<Cluster> {
         let broker = engine.broker()?.clone();
-        let probe = user_channel("probe");
-        if engine.has_history(&probe) {
-            tracing::error!(
-                channel = %probe,
-                "cluster: user channels (user#…) have history in this configuration; sends to a \
-                 user cannot cross nodes: give the `user#` prefix a namespace with history_size = 0"
-            );
+        for probe in [user_channel("probe"), "doc#probe".to_string()] {
+            if engine.has_history(&probe) {
+                tracing::error!(
+                    channel = %probe,
+                    "cluster: user#/doc# channels have history in this configuration; sends to \
+                     users and documents cannot cross nodes: give the prefix a namespace with \
+                     history_size = 0"
+                );
+            }
         }
         Some(Cluster {
             broker,

@@ -21,12 +21,27 @@
 //! revision when the log no longer reaches back (a snapshot). Snapshots are written every
 //! `snapshot_every` revisions; the store keeps the operations after the last snapshot.
 //! Wire format: docs/PROTOCOL.md, § "Collaborative documents".
+//!
+//! **In a cluster** (the engine has a broker) Redis is every document's sequencer, so there
+//! is no owner node to fail over: each node with members of a document keeps a copy, an edit
+//! is transformed against the node's copy and appended with the broker's compare-and-append
+//! ([`Broker::log_append`]: accepted only as revision `last + 1`, kept in Redis with snapshots,
+//! published to the document's channel `doc#<id>`); on a conflict the node reads the
+//! revisions it lacks ([`Broker::log_append`]'s refusal, then [`Broker::log_read`]), transforms
+//! again and retries. Every node applies the revisions in Redis's order as they arrive on
+//! the channel (a gap is filled from the log) and sends them to its members; the appending
+//! node acknowledges its sender. Members, cursors and join/leave events span the nodes
+//! through the broker's presence and the document's channel. The local store is not used for
+//! documents then. See docs/CLUSTER.md.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use edge_ws::broker::{Broker, BrokerError, LogRead, PresenceMember};
+use edge_ws::stream::LocalSubscription;
 use edge_ws::{ConnectionId, EngineHandle};
 use edge_ws_ot::{Selection, TextOperation};
 use serde::{Deserialize, Serialize};
@@ -113,6 +128,38 @@ enum Req {
         done: mpsc::SyncSender<Option<(u64, String)>>,
     },
     Stats(mpsc::SyncSender<DocumentStats>),
+    /// Cluster: a message on a document's channel (a revision, a cursor, an event).
+    Remote {
+        doc: Arc<str>,
+        data: Bytes,
+    },
+    /// Cluster: the broker's answer to the append of the edit `token`.
+    Appended {
+        doc: Arc<str>,
+        token: u64,
+        result: Result<Result<u64, u64>, BrokerError>,
+    },
+    /// Cluster: the revisions this node lacked.
+    Filled {
+        doc: Arc<str>,
+        result: Result<LogRead, BrokerError>,
+    },
+    /// Cluster: the members of a document on every node, for a join's answer.
+    Joined {
+        doc: Arc<str>,
+        conn: ConnectionId,
+        user: Option<String>,
+        since: Option<u64>,
+        msg_id: Option<String>,
+        list: Result<Vec<PresenceMember>, BrokerError>,
+    },
+    /// Cluster: the members after `user`'s last connection here left (for `doc.user_left`).
+    Left {
+        doc: Arc<str>,
+        user: String,
+        client: String,
+        list: Result<Vec<PresenceMember>, BrokerError>,
+    },
 }
 
 /// The handle to the documents thread (`Send + Sync + Clone`).
@@ -129,8 +176,27 @@ impl std::fmt::Debug for Documents {
 }
 
 impl Documents {
-    /// Starts the documents thread over `store`, answering through `engine`.
+    /// Starts the documents thread over `store`, answering through `engine`. With an engine
+    /// that has a broker, documents are sequenced in Redis for the whole cluster (see the
+    /// module docs) and `store` is not used for them.
     pub fn start(store: StoreHandle, engine: EngineHandle, config: DocumentConfig) -> Documents {
+        let node = crate::cluster::node_id();
+        Documents::start_in(store, engine, config, node)
+    }
+
+    /// [`Documents::start`] with this node's id in the cluster (the manager's).
+    pub(crate) fn start_in(
+        store: StoreHandle,
+        engine: EngineHandle,
+        config: DocumentConfig,
+        node: String,
+    ) -> Documents {
+        let cluster = engine.broker().map(|b| DocCluster {
+            broker: b.clone(),
+            node,
+            subs: HashMap::new(),
+            next_token: 0,
+        });
         let (tx, rx) = mpsc::channel();
         let ack_latency = Arc::new(crate::store::stats::Histogram::new());
         let w = Worker {
@@ -142,6 +208,7 @@ impl Documents {
             docs: HashMap::new(),
             member_of: HashMap::new(),
             stats: DocumentStats::default(),
+            cluster,
         };
         let _ = std::thread::Builder::new()
             .name("edge-ws-docs".into())
@@ -250,6 +317,13 @@ struct Pending {
     received: std::time::Instant,
 }
 
+/// Cluster: an edit waiting for its append, with the revision its op is against.
+struct Queued {
+    token: u64,
+    base: u64,
+    p: Pending,
+}
+
 struct Doc {
     text: String,
     /// UTF-16 length of `text`.
@@ -267,6 +341,91 @@ struct Doc {
     /// since the revisions after it reach every member as broadcasts.
     committed_text: String,
     committed_rev: u64,
+    /// Cluster: edits waiting to be appended, oldest first (one is in flight at a time).
+    queue: VecDeque<Queued>,
+    inflight: Option<Queued>,
+    /// Cluster: a read of the revisions this node lacks is under way.
+    filling: bool,
+    /// Cluster: joins waiting for the member list (the document stays loaded for them).
+    joining: usize,
+}
+
+impl Doc {
+    fn new(text: String, revision: u64) -> Doc {
+        Doc {
+            len16: text.encode_utf16().count(),
+            committed_text: text.clone(),
+            text,
+            revision,
+            committed_rev: revision,
+            log: VecDeque::new(),
+            members: HashMap::new(),
+            unacked: VecDeque::new(),
+            failed: false,
+            queue: VecDeque::new(),
+            inflight: None,
+            filling: false,
+            joining: 0,
+        }
+    }
+
+    /// The oldest revision an op may be made against.
+    fn log_start(&self) -> u64 {
+        self.log.front().map_or(self.revision, |(r, _)| r - 1)
+    }
+}
+
+/// The cluster side of the documents thread.
+struct DocCluster {
+    broker: Arc<dyn Broker>,
+    node: String,
+    /// The subscription to the channel of each document loaded here.
+    subs: HashMap<Arc<str>, LocalSubscription>,
+    next_token: u64,
+}
+
+impl DocCluster {
+    fn client(&self, conn: ConnectionId) -> String {
+        format!("{}:{conn}", self.node)
+    }
+}
+
+/// A document's channel, log and presence name in a cluster (`doc#<id>`; client routes refuse
+/// the prefix).
+pub(crate) fn doc_channel(doc: &str) -> String {
+    format!("{DOC_CHANNEL_PREFIX}{doc}")
+}
+
+/// The prefix of the documents' cluster channels.
+pub(crate) const DOC_CHANNEL_PREFIX: &str = "doc#";
+
+/// A message on a document's cluster channel.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    k: &'a str,
+    #[serde(default)]
+    rev: u64,
+    #[serde(borrow, default)]
+    op: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    token: u64,
+    #[serde(borrow, default)]
+    selection: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    except: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MemberInfo {
+    user: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -285,6 +444,7 @@ struct Worker {
     member_of: HashMap<ConnectionId, Vec<Arc<str>>>,
     stats: DocumentStats,
     ack_latency: Arc<crate::store::stats::Histogram>,
+    cluster: Option<DocCluster>,
 }
 
 fn key(doc: &str) -> Vec<u8> {
@@ -373,10 +533,28 @@ impl Worker {
                     .ok()
                     .map(|k| (self.docs[&k].revision, self.docs[&k].text.clone()));
                 let _ = done.send(r);
+                self.forget_idle(&doc);
             }
             Req::Stats(done) => {
                 let _ = done.send(self.stats);
             }
+            Req::Remote { doc, data } => self.remote(&doc, &data),
+            Req::Appended { doc, token, result } => self.appended(&doc, token, result),
+            Req::Filled { doc, result } => self.filled(&doc, result),
+            Req::Joined {
+                doc,
+                conn,
+                user,
+                since,
+                msg_id,
+                list,
+            } => self.joined(&doc, conn, user, since, msg_id.as_deref(), list),
+            Req::Left {
+                doc,
+                user,
+                client,
+                list,
+            } => self.left(&doc, &user, &client, list),
         }
     }
 
@@ -390,6 +568,9 @@ impl Worker {
                 "document ids are 1 to {} bytes",
                 self.config.max_id_len
             ));
+        }
+        if self.cluster.is_some() {
+            return self.load_cluster(doc);
         }
         let snap = self
             .store
@@ -411,17 +592,7 @@ impl Worker {
                 Order::Ascending,
             )
             .map_err(|e| format!("store: {e}"))?;
-        let mut d = Doc {
-            len16: snap.text.encode_utf16().count(),
-            text: snap.text,
-            revision: snap.revision,
-            log: VecDeque::new(),
-            members: HashMap::new(),
-            unacked: VecDeque::new(),
-            failed: false,
-            committed_text: String::new(),
-            committed_rev: 0,
-        };
+        let mut d = Doc::new(snap.text, snap.revision);
         for (k, v) in rows {
             let rev = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
             let Ok(op) = TextOperation::from_json(&String::from_utf8_lossy(&v)) else {
@@ -458,6 +629,9 @@ impl Worker {
             Ok(k) => k,
             Err(e) => return self.send(conn, &error(msg_id, doc, &e)),
         };
+        if self.cluster.is_some() {
+            return self.join_cluster(k, conn, user, since, msg_id);
+        }
         let first_of_user = {
             let d = &self.docs[&k];
             user.as_ref()
@@ -549,6 +723,9 @@ impl Worker {
 
     /// Returns whether `conn` was a member.
     fn leave(&mut self, doc: &str, conn: ConnectionId) -> bool {
+        if self.cluster.is_some() {
+            return self.leave_cluster(doc, conn);
+        }
         let Some(d) = self.docs.get_mut(doc) else {
             return false;
         };
@@ -629,6 +806,22 @@ impl Worker {
             let why =
                 format!("revision {revision} is older than the log (from {log_start}); rejoin");
             return self.refuse(conn, id, doc, &why);
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            c.next_token += 1;
+            let token = c.next_token;
+            d.queue.push_back(Queued {
+                token,
+                base: revision,
+                p: Pending {
+                    conn,
+                    msg_id,
+                    op,
+                    received,
+                },
+            });
+            let k: Arc<str> = doc.into();
+            return self.pump(&k);
         }
         let mut concurrent = false;
         for (_, other) in d.log.iter().filter(|(r, _)| *r > revision) {
@@ -790,6 +983,15 @@ impl Worker {
         if let Some(m) = d.members.get_mut(&conn) {
             m.selection = Some(sel);
         }
+        if let Some(c) = &self.cluster {
+            // To every node's members (this one's through the same channel).
+            let w = format!(
+                r#"{{"k":"cursor","rev":{now},"client":{},"user":{},"selection":{json}}}"#,
+                json_str(&c.client(conn)),
+                serde_json::to_string(&user).unwrap_or_default()
+            );
+            return self.engine.publish(&doc_channel(doc), &w);
+        }
         let ev = envelope(
             "doc.cursor",
             None,
@@ -801,4 +1003,703 @@ impl Worker {
         );
         self.broadcast(doc, Some(conn), &ev);
     }
+}
+
+/// The cluster side (see the module docs).
+impl Worker {
+    fn cluster(&self) -> &DocCluster {
+        self.cluster.as_ref().expect("cluster mode")
+    }
+
+    /// Loads a document from Redis: listens to its channel first, so that every revision
+    /// after the read arrives (or shows as a gap), then reads the snapshot and the log.
+    fn load_cluster(&mut self, doc: &str) -> Result<Arc<str>, String> {
+        let k: Arc<str> = doc.into();
+        let name = doc_channel(doc);
+        let (tx, kk) = (self.tx.clone(), k.clone());
+        let sub = self
+            .engine
+            .subscribe_fn(&name, move |_, p| {
+                let _ = tx.send(Req::Remote {
+                    doc: kk.clone(),
+                    data: p.data.clone(),
+                });
+            })
+            .map_err(|e| e.to_string())?;
+        let broker = self.cluster().broker.clone();
+        let read = crate::cluster::blocking(|done| broker.log_read(&name, 0, done))
+            .map_err(|e| format!("documents: {e}"))?;
+        let mut d = Doc::new(String::new(), 0);
+        if let Some((rev, data)) = &read.snapshot {
+            let snap: Snapshot = serde_json::from_slice(data).map_err(|_| {
+                format!("documents: the snapshot of {doc:?} in Redis is unreadable")
+            })?;
+            d = Doc::new(snap.text, *rev);
+        }
+        for (rev, record) in &read.entries {
+            let op = serde_json::from_slice::<Wire<'_>>(record)
+                .ok()
+                .and_then(|w| TextOperation::from_json(w.op?.get()).ok());
+            let applied = op.filter(|_| *rev == d.revision + 1).and_then(|op| {
+                let t = op.apply(&d.text).ok()?;
+                Some((t, op))
+            });
+            let Some((text, op)) = applied else {
+                return Err(format!(
+                    "documents: the log of {doc:?} in Redis is broken at revision {rev}"
+                ));
+            };
+            d.len16 = op.target_len();
+            d.text = text;
+            d.revision = *rev;
+            d.log.push_back((*rev, op));
+            while d.log.len() > self.config.max_log {
+                d.log.pop_front();
+            }
+        }
+        d.committed_text = d.text.clone();
+        d.committed_rev = d.revision;
+        self.docs.insert(k.clone(), d);
+        self.cluster
+            .as_mut()
+            .expect("cluster mode")
+            .subs
+            .insert(k.clone(), sub);
+        Ok(k)
+    }
+
+    /// Drops a document nobody here uses (no member, nothing pending) and its subscription.
+    fn forget_idle(&mut self, doc: &str) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let idle = self.docs.get(doc).is_some_and(|d| {
+            d.members.is_empty() && d.queue.is_empty() && d.inflight.is_none() && d.joining == 0
+        });
+        if idle {
+            self.docs.remove(doc);
+            c.subs.remove(doc);
+        }
+    }
+
+    fn join_cluster(
+        &mut self,
+        k: Arc<str>,
+        conn: ConnectionId,
+        user: Option<String>,
+        since: Option<u64>,
+        msg_id: Option<&str>,
+    ) {
+        let c = self.cluster();
+        let (name, client) = (doc_channel(&k), c.client(conn));
+        let info = format!(
+            r#"{{"user":{}}}"#,
+            serde_json::to_string(&user).unwrap_or_default()
+        );
+        c.broker.presence_join(&name, &client, info.as_bytes());
+        let (tx, doc, msg_id) = (self.tx.clone(), k.clone(), msg_id.map(str::to_owned));
+        c.broker.presence_list(
+            &name,
+            Box::new(move |list| {
+                let _ = tx.send(Req::Joined {
+                    doc,
+                    conn,
+                    user,
+                    since,
+                    msg_id,
+                    list,
+                });
+            }),
+        );
+        if let Some(d) = self.docs.get_mut(&k) {
+            d.joining += 1;
+        }
+    }
+
+    /// A join's answer, with the members on every node; the member receives everything
+    /// after it.
+    fn joined(
+        &mut self,
+        doc: &Arc<str>,
+        conn: ConnectionId,
+        user: Option<String>,
+        since: Option<u64>,
+        msg_id: Option<&str>,
+        list: Result<Vec<PresenceMember>, BrokerError>,
+    ) {
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
+        d.joining -= 1;
+        let list = match list {
+            Ok(l) => l,
+            Err(e) => {
+                let text = error(msg_id, doc, &format!("documents: {e}"));
+                self.send(conn, &text);
+                return self.forget_idle(doc);
+            }
+        };
+        let fresh = d
+            .members
+            .insert(
+                conn,
+                Member {
+                    user: user.clone(),
+                    selection: None,
+                },
+            )
+            .is_none();
+        if fresh {
+            self.member_of.entry(conn).or_default().push(doc.clone());
+        }
+        let c = self.cluster.as_ref().expect("cluster mode");
+        let me = c.client(conn);
+        let d = &self.docs[doc];
+        let now = d.committed_rev;
+        let mut data = format!(r#"{{"doc":{},"revision":{now}"#, json_str(doc));
+        match since {
+            Some(s) if s <= now && s >= d.log_start() => {
+                data.push_str(r#","ops":["#);
+                let ops = d.log.iter().filter(|(r, _)| *r > s && *r <= now);
+                for (i, (r, op)) in ops.enumerate() {
+                    if i > 0 {
+                        data.push(',');
+                    }
+                    let _ = write!(data, r#"{{"revision":{r},"op":{}}}"#, op.to_json());
+                }
+                data.push(']');
+            }
+            _ => {
+                let _ = write!(data, r#","text":{}"#, json_str(&d.committed_text));
+            }
+        }
+        // Selections are known for this node's members; the others' arrive as doc.cursor.
+        let local: HashMap<String, &Member> =
+            d.members.iter().map(|(c2, m)| (c.client(*c2), m)).collect();
+        let mut first_of_user = true;
+        data.push_str(r#","members":["#);
+        for (i, m) in list.iter().enumerate() {
+            let u = serde_json::from_slice::<MemberInfo>(&m.info)
+                .ok()
+                .and_then(|i| i.user);
+            if m.client != me && u.is_some() && u == user {
+                first_of_user = false;
+            }
+            if i > 0 {
+                data.push(',');
+            }
+            let selection = local
+                .get(&m.client)
+                .and_then(|l| l.selection.as_ref())
+                .map_or("null".into(), Selection::to_json);
+            let _ = write!(
+                data,
+                r#"{{"client":{},"user":{},"selection":{selection}}}"#,
+                json_str(&m.client),
+                serde_json::to_string(&u).unwrap_or_default()
+            );
+        }
+        data.push_str("]}");
+        self.send(conn, &envelope("doc.joined", msg_id, &data));
+        if fresh && (first_of_user || user.is_none()) {
+            let ev = envelope(
+                "doc.user_joined",
+                None,
+                &format!(
+                    r#"{{"doc":{},"client":{},"user":{}}}"#,
+                    json_str(doc),
+                    json_str(&me),
+                    serde_json::to_string(&user).unwrap_or_default()
+                ),
+            );
+            self.event(doc, Some(&me), &ev);
+        }
+    }
+
+    fn leave_cluster(&mut self, doc: &str, conn: ConnectionId) -> bool {
+        let Some(d) = self.docs.get_mut(doc) else {
+            return false;
+        };
+        let Some(m) = d.members.remove(&conn) else {
+            return false;
+        };
+        if let Some(list) = self.member_of.get_mut(&conn) {
+            list.retain(|x| &**x != doc);
+        }
+        let last_here = !d
+            .members
+            .values()
+            .any(|o| o.user.is_some() && o.user == m.user);
+        let c = self.cluster();
+        let (name, client) = (doc_channel(doc), c.client(conn));
+        c.broker.presence_leave(&name, &client);
+        match m.user {
+            // Announced if no node has the user in the document any more.
+            Some(user) if last_here => {
+                let (tx, k) = (self.tx.clone(), Arc::<str>::from(doc));
+                c.broker.presence_list(
+                    &name,
+                    Box::new(move |list| {
+                        let _ = tx.send(Req::Left {
+                            doc: k,
+                            user,
+                            client,
+                            list,
+                        });
+                    }),
+                );
+            }
+            Some(_) => {}
+            None => {
+                let ev = left_event(doc, &client, None);
+                self.event(doc, None, &ev);
+            }
+        }
+        self.forget_idle(doc);
+        true
+    }
+
+    fn left(
+        &mut self,
+        doc: &str,
+        user: &str,
+        client: &str,
+        list: Result<Vec<PresenceMember>, BrokerError>,
+    ) {
+        let still = match list {
+            Ok(list) => list.iter().any(|m| {
+                serde_json::from_slice::<MemberInfo>(&m.info)
+                    .is_ok_and(|i| i.user.as_deref() == Some(user))
+            }),
+            Err(e) => {
+                tracing::debug!(doc, error = %e, "documents: leave announced without the member list");
+                false
+            }
+        };
+        if !still {
+            let ev = left_event(doc, client, Some(user));
+            // The document may have left this node's memory: publish to its channel anyway.
+            let w = format!(r#"{{"k":"ev","text":{}}}"#, json_str(&ev));
+            self.engine.publish(&doc_channel(doc), &w);
+        }
+    }
+
+    /// An event for every node's members but the client `except`.
+    fn event(&self, doc: &str, except: Option<&str>, text: &str) {
+        let w = format!(
+            r#"{{"k":"ev","except":{},"text":{}}}"#,
+            serde_json::to_string(&except).unwrap_or_default(),
+            json_str(text)
+        );
+        self.engine.publish(&doc_channel(doc), &w);
+    }
+
+    /// To this node's members of `doc` but the client `except`.
+    fn fan_out(&self, doc: &str, except: Option<&str>, text: &str) {
+        let Some(d) = self.docs.get(doc) else { return };
+        let c = self.cluster();
+        let to: Vec<ConnectionId> = d
+            .members
+            .keys()
+            .copied()
+            .filter(|conn| except.is_none_or(|e| c.client(*conn) != e))
+            .collect();
+        if !to.is_empty() {
+            self.engine.send_text_to_many(&to, text);
+        }
+    }
+
+    /// Appends the oldest queued edit, transformed to the current revision, unless one is in
+    /// flight.
+    fn pump(&mut self, doc: &Arc<str>) {
+        loop {
+            let Some(d) = self.docs.get_mut(doc) else {
+                return;
+            };
+            if d.inflight.is_some() || d.filling {
+                return;
+            }
+            let Some(mut q) = d.queue.pop_front() else {
+                return self.forget_idle(doc);
+            };
+            let id = q.p.msg_id.clone();
+            if d.failed {
+                self.refuse(
+                    q.p.conn,
+                    id.as_deref(),
+                    doc,
+                    "the document is unavailable after an inconsistent log; rejoin",
+                );
+                continue;
+            }
+            if q.base < d.log_start() {
+                let why = format!(
+                    "revision {} is older than the log (from {}); rejoin",
+                    q.base,
+                    d.log_start()
+                );
+                self.refuse(q.p.conn, id.as_deref(), doc, &why);
+                continue;
+            }
+            let mut op = q.p.op.clone();
+            let mut bad = None;
+            let mut concurrent = false;
+            for (_, other) in d.log.iter().filter(|(r, _)| *r > q.base) {
+                match op.transform(other) {
+                    Ok((mine, _)) => op = mine,
+                    Err(e) => {
+                        bad = Some(format!("op does not fit revision {}: {e}", q.base));
+                        break;
+                    }
+                }
+                concurrent = true;
+            }
+            if bad.is_none() && op.base_len() != d.len16 {
+                bad = Some(format!(
+                    "op base length {} does not match the document ({} at revision {})",
+                    op.base_len(),
+                    d.len16,
+                    q.base
+                ));
+            }
+            if bad.is_none() && op.target_len() > self.config.max_len {
+                bad = Some(format!(
+                    "the document would exceed {} UTF-16 units",
+                    self.config.max_len
+                ));
+            }
+            if bad.is_none() {
+                if let Err(e) = op.apply(&d.text) {
+                    bad = Some(format!("op does not apply: {e}"));
+                }
+            }
+            if let Some(why) = bad {
+                self.refuse(q.p.conn, id.as_deref(), doc, &why);
+                continue;
+            }
+            if concurrent {
+                self.stats.transformed += 1;
+            }
+            let rev = d.revision + 1;
+            q.base = d.revision;
+            q.p.op = op;
+            let c = self.cluster.as_ref().expect("cluster mode");
+            let user = d.members.get(&q.p.conn).and_then(|m| m.user.clone());
+            let record = format!(
+                r#"{{"k":"op","rev":{rev},"op":{},"client":{},"user":{},"node":{},"token":{}}}"#,
+                q.p.op.to_json(),
+                json_str(&c.client(q.p.conn)),
+                serde_json::to_string(&user).unwrap_or_default(),
+                json_str(&c.node),
+                q.token
+            );
+            let (tx, k, token) = (self.tx.clone(), doc.clone(), q.token);
+            let name = doc_channel(doc);
+            d.inflight = Some(q);
+            c.broker.log_append(
+                &name,
+                rev,
+                record.as_bytes(),
+                self.config.max_log,
+                &name,
+                Box::new(move |result| {
+                    let _ = tx.send(Req::Appended {
+                        doc: k,
+                        token,
+                        result,
+                    });
+                }),
+            );
+            return;
+        }
+    }
+
+    fn appended(
+        &mut self,
+        doc: &Arc<str>,
+        token: u64,
+        result: Result<Result<u64, u64>, BrokerError>,
+    ) {
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
+        if d.inflight.as_ref().is_none_or(|q| q.token != token) {
+            return; // applied already, as it arrived on the channel
+        }
+        match result {
+            Ok(Ok(rev)) if rev == d.revision + 1 => {
+                let op = d
+                    .inflight
+                    .as_ref()
+                    .map(|q| q.p.op.clone())
+                    .expect("in flight");
+                let node = self.cluster().node.clone();
+                self.apply_rev(doc, rev, op, Some((&node, token)), None, None);
+                self.pump(doc);
+            }
+            // Appended, and already part of this node's copy (it started again from a newer
+            // snapshot meanwhile): acknowledged as it is.
+            Ok(Ok(rev)) if rev <= d.revision => {
+                let q = d.inflight.take().expect("in flight");
+                let ack = format!(r#"{{"doc":{},"revision":{rev}}}"#, json_str(doc));
+                self.send(q.p.conn, &envelope("doc.ack", q.p.msg_id.as_deref(), &ack));
+                self.pump(doc);
+            }
+            // Appended, but this node is behind (it missed revisions): read them.
+            Ok(Ok(_)) => self.fill(doc),
+            // Another node appended first: read what this node lacks, transform, retry.
+            Ok(Err(_last)) => {
+                let q = d.inflight.take().expect("in flight");
+                d.queue.push_front(q);
+                self.fill(doc);
+            }
+            Err(e) => {
+                let q = d.inflight.take().expect("in flight");
+                self.stats.store_errors += 1;
+                let text = crate::json::error_envelope(
+                    q.p.msg_id.as_deref(),
+                    &format!("documents: {e}"),
+                    Some(crate::channels::RETRY_AFTER_MS),
+                    &format!(r#","doc":{}"#, json_str(doc)),
+                );
+                self.send(q.p.conn, &text);
+                self.pump(doc);
+            }
+        }
+    }
+
+    /// Reads the revisions after this node's from Redis (once at a time).
+    fn fill(&mut self, doc: &Arc<str>) {
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
+        if d.filling {
+            return;
+        }
+        d.filling = true;
+        let after = d.revision;
+        let (tx, k) = (self.tx.clone(), doc.clone());
+        self.cluster().broker.log_read(
+            &doc_channel(doc),
+            after,
+            Box::new(move |result| {
+                let _ = tx.send(Req::Filled { doc: k, result });
+            }),
+        );
+    }
+
+    fn filled(&mut self, doc: &Arc<str>, result: Result<LogRead, BrokerError>) {
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
+        d.filling = false;
+        let read = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Edits waiting for the missing revisions cannot go on: answered with the error.
+                self.stats.store_errors += 1;
+                let waiting: Vec<Queued> = d.queue.drain(..).collect();
+                for q in waiting {
+                    let text = crate::json::error_envelope(
+                        q.p.msg_id.as_deref(),
+                        &format!("documents: {e}"),
+                        Some(crate::channels::RETRY_AFTER_MS),
+                        &format!(r#","doc":{}"#, json_str(doc)),
+                    );
+                    self.send(q.p.conn, &text);
+                }
+                return;
+            }
+        };
+        if let Some((rev, data)) = read.snapshot.filter(|(rev, _)| *rev > d.revision) {
+            // Further behind than the log reaches: start again from the snapshot.
+            match serde_json::from_slice::<Snapshot>(&data) {
+                Ok(snap) => {
+                    d.text = snap.text;
+                    d.len16 = d.text.encode_utf16().count();
+                    d.revision = rev;
+                    d.log.clear();
+                    d.committed_text = d.text.clone();
+                    d.committed_rev = rev;
+                }
+                Err(_) => d.failed = true,
+            }
+        }
+        let me = self.cluster().node.clone();
+        for (rev, record) in read.entries {
+            let Some(w) = serde_json::from_slice::<Wire<'_>>(&record).ok() else {
+                continue;
+            };
+            let Some(op) = w.op.and_then(|o| TextOperation::from_json(o.get()).ok()) else {
+                continue;
+            };
+            if self.docs.get(doc).is_some_and(|d| rev == d.revision + 1) {
+                let ours =
+                    (w.node.as_deref() == Some(me.as_str())).then_some((me.as_str(), w.token));
+                self.apply_rev(doc, rev, op, ours, w.client.as_deref(), w.user.as_deref());
+            }
+        }
+        self.pump(doc);
+    }
+
+    /// A message on the document's channel.
+    fn remote(&mut self, doc: &Arc<str>, data: &[u8]) {
+        let Ok(w) = serde_json::from_slice::<Wire<'_>>(data) else {
+            tracing::debug!(doc = %doc, "documents: unreadable message on the document's channel");
+            return;
+        };
+        let Some(d) = self.docs.get(doc) else { return };
+        match w.k {
+            "op" => {
+                if w.rev <= d.revision {
+                    return; // applied already
+                }
+                if w.rev > d.revision + 1 {
+                    return self.fill(doc); // a gap: read what is missing first
+                }
+                let Some(op) = w.op.and_then(|o| TextOperation::from_json(o.get()).ok()) else {
+                    return;
+                };
+                let me = self.cluster().node.clone();
+                let ours =
+                    (w.node.as_deref() == Some(me.as_str())).then_some((me.as_str(), w.token));
+                self.apply_rev(doc, w.rev, op, ours, w.client.as_deref(), w.user.as_deref());
+                self.pump(doc);
+            }
+            "cursor" => {
+                let Some(sel) = w.selection.and_then(|s| Selection::from_json(s.get()).ok()) else {
+                    return;
+                };
+                // Transformed to this node's revision when it is ahead of the cursor's.
+                let mut sel = sel;
+                let mut rev = w.rev;
+                if w.rev < d.revision {
+                    for (_, op) in d.log.iter().filter(|(r, _)| *r > w.rev) {
+                        sel = sel.transform(op);
+                    }
+                    rev = d.revision;
+                }
+                let client = w.client.unwrap_or_default();
+                let ev = envelope(
+                    "doc.cursor",
+                    None,
+                    &format!(
+                        r#"{{"doc":{},"revision":{rev},"client":{},"user":{},"selection":{}}}"#,
+                        json_str(doc),
+                        json_str(&client),
+                        serde_json::to_string(&w.user).unwrap_or_default(),
+                        sel.to_json()
+                    ),
+                );
+                self.fan_out(doc, Some(&client), &ev);
+            }
+            "ev" => {
+                if let Some(text) = &w.text {
+                    self.fan_out(doc, w.except.as_deref(), text);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies revision `rev` (the next one) and sends it to this node's members; `ours`:
+    /// the node and token it was appended with, to acknowledge this node's own edit.
+    fn apply_rev(
+        &mut self,
+        doc: &Arc<str>,
+        rev: u64,
+        op: TextOperation,
+        ours: Option<(&str, u64)>,
+        client: Option<&str>,
+        user: Option<&str>,
+    ) {
+        let me = self.cluster().node.clone();
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
+        let text = match op.apply(&d.text) {
+            Ok(t) => t,
+            Err(e) => {
+                // This node's copy and Redis's log disagree: stop editing it here.
+                tracing::error!(doc = %doc, revision = rev, error = %e, "documents: a revision does not apply to this node's copy");
+                d.failed = true;
+                return;
+            }
+        };
+        d.text = text;
+        d.len16 = op.target_len();
+        d.revision = rev;
+        for m in d.members.values_mut() {
+            if let Some(s) = &m.selection {
+                m.selection = Some(s.transform(&op));
+            }
+        }
+        d.committed_text = d.text.clone();
+        d.committed_rev = rev;
+        d.log.push_back((rev, op.clone()));
+        while d.log.len() > self.config.max_log {
+            d.log.pop_front();
+        }
+        self.stats.applied += 1;
+        let mut sender = None;
+        let is_ours = ours.is_some_and(|(node, token)| {
+            node == me && d.inflight.as_ref().is_some_and(|q| q.token == token)
+        });
+        if is_ours {
+            let q = d.inflight.take().expect("in flight");
+            let ack = format!(r#"{{"doc":{},"revision":{rev}}}"#, json_str(doc));
+            self.engine
+                .send_text(q.p.conn, &envelope("doc.ack", q.p.msg_id.as_deref(), &ack));
+            self.ack_latency.record(q.p.received.elapsed());
+            sender = Some(q.p.conn);
+            if rev.is_multiple_of(self.config.snapshot_every.max(1)) {
+                let snap = Snapshot {
+                    revision: rev,
+                    text: self.docs[doc].text.clone(),
+                };
+                let v = serde_json::to_vec(&snap).unwrap_or_default();
+                self.cluster()
+                    .broker
+                    .log_snapshot(&doc_channel(doc), rev, &v);
+                self.stats.snapshots += 1;
+            }
+        }
+        let c = self.cluster();
+        let d = &self.docs[doc];
+        let (client, user) = match sender {
+            Some(conn) => (
+                c.client(conn),
+                d.members.get(&conn).and_then(|m| m.user.clone()),
+            ),
+            None => (
+                client.unwrap_or_default().to_string(),
+                user.map(str::to_string),
+            ),
+        };
+        let ev = envelope(
+            "doc.op",
+            None,
+            &format!(
+                r#"{{"doc":{},"revision":{rev},"op":{},"client":{},"user":{}}}"#,
+                json_str(doc),
+                op.to_json(),
+                json_str(&client),
+                serde_json::to_string(&user).unwrap_or_default()
+            ),
+        );
+        self.fan_out(doc, Some(&client), &ev);
+    }
+}
+
+fn left_event(doc: &str, client: &str, user: Option<&str>) -> String {
+    envelope(
+        "doc.user_left",
+        None,
+        &format!(
+            r#"{{"doc":{},"client":{},"user":{}}}"#,
+            json_str(doc),
+            json_str(client),
+            serde_json::to_string(&user).unwrap_or_default()
+        ),
+    )
 }

@@ -564,7 +564,10 @@ impl Manager {
         };
         self.inner
             .documents
-            .set(documents::Documents::start(store, engine, config))
+            .set(match self.inner.cluster.get() {
+                Some(c) => documents::Documents::start_in(store, engine, config, c.node().into()),
+                None => documents::Documents::start(store, engine, config),
+            })
             .is_ok()
     }
 

@@ -157,11 +157,16 @@ const KEY: &str = "cluster-test-key";
 /// namespace with history, presence and join/leave (like the default config's `chat:`), presence entries expiring 600 ms after their
 /// node stopped refreshing them, and no grace period (offline at once).
 fn product_config(dir: &Path, node: usize, redis: &str) -> PathBuf {
+    product_config_with(dir, node, redis, "enabled = false")
+}
+
+/// [`product_config`] with `documents` as the `[documents]` section.
+fn product_config_with(dir: &Path, node: usize, redis: &str, documents: &str) -> PathBuf {
     let path = dir.join(format!("product{node}.toml"));
     let text = format!(
         "[auth]\nquery_user = \"user\"\n\n[rate_limit]\nmessages_per_second = 0\n\n\
          [http_api]\nkeys = [\"{KEY}\"]\n\n[presence]\ngrace_ms = 0\n\n\
-         [notifications]\nenabled = true\n\n[documents]\nenabled = false\n\n\
+         [notifications]\nenabled = true\n\n[documents]\n{documents}\n\n\
          [channels]\nhistory_size = 0\n\n\
          [[channels.namespace]]\nprefix = \"room:\"\nhistory_size = 10\npresence = true\njoin_leave = true\n\n\
          [store]\ndir = {:?}\n\n[cluster]\nredis_url = {redis:?}\npresence_ttl_ms = 600\n",
@@ -576,4 +581,145 @@ fn check_channel_presence(node: &Server, clients: u64, users: u64) {
         Some(clients as usize),
         "{p}"
     );
+}
+
+/// Reads until a message of `kind` (skipping others, at most 20).
+fn recv_type(ws: &mut WebSocket<TcpStream>, kind: &str) -> Value {
+    for _ in 0..20 {
+        let m = recv(ws);
+        if m["type"] == kind {
+            return m;
+        }
+    }
+    panic!("no {kind}");
+}
+
+/// Joins `doc`: the `doc.joined` answer.
+fn doc_join(ws: &mut WebSocket<TcpStream>, doc: &str) -> Value {
+    send(ws, json!({"type":"doc.join","id":1,"data":{"doc":doc}}));
+    let j = recv_type(ws, "doc.joined");
+    j["data"].clone()
+}
+
+/// The `doc.ack` of this connection's edit and the `doc.op` of another's, in either order.
+fn ack_and_op(ws: &mut WebSocket<TcpStream>) -> (Value, Value) {
+    let (mut ack, mut op) = (None, None);
+    for _ in 0..20 {
+        let m = recv(ws);
+        match m["type"].as_str() {
+            Some("doc.ack") => ack = Some(m["data"].clone()),
+            Some("doc.op") => op = Some(m["data"].clone()),
+            Some("error") => panic!("{m}"),
+            _ => {}
+        }
+        if let (Some(a), Some(o)) = (&ack, &op) {
+            return (a.clone(), o.clone());
+        }
+    }
+    panic!("no ack and op: {ack:?} {op:?}");
+}
+
+#[test]
+fn a_document_is_sequenced_once_for_the_cluster_and_outlives_its_nodes() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let dir = product_dir("docs");
+    let docs = "enabled = true\nsnapshot_every = 2";
+    let mut one = Server::start(1, Some(&product_config_with(&dir, 1, &redis.url(), docs)));
+    let two = Server::start(1, Some(&product_config_with(&dir, 2, &redis.url(), docs)));
+    let mut alice = user_ws(one.addr, "alice");
+    let mut bob = user_ws(two.addr, "bob");
+    let j = doc_join(&mut alice, "notes");
+    assert_eq!(
+        (j["revision"].as_u64(), j["text"].as_str()),
+        (Some(0), Some("")),
+        "{j}"
+    );
+    // Node one: user#alice and doc#notes; node two the same for bob.
+    wait_subscribed(one.addr, 2);
+    let j = doc_join(&mut bob, "notes");
+    assert_eq!(
+        j["members"].as_array().map(Vec::len),
+        Some(2),
+        "alice on node one is a member: {j}"
+    );
+    wait_subscribed(two.addr, 2);
+    let e = recv_type(&mut alice, "doc.user_joined");
+    assert_eq!(e["data"]["user"], "bob", "{e}");
+
+    // Both edit revision 0 at once, on different nodes: Redis orders them, the later one is
+    // transformed against the earlier, each gets its ack and the other's op.
+    send(
+        &mut alice,
+        json!({"type":"doc.edit","id":10,"data":{"doc":"notes","revision":0,"op":["a"]}}),
+    );
+    send(
+        &mut bob,
+        json!({"type":"doc.edit","id":20,"data":{"doc":"notes","revision":0,"op":["b"]}}),
+    );
+    let (a_ack, a_op) = ack_and_op(&mut alice);
+    let (b_ack, b_op) = ack_and_op(&mut bob);
+    let mut revs = [
+        a_ack["revision"].as_u64().unwrap(),
+        b_ack["revision"].as_u64().unwrap(),
+    ];
+    revs.sort_unstable();
+    assert_eq!(
+        revs,
+        [1, 2],
+        "one sequence for the cluster: {a_ack} {b_ack}"
+    );
+    assert_eq!(a_op["revision"], b_ack["revision"], "{a_op}");
+    assert_eq!(b_op["revision"], a_ack["revision"], "{b_op}");
+    assert_eq!(a_op["user"], "bob");
+    assert_eq!(b_op["user"], "alice");
+    // Both nodes hold the same text.
+    let mut carol = user_ws(one.addr, "carol");
+    let mut dave = user_ws(two.addr, "dave");
+    let c = doc_join(&mut carol, "notes");
+    let d = doc_join(&mut dave, "notes");
+    assert_eq!(c["revision"], 2, "{c}");
+    assert_eq!(
+        (c["revision"].clone(), c["text"].clone()),
+        (d["revision"].clone(), d["text"].clone())
+    );
+    let text = c["text"].as_str().unwrap().to_string();
+    let mut chars: Vec<char> = text.chars().collect();
+    chars.sort_unstable();
+    assert_eq!(chars, vec!['a', 'b'], "{text}");
+
+    // Node one dies; bob goes on editing on node two; a node started afterwards catches up
+    // from Redis (the snapshot at revision 2 and the log after it).
+    one.kill9();
+    send(
+        &mut bob,
+        json!({"type":"doc.edit","id":21,"data":{"doc":"notes","revision":2,"op":[2,"c"]}}),
+    );
+    let ack = recv_type(&mut bob, "doc.ack");
+    assert_eq!(
+        (ack["id"].as_u64(), ack["data"]["revision"].as_u64()),
+        (Some(21), Some(3)),
+        "{ack}"
+    );
+    let three = Server::start(1, Some(&product_config_with(&dir, 3, &redis.url(), docs)));
+    let mut erin = user_ws(three.addr, "erin");
+    let e = doc_join(&mut erin, "notes");
+    assert_eq!(e["revision"], 3, "{e}");
+    assert_eq!(e["text"].as_str(), Some(format!("{text}c").as_str()), "{e}");
+    // Node three's edit reaches bob on node two with the next revision.
+    send(
+        &mut erin,
+        json!({"type":"doc.edit","id":30,"data":{"doc":"notes","revision":3,"op":[3,"!"]}}),
+    );
+    let op = recv_type(&mut bob, "doc.op")["data"].clone();
+    assert_eq!(
+        (op["revision"].as_u64(), op["user"].as_str()),
+        (Some(4), Some("erin")),
+        "{op}"
+    );
+    assert_eq!(recv_type(&mut erin, "doc.ack")["data"]["revision"], 4);
+    drop((alice, carol, dave));
+    let _ = std::fs::remove_dir_all(&dir);
 }
