@@ -18,6 +18,11 @@
 //!   broker numbers cluster-wide and sends to every interested node, this one included: stream
 //!   publications are delivered only from the broker, in the broker's order.
 //!
+//! Beside the fan-out, a broker offers the product layer cluster-wide presence
+//! ([`Broker::presence_join`] and the like, entries expiring with their node) and sequenced
+//! logs ([`Broker::log_append`]: a compare-and-append that makes the broker the sequencer of,
+//! e.g., a collaborative document), and [`user_channel`] names the channel of a user's sends.
+//!
 //! The broker hands what it receives back through the [`BrokerSink`] it is given at start:
 //! plain publications go to the node's cores with subscribers, stream publications to the
 //! channel's owner core, which keeps a mirror of the stream's history while the node listens

@@ -1139,7 +1139,9 @@ impl BrokerThread {
                 }
                 None => {
                     bump(&counters.malformed, 1);
-                    done(Err(BrokerError::Failed("malformed log append reply".into())));
+                    done(Err(BrokerError::Failed(
+                        "malformed log append reply".into(),
+                    )));
                 }
             },
             (Msg::LogRead { done, .. }, Ok(v)) => match parse_log_read(v) {

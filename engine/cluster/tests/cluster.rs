@@ -535,3 +535,79 @@ fn a_broken_subscription_is_restored_and_the_missed_stream_publications_follow_i
     assert!(b.broker.stats().reconnects >= 1);
     assert!(b.broker.stats().syncs >= 2);
 }
+
+/// Waits for a broker callback's answer.
+fn answer<T: Send + 'static>(
+    start: impl FnOnce(Box<dyn FnOnce(Result<T, edge_ws::broker::BrokerError>) + Send>),
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    start(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("an answer")
+        .expect("no broker error")
+}
+
+#[test]
+fn a_log_takes_only_its_next_entry_from_any_node_and_reads_back_from_a_snapshot() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (Node::start(&redis.url()), Node::start(&redis.url()));
+    let (la, lb) = (a.handle.broker().unwrap(), b.handle.broker().unwrap());
+    // B listens to the log's channel: every accepted entry is published there, once.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    let _sub = b
+        .handle
+        .subscribe_fn("doc#x", move |_, p| g.lock().unwrap().push(p.data.clone()))
+        .unwrap();
+    b.wait_subscriptions(1);
+    let append = |l: &std::sync::Arc<dyn edge_ws::broker::Broker>, seq: u64, rec: &str| {
+        answer(|done| l.log_append("doc#x", seq, rec.as_bytes(), 3, "doc#x", done))
+    };
+    assert_eq!(append(la, 1, "one"), Ok(1));
+    // The same revision from another node: refused with the log's last one.
+    assert_eq!(append(lb, 1, "other"), Err(1));
+    assert_eq!(append(lb, 3, "gap"), Err(1));
+    assert_eq!(append(lb, 2, "two"), Ok(2));
+    assert_eq!(append(la, 3, "three"), Ok(3));
+    wait("three publications at B", || got.lock().unwrap().len() == 3);
+    assert_eq!(
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.to_vec())
+            .collect::<Vec<_>>(),
+        vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
+    let read = answer(|done| la.log_read("doc#x", 1, done));
+    assert_eq!((read.last, read.snapshot.clone()), (3, None));
+    let seqs: Vec<u64> = read.entries.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![2, 3]);
+    // A snapshot at 2: a reader from 0 starts from it; an older one does not replace it.
+    // (Each node's requests are in order; two nodes' are not, so each reads through the
+    // broker that wrote.)
+    la.log_snapshot("doc#x", 2, b"snap-2");
+    let read = answer(|done| la.log_read("doc#x", 0, done));
+    assert_eq!(read.snapshot.map(|(s, _)| s), Some(2));
+    lb.log_snapshot("doc#x", 1, b"snap-1");
+    let read = answer(|done| lb.log_read("doc#x", 0, done));
+    assert_eq!(
+        read.snapshot,
+        Some((2, bytes::Bytes::from_static(b"snap-2")))
+    );
+    assert_eq!(
+        read.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![3]
+    );
+    // Only the last `keep` (3) entries stay.
+    assert_eq!(append(la, 4, "four"), Ok(4));
+    let read = answer(|done| la.log_read("doc#x", 0, done));
+    assert_eq!(
+        read.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+}

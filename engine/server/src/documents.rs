@@ -426,6 +426,8 @@ struct Wire<'a> {
 #[derive(Deserialize)]
 struct MemberInfo {
     user: Option<String>,
+    #[serde(default)]
+    at: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1093,8 +1095,9 @@ impl Worker {
         let c = self.cluster();
         let (name, client) = (doc_channel(&k), c.client(conn));
         let info = format!(
-            r#"{{"user":{}}}"#,
-            serde_json::to_string(&user).unwrap_or_default()
+            r#"{{"user":{},"at":{}}}"#,
+            serde_json::to_string(&user).unwrap_or_default(),
+            crate::wall_ms()
         );
         c.broker.presence_join(&name, &client, info.as_bytes());
         let (tx, doc, msg_id) = (self.tx.clone(), k.clone(), msg_id.map(str::to_owned));
@@ -1176,14 +1179,16 @@ impl Worker {
         // Selections are known for this node's members; the others' arrive as doc.cursor.
         let local: HashMap<String, &Member> =
             d.members.iter().map(|(c2, m)| (c.client(*c2), m)).collect();
-        let mut first_of_user = true;
+        // The user's earliest member (by join time, then client) announces the user: one
+        // announcement even when two nodes join the user at once.
+        let mut earliest: Option<(u64, &str)> = None;
         data.push_str(r#","members":["#);
         for (i, m) in list.iter().enumerate() {
-            let u = serde_json::from_slice::<MemberInfo>(&m.info)
-                .ok()
-                .and_then(|i| i.user);
-            if m.client != me && u.is_some() && u == user {
-                first_of_user = false;
+            let info = serde_json::from_slice::<MemberInfo>(&m.info).ok();
+            let at = info.as_ref().map_or(0, |i| i.at);
+            let u = info.and_then(|i| i.user);
+            if u.is_some() && u == user && earliest.is_none_or(|e| (at, m.client.as_str()) < e) {
+                earliest = Some((at, m.client.as_str()));
             }
             if i > 0 {
                 data.push(',');
@@ -1201,6 +1206,7 @@ impl Worker {
         }
         data.push_str("]}");
         self.send(conn, &envelope("doc.joined", msg_id, &data));
+        let first_of_user = earliest.is_none_or(|(_, c)| c == me);
         if fresh && (first_of_user || user.is_none()) {
             let ev = envelope(
                 "doc.user_joined",
