@@ -196,6 +196,7 @@ impl Documents {
             node,
             subs: HashMap::new(),
             next_token: 0,
+            joins: HashMap::new(),
         });
         let (tx, rx) = mpsc::channel();
         let ack_latency = Arc::new(crate::store::stats::Histogram::new());
@@ -382,6 +383,9 @@ struct DocCluster {
     /// The subscription to the channel of each document loaded here.
     subs: HashMap<Arc<str>, LocalSubscription>,
     next_token: u64,
+    /// Connections with joins waiting for the member list: how many, and whether the
+    /// connection closed meanwhile (then the joins are dropped when their lists arrive).
+    joins: HashMap<ConnectionId, (usize, bool)>,
 }
 
 impl DocCluster {
@@ -506,6 +510,9 @@ impl Worker {
                 self.send(conn, &envelope("doc.left", msg_id.as_deref(), &d));
             }
             Req::Closed { conn } => {
+                if let Some(j) = self.cluster.as_mut().and_then(|c| c.joins.get_mut(&conn)) {
+                    j.1 = true;
+                }
                 for doc in self.member_of.remove(&conn).unwrap_or_default() {
                     self.leave(&doc, conn);
                 }
@@ -1117,6 +1124,9 @@ impl Worker {
         if let Some(d) = self.docs.get_mut(&k) {
             d.joining += 1;
         }
+        if let Some(c) = self.cluster.as_mut() {
+            c.joins.entry(conn).or_default().0 += 1;
+        }
     }
 
     /// A join's answer, with the members on every node; the member receives everything
@@ -1130,10 +1140,27 @@ impl Worker {
         msg_id: Option<&str>,
         list: Result<Vec<PresenceMember>, BrokerError>,
     ) {
+        let gone = self.cluster.as_mut().is_some_and(|c| {
+            let Some(j) = c.joins.get_mut(&conn) else {
+                return false;
+            };
+            j.0 -= 1;
+            let gone = j.1;
+            if j.0 == 0 {
+                c.joins.remove(&conn);
+            }
+            gone
+        });
         let Some(d) = self.docs.get_mut(doc) else {
             return;
         };
         d.joining -= 1;
+        if gone {
+            // Closed while its join was on the way: never a member.
+            let c = self.cluster();
+            c.broker.presence_leave(&doc_channel(doc), &c.client(conn));
+            return self.forget_idle(doc);
+        }
         let list = match list {
             Ok(l) => l,
             Err(e) => {
