@@ -78,14 +78,18 @@ impl Default for DocumentConfig {
 pub struct DocumentStats {
     /// Edits applied.
     pub applied: u64,
-    /// Edits transformed against at least one concurrent operation.
+    /// Edits transformed against at least one concurrent operation (in a cluster: per append
+    /// attempt).
     pub transformed: u64,
     /// Edits refused (bad op, bad revision, too large, not a member).
     pub refused: u64,
     /// Snapshots written.
     pub snapshots: u64,
-    /// Store failures.
+    /// Store failures (in a cluster: broker failures).
     pub store_errors: u64,
+    /// Cluster: appends refused because another node took the revision first (the edit was
+    /// transformed again and retried).
+    pub conflicts: u64,
 }
 
 enum Req {
@@ -1482,6 +1486,7 @@ impl Worker {
             Ok(Ok(_)) => self.fill(doc),
             // Another node appended first: read what this node lacks, transform, retry.
             Ok(Err(_last)) => {
+                self.stats.conflicts += 1;
                 let q = d.inflight.take().expect("in flight");
                 d.queue.push_front(q);
                 self.fill(doc);

@@ -216,6 +216,7 @@ pub fn render(manager: &Manager, extra: &Extra) -> String {
                 ("refused", d.refused),
                 ("snapshots", d.snapshots),
                 ("store_errors", d.store_errors),
+                ("conflicts", d.conflicts),
             ] {
                 let metric = format!("edge_ws_documents_{name}_total");
                 series(

@@ -723,3 +723,238 @@ fn a_document_is_sequenced_once_for_the_cluster_and_outlives_its_nodes() {
     drop((alice, carol, dave));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An ot.js-style editor (one operation awaiting its ack, what is typed meanwhile composed,
+/// both transformed against incoming operations) on a connection of the product binary.
+struct Editor {
+    ws: WebSocket<TcpStream>,
+    revision: u64,
+    text: String,
+    outstanding: Option<edge_ws_ot::TextOperation>,
+    buffer: Option<edge_ws_ot::TextOperation>,
+    sent: u64,
+}
+
+impl Editor {
+    fn join(addr: SocketAddr, user: &str) -> Editor {
+        let mut ws = user_ws(addr, user);
+        let j = doc_join(&mut ws, "race");
+        Editor {
+            ws,
+            revision: j["revision"].as_u64().unwrap(),
+            text: j["text"].as_str().unwrap().to_string(),
+            outstanding: None,
+            buffer: None,
+            sent: 0,
+        }
+    }
+
+    fn send_op(&mut self, op: &edge_ws_ot::TextOperation) {
+        let op: Value = serde_json::from_str(&op.to_json()).unwrap();
+        send(
+            &mut self.ws,
+            json!({"type":"doc.edit","data":{"doc":"race","revision":self.revision,"op":op}}),
+        );
+        self.sent += 1;
+    }
+
+    fn local(&mut self, op: edge_ws_ot::TextOperation) {
+        self.text = op.apply(&self.text).unwrap();
+        match (&self.outstanding, self.buffer.take()) {
+            (None, _) => {
+                self.send_op(&op);
+                self.outstanding = Some(op);
+            }
+            (Some(_), None) => self.buffer = Some(op),
+            (Some(_), Some(b)) => self.buffer = Some(b.compose(&op).unwrap()),
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.outstanding.is_none() && self.buffer.is_none()
+    }
+
+    /// Handles what arrives within `wait`.
+    fn pump(&mut self, wait: Duration) {
+        self.ws.get_mut().set_read_timeout(Some(wait)).unwrap();
+        loop {
+            let m: Value = match self.ws.read() {
+                Ok(Message::Text(t)) => serde_json::from_str(&t).unwrap(),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return
+                }
+                Err(e) => panic!("read: {e}"),
+            };
+            self.ws
+                .get_mut()
+                .set_read_timeout(Some(Duration::from_millis(1)))
+                .unwrap();
+            match m["type"].as_str().unwrap_or("") {
+                "doc.ack" => {
+                    self.revision = m["data"]["revision"].as_u64().unwrap();
+                    self.outstanding = self.buffer.take();
+                    if let Some(op) = self.outstanding.clone() {
+                        self.send_op(&op);
+                    }
+                }
+                "doc.op" => {
+                    self.revision = m["data"]["revision"].as_u64().unwrap();
+                    let mut op =
+                        edge_ws_ot::TextOperation::from_json(&m["data"]["op"].to_string()).unwrap();
+                    if let Some(out) = self.outstanding.take() {
+                        let (o2, op2) = out.transform(&op).unwrap();
+                        self.outstanding = Some(o2);
+                        op = op2;
+                    }
+                    if let Some(buf) = self.buffer.take() {
+                        let (b2, op2) = buf.transform(&op).unwrap();
+                        self.buffer = Some(b2);
+                        op = op2;
+                    }
+                    self.text = op.apply(&self.text).unwrap();
+                }
+                "error" => panic!("{m}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A random insert or delete (ASCII) in `text`, from a xorshift state.
+fn random_op(text: &str, rng: &mut u64) -> edge_ws_ot::TextOperation {
+    let mut next = |n: usize| {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        (*rng % n.max(1) as u64) as usize
+    };
+    let len = text.len();
+    let at = next(len + 1);
+    if len > at && next(3) == 0 {
+        let n = (1 + next(3)).min(len - at);
+        return edge_ws_ot::TextOperation::new()
+            .retain(at)
+            .delete(n)
+            .retain(len - at - n);
+    }
+    let piece = ["a", "b", "c", "xy", " "][next(5)];
+    edge_ws_ot::TextOperation::new()
+        .retain(at)
+        .insert(piece)
+        .retain(len - at)
+}
+
+#[test]
+fn editors_on_three_nodes_converge_on_one_sequence() {
+    if !have_redis() {
+        return;
+    }
+    const EDITS: usize = 25;
+    let redis = Redis::start();
+    let dir = product_dir("race");
+    let docs = "enabled = true\nsnapshot_every = 10";
+    let nodes: Vec<Server> = (1..=3)
+        .map(|n| Server::start(1, Some(&product_config_with(&dir, n, &redis.url(), docs))))
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    // Every node listens to doc#race before the editing starts.
+    let mut editors: Vec<Editor> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Editor::join(*a, &format!("e{i}")))
+        .collect();
+    for a in &addrs {
+        wait_subscribed(*a, 2);
+    }
+    let start = std::sync::Arc::new(std::sync::Barrier::new(editors.len()));
+    let threads: Vec<_> = editors
+        .drain(..)
+        .enumerate()
+        .map(|(k, mut e)| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((k as u64 + 1) * 7919);
+                start.wait();
+                for _ in 0..EDITS {
+                    let op = random_op(&e.text, &mut rng);
+                    e.local(op);
+                    let pause = (rng % 4) + 1;
+                    e.pump(Duration::from_millis(pause));
+                }
+                for _ in 0..3000 {
+                    if e.settled() {
+                        break;
+                    }
+                    e.pump(Duration::from_millis(10));
+                }
+                assert!(e.settled(), "every operation acknowledged");
+                e
+            })
+        })
+        .collect();
+    let mut editors: Vec<Editor> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let total: u64 = editors.iter().map(|e| e.sent).sum();
+    for e in editors.iter_mut() {
+        for _ in 0..1000 {
+            if e.revision >= total {
+                break;
+            }
+            e.pump(Duration::from_millis(10));
+        }
+    }
+    // One sequence: every operation sent became exactly one revision, every editor holds the
+    // same text, and so does every node.
+    let texts: Vec<(u64, String)> = editors
+        .iter()
+        .map(|e| (e.revision, e.text.clone()))
+        .collect();
+    assert!(
+        texts.iter().all(|t| *t == (total, texts[0].1.clone())),
+        "{texts:?}"
+    );
+    for a in &addrs {
+        let mut ws = user_ws(*a, "reader");
+        let j = doc_join(&mut ws, "race");
+        assert_eq!(
+            (j["revision"].as_u64(), j["text"].as_str()),
+            (Some(total), Some(texts[0].1.as_str()))
+        );
+    }
+    // The edits really were concurrent: some were transformed (and retried) on their node.
+    let transformed: u64 = addrs
+        .iter()
+        .map(|a| {
+            let (_, page) = get(*a, "/metrics");
+            page.lines()
+                .find_map(|l| {
+                    l.strip_prefix("edge_ws_documents_transformed_total ")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(transformed > 0, "no edit was concurrent");
+    let conflicts: u64 = addrs
+        .iter()
+        .map(|a| {
+            let (_, page) = get(*a, "/metrics");
+            page.lines()
+                .find_map(|l| {
+                    l.strip_prefix("edge_ws_documents_conflicts_total ")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        })
+        .sum();
+    eprintln!("{total} operations from 3 nodes: {transformed} transformed, {conflicts} appends retried after a conflict");
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
