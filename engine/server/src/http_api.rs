@@ -445,6 +445,7 @@ struct SendReq<'a> {
     data: &'a RawValue,
 }
 
+#[cfg(feature = "store")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NotificationsReq {
@@ -626,6 +627,7 @@ impl Api {
                 let n = m.send_to_user(&req.user, &text);
                 Ok(format!(r#"{{"connections":{n}}}"#))
             }
+            #[cfg(feature = "store")]
             "notify" => {
                 let req: crate::channels::SendNotification<'_> = serde_json::from_slice(body)?;
                 let n = self.notifications()?;
@@ -635,6 +637,7 @@ impl Api {
                     .map_err(notify_failure)?;
                 Ok(format!(r#"{{"id":{id}}}"#))
             }
+            #[cfg(feature = "store")]
             "notifications" => {
                 let req: NotificationsReq = serde_json::from_slice(body)?;
                 let n = self.notifications()?;
@@ -647,6 +650,9 @@ impl Api {
                 let page = n.list_blocking(&req.user, query).map_err(notify_failure)?;
                 Ok(crate::notifications::page_json(&page))
             }
+            // Without the store there are no notifications (501 `not_enabled`).
+            #[cfg(not(feature = "store"))]
+            "notify" | "notifications" => Err(Failure::disabled("notifications")),
             "presence" => {
                 let req: UserReq = serde_json::from_slice(body)?;
                 let found = if m.cluster_node().is_some() {
@@ -756,11 +762,6 @@ impl Api {
             .notifications()
             .cloned()
             .ok_or_else(|| Failure::disabled("notifications"))
-    }
-
-    #[cfg(not(feature = "store"))]
-    fn notifications(&self) -> Result<std::convert::Infallible, Failure> {
-        Err(Failure::disabled("notifications"))
     }
 }
 
