@@ -1549,6 +1549,14 @@ impl Worker {
                 return;
             }
         };
+        if read.last < d.revision {
+            let why = format!(
+                "documents: Redis holds revision {} of the document, this node {} (Redis lost \
+                 it?); rejoin",
+                read.last, d.revision
+            );
+            return self.lost(doc, &why);
+        }
         if let Some((rev, data)) = read.snapshot.filter(|(rev, _)| *rev > d.revision) {
             // Further behind than the log reaches: start again from the snapshot.
             match serde_json::from_slice::<Snapshot>(&data) {
@@ -1560,7 +1568,12 @@ impl Worker {
                     d.committed_text = d.text.clone();
                     d.committed_rev = rev;
                 }
-                Err(_) => d.failed = true,
+                Err(_) => {
+                    return self.lost(
+                        doc,
+                        "documents: the document's snapshot in Redis is unreadable; rejoin",
+                    )
+                }
             }
         }
         let me = self.cluster().node.clone();
@@ -1578,6 +1591,35 @@ impl Worker {
             }
         }
         self.pump(doc);
+    }
+
+    /// This node's copy of `doc` cannot go on (Redis lost the document, or the copy disagrees
+    /// with it): dropped, its members told to rejoin (a rejoin loads it from Redis again), the
+    /// edits waiting refused.
+    fn lost(&mut self, doc: &Arc<str>, why: &str) {
+        tracing::error!(doc = %doc, reason = why, "documents: copy dropped");
+        self.stats.store_errors += 1;
+        let Some(mut d) = self.docs.remove(doc) else {
+            return;
+        };
+        let c = self.cluster.as_mut().expect("cluster mode");
+        c.subs.remove(doc);
+        let name = doc_channel(doc);
+        for conn in d.members.keys() {
+            c.broker.presence_leave(&name, &c.client(*conn));
+            if let Some(list) = self.member_of.get_mut(conn) {
+                list.retain(|x| x != doc);
+            }
+        }
+        let mut told: Vec<ConnectionId> = d.members.keys().copied().collect();
+        for q in d.inflight.take().into_iter().chain(d.queue.drain(..)) {
+            self.engine
+                .send_text(q.p.conn, &error(q.p.msg_id.as_deref(), doc, why));
+            told.retain(|c| *c != q.p.conn);
+        }
+        for conn in told {
+            self.engine.send_text(conn, &error(None, doc, why));
+        }
     }
 
     /// A message on the document's channel.
@@ -1658,10 +1700,12 @@ impl Worker {
         let text = match op.apply(&d.text) {
             Ok(t) => t,
             Err(e) => {
-                // This node's copy and Redis's log disagree: stop editing it here.
+                // This node's copy and Redis's log disagree: drop the copy.
                 tracing::error!(doc = %doc, revision = rev, error = %e, "documents: a revision does not apply to this node's copy");
-                d.failed = true;
-                return;
+                return self.lost(
+                    doc,
+                    "documents: this node's copy of the document disagrees with Redis; rejoin",
+                );
             }
         };
         d.text = text;

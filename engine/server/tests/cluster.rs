@@ -720,6 +720,34 @@ fn a_document_is_sequenced_once_for_the_cluster_and_outlives_its_nodes() {
         "{op}"
     );
     assert_eq!(recv_type(&mut erin, "doc.ack")["data"]["revision"], 4);
+
+    // Redis loses everything (FLUSHALL, like a restart without persistence): the next edit
+    // finds Redis behind the node's copy and is refused with a clear error, never lost in a
+    // loop of retries; a rejoin starts from what Redis has.
+    {
+        use std::io::{Read, Write};
+        let mut r = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+        r.write_all(b"FLUSHALL\r\n").unwrap();
+        let mut ok = [0u8; 5];
+        r.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+    }
+    send(
+        &mut bob,
+        json!({"type":"doc.edit","id":22,"data":{"doc":"notes","revision":4,"op":[4,"?"]}}),
+    );
+    let e = recv_type(&mut bob, "error");
+    assert_eq!(e["id"], 22, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("Redis lost it?"),
+        "{e}"
+    );
+    let j = doc_join(&mut bob, "notes");
+    assert_eq!(
+        (j["revision"].as_u64(), j["text"].as_str()),
+        (Some(0), Some("")),
+        "{j}"
+    );
     drop((alice, carol, dave));
     let _ = std::fs::remove_dir_all(&dir);
 }
