@@ -324,7 +324,8 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Stores `data` as the snapshot of the log `name` at entry `seq`, unless a newer one is
-    /// stored. The default keeps none.
+    /// stored (a snapshot beyond the log's last entry makes it the last). The default keeps
+    /// none.
     fn log_snapshot(&self, name: &str, seq: u64, data: &[u8]) {
         let _ = (name, seq, data);
     }

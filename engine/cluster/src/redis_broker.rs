@@ -112,10 +112,16 @@ if sr > from then from = sr; snap = m[3] end
 return {last, sr, snap, redis.call('XRANGE', KEYS[1], string.format('%d-0', from + 1), '+')}
 ";
 
-/// Stores a log's snapshot unless a newer one is stored. KEYS: log meta hash. ARGV: seq, data.
+/// Stores a log's snapshot unless a newer one is stored; a snapshot beyond the log's last
+/// entry (the log was lost, e.g. Redis restarted empty, and a node still had the snapshot to
+/// write) makes it the last, so the next append follows it. KEYS: log meta hash. ARGV: seq,
+/// data.
 const LOG_SNAPSHOT: &str = r"
+local seq = tonumber(ARGV[1])
 local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
-if tonumber(ARGV[1]) > r then redis.call('HSET', KEYS[1], 'r', ARGV[1], 'd', ARGV[2]) end
+if seq > r then redis.call('HSET', KEYS[1], 'r', ARGV[1], 'd', ARGV[2]) end
+local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '0')
+if seq > last then redis.call('HSET', KEYS[1], 'last', ARGV[1]) end
 return 1
 ";
 

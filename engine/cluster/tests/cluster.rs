@@ -603,6 +603,13 @@ fn a_log_takes_only_its_next_entry_from_any_node_and_reads_back_from_a_snapshot(
         read.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         vec![3]
     );
+    // A snapshot beyond an (emptied) log's end becomes its last entry: the next append follows.
+    la.log_snapshot("doc#y", 5, b"snap-5");
+    assert_eq!(answer(|done| la.log_read("doc#y", 0, done)).last, 5);
+    assert_eq!(
+        answer(|done| la.log_append("doc#y", 6, b"six", 3, "doc#y", done)),
+        Ok(6)
+    );
     // Only the last `keep` (3) entries stay.
     assert_eq!(append(la, 4, "four"), Ok(4));
     let read = answer(|done| la.log_read("doc#x", 0, done));

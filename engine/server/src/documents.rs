@@ -143,9 +143,10 @@ enum Req {
         token: u64,
         result: Result<Result<u64, u64>, BrokerError>,
     },
-    /// Cluster: the revisions this node lacked.
+    /// Cluster: the revisions this node lacked after `after`.
     Filled {
         doc: Arc<str>,
+        after: u64,
         result: Result<LogRead, BrokerError>,
     },
     /// Cluster: the members of a document on every node, for a join's answer.
@@ -553,7 +554,7 @@ impl Worker {
             }
             Req::Remote { doc, data } => self.remote(&doc, &data),
             Req::Appended { doc, token, result } => self.appended(&doc, token, result),
-            Req::Filled { doc, result } => self.filled(&doc, result),
+            Req::Filled { doc, after, result } => self.filled(&doc, after, result),
             Req::Joined {
                 doc,
                 conn,
@@ -1521,12 +1522,16 @@ impl Worker {
             &doc_channel(doc),
             after,
             Box::new(move |result| {
-                let _ = tx.send(Req::Filled { doc: k, result });
+                let _ = tx.send(Req::Filled {
+                    doc: k,
+                    after,
+                    result,
+                });
             }),
         );
     }
 
-    fn filled(&mut self, doc: &Arc<str>, result: Result<LogRead, BrokerError>) {
+    fn filled(&mut self, doc: &Arc<str>, after: u64, result: Result<LogRead, BrokerError>) {
         let Some(d) = self.docs.get_mut(doc) else {
             return;
         };
@@ -1549,11 +1554,13 @@ impl Worker {
                 return;
             }
         };
-        if read.last < d.revision {
+        // Behind the revision this node had from Redis when it asked (revisions arriving on
+        // the channel meanwhile may have taken the copy further; those are no loss).
+        if read.last < after {
             let why = format!(
-                "documents: Redis holds revision {} of the document, this node {} (Redis lost \
-                 it?); rejoin",
-                read.last, d.revision
+                "documents: Redis holds revision {} of the document, this node {after} (Redis \
+                 lost it?); rejoin",
+                read.last
             );
             return self.lost(doc, &why);
         }

@@ -724,14 +724,12 @@ fn a_document_is_sequenced_once_for_the_cluster_and_outlives_its_nodes() {
     // Redis loses everything (FLUSHALL, like a restart without persistence): the next edit
     // finds Redis behind the node's copy and is refused with a clear error, never lost in a
     // loop of retries; a rejoin starts from what Redis has.
-    {
-        use std::io::{Read, Write};
-        let mut r = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
-        r.write_all(b"FLUSHALL\r\n").unwrap();
-        let mut ok = [0u8; 5];
-        r.read_exact(&mut ok).unwrap();
-        assert_eq!(&ok, b"+OK\r\n");
-    }
+    // (First the snapshot node three writes at revision 4 is in: a late one would bring the
+    // document back at 4.)
+    eventually("the snapshot at revision 4 in Redis", || {
+        redis_cmd(redis.port, "HGET edge-ws:{doc#notes}:logmeta r\r\n") == "$1\r\n4\r\n"
+    });
+    assert_eq!(redis_cmd(redis.port, "FLUSHALL\r\n"), "+OK\r\n");
     send(
         &mut bob,
         json!({"type":"doc.edit","id":22,"data":{"doc":"notes","revision":4,"op":[4,"?"]}}),
@@ -985,4 +983,15 @@ fn editors_on_three_nodes_converge_on_one_sequence() {
     eprintln!("{total} operations from 3 nodes: {transformed} transformed, {conflicts} appends retried after a conflict");
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One inline command to the test's Redis; the raw reply.
+fn redis_cmd(port: u16, command: &str) -> String {
+    use std::io::{Read, Write};
+    let mut r = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    r.write_all(command.as_bytes()).unwrap();
+    let mut buf = [0u8; 256];
+    let n = r.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
 }
