@@ -96,10 +96,10 @@ pub type LogAppendAck = Box<dyn FnOnce(Result<Result<u64, u64>, BrokerError>) + 
 pub struct LogRead {
     /// The log's last sequence number.
     pub last: u64,
-    /// The newest snapshot `(seq, data)`, when it is newer than what the reader asked after
-    /// (the reader then starts from it).
+    /// The newest snapshot `(seq, data)`, when the reader starts from it (see
+    /// [`Broker::log_read`]).
     pub snapshot: Option<(u64, Bytes)>,
-    /// The entries after `max(after, snapshot seq)`, oldest first.
+    /// The entries after the snapshot, or after `after` without one, oldest first.
     pub entries: Vec<(u64, Bytes)>,
 }
 
@@ -314,8 +314,10 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         ))));
     }
 
-    /// Reads the log `name` after entry `after`: its newest snapshot if that is newer, and
-    /// the entries after `max(after, snapshot)`. The default answers an error.
+    /// Reads the log `name` after entry `after`: the entries after it, or — when reading from
+    /// the start (`after` 0) or when the kept entries no longer reach back to `after + 1` —
+    /// the newest snapshot (if newer than `after`) and the entries after the snapshot. The
+    /// default answers an error.
     fn log_read(&self, name: &str, after: u64, done: LogReadAck) {
         let _ = after;
         done(Err(BrokerError::Failed(format!(

@@ -101,15 +101,23 @@ return {1, seq}
 ";
 
 /// A sequenced log after an entry: `{last, snapshot seq, snapshot data or nil, entries}`.
+/// From the snapshot when reading from the start (a load) or when the kept entries no longer
+/// reach back to `after + 1`; else the entries after `after`.
 /// KEYS: log stream, log meta hash. ARGV: after.
 const LOG_READ: &str = r"
 local m = redis.call('HMGET', KEYS[2], 'last', 'r', 'd')
 local last = tonumber(m[1] or '0')
 local sr = tonumber(m[2] or '0')
 local from = tonumber(ARGV[1])
-local snap = false
-if sr > from then from = sr; snap = m[3] end
-return {last, sr, snap, redis.call('XRANGE', KEYS[1], string.format('%d-0', from + 1), '+')}
+local xs = redis.call('XRANGE', KEYS[1], string.format('%d-0', from + 1), '+')
+if sr > from then
+  local first = xs[1] and tonumber(string.match(xs[1][1], '^(%d+)'))
+  local reaches = (first == from + 1) or (first == nil and last <= from)
+  if from == 0 or not reaches then
+    return {last, sr, m[3], redis.call('XRANGE', KEYS[1], string.format('%d-0', sr + 1), '+')}
+  end
+end
+return {last, 0, false, xs}
 ";
 
 /// Stores a log's snapshot unless a newer one is stored; a snapshot beyond the log's last

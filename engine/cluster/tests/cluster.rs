@@ -617,4 +617,19 @@ fn a_log_takes_only_its_next_entry_from_any_node_and_reads_back_from_a_snapshot(
         read.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         vec![3, 4]
     );
+    // A reader at 1 still finds 2 in the log: the entries, no snapshot; once 2 is trimmed
+    // away it starts from the snapshot.
+    let read = answer(|done| la.log_read("doc#x", 1, done));
+    assert_eq!(read.snapshot, None);
+    assert_eq!(
+        read.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    assert_eq!(append(la, 5, "five"), Ok(5));
+    let read = answer(|done| la.log_read("doc#x", 1, done));
+    assert_eq!(read.snapshot.map(|(s, _)| s), Some(2), "2 was trimmed away");
+    assert_eq!(
+        read.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
 }

@@ -1071,6 +1071,12 @@ impl Worker {
                 d.log.pop_front();
             }
         }
+        if d.revision < read.last {
+            return Err(format!(
+                "documents: the log of {doc:?} in Redis no longer reaches from revision {} to {}",
+                d.revision, read.last
+            ));
+        }
         d.committed_text = d.text.clone();
         d.committed_rev = d.revision;
         self.docs.insert(k.clone(), d);
@@ -1596,6 +1602,20 @@ impl Worker {
                     (w.node.as_deref() == Some(me.as_str())).then_some((me.as_str(), w.token));
                 self.apply_rev(doc, rev, op, ours, w.client.as_deref(), w.user.as_deref());
             }
+        }
+        // Still short of what Redis had: the log no longer holds the revisions in between.
+        if let Some(at) = self
+            .docs
+            .get(doc)
+            .map(|d| d.revision)
+            .filter(|r| *r < read.last)
+        {
+            let why = format!(
+                "documents: the document's log in Redis no longer reaches from revision {at} \
+                 to {}; rejoin",
+                read.last
+            );
+            return self.lost(doc, &why);
         }
         self.pump(doc);
     }

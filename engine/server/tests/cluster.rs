@@ -884,7 +884,7 @@ fn editors_on_three_nodes_converge_on_one_sequence() {
     const EDITS: usize = 25;
     let redis = Redis::start();
     let dir = product_dir("race");
-    let docs = "enabled = true\nsnapshot_every = 10";
+    let docs = "enabled = true\nsnapshot_every = 3";
     let nodes: Vec<Server> = (1..=3)
         .map(|n| Server::start(1, Some(&product_config_with(&dir, n, &redis.url(), docs))))
         .collect();
