@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Gate on an Autobahn report (index.json written by kosoku / Autobahn|Testsuite).
 
-    gate.py REPORT_DIR [--include GLOB ...] [--exclude GLOB ...] [--update]
+    gate.py REPORT_DIR [--include GLOB ...] [--exclude GLOB ...] [--update] [--tls VERSION]
 
 A case passes when its `behavior` is OK or INFORMATIONAL (NON-STRICT only when the case is in
 allowed-non-strict.json with a reason) and its `behaviorClose` is OK or INFORMATIONAL.
@@ -10,6 +10,13 @@ the recorded one fails the gate, a better one is reported (update the file). Eve
 expected-results.json that the selection (--include/--exclude, the same globs given to kosoku)
 covers must have been run. --update rewrites expected-results.json from this report (use it
 after a full run; cases outside the selection keep their entry).
+
+--tls 1.3|1.2 (a run through tls_relay.py, `run.sh --tls`): the same case verdicts, and the
+transport must have been TLS for every case with nothing failing underneath: the relay's counters
+(REPORT_DIR/tls-relay.json) show at least one connection per case, each negotiated with the
+version asked for, none ended by a TLS error, a reset or a relay failure; edge-ws's counters
+(REPORT_DIR/metrics.txt, its /metrics after the suite) show as many handshakes as the relay made
+connections and no `tls_handshake_failures`, `tls_errors` or `tls_refused`.
 
 Writes REPORT_DIR/summary.txt and REPORT_DIR/summary.json; the last line printed is
 `autobahn: N passed, M failed`. Exit status 0 only when every case passes.
@@ -59,13 +66,53 @@ def load_report(report_dir):
     return agent, cases
 
 
+def tls_problems(report_dir, version, ncases):
+    """What is wrong with the TLS side of a relayed run (empty: nothing)."""
+    problems = []
+    try:
+        relay = json.loads((report_dir / "tls-relay.json").read_text())
+    except (OSError, ValueError) as e:
+        return [f"tls: no relay counters ({e})"], {}
+    metrics = {}
+    try:
+        for line in (report_dir / "metrics.txt").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("edge_ws_tls_") and value.strip().isdigit():
+                metrics[name[len("edge_ws_"):]] = int(value)
+    except OSError as e:
+        problems.append(f"tls: no edge-ws metrics ({e})")
+    conns = relay.get("connections", 0)
+    want = "TLSv" + version
+    negotiated = sum(v for k, v in relay.items() if k.startswith(f"negotiated {want} "))
+    if conns < ncases:
+        problems.append(f"tls: {conns} relayed connections for {ncases} cases")
+    if negotiated != conns:
+        problems.append(f"tls: {negotiated} of {conns} connections negotiated {want}")
+    for k, v in relay.items():
+        bad = (k.startswith("relay failure") or k.startswith("edge-ws closed: TLS error")
+               or k == "edge-ws reset" or k.startswith("negotiated ") and want not in k)
+        if bad and v:
+            problems.append(f"tls: relay counted {v} x {k!r}")
+    if metrics:
+        if metrics.get("tls_handshakes") != conns:
+            problems.append(f"tls: edge-ws completed {metrics.get('tls_handshakes')} handshakes, "
+                            f"the relay made {conns} connections")
+        for k in ("tls_handshake_failures", "tls_errors", "tls_refused"):
+            if metrics.get(k, 0):
+                problems.append(f"tls: edge-ws counted {k} = {metrics[k]}")
+    return problems, {"relay": relay, "edge_ws": metrics}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report_dir", type=Path)
     ap.add_argument("--include", "-i", action="append", default=[])
     ap.add_argument("--exclude", "-x", action="append", default=[])
     ap.add_argument("--update", action="store_true", help="rewrite expected-results.json")
+    ap.add_argument("--tls", choices=["1.2", "1.3"], help="a run over TLS through tls_relay.py")
     args = ap.parse_args()
+    if args.tls and args.update:
+        sys.exit("gate: --update only from a plain run (expected-results.json is the plain verdict)")
 
     agent, cases = load_report(args.report_dir)
     allowed = {k: v for k, v in json.loads(ALLOWED.read_text()).items() if not k.startswith("_")}
@@ -115,6 +162,12 @@ def main():
     for cid in stale:
         notes.append(f"{cid}: listed in allowed-non-strict.json but now {cases[cid]['behavior']} (remove it)")
 
+    tls = None
+    if args.tls:
+        tls_bad, tls = tls_problems(args.report_dir, args.tls, len(cases))
+        failed += len(tls_bad)
+        problems += tls_bad
+
     behaviors = Counter(c["behavior"] for c in cases.values())
     closes = Counter(c["behaviorClose"] for c in cases.values())
     order = ["OK", "NON-STRICT", "FAILED", "UNIMPLEMENTED", "INFORMATIONAL"]
@@ -127,6 +180,12 @@ def main():
         "behavior:      " + ", ".join(f"{k} {behaviors.get(k, 0)}" for k in labels),
         "behaviorClose: " + ", ".join(f"{k} {v}" for k, v in sorted(closes.items())),
     ]
+    if tls is not None:
+        r, m = tls.get("relay", {}), tls.get("edge_ws", {})
+        lines.append(
+            f"tls {args.tls}: {r.get('connections', 0)} relayed connections ("
+            + ", ".join(f"{k} {v}" for k, v in r.items() if k != "connections") + "); edge-ws: "
+            + ", ".join(f"{k} {v}" for k, v in m.items()))
     lines += [f"FAIL {p}" for p in problems]
     lines += [f"note {n}" for n in notes]
     lines.append(f"autobahn: {passed} passed, {failed} failed")
@@ -142,6 +201,7 @@ def main():
         "failed": failed,
         "problems": problems,
         "notes": notes,
+        "tls": tls,
     }, indent=2) + "\n")
 
     if args.update:

@@ -5,6 +5,10 @@
 #   start_edge_ws LOGFILE     sets ADDR (127.0.0.1:PORT) and SERVER_PID
 #   server_alive              true while the server runs
 #   health                    true when GET /health answers 200
+#   make_test_pki DIR         a test CA (DIR/ca.pem) and a localhost certificate signed by it
+#                             (DIR/cert.pem, DIR/key.pem), P-256, valid 2 days, made per run
+#   tls_server_toml DIR PORT  writes DIR/server.toml: server.toml plus a [tls] listener on
+#                             127.0.0.1:PORT with DIR's certificate (sets EDGE_WS_SERVER_TOML)
 
 start_edge_ws() {
   local log="$1" root here bin port
@@ -16,7 +20,7 @@ start_edge_ws() {
     (cd "$root" && cargo build --release -p edge-ws-server --bin edge-ws -j"${JOBS:-2}" -q)
     bin="$root/target/release/edge-ws"
   fi
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  port="$(free_port)"
   ADDR="127.0.0.1:$port"
   # The built-in configuration under server.toml; only the HTTP API's port (free) and the data
   # directory (a temporary one) move, so nothing lands in the checkout or collides.
@@ -59,4 +63,28 @@ stop_edge_ws() {
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   if [ -n "${EDGE_WS_DATA:-}" ]; then rm -rf "$EDGE_WS_DATA"; fi
+}
+
+make_test_pki() {
+  local dir="$1"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=edge-ws test CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$dir/key.pem" -out "$dir/cert.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost\n' >"$dir/ext.cnf"
+  openssl x509 -req -in "$dir/cert.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$dir/ext.cnf" -out "$dir/cert.pem" 2>/dev/null
+}
+
+tls_server_toml() {
+  local dir="$1" port="$2" here
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+  cp "$here/server.toml" "$dir/server.toml"
+  printf '\n[tls]\naddr = "127.0.0.1:%s"\ncert = "%s"\nkey = "%s"\n' \
+    "$port" "$dir/cert.pem" "$dir/key.pem" >>"$dir/server.toml"
+  EDGE_WS_SERVER_TOML="$dir/server.toml"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

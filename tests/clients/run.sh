@@ -41,21 +41,13 @@ mkdir -p "$LOGDIR"
 . "$ROOT/tests/autobahn/server.sh"
 # A test CA and a localhost certificate for the TLS listener (test-only keys, made per run).
 TLSDIR="$(mktemp -d)"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=edge-ws test CA" -keyout "$TLSDIR/ca.key" -out "$TLSDIR/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
-  -keyout "$TLSDIR/key.pem" -out "$TLSDIR/cert.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost\n' >"$TLSDIR/ext.cnf"
-openssl x509 -req -in "$TLSDIR/cert.csr" -CA "$TLSDIR/ca.pem" -CAkey "$TLSDIR/ca.key" \
-  -CAcreateserial -days 2 -extfile "$TLSDIR/ext.cnf" -out "$TLSDIR/cert.pem" 2>/dev/null
-TLS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-cp "$ROOT/tests/autobahn/server.toml" "$TLSDIR/server.toml"
-printf '\n[tls]\naddr = "127.0.0.1:%s"\ncert = "%s"\nkey = "%s"\n' \
-  "$TLS_PORT" "$TLSDIR/cert.pem" "$TLSDIR/key.pem" >>"$TLSDIR/server.toml"
+make_test_pki "$TLSDIR"
+TLS_PORT="$(free_port)"
+tls_server_toml "$TLSDIR" "$TLS_PORT"
 export EDGE_WS_CA="$TLSDIR/ca.pem"
 SPKI="$(openssl x509 -in "$TLSDIR/cert.pem" -pubkey -noout | openssl pkey -pubin -outform der |
   openssl dgst -sha256 -binary | base64)"
-EDGE_WS_SERVER_TOML="$TLSDIR/server.toml" start_edge_ws "$LOGDIR/edge-ws.log"
+start_edge_ws "$LOGDIR/edge-ws.log"
 trap 'stop_edge_ws; rm -rf "$TLSDIR"' EXIT
 URL="ws://$ADDR/"
 WSS_URL="wss://localhost:$TLS_PORT/"
