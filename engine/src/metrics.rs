@@ -174,6 +174,10 @@ counters! {
         tls_errors = tls_errors,
         /// TLS connections closed at accept: the core already ran its most handshakes.
         tls_refused = tls_refused,
+        /// Established TLS connections moved from rustls to the runtime's own record layer.
+        tls_record_layer = tls_record_layer,
+        /// TLS 1.3 KeyUpdates received from clients (and followed).
+        tls_key_updates = tls_key_updates,
         /// Cores with a TLS listener whose kernel offers kTLS (`TCP_ULP` "tls"); 0 where it
         /// does not (TLS then runs in user space, which it also does today where it does).
         ktls_available = ktls_available,

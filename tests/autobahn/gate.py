@@ -16,7 +16,8 @@ transport must have been TLS for every case with nothing failing underneath: the
 (REPORT_DIR/tls-relay.json) show at least one connection per case, each negotiated with the
 version asked for, none ended by a TLS error, a reset or a relay failure; edge-ws's counters
 (REPORT_DIR/metrics.txt, its /metrics after the suite) show as many handshakes as the relay made
-connections and no `tls_handshake_failures`, `tls_errors` or `tls_refused`.
+connections, every one of them handed to edge-ws's own record layer (`tls_record_layer`), and
+no `tls_handshake_failures`, `tls_errors` or `tls_refused`.
 
 Writes REPORT_DIR/summary.txt and REPORT_DIR/summary.json; the last line printed is
 `autobahn: N passed, M failed`. Exit status 0 only when every case passes.
@@ -97,6 +98,11 @@ def tls_problems(report_dir, version, ncases):
         if metrics.get("tls_handshakes") != conns:
             problems.append(f"tls: edge-ws completed {metrics.get('tls_handshakes')} handshakes, "
                             f"the relay made {conns} connections")
+        # Every connection on the runtime's own record layer, none left on rustls (the
+        # fallback is for configurations and suites the engine does not ship).
+        if "tls_record_layer" in metrics and metrics["tls_record_layer"] != conns:
+            problems.append(f"tls: {metrics['tls_record_layer']} of {conns} connections moved to "
+                            "edge-ws's record layer after the handshake")
         for k in ("tls_handshake_failures", "tls_errors", "tls_refused"):
             if metrics.get(k, 0):
                 problems.append(f"tls: edge-ws counted {k} = {metrics[k]}")

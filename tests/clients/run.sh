@@ -6,22 +6,23 @@
 # closes with 1000.
 #
 #   tests/clients/run.sh [python] [python-tls] [node] [node-tls] [chromium] [chromium-tls]
-#                                                                     (default: all six)
+#                        [openssl-keyupdate]                          (default: all seven)
 #
 # *-tls: the same checks over wss:// (the server gets a [tls] listener with a CA and a
 # certificate for localhost made here by openssl; Python and Node trust only that CA, Chromium
-# only that certificate's key).
+# only that certificate's key). openssl-keyupdate: `openssl s_client` sends TLS 1.3 KeyUpdates
+# (one asking for the server's) and then a request under the new keys (openssl/keyupdate.sh).
 #
 # Environment: EDGE_WS_BIN (use this binary instead of building target/release/edge-ws),
 # CHROMIUM (browser path, default /usr/bin/chromium), JOBS (cargo -j, default 2).
-# Needs python3, node + npm, and Debian's chromium (apt-get install -y chromium).
+# Needs python3, node + npm, openssl, and Debian's chromium (apt-get install -y chromium).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
 
 clients=("$@")
-[ ${#clients[@]} -eq 0 ] && clients=(python python-tls node node-tls chromium chromium-tls)
+[ ${#clients[@]} -eq 0 ] && clients=(python python-tls node node-tls chromium chromium-tls openssl-keyupdate)
 t0=$SECONDS
 
 # --- dependencies -----------------------------------------------------------------------------
@@ -63,9 +64,10 @@ for c in "${clients[@]}"; do
     python-tls) cmd=("$PYVENV/bin/python" "$HERE/python/client.py" "$WSS_URL") ;;
     node-tls) cmd=(env NODE_EXTRA_CA_CERTS="$EDGE_WS_CA" node "$HERE/node/ws-client.js" "$WSS_URL") ;;
     chromium-tls) cmd=(env CHROMIUM_SPKI="$SPKI" node "$HERE/node/chromium-client.js" "$WSS_URL") ;;
+    openssl-keyupdate) cmd=(bash "$HERE/openssl/keyupdate.sh" "127.0.0.1:$TLS_PORT" "$EDGE_WS_CA") ;;
     node) cmd=(node "$HERE/node/ws-client.js" "$URL") ;;
     chromium) cmd=(node "$HERE/node/chromium-client.js" "$URL") ;;
-    *) echo "clients: unknown client $c (python, node, chromium, each also -tls)" >&2; exit 2 ;;
+    *) echo "clients: unknown client $c (python, node, chromium, each also -tls; openssl-keyupdate)" >&2; exit 2 ;;
   esac
   echo "--- $c"
   if timeout 300 "${cmd[@]}"; then

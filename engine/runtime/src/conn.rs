@@ -468,6 +468,11 @@ impl Slot {
     pub(super) fn release_idle_queue(&mut self) {
         if self.queue.is_empty() && !self.has(SEND_INFLIGHT) {
             self.queue = VecDeque::new();
+            // TLS: the quiet connection keeps its raw keys only (expanded ones rebuilt on use).
+            #[cfg(feature = "tls")]
+            if let Some(t) = &mut self.tls {
+                t.release_idle();
+            }
         }
     }
 

@@ -159,7 +159,8 @@ impl TlsCore {
         let ktls = crate::os::ktls_available();
         RuntimeStats::set(&stats.ktls_available, u64::from(ktls));
         TlsCore {
-            config: cfg.config.clone(),
+            // Secret extraction on, for the record-layer hand-off after each handshake.
+            config: crate::tls::prepare_config(&cfg.config),
             max_handshakes: cfg.max_handshakes_per_core,
             handshaking: 0,
             scratch: Vec::new(),
@@ -1035,6 +1036,12 @@ impl<S: Service> Driver<S> {
                     RuntimeStats::add(&st.tls_handshakes, 1);
                     // Plaintext queued before the handshake completed can go now.
                     has_output |= !c.queue.is_empty();
+                }
+                if ev.record_layer {
+                    RuntimeStats::add(&st.tls_record_layer, 1);
+                }
+                if ev.key_updates > 0 {
+                    RuntimeStats::add(&st.tls_key_updates, u64::from(ev.key_updates));
                 }
                 peer_closed = ev.peer_closed;
             }

@@ -327,6 +327,11 @@ pub struct RuntimeStats {
     pub tls_errors: AtomicU64,
     /// TLS connections closed at accept because the core already ran its most handshakes.
     pub tls_refused: AtomicU64,
+    /// Established TLS connections handed from rustls to the runtime's own record layer
+    /// (the rest stay on rustls: see `docs/design/tls.md`, "Record layer").
+    pub tls_record_layer: AtomicU64,
+    /// TLS 1.3 KeyUpdate messages received and followed by the record layer.
+    pub tls_key_updates: AtomicU64,
     /// 1 if the kernel offers the `tls` TCP upper-layer protocol (kTLS), 0 if not; probed at
     /// start on each core with a TLS listener (the connections use user-space TLS either way).
     pub ktls_available: AtomicU64,

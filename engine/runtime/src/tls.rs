@@ -13,13 +13,27 @@
 //! processing input are appended to `out`; application data is encrypted when the driver
 //! plans a send (after `out`), never earlier, so urgent frames can still be queued ahead of
 //! other plaintext. See `docs/design/tls.md`.
+//!
+//! After the handshake the session normally leaves rustls: the traffic keys and sequence
+//! numbers are taken out (`dangerous_into_kernel_connection`, the same hand-off kTLS uses) and
+//! the records are sealed and opened by [`records`] with `ring::aead`, so an idle established
+//! connection holds its raw keys (tens of bytes per direction) instead of rustls' session.
+//! Connections the record layer cannot take (a cipher suite outside the `ring` provider's, a
+//! configuration without secret extraction, a TLS 1.3 handshake whose traffic secrets were not
+//! captured) stay on rustls for their whole life.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{AlertDescription, CipherSuite, KeyLog, ProtocolVersion};
 
 pub use rustls::ServerConfig;
+
+mod records;
+
+use records::{Records, Secret, Version};
 
 /// Most plaintext encrypted into one send (the rest waits for the next one): bounds the
 /// ciphertext buffer of a connection with a long queue.
@@ -42,6 +56,132 @@ pub(crate) struct Received {
     pub(crate) handshake_done: bool,
     /// The peer sent close_notify: no more data will come.
     pub(crate) peer_closed: bool,
+    /// The session left rustls for the runtime's own record layer during this call.
+    pub(crate) record_layer: bool,
+    /// TLS 1.3 KeyUpdates received from the peer (each followed; answered where asked).
+    pub(crate) key_updates: u32,
+}
+
+/// Prepares a server configuration for the record-layer hand-off: secret extraction on, and
+/// a key log that hands the TLS 1.3 application traffic secrets to the session being
+/// processed on this thread (needed to follow KeyUpdate), forwarding everything to the
+/// configuration's own key log as before. Certificates, resolver, session cache and tickets
+/// stay shared with `config`.
+pub(crate) fn prepare_config(config: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut c = (**config).clone();
+    c.enable_secret_extraction = true;
+    c.key_log = Arc::new(CaptureSecrets {
+        inner: config.key_log.clone(),
+    });
+    Arc::new(c)
+}
+
+const CLIENT_TRAFFIC_SECRET_0: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_TRAFFIC_SECRET_0: &str = "SERVER_TRAFFIC_SECRET_0";
+
+/// The TLS 1.3 application traffic secrets of one handshake, as rustls logs them.
+#[derive(Default)]
+struct Captured {
+    client_random: Option<[u8; 32]>,
+    client: Option<Secret>,
+    server: Option<Secret>,
+    /// Secrets of two different handshakes were logged into one capture: use neither.
+    mixed: bool,
+}
+
+impl Captured {
+    fn record(&mut self, label: &str, client_random: &[u8], secret: &[u8]) {
+        let slot = match label {
+            CLIENT_TRAFFIC_SECRET_0 => &mut self.client,
+            SERVER_TRAFFIC_SECRET_0 => &mut self.server,
+            _ => return,
+        };
+        let Ok(random) = <[u8; 32]>::try_from(client_random) else {
+            self.mixed = true;
+            return;
+        };
+        if self.client_random.is_some_and(|r| r != random) {
+            self.mixed = true;
+        }
+        self.client_random = Some(random);
+        *slot = Secret::new(secret);
+    }
+
+    /// (client, server) secrets, if both were captured from one handshake.
+    fn take(&mut self) -> Option<(Secret, Secret)> {
+        if self.mixed {
+            return None;
+        }
+        Some((self.client.take()?, self.server.take()?))
+    }
+}
+
+thread_local! {
+    /// The capture of the handshake rustls is processing on this thread, if any.
+    static CAPTURE: RefCell<Option<Captured>> = const { RefCell::new(None) };
+}
+
+/// The key log of a [`prepare_config`] configuration.
+#[derive(Debug)]
+struct CaptureSecrets {
+    inner: Arc<dyn KeyLog>,
+}
+
+impl KeyLog for CaptureSecrets {
+    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        if label == CLIENT_TRAFFIC_SECRET_0 || label == SERVER_TRAFFIC_SECRET_0 {
+            CAPTURE.with(|c| {
+                if let Ok(mut c) = c.try_borrow_mut() {
+                    if let Some(c) = c.as_mut() {
+                        c.record(label, client_random, secret);
+                    }
+                }
+            });
+        }
+        if self.inner.will_log(label) {
+            self.inner.log(label, client_random, secret);
+        }
+    }
+
+    fn will_log(&self, label: &str) -> bool {
+        label == CLIENT_TRAFFIC_SECRET_0
+            || label == SERVER_TRAFFIC_SECRET_0
+            || self.inner.will_log(label)
+    }
+}
+
+/// The cipher suites the record layer runs (those of rustls' `ring` provider).
+fn record_layer_suite(s: CipherSuite) -> bool {
+    matches!(
+        s,
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+            | CipherSuite::TLS13_AES_256_GCM_SHA384
+            | CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+            | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+    )
+}
+
+/// Where a session's records are processed.
+enum Phase {
+    /// rustls: the handshake, and the whole connection where the hand-off does not apply.
+    Rustls(Box<Handshaking>),
+    /// The runtime's own record layer, after the hand-off.
+    Records(Records),
+    /// The hand-off failed: nothing more is processed.
+    Gone,
+}
+
+/// rustls' connection and what the hand-off needs from its handshake.
+struct Handshaking {
+    conn: UnbufferedServerConnection,
+    /// The configuration allows the hand-off (secret extraction enabled).
+    extraction: bool,
+    captured: Captured,
 }
 
 /// Why a TLS connection failed.
@@ -54,7 +194,7 @@ pub(crate) struct TlsFailure {
 
 /// One connection's TLS state (boxed in its slot, so the plain slot stays small).
 pub(crate) struct TlsSession {
-    conn: UnbufferedServerConnection,
+    phase: Phase,
     /// Received bytes not yet consumed (a partial record or handshake message); no allocation
     /// while empty.
     pending: Vec<u8>,
@@ -63,19 +203,85 @@ pub(crate) struct TlsSession {
     established: bool,
     failed: bool,
     close_notify_sent: bool,
+    /// The peer's close_notify came (record layer): input after it is ignored.
+    peer_closed: bool,
+    /// The negotiated ALPN protocol (kept for tests; rustls' copy leaves with the hand-off).
+    #[cfg(test)]
+    alpn: Option<Vec<u8>>,
 }
 
 impl TlsSession {
     /// A session for a newly accepted connection.
     pub(crate) fn new(config: &Arc<ServerConfig>) -> Result<Self, rustls::Error> {
         Ok(TlsSession {
-            conn: UnbufferedServerConnection::new(config.clone())?,
+            phase: Phase::Rustls(Box::new(Handshaking {
+                conn: UnbufferedServerConnection::new(config.clone())?,
+                extraction: config.enable_secret_extraction,
+                captured: Captured::default(),
+            })),
             pending: Vec::new(),
             out: Vec::new(),
             established: false,
             failed: false,
             close_notify_sent: false,
+            peer_closed: false,
+            #[cfg(test)]
+            alpn: None,
         })
+    }
+
+    /// The session runs on the runtime's record layer (it left rustls after the handshake).
+    #[cfg(test)]
+    pub(crate) fn on_record_layer(&self) -> bool {
+        matches!(self.phase, Phase::Records(_))
+    }
+
+    /// The connection went quiet: drop the expanded AEAD keys (rebuilt from the raw keys when
+    /// traffic comes), so an idle session holds only its raw key material.
+    pub(crate) fn release_idle(&mut self) {
+        if let Phase::Records(r) = &mut self.phase {
+            r.release_keys();
+        }
+    }
+
+    /// Gives the established session to the record layer, if it can take it. `Ok(false)`:
+    /// the session stays on rustls.
+    fn hand_off(&mut self) -> Result<bool, rustls::Error> {
+        let Phase::Rustls(hs) = &mut self.phase else {
+            return Ok(false);
+        };
+        #[cfg(test)]
+        {
+            self.alpn = hs.conn.alpn_protocol().map(<[u8]>::to_vec);
+        }
+        if !hs.extraction || hs.conn.is_handshaking() || hs.conn.wants_write() {
+            return Ok(false);
+        }
+        if !hs
+            .conn
+            .negotiated_cipher_suite()
+            .is_some_and(|s| record_layer_suite(s.suite()))
+        {
+            return Ok(false);
+        }
+        let (version, secrets) = match hs.conn.protocol_version() {
+            Some(ProtocolVersion::TLSv1_3) => match hs.captured.take() {
+                Some(s) => (Version::Tls13, Some(s)),
+                None => return Ok(false),
+            },
+            Some(ProtocolVersion::TLSv1_2) => (Version::Tls12, None),
+            _ => return Ok(false),
+        };
+        let Phase::Rustls(hs) = std::mem::replace(&mut self.phase, Phase::Gone) else {
+            return Ok(false);
+        };
+        let (ex, _kernel) = hs.conn.dangerous_into_kernel_connection()?;
+        let records = Records::new(version, (ex.tx.0, &ex.tx.1), (ex.rx.0, &ex.rx.1), secrets)
+            .ok_or_else(|| {
+                rustls::Error::General("TLS record layer: unsupported traffic secrets".into())
+            })?;
+        self.phase = Phase::Records(records);
+        Ok(true)
     }
 
     /// The handshake completed.
@@ -114,8 +320,11 @@ impl TlsSession {
         plain: &mut Vec<u8>,
     ) -> Result<Received, TlsFailure> {
         let mut ev = Received::default();
-        if self.failed {
+        if self.failed || self.peer_closed {
             return Ok(ev);
+        }
+        if matches!(self.phase, Phase::Records(_)) {
+            return self.receive_records(data, plain, &mut ev).map(|()| ev);
         }
         let result = if self.pending.is_empty() {
             scratch.clear();
@@ -140,8 +349,19 @@ impl TlsSession {
             }
             r
         };
+        let result = result.and_then(|_| {
+            if self.established && !ev.peer_closed {
+                ev.record_layer = self.hand_off()?;
+            }
+            Ok(())
+        });
+        if ev.record_layer && !self.pending.is_empty() {
+            // Records that followed the handshake's last one, not yet looked at.
+            let rest = std::mem::take(&mut self.pending);
+            return self.receive_records(&rest, plain, &mut ev).map(|()| ev);
+        }
         match result {
-            Ok(_) => Ok(ev),
+            Ok(()) => Ok(ev),
             Err(error) => {
                 self.failed = true;
                 self.pending = Vec::new();
@@ -160,9 +380,30 @@ impl TlsSession {
         }
     }
 
-    /// Runs rustls over `buf`; returns how many bytes of it were consumed.
+    /// Runs rustls over `buf`; returns how many bytes of it were consumed. While the handshake
+    /// runs, the traffic secrets rustls logs are captured for the hand-off.
     fn process(
         &mut self,
+        buf: &mut [u8],
+        plain: &mut Vec<u8>,
+        ev: &mut Received,
+    ) -> Result<usize, rustls::Error> {
+        let Phase::Rustls(hs) = &mut self.phase else {
+            return Ok(0);
+        };
+        if self.established {
+            return Self::process_rustls(hs, &mut self.out, &mut self.established, buf, plain, ev);
+        }
+        CAPTURE.with(|c| *c.borrow_mut() = Some(std::mem::take(&mut hs.captured)));
+        let r = Self::process_rustls(hs, &mut self.out, &mut self.established, buf, plain, ev);
+        hs.captured = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        r
+    }
+
+    fn process_rustls(
+        hs: &mut Handshaking,
+        out: &mut Vec<u8>,
+        established: &mut bool,
         buf: &mut [u8],
         plain: &mut Vec<u8>,
         ev: &mut Received,
@@ -170,7 +411,7 @@ impl TlsSession {
         let mut consumed = 0;
         loop {
             let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut buf[consumed..]);
+                hs.conn.process_tls_records(&mut buf[consumed..]);
             let state = state?;
             let mut done = false;
             match state {
@@ -189,12 +430,12 @@ impl TlsSession {
                         plain.extend_from_slice(rec.payload);
                     }
                 }
-                ConnectionState::EncodeTlsData(mut e) => encode_into(&mut self.out, &mut e),
+                ConnectionState::EncodeTlsData(mut e) => encode_into(out, &mut e),
                 ConnectionState::TransmitTlsData(t) => t.done(),
                 ConnectionState::PeerClosed => ev.peer_closed = true,
                 ConnectionState::WriteTraffic(_) => {
-                    if !self.established {
-                        self.established = true;
+                    if !*established {
+                        *established = true;
                         ev.handshake_done = true;
                     }
                     done = true;
@@ -213,11 +454,14 @@ impl TlsSession {
     /// rustls has records queued: past them it would deframe input again, which after an
     /// error must not happen.
     fn drain_alerts(&mut self) {
+        let Phase::Rustls(hs) = &mut self.phase else {
+            return;
+        };
         for _ in 0..16 {
-            if !self.conn.wants_write() {
+            if !hs.conn.wants_write() {
                 return;
             }
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            let UnbufferedStatus { state, .. } = hs.conn.process_tls_records(&mut []);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => encode_into(&mut self.out, &mut e),
                 _ => return,
@@ -240,11 +484,32 @@ impl TlsSession {
         if self.failed || self.close_notify_sent || !self.established {
             return false;
         }
+        let hs = match &mut self.phase {
+            Phase::Rustls(hs) => hs,
+            Phase::Records(r) => {
+                let start = out.len();
+                return match r.seal(plaintext, out) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        // Nothing of this plaintext goes out (no record of a cut message), only
+                        // the alert after what was sealed before.
+                        tracing::debug!(error = %e.error, "TLS record layer: cannot seal");
+                        out.truncate(start);
+                        self.failed = true;
+                        if let Some(alert) = e.alert {
+                            let _ = r.seal_alert(alert, out);
+                        }
+                        false
+                    }
+                };
+            }
+            Phase::Gone => return false,
+        };
         for _ in 0..64 {
             // rustls is handed the bytes it has not consumed yet (a partial record at most, so
             // it deframes nothing new): its deframer remembers positions in that buffer.
             let UnbufferedStatus { state, discard } =
-                self.conn.process_tls_records(&mut self.pending[..]);
+                hs.conn.process_tls_records(&mut self.pending[..]);
             debug_assert_eq!(discard, 0, "complete records are consumed by receive");
             match state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
@@ -283,7 +548,15 @@ impl TlsSession {
             return;
         }
         self.close_notify_sent = true;
-        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.pending[..]);
+        let hs = match &mut self.phase {
+            Phase::Rustls(hs) => hs,
+            Phase::Records(r) => {
+                let _ = r.seal_alert(AlertDescription::CloseNotify, &mut self.out);
+                return;
+            }
+            Phase::Gone => return,
+        };
+        let UnbufferedStatus { state, .. } = hs.conn.process_tls_records(&mut self.pending[..]);
         if let Ok(ConnectionState::WriteTraffic(mut w)) = state {
             let start = self.out.len();
             self.out.resize(start + 64, 0);
@@ -297,7 +570,82 @@ impl TlsSession {
     /// The negotiated ALPN protocol, if any.
     #[cfg(test)]
     pub(crate) fn alpn(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
+        match &self.phase {
+            Phase::Rustls(hs) => hs.conn.alpn_protocol(),
+            _ => self.alpn.as_deref(),
+        }
+    }
+
+    /// The record layer, once the session is on it (tests).
+    #[cfg(test)]
+    pub(crate) fn records_mut(&mut self) -> Option<&mut Records> {
+        match &mut self.phase {
+            Phase::Records(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Received bytes on the record layer: completes a partial record kept in `pending` (only
+    /// the bytes it lacks are copied there), then opens the records of `data` straight from
+    /// it; a partial record at the end is kept in `pending`.
+    fn receive_records(
+        &mut self,
+        mut data: &[u8],
+        plain: &mut Vec<u8>,
+        ev: &mut Received,
+    ) -> Result<(), TlsFailure> {
+        let Phase::Records(r) = &mut self.phase else {
+            return Ok(());
+        };
+        let result = (|| {
+            if !self.pending.is_empty() {
+                let want = r.record_len(&self.pending)?.unwrap_or(5);
+                let take = want.saturating_sub(self.pending.len()).min(data.len());
+                self.pending.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                let Some(total) = r.record_len(&self.pending)? else {
+                    return Ok(());
+                };
+                let take = total.saturating_sub(self.pending.len()).min(data.len());
+                self.pending.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if self.pending.len() < total {
+                    return Ok(());
+                }
+                let rec = std::mem::take(&mut self.pending);
+                let o = r.open(&rec, plain, &mut self.out)?;
+                debug_assert_eq!(o.consumed, rec.len());
+                ev.key_updates += o.key_updates;
+                if o.peer_closed {
+                    self.peer_closed = true;
+                    ev.peer_closed = true;
+                    return Ok(());
+                }
+            }
+            let o = r.open(data, plain, &mut self.out)?;
+            ev.key_updates += o.key_updates;
+            if o.peer_closed {
+                self.peer_closed = true;
+                ev.peer_closed = true;
+            } else if o.consumed < data.len() {
+                // A partial record: its header was checked (no oversized announcement).
+                let rest = &data[o.consumed..];
+                self.pending.reserve_exact(r.record_len(rest)?.unwrap_or(5));
+                self.pending.extend_from_slice(rest);
+            }
+            Ok(())
+        })();
+        result.map_err(|e: records::RecordError| {
+            self.failed = true;
+            self.pending = Vec::new();
+            if let Some(alert) = e.alert {
+                let _ = r.seal_alert(alert, &mut self.out);
+            }
+            TlsFailure {
+                during_handshake: false,
+                error: e.error,
+            }
+        })
     }
 }
 
