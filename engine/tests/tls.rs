@@ -219,6 +219,9 @@ fn wss_echo_beside_plain_ws_both_versions() {
     });
     let m = h.metrics();
     assert_eq!(m.tls_handshake_failures, 0);
+    // Both (TLS 1.3 and 1.2) left rustls for the runtime's record layer after the handshake.
+    assert_eq!(m.tls_record_layer, 2);
+    assert_eq!(m.tls_errors, 0);
     assert_eq!(
         m.ktls_available,
         u64::from(edge_ws::runtime::os::ktls_available())

@@ -172,7 +172,13 @@ impl Drop for Direction {
 }
 
 impl Direction {
-    fn new(cipher: Cipher, seq: u64, key: &[u8], iv: &[u8], secret: Option<Secret>) -> Option<Self> {
+    fn new(
+        cipher: Cipher,
+        seq: u64,
+        key: &[u8],
+        iv: &[u8],
+        secret: Option<Secret>,
+    ) -> Option<Self> {
         if key.len() != cipher.key_len() || iv.len() != 12 {
             return None;
         }
@@ -212,7 +218,9 @@ impl Direction {
             self.ring = None;
             Ok(())
         } else {
-            Err(Error::General("TLS 1.3 KeyUpdate: key derivation failed".into()))
+            Err(Error::General(
+                "TLS 1.3 KeyUpdate: key derivation failed".into(),
+            ))
         };
         next.zeroize();
         key.zeroize();
@@ -623,7 +631,11 @@ impl Records {
 
     /// Our KeyUpdate (update_not_requested), sealed with the current key; then the next key.
     fn send_key_update(&mut self, out: &mut Vec<u8>) -> Result<(), RecordError> {
-        self.seal_record(CONTENT_HANDSHAKE, &[&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]], out)?;
+        self.seal_record(
+            CONTENT_HANDSHAKE,
+            &[&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]],
+            out,
+        )?;
         self.tx.update(self.cipher)?;
         Ok(())
     }
@@ -750,7 +762,9 @@ pub(crate) fn sealed_len(plain: usize) -> usize {
 
 fn limit_reached() -> RecordError {
     RecordError {
-        error: Error::General("TLS record limit of the cipher suite reached (no key update)".into()),
+        error: Error::General(
+            "TLS record limit of the cipher suite reached (no key update)".into(),
+        ),
         alert: Some(AlertDescription::CloseNotify),
     }
 }

@@ -286,14 +286,26 @@ use rustls::SupportedCipherSuite;
 use super::records::{Cipher, Records, Secret, Version};
 
 /// Every cipher suite of the ring provider, with its version.
-fn suites() -> Vec<(SupportedCipherSuite, &'static rustls::SupportedProtocolVersion)> {
+fn suites() -> Vec<(
+    SupportedCipherSuite,
+    &'static rustls::SupportedProtocolVersion,
+)> {
     vec![
         (cs::TLS13_AES_128_GCM_SHA256, &rustls::version::TLS13),
         (cs::TLS13_AES_256_GCM_SHA384, &rustls::version::TLS13),
         (cs::TLS13_CHACHA20_POLY1305_SHA256, &rustls::version::TLS13),
-        (cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, &rustls::version::TLS12),
-        (cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, &rustls::version::TLS12),
-        (cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, &rustls::version::TLS12),
+        (
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            &rustls::version::TLS12,
+        ),
+        (
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            &rustls::version::TLS12,
+        ),
+        (
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            &rustls::version::TLS12,
+        ),
     ]
 }
 
@@ -303,7 +315,10 @@ struct ClientKeys(Mutex<Vec<(String, Vec<u8>)>>);
 
 impl rustls::KeyLog for ClientKeys {
     fn log(&self, label: &str, _random: &[u8], secret: &[u8]) {
-        self.0.lock().unwrap().push((label.to_string(), secret.to_vec()));
+        self.0
+            .lock()
+            .unwrap()
+            .push((label.to_string(), secret.to_vec()));
     }
 }
 
@@ -406,7 +421,11 @@ fn prepared_sessions_move_to_the_record_layer_for_every_suite() {
             let mut cuts: Vec<usize> = (0..rnd(12)).map(|_| rnd(bytes.len())).collect();
             cuts.sort_unstable();
             let mut ev = Received::default();
-            assert_eq!(feed(&mut s, &bytes, &cuts, &mut ev), msg, "{suite:?} {round}");
+            assert_eq!(
+                feed(&mut s, &bytes, &cuts, &mut ev),
+                msg,
+                "{suite:?} {round}"
+            );
         }
         // Quiet: no I/O buffer, and once released no expanded key either.
         assert_eq!(s.buffered_capacity(), 0);
@@ -431,7 +450,9 @@ fn record_layer_split_at_every_byte() {
         assert!(s.on_record_layer());
         let mut msg = Vec::new();
         for i in 0..3u8 {
-            let chunk: Vec<u8> = (0..50).map(|k| i.wrapping_mul(31).wrapping_add(k)).collect();
+            let chunk: Vec<u8> = (0..50)
+                .map(|k| i.wrapping_mul(31).wrapping_add(k))
+                .collect();
             c.writer().write_all(&chunk).unwrap();
             msg.extend_from_slice(&chunk);
         }
@@ -498,7 +519,9 @@ fn data_in_the_handshakes_last_flight_reaches_the_record_layer() {
 
 #[test]
 fn key_update_from_rustls_is_followed() {
-    for (suite, version) in suites().into_iter().filter(|(_, v)| version_of(v) == Version::Tls13)
+    for (suite, version) in suites()
+        .into_iter()
+        .filter(|(_, v)| version_of(v) == Version::Tls13)
     {
         let sp = suite_pki(suite, version);
         let (mut c, mut s) = handshake(&sp.pki, &|_| Vec::new());
@@ -514,14 +537,20 @@ fn key_update_from_rustls_is_followed() {
             // The client did not ask for ours: our keys and numbering stay.
             let out = server_out(&mut s, b"reply");
             assert_eq!(client_in(&mut c, &out), b"reply");
-            assert_eq!(s.records_mut().unwrap().seqs().1, 1, "rx numbering restarts");
+            assert_eq!(
+                s.records_mut().unwrap().seqs().1,
+                1,
+                "rx numbering restarts"
+            );
         }
     }
 }
 
 #[test]
 fn key_update_requested_is_answered_and_both_keys_move() {
-    for (suite, version) in suites().into_iter().filter(|(_, v)| version_of(v) == Version::Tls13)
+    for (suite, version) in suites()
+        .into_iter()
+        .filter(|(_, v)| version_of(v) == Version::Tls13)
     {
         let sp = suite_pki(suite, version);
         let (c, mut s) = handshake(&sp.pki, &|_| Vec::new());
@@ -593,7 +622,10 @@ fn close_notify_both_ways_on_the_record_layer() {
         let out = server_out(&mut s, &[]);
         let mut rd = &out[..];
         c.read_tls(&mut rd).unwrap();
-        assert!(c.process_new_packets().unwrap().peer_has_closed(), "{suite:?}");
+        assert!(
+            c.process_new_packets().unwrap().peer_has_closed(),
+            "{suite:?}"
+        );
         assert!(!s.encrypt(b"late", &mut Vec::new()));
         // The client's data then close_notify, then bytes after it (ignored).
         c.writer().write_all(b"last words").unwrap();
@@ -647,7 +679,10 @@ fn bad_records_fail_with_an_alert() {
             let mut rd = &alert[..];
             c.read_tls(&mut rd).unwrap();
             let err = c.process_new_packets().unwrap_err();
-            assert!(format!("{err}").contains("BadRecordMac"), "{suite:?}: {err}");
+            assert!(
+                format!("{err}").contains("BadRecordMac"),
+                "{suite:?}: {err}"
+            );
         }
         // A record announcing more than a record may hold: refused before it is buffered.
         let (_, mut s) = handshake(&sp.pki, &|_| Vec::new());
@@ -655,10 +690,18 @@ fn bad_records_fail_with_an_alert() {
         // A plaintext alert or change_cipher_spec after the handshake (TLS 1.3: unencrypted;
         // TLS 1.2: not authenticated).
         let (_, mut s) = handshake(&sp.pki, &|_| Vec::new());
-        let want = if v == Version::Tls13 { "unencrypted" } else { "decrypt" };
+        let want = if v == Version::Tls13 {
+            "unencrypted"
+        } else {
+            "decrypt"
+        };
         assert_failed(&mut s, &[21, 3, 3, 0, 2, 2, 40], want);
         let (_, mut s) = handshake(&sp.pki, &|_| Vec::new());
-        let want = if v == Version::Tls13 { "unencrypted" } else { "decrypt" };
+        let want = if v == Version::Tls13 {
+            "unencrypted"
+        } else {
+            "decrypt"
+        };
         assert_failed(&mut s, &[20, 3, 3, 0, 1, 1], want);
         // Authentic records the record layer refuses, sent by a peer with the client's keys.
         let refused: Vec<(u8, Vec<u8>, &str)> = match v {
@@ -762,7 +805,9 @@ fn mutated_records_never_panic_and_fail_cleanly() {
         let mut at = 0;
         let mut failed = false;
         for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
-            if s.receive(&bytes[at..cut.max(at)], &mut scratch, &mut plain).is_err() {
+            if s.receive(&bytes[at..cut.max(at)], &mut scratch, &mut plain)
+                .is_err()
+            {
                 failed = true;
                 break;
             }
