@@ -202,19 +202,8 @@ impl Slot {
                 n += 1;
             }
             let mut out = Vec::new();
-            let encrypted = match n {
-                0 => tls.encrypt(&[], &mut out),
-                1 => tls.encrypt(&self.queue[0], &mut out),
-                _ => {
-                    scratch.clear();
-                    for b in self.queue.iter().take(n) {
-                        scratch.extend_from_slice(b);
-                    }
-                    let ok = tls.encrypt(scratch, &mut out);
-                    scratch.clear();
-                    ok
-                }
-            };
+            let parts = self.queue.iter().take(n).map(|b| &b[..]);
+            let encrypted = tls.encrypt_parts(parts, scratch, &mut out);
             if encrypted && n > 0 {
                 for _ in 0..n {
                     if let Some(b) = self.queue.pop_front() {

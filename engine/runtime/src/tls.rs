@@ -473,22 +473,37 @@ impl TlsSession {
     /// Returns false (and encrypts nothing) if application data cannot be sent yet (the
     /// handshake is not done) or any more (the session failed or closed).
     pub(crate) fn encrypt(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> bool {
+        self.encrypt_parts(std::iter::once(plaintext), &mut Vec::new(), out)
+    }
+
+    /// [`Self::encrypt`] of the concatenation of `parts` (the waiting entries of a send
+    /// queue): on the record layer each part is copied once, straight into its record; on
+    /// rustls they are gathered into `scratch` first (left empty).
+    pub(crate) fn encrypt_parts<'a, I>(
+        &mut self,
+        parts: I,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> bool
+    where
+        I: Iterator<Item = &'a [u8]> + Clone,
+    {
         if out.is_empty() {
             std::mem::swap(out, &mut self.out);
         } else {
             out.append(&mut self.out);
         }
-        if plaintext.is_empty() {
+        if parts.clone().all(<[u8]>::is_empty) {
             return true;
         }
         if self.failed || self.close_notify_sent || !self.established {
             return false;
         }
-        let hs = match &mut self.phase {
-            Phase::Rustls(hs) => hs,
+        match &mut self.phase {
+            Phase::Rustls(_) => {}
             Phase::Records(r) => {
                 let start = out.len();
-                return match r.seal(plaintext, out) {
+                return match r.seal_parts(parts, out) {
                     Ok(()) => true,
                     Err(e) => {
                         // Nothing of this plaintext goes out (no record of a cut message), only
@@ -504,6 +519,26 @@ impl TlsSession {
                 };
             }
             Phase::Gone => return false,
+        }
+        let mut one = parts.clone();
+        match (one.next(), one.next()) {
+            (Some(p), None) => self.encrypt_rustls(p, out),
+            _ => {
+                scratch.clear();
+                for p in parts {
+                    scratch.extend_from_slice(p);
+                }
+                let ok = self.encrypt_rustls(scratch, out);
+                scratch.clear();
+                ok
+            }
+        }
+    }
+
+    /// rustls' record layer (the fallback): `plaintext` is not empty, the session established.
+    fn encrypt_rustls(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> bool {
+        let Phase::Rustls(hs) = &mut self.phase else {
+            return false;
         };
         for _ in 0..64 {
             // rustls is handed the bytes it has not consumed yet (a partial record at most, so

@@ -643,16 +643,49 @@ impl Records {
     /// Seals `plaintext` as application data records of at most 16 KiB each, appended to
     /// `out` (one copy: the plaintext is copied into `out` and encrypted there).
     pub(crate) fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
-        let records = plaintext.len().div_ceil(MAX_FRAGMENT) as u64;
+        self.seal_parts(std::iter::once(plaintext), out)
+    }
+
+    /// Seals the concatenation of `parts` as application data records of at most 16 KiB
+    /// each (a record may span parts), appended to `out`: each part is copied once, straight
+    /// into its record, and encrypted there.
+    pub(crate) fn seal_parts<'a, I>(
+        &mut self,
+        parts: I,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError>
+    where
+        I: Iterator<Item = &'a [u8]> + Clone,
+    {
+        let total: usize = parts.clone().map(<[u8]>::len).sum();
+        let records = total.div_ceil(MAX_FRAGMENT) as u64;
         let can_update = self.version == Version::Tls13 && self.tx.secret.is_some();
         if !can_update && self.tx.seq.saturating_add(records) > self.tx_limit {
             // Checked before sealing anything: the close_notify that follows must carry the
             // next sequence number, so no sealed record may be dropped.
             return Err(limit_reached());
         }
-        out.reserve(sealed_len(plaintext.len()));
-        for chunk in plaintext.chunks(MAX_FRAGMENT) {
-            self.seal_record(CONTENT_APPLICATION_DATA, &[chunk], out)?;
+        out.reserve(sealed_len(total));
+        let mut open: Option<(usize, usize)> = None; // (start, plaintext bytes in it)
+        for mut part in parts {
+            while !part.is_empty() {
+                let (start, filled) = match open {
+                    Some(o) => o,
+                    None => (self.begin_record(CONTENT_APPLICATION_DATA, out)?, 0),
+                };
+                let take = (MAX_FRAGMENT - filled).min(part.len());
+                out.extend_from_slice(&part[..take]);
+                part = &part[take..];
+                if filled + take == MAX_FRAGMENT {
+                    self.finish_record(CONTENT_APPLICATION_DATA, start, out)?;
+                    open = None;
+                } else {
+                    open = Some((start, filled + take));
+                }
+            }
+        }
+        if let Some((start, _)) = open {
+            self.finish_record(CONTENT_APPLICATION_DATA, start, out)?;
         }
         Ok(())
     }
@@ -678,6 +711,17 @@ impl Records {
         parts: &[&[u8]],
         out: &mut Vec<u8>,
     ) -> Result<(), RecordError> {
+        let start = self.begin_record(typ, out)?;
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+        self.finish_record(typ, start, out)
+    }
+
+    /// Starts a record at the end of `out` (header, TLS 1.2 explicit nonce; our KeyUpdate
+    /// first if the send key reached its limit); the plaintext is appended after it, then
+    /// [`Self::finish_record`] seals it. Returns where the record starts.
+    fn begin_record(&mut self, typ: u8, out: &mut Vec<u8>) -> Result<usize, RecordError> {
         // The limit applies to what carries data; the final alert may still go out.
         if self.tx.seq >= self.tx_limit && typ != CONTENT_ALERT {
             match self.version {
@@ -691,13 +735,29 @@ impl Records {
                 _ => return Err(limit_reached()),
             }
         }
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        debug_assert!(len <= MAX_FRAGMENT);
-        let cipher = self.cipher;
-        let nonce = self.tx.nonce();
         let start = out.len();
+        // The length is filled in by finish_record.
+        out.extend_from_slice(&[typ, 3, 3, 0, 0]);
+        if self.version == Version::Tls12 && self.cipher != Cipher::Chacha20Poly1305 {
+            out.extend_from_slice(&self.tx.nonce()[4..]);
+        }
+        Ok(start)
+    }
+
+    /// Seals the record begun at `start` (its plaintext is everything after the header).
+    fn finish_record(
+        &mut self,
+        typ: u8,
+        start: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        let cipher = self.cipher;
+        let nonce = Nonce::assume_unique_for_key(self.tx.nonce());
         match self.version {
             Version::Tls13 => {
+                let len = out.len() - start - HEADER;
+                debug_assert!(len <= MAX_FRAGMENT);
+                out.push(typ);
                 let body = len + 1 + TAG;
                 let header = [
                     CONTENT_APPLICATION_DATA,
@@ -706,15 +766,11 @@ impl Records {
                     (body >> 8) as u8,
                     body as u8,
                 ];
-                out.extend_from_slice(&header);
-                for p in parts {
-                    out.extend_from_slice(p);
-                }
-                out.push(typ);
+                out[start..start + HEADER].copy_from_slice(&header);
                 let key = self.tx.key(cipher)?;
                 let tag = key
                     .seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(nonce),
+                        nonce,
                         Aad::from(header),
                         &mut out[start + HEADER..],
                     )
@@ -727,14 +783,10 @@ impl Records {
                 } else {
                     EXPLICIT
                 };
+                let len = out.len() - start - HEADER - explicit;
+                debug_assert!(len <= MAX_FRAGMENT);
                 let body = explicit + len + TAG;
-                out.extend_from_slice(&[typ, 3, 3, (body >> 8) as u8, body as u8]);
-                if explicit > 0 {
-                    out.extend_from_slice(&nonce[4..]);
-                }
-                for p in parts {
-                    out.extend_from_slice(p);
-                }
+                out[start + 3..start + HEADER].copy_from_slice(&(body as u16).to_be_bytes());
                 let mut aad = [0u8; 13];
                 aad[..8].copy_from_slice(&self.tx.seq.to_be_bytes());
                 aad[8..11].copy_from_slice(&[typ, 3, 3]);
@@ -742,7 +794,7 @@ impl Records {
                 let key = self.tx.key(cipher)?;
                 let tag = key
                     .seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(nonce),
+                        nonce,
                         Aad::from(aad),
                         &mut out[start + HEADER + explicit..],
                     )

@@ -835,3 +835,36 @@ fn idle_record_layer_session_is_small() {
     );
     let _ = Cipher::Aes128Gcm;
 }
+
+#[test]
+fn queue_entries_are_sealed_across_record_boundaries() {
+    // The send queue's entries go into records as one stream (a record may span entries, an
+    // entry several records), on the record layer and on the rustls fallback alike.
+    let sizes = [1usize, 16383, 2, 40_000, 0, 5, 16384, 64];
+    let parts: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|k| (k * 3 + i) as u8).collect())
+        .collect();
+    let whole: Vec<u8> = parts.concat();
+    let prepared = suite_pki(cs::TLS13_AES_128_GCM_SHA256, &rustls::version::TLS13);
+    let tls12 = suite_pki(
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        &rustls::version::TLS12,
+    );
+    let plain_rustls = pki(&TLS13);
+    for (p, on_records) in [(&prepared.pki, true), (&tls12.pki, true), (&plain_rustls, false)] {
+        let (mut c, mut s) = handshake(p, &|_| Vec::new());
+        assert_eq!(s.on_record_layer(), on_records);
+        let before = s.records_mut().map(|r| r.seqs().0);
+        let mut scratch = Vec::new();
+        let mut out = Vec::new();
+        assert!(s.encrypt_parts(parts.iter().map(|v| &v[..]), &mut scratch, &mut out));
+        assert!(scratch.is_empty());
+        assert_eq!(client_in(&mut c, &out), whole);
+        if let (Some(before), Some(r)) = (before, s.records_mut()) {
+            // Full records of 16 KiB whatever the entries, the last one short.
+            assert_eq!(r.seqs().0 - before, whole.len().div_ceil(16384) as u64);
+        }
+    }
+}
