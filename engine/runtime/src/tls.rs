@@ -16,8 +16,9 @@
 //!
 //! After the handshake the session normally leaves rustls: the traffic keys and sequence
 //! numbers are taken out (`dangerous_into_kernel_connection`, the same hand-off kTLS uses) and
-//! the records are sealed and opened by [`records`] with `ring::aead`, so an idle established
-//! connection holds its raw keys (tens of bytes per direction) instead of rustls' session.
+//! the records are sealed and opened by the `records` module with `ring::aead`, so an idle
+//! established connection holds its raw keys (tens of bytes per direction) instead of rustls'
+//! session.
 //! Connections the record layer cannot take (a cipher suite outside the `ring` provider's, a
 //! configuration without secret extraction, a TLS 1.3 handshake whose traffic secrets were not
 //! captured) stay on rustls for their whole life.
@@ -167,6 +168,9 @@ fn record_layer_suite(s: CipherSuite) -> bool {
 }
 
 /// Where a session's records are processed.
+// `Records` is what an established (and idle) connection keeps, so it stays inline in the
+// session's box (no second allocation); the large handshake state is the boxed one.
+#[allow(clippy::large_enum_variant)]
 enum Phase {
     /// rustls: the handshake, and the whole connection where the hand-off does not apply.
     Rustls(Box<Handshaking>),

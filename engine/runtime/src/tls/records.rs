@@ -641,7 +641,9 @@ impl Records {
     }
 
     /// Seals `plaintext` as application data records of at most 16 KiB each, appended to
-    /// `out` (one copy: the plaintext is copied into `out` and encrypted there).
+    /// `out` (one copy: the plaintext is copied into `out` and encrypted there). Tests: the
+    /// session seals through [`Self::seal_parts`].
+    #[cfg(test)]
     pub(crate) fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         self.seal_parts(std::iter::once(plaintext), out)
     }

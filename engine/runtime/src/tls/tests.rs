@@ -853,7 +853,11 @@ fn queue_entries_are_sealed_across_record_boundaries() {
         &rustls::version::TLS12,
     );
     let plain_rustls = pki(&TLS13);
-    for (p, on_records) in [(&prepared.pki, true), (&tls12.pki, true), (&plain_rustls, false)] {
+    for (p, on_records) in [
+        (&prepared.pki, true),
+        (&tls12.pki, true),
+        (&plain_rustls, false),
+    ] {
         let (mut c, mut s) = handshake(p, &|_| Vec::new());
         assert_eq!(s.on_record_layer(), on_records);
         let before = s.records_mut().map(|r| r.seqs().0);
