@@ -872,3 +872,39 @@ fn queue_entries_are_sealed_across_record_boundaries() {
         }
     }
 }
+
+#[test]
+fn resumed_sessions_move_to_the_record_layer_too() {
+    // A resumed handshake (TLS 1.3 PSK, TLS 1.2 session ID) logs its own traffic secrets and
+    // hands off like a full one; KeyUpdate works on it.
+    for (suite, version) in [
+        (cs::TLS13_AES_256_GCM_SHA384, &rustls::version::TLS13),
+        (
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            &rustls::version::TLS12,
+        ),
+    ] {
+        let sp = suite_pki(suite, version);
+        let (mut c1, s1) = handshake(&sp.pki, &|_| Vec::new());
+        assert_eq!(c1.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        assert!(s1.on_record_layer());
+        // Let the client read everything (TLS 1.3 tickets came with the handshake).
+        c1.process_new_packets().unwrap();
+        let (mut c2, mut s2) = handshake(&sp.pki, &|_| Vec::new());
+        assert_eq!(
+            c2.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{suite:?}"
+        );
+        assert!(s2.on_record_layer(), "{suite:?}");
+        if version_of(version) == Version::Tls13 {
+            assert!(s2.records_mut().unwrap().key_update_supported());
+            c2.refresh_traffic_keys().unwrap();
+        }
+        c2.writer().write_all(b"resumed").unwrap();
+        let bytes = client_out(&mut c2);
+        let mut ev = Received::default();
+        assert_eq!(feed(&mut s2, &bytes, &[], &mut ev), b"resumed");
+        assert_eq!(client_in(&mut c2, &server_out(&mut s2, b"ok")), b"ok");
+    }
+}
