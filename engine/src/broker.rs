@@ -238,6 +238,26 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// the outcome.
     fn publish(&self, channel: &str, payload: &[u8], kind: MessageKind, done: Option<BrokerAck>);
 
+    /// [`Broker::publish`] made on a core: the broker may hold it (and the core's other held
+    /// calls, in order) until the core's next [`Broker::flush`], so that what a core publishes
+    /// in one loop iteration (e.g. the burst one read of a client brought) reaches the broker,
+    /// and the other nodes, as one batch. The default publishes at once.
+    fn publish_held(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        kind: MessageKind,
+        done: Option<BrokerAck>,
+    ) {
+        self.publish(channel, payload, kind, done)
+    }
+
+    /// Sends what this thread's [`Broker::publish_held`] and [`Broker::stream_append`] calls
+    /// left held. The engine calls it on every core once per loop iteration (after the
+    /// iteration's work, before the core submits its I/O), and right after a held call made
+    /// on another thread. Cheap when nothing is held. The default does nothing.
+    fn flush(&self) {}
+
     /// Sends a message for every open connection on every other node.
     fn broadcast(&self, payload: &[u8], kind: MessageKind);
 
@@ -258,7 +278,9 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// Numbers and keeps a stream publication and sends it to every interested node (this one
     /// included); `done` gets its position. Only called when
-    /// [`Broker::sequences_streams`].
+    /// [`Broker::sequences_streams`], on the channel's owner core, which calls
+    /// [`Broker::flush`] at the end of its loop iteration: the broker may hold the append
+    /// until then (as [`Broker::publish_held`]).
     fn stream_append(&self, append: StreamAppend, done: AppendAck) {
         done(Err(BrokerError::Failed(format!(
             "this broker does not sequence streams ({})",
@@ -360,9 +382,18 @@ pub(crate) trait Inbound: Send + Sync {
     fn interested(&self, channel: &str) -> bool;
     fn policy(&self, channel: &str) -> &ChannelPolicy;
     fn max_history_read(&self) -> usize;
-    fn deliver(&self, channel: &str, payload: &[u8], kind: MessageKind) -> bool;
-    fn deliver_all(&self, payload: &[u8], kind: MessageKind);
-    fn stream_publication(&self, channel: &str, entry: BrokerEntry, epoch: u64) -> bool;
+    /// Queues the publication for the cores that should see it, marking them in `wake`.
+    fn deliver(&self, channel: &str, payload: &[u8], kind: MessageKind, wake: &mut Wakes) -> bool;
+    fn deliver_all(&self, payload: &[u8], kind: MessageKind, wake: &mut Wakes);
+    fn stream_publication(
+        &self,
+        channel: &str,
+        entry: BrokerEntry,
+        epoch: u64,
+        wake: &mut Wakes,
+    ) -> bool;
+    /// Wakes every core marked in `wake` (once each) and clears it.
+    fn wake(&self, wake: &mut Wakes);
     fn synced(&self, channel: &str, snapshot: Result<BrokerSnapshot, BrokerError>, live: bool);
     fn desynced(&self, channel: &str);
 }
@@ -391,19 +422,30 @@ impl BrokerSink {
     /// A publication to a channel without history from another node: delivered to this
     /// node's subscribers (in-process ones included). Returns whether anyone here listens.
     pub fn deliver(&self, channel: &str, payload: &[u8], kind: MessageKind) -> bool {
-        self.inner.deliver(channel, payload, kind)
+        self.burst().deliver(channel, payload, kind)
     }
 
     /// A message for every open connection, from another node.
     pub fn deliver_all(&self, payload: &[u8], kind: MessageKind) {
-        self.inner.deliver_all(payload, kind)
+        self.burst().deliver_all(payload, kind)
     }
 
     /// A numbered publication of a stream, in the broker's order: handed to the channel's
     /// owner core, which keeps it and delivers it to this node's subscribers (or, after a
     /// gap, asks for a sync first). Returns whether the channel is known here.
     pub fn stream_publication(&self, channel: &str, entry: BrokerEntry, epoch: u64) -> bool {
-        self.inner.stream_publication(channel, entry, epoch)
+        self.burst().stream_publication(channel, entry, epoch)
+    }
+
+    /// A [`Burst`]: publications handed to the cores through it are queued at once, in order,
+    /// and each core that got some is woken once, when the burst is dropped. Hand everything
+    /// one read from the broker brought through one burst, so a core finds (and corks into
+    /// one send per subscriber) all of it, rather than waking on its first publication.
+    pub fn burst(&self) -> Burst<'_> {
+        Burst {
+            sink: self,
+            wake: Wakes::default(),
+        }
     }
 
     /// The answer to [`Broker::stream_sync`] (or the broker's own sync once a subscription to
@@ -422,5 +464,71 @@ impl BrokerSink {
     /// stream until the next [`BrokerSink::synced`].
     pub fn desynced(&self, channel: &str) {
         self.inner.desynced(channel)
+    }
+}
+
+/// Cores with work queued and not woken yet (see [`BrokerSink::burst`]).
+#[derive(Debug, Default)]
+pub(crate) struct Wakes {
+    cores: Vec<bool>,
+    any: bool,
+}
+
+impl Wakes {
+    /// Marks `core` to be woken.
+    pub(crate) fn mark(&mut self, core: usize) {
+        if self.cores.len() <= core {
+            self.cores.resize(core + 1, false);
+        }
+        self.cores[core] = true;
+        self.any = true;
+    }
+
+    /// Calls `f` with every marked core, once each, and clears the marks.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(usize)) {
+        if !std::mem::take(&mut self.any) {
+            return;
+        }
+        for (core, marked) in self.cores.iter_mut().enumerate() {
+            if std::mem::take(marked) {
+                f(core);
+            }
+        }
+    }
+}
+
+/// Publications from the broker handed to the cores as one burst: each is queued to its cores
+/// at once (in the order given), and every core that got some is woken once, when the burst
+/// is dropped (see [`BrokerSink::burst`]).
+#[derive(Debug)]
+pub struct Burst<'a> {
+    sink: &'a BrokerSink,
+    wake: Wakes,
+}
+
+impl Burst<'_> {
+    /// [`BrokerSink::deliver`] within the burst.
+    pub fn deliver(&mut self, channel: &str, payload: &[u8], kind: MessageKind) -> bool {
+        self.sink
+            .inner
+            .deliver(channel, payload, kind, &mut self.wake)
+    }
+
+    /// [`BrokerSink::deliver_all`] within the burst.
+    pub fn deliver_all(&mut self, payload: &[u8], kind: MessageKind) {
+        self.sink.inner.deliver_all(payload, kind, &mut self.wake)
+    }
+
+    /// [`BrokerSink::stream_publication`] within the burst.
+    pub fn stream_publication(&mut self, channel: &str, entry: BrokerEntry, epoch: u64) -> bool {
+        self.sink
+            .inner
+            .stream_publication(channel, entry, epoch, &mut self.wake)
+    }
+}
+
+impl Drop for Burst<'_> {
+    fn drop(&mut self) {
+        self.sink.inner.wake(&mut self.wake);
     }
 }

@@ -195,6 +195,7 @@ impl EngineHandle {
             return self.publish_acked(channel, payload, kind, opts, |_| {});
         }
         self.shared.to_broker(channel, payload, text, &opts, None);
+        self.shared.flush_broker();
         let Some(t) = self.shared.channels.get(channel) else {
             // Nobody ever subscribed: nothing to deliver, no cross-core traffic.
             crate::metrics::inc(&self.shared.metrics[0].publishes);

@@ -693,6 +693,8 @@ impl<H: Handler> Service for WsService<H> {
         if !self.state.pong_waiters.is_empty() {
             self.state.flush_pongs(io);
         }
+        // What this iteration handed the cluster broker goes out as one batch.
+        self.state.shared.flush_broker();
     }
 
     fn on_shutdown(&mut self, io: &mut Io<'_>) {

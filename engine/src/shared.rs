@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use edge_ws_protocol::CloseCode;
 
-use crate::broker::{Broker, BrokerEntry, BrokerError, BrokerSnapshot, Inbound};
+use crate::broker::{Broker, BrokerEntry, BrokerError, BrokerSnapshot, Inbound, Wakes};
 use crate::fanout::{
     auto_ring_capacity, ChannelRegistry, ChannelShared, Inbox, Publish, PublishOptions,
 };
@@ -229,7 +229,9 @@ impl Shared {
     }
 
     /// A publish made on this node to a channel without history, already delivered here:
-    /// handed to the cluster broker for the other nodes (nothing without one).
+    /// handed to the cluster broker for the other nodes (nothing without one), held by the
+    /// broker until [`Shared::flush_broker`] (a core flushes once per loop iteration; other
+    /// threads right after the call) so that a core's burst goes out as one batch.
     /// `done`, if given, gets the broker's answer (called at once with `Ok` without one).
     /// A publish with a filter stays on this node: the filter is a closure over this node's
     /// connections, and delivering it elsewhere unfiltered could reach connections it was
@@ -250,13 +252,22 @@ impl Shared {
                 } else {
                     crate::ids::MessageKind::Binary
                 };
-                b.publish(channel, payload, kind, done);
+                b.publish_held(channel, payload, kind, done);
             }
             _ => {
                 if let Some(done) = done {
                     done(Ok(()));
                 }
             }
+        }
+    }
+
+    /// Sends what this thread handed the broker with [`Shared::to_broker`] and what its stream
+    /// appends left held (see `Broker::flush`); nothing without a broker.
+    #[inline]
+    pub(crate) fn flush_broker(&self) {
+        if let Some(b) = &self.broker {
+            b.flush();
         }
     }
 
@@ -291,12 +302,25 @@ impl Shared {
 
     /// Hands a publish from outside the cores to every core that should see it.
     pub(crate) fn publish_external(&self, p: Publish) {
+        let mut wake = Wakes::default();
+        self.publish_external_held(p, &mut wake);
+        self.wake_cores(&mut wake);
+    }
+
+    /// [`Shared::publish_external`], marking the cores to wake in `wake` instead of waking
+    /// them (a burst from the broker wakes each core once, see `BrokerSink::burst`).
+    pub(crate) fn publish_external_held(&self, p: Publish, wake: &mut Wakes) {
         let p = Arc::new(p);
         crate::metrics::inc(&self.metrics[0].publishes);
         p.for_each_core(self.cores, |c| {
             self.queues[c].push(Command::Deliver(p.clone()));
-            self.wakers[c].wake();
+            wake.mark(c);
         });
+    }
+
+    /// Wakes the cores marked in `wake`, once each.
+    pub(crate) fn wake_cores(&self, wake: &mut Wakes) {
+        wake.drain(|c| self.wakers[c].wake());
     }
 
     /// Open WebSocket connections over all cores.
@@ -368,18 +392,30 @@ impl Shared {
         kind: MessageKind,
         opts: PublishOptions,
     ) {
+        let mut wake = Wakes::default();
+        self.deliver_here_held(t, payload, kind, opts, &mut wake);
+        self.wake_cores(&mut wake);
+    }
+
+    /// [`Shared::deliver_here`], marking the cores to wake in `wake`.
+    fn deliver_here_held(
+        &self,
+        t: Arc<crate::fanout::ChannelShared>,
+        payload: &[u8],
+        kind: MessageKind,
+        opts: PublishOptions,
+        wake: &mut Wakes,
+    ) {
         t.inproc.call(&t.name, || Publication {
             offset: 0,
             timestamp_ms: crate::stream::now_ms(),
             kind,
             data: Bytes::copy_from_slice(payload),
         });
-        self.publish_external(Publish::new(
-            Target::Channel(t),
-            payload,
-            kind.is_text(),
-            opts,
-        ));
+        self.publish_external_held(
+            Publish::new(Target::Channel(t), payload, kind.is_text(), opts),
+            wake,
+        );
     }
 }
 
@@ -408,7 +444,7 @@ impl Inbound for CoreSink {
         self.shared.channels.config.max_history_read
     }
 
-    fn deliver(&self, channel: &str, payload: &[u8], kind: MessageKind) -> bool {
+    fn deliver(&self, channel: &str, payload: &[u8], kind: MessageKind, wake: &mut Wakes) -> bool {
         let Some(t) = self.shared.channels.get(channel) else {
             return false;
         };
@@ -416,33 +452,44 @@ impl Inbound for CoreSink {
             return false;
         }
         self.shared
-            .deliver_here(t, payload, kind, PublishOptions::default());
+            .deliver_here_held(t, payload, kind, PublishOptions::default(), wake);
         true
     }
 
-    fn deliver_all(&self, payload: &[u8], kind: MessageKind) {
-        self.shared.publish_external(Publish::new(
-            Target::All,
-            payload,
-            kind.is_text(),
-            PublishOptions::default(),
-        ));
+    fn deliver_all(&self, payload: &[u8], kind: MessageKind, wake: &mut Wakes) {
+        self.shared.publish_external_held(
+            Publish::new(
+                Target::All,
+                payload,
+                kind.is_text(),
+                PublishOptions::default(),
+            ),
+            wake,
+        );
     }
 
-    fn stream_publication(&self, channel: &str, entry: BrokerEntry, epoch: u64) -> bool {
+    fn stream_publication(
+        &self,
+        channel: &str,
+        entry: BrokerEntry,
+        epoch: u64,
+        wake: &mut Wakes,
+    ) -> bool {
         let Some(t) = self.shared.channels.get(channel) else {
             return false;
         };
         let owner = t.owner;
-        self.shared.to_core(
-            owner,
-            StreamMsg::Remote {
-                channel: t,
-                entry,
-                epoch,
-            },
-        );
+        self.shared.queues[owner].push(Command::Stream(Box::new(StreamMsg::Remote {
+            channel: t,
+            entry,
+            epoch,
+        })));
+        wake.mark(owner);
         true
+    }
+
+    fn wake(&self, wake: &mut Wakes) {
+        self.shared.wake_cores(wake);
     }
 
     fn synced(&self, channel: &str, snapshot: Result<BrokerSnapshot, BrokerError>, live: bool) {

@@ -34,16 +34,27 @@ struct BusState {
     log: Vec<(usize, String)>,
     /// Node whose stream publications are not delivered (a broken subscription).
     deaf: Option<usize>,
+    /// `(node, publications)` of every flush that sent held publications, in order.
+    batches: Vec<(usize, usize)>,
 }
 
 /// The cluster: one bus, a `Node` handle per engine.
 #[derive(Default, Clone)]
 struct Bus(Arc<Mutex<BusState>>);
 
-#[derive(Debug)]
+/// A publication held until its node's next flush: channel, payload, kind, ack.
+type Held = (String, Vec<u8>, MessageKind, Option<BrokerAck>);
+
 struct Node {
     bus: Bus,
     id: usize,
+    held: Mutex<Vec<Held>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish()
+    }
 }
 
 impl std::fmt::Debug for Bus {
@@ -59,11 +70,16 @@ impl Bus {
         Arc::new(Node {
             bus: self.clone(),
             id: s.subscribed.len() - 1,
+            held: Mutex::default(),
         })
     }
 
     fn log(&self) -> Vec<(usize, String)> {
         std::mem::take(&mut self.0.lock().unwrap().log)
+    }
+
+    fn batches(&self) -> Vec<(usize, usize)> {
+        std::mem::take(&mut self.0.lock().unwrap().batches)
     }
 
     fn snapshot(&self, channel: &str) -> BrokerSnapshot {
@@ -105,6 +121,46 @@ impl Broker for Node {
         }
         if let Some(done) = done {
             done(Ok(()));
+        }
+    }
+
+    /// Held until the node's flush, then sent as one batch (each target node gets it as one
+    /// burst), as the Redis broker does.
+    fn publish_held(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        kind: MessageKind,
+        done: Option<BrokerAck>,
+    ) {
+        let mut s = self.bus.0.lock().unwrap();
+        s.log.push((self.id, format!("pub {channel}")));
+        self.held
+            .lock()
+            .unwrap()
+            .push((channel.to_string(), payload.to_vec(), kind, done));
+    }
+
+    fn flush(&self) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap());
+        if held.is_empty() {
+            return;
+        }
+        let (sinks, subscribed) = {
+            let mut s = self.bus.0.lock().unwrap();
+            s.batches.push((self.id, held.len()));
+            (s.sinks.clone(), s.subscribed.clone())
+        };
+        let mut bursts: Vec<_> = sinks.iter().map(BrokerSink::burst).collect();
+        for (channel, payload, kind, done) in held {
+            for (n, burst) in bursts.iter_mut().enumerate() {
+                if n != self.id && subscribed[n].contains(&channel) {
+                    burst.deliver(&channel, &payload, kind);
+                }
+            }
+            if let Some(done) = done {
+                done(Ok(()));
+            }
         }
     }
 
@@ -330,6 +386,57 @@ fn the_broker_hears_of_the_first_and_last_subscriber_and_gets_each_publish_once(
     pump(&[&a, &b]);
     assert_eq!(texts(&mut a0), vec!["again"]);
     assert_eq!(texts(&mut b0), Vec::<String>::new());
+}
+
+/// `n` masked text frames (mask key 0) in one buffer, as a client writes a burst at once.
+fn frames(texts: impl IntoIterator<Item = String>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in texts {
+        assert!(t.len() < 126);
+        out.extend_from_slice(&[0x81, 0x80 | t.len() as u8, 0, 0, 0, 0]);
+        out.extend_from_slice(t.as_bytes());
+    }
+    out
+}
+
+#[test]
+fn what_a_core_publishes_in_one_read_crosses_as_one_batch_and_one_buffer_per_subscriber() {
+    let bus = Bus::default();
+    let (a, _) = node(&bus, 1);
+    let (b, _) = node(&bus, 2);
+    let mut b0 = b.connect(0, "/");
+    let mut b1 = b.connect(1, "/");
+    for c in [&mut b0, &mut b1] {
+        c.send_text("sub news");
+    }
+    pump(&[&a, &b]);
+    for c in [&mut b0, &mut b1] {
+        assert_eq!(texts(c), vec!["subscribed 0 live"]);
+    }
+    bus.log();
+    let before = b.metrics();
+    // 32 publishes in one read of the publisher's connection on A.
+    let mut publisher = a.connect(0, "/");
+    publisher.send_raw(&frames((0..32).map(|i| format!("pub news m{i}"))));
+    pump(&[&a, &b]);
+    // One flush of A's core carried all 32 (B got them as one burst).
+    assert_eq!(bus.batches(), vec![(0, 32)]);
+    assert_eq!(bus.log().len(), 32);
+    let want: Vec<String> = (0..32).map(|i| format!("m{i}")).collect();
+    for c in [&mut b0, &mut b1] {
+        assert_eq!(texts(c), want);
+    }
+    // Each of B's two subscribers got the 32 as one queued buffer.
+    let after = b.metrics();
+    assert_eq!(after.deliveries - before.deliveries, 64);
+    assert_eq!(after.delivery_runs - before.delivery_runs, 2);
+    // A handle's publish is flushed at once (no core loop follows it).
+    a.handle().publish("news", "from a handle");
+    assert_eq!(bus.batches(), vec![(0, 1)]);
+    pump(&[&a, &b]);
+    for c in [&mut b0, &mut b1] {
+        assert_eq!(texts(c), vec!["from a handle"]);
+    }
 }
 
 #[test]

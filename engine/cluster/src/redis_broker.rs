@@ -1,27 +1,31 @@
 //! The Redis broker: one broker thread per process issuing commands on one connection, and
 //! one reader thread blocked on the subscription connection.
 //!
-//! The cores never talk to Redis: they queue requests ([`Broker`] methods push into a channel
-//! and return), the broker thread drains the queue and sends everything it found as one
-//! pipeline (one round trip for a burst of publishes), and calls each request's callback with
-//! its reply. Subscriptions go out on a second connection in subscriber mode, written by the
-//! broker thread and read by the reader thread, which hands each message to the engine's
-//! [`BrokerSink`] (so an inbound publication reaches the cores without a second hop through
-//! the broker thread).
+//! The cores never talk to Redis: they queue requests ([`Broker`] methods push into a
+//! lock-free queue and return), the broker thread drains the queue and sends everything it
+//! found as one pipeline (one round trip for a burst of publishes), and calls each request's
+//! callback with its reply. A core's publications ([`Broker::publish_held`],
+//! [`Broker::stream_append`]) wake the broker thread only at the core's [`Broker::flush`],
+//! once per loop iteration, so what one read of a client brought is one pipeline.
+//! Subscriptions go out on a second connection in subscriber mode, written by the broker
+//! thread and read by the reader thread, which hands everything one read brought to the
+//! engine's [`BrokerSink`] as one [`edge_ws::broker::Burst`] (so an inbound publication
+//! reaches the cores without a second hop through the broker thread, and each core is woken
+//! once per read).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossbeam_queue::SegQueue;
 use edge_ws::broker::{
     AppendAck, Broker, BrokerAck, BrokerEntry, BrokerError, BrokerSink, BrokerSnapshot,
-    BrokerState, BrokerStats, LogAppendAck, LogRead, LogReadAck, PresenceAck, PresenceMember,
-    StreamAppend,
+    BrokerState, BrokerStats, Burst, LogAppendAck, LogRead, LogReadAck, PresenceAck,
+    PresenceMember, StreamAppend,
 };
 use edge_ws::{MessageKind, Published, StreamPosition};
 use redis::Value;
@@ -240,10 +244,94 @@ struct Inner {
     node: u64,
     state: AtomicU8,
     counters: Counters,
-    /// Shared by every core and thread without a lock (an mpsc `Sender` is `Sync`).
-    tx: Sender<Msg>,
-    rx: Mutex<Option<Receiver<Msg>>>,
+    /// The broker thread's requests, shared by every core and thread without a lock.
+    tx: Arc<Inbox>,
+    started: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// Queues `msg` for the broker thread; `ring`: wake it now, otherwise at the next
+    /// [`Inbox::flush`]. Answered with an error once the broker thread has stopped.
+    fn send(&self, msg: Msg, ring: bool) {
+        let stopped = || BrokerError::Unavailable("the broker stopped".into());
+        if self.tx.closed.load(Ordering::Acquire) {
+            return fail(self, msg, stopped);
+        }
+        self.tx.queue.push(msg);
+        // Orders the push before the reads of `closed` and `parked` (the broker thread
+        // writes those before it looks at the queue).
+        fence(Ordering::SeqCst);
+        if self.tx.closed.load(Ordering::Relaxed) {
+            // The thread stopped meanwhile: answer what it did not take.
+            while let Some(m) = self.tx.queue.pop() {
+                fail(self, m, stopped);
+            }
+            return;
+        }
+        if ring {
+            self.tx.ring();
+        } else {
+            // An RMW, so that whoever flushes it synchronises with this push.
+            self.tx.held.swap(true, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The broker thread's requests: a lock-free FIFO, and a doorbell (the thread parks when it
+/// finds the queue empty).
+#[derive(Default)]
+struct Inbox {
+    queue: SegQueue<Msg>,
+    /// Requests were queued without ringing (a core's publications) since the last flush.
+    held: AtomicBool,
+    /// The broker thread is parked, or about to park.
+    parked: AtomicBool,
+    /// The broker thread stopped: requests are answered with an error.
+    closed: AtomicBool,
+    /// The broker thread (set by itself before it first parks).
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl Inbox {
+    /// Wakes the broker thread if it is parked (after a push and a fence).
+    fn ring(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Rings for the requests queued without ringing, if any.
+    fn flush(&self) {
+        if self.held.load(Ordering::Relaxed) && self.held.swap(false, Ordering::AcqRel) {
+            fence(Ordering::SeqCst);
+            self.ring();
+        }
+    }
+
+    /// The next request, waiting up to `wait` for one (on the broker thread only).
+    fn recv_timeout(&self, wait: Duration) -> Option<Msg> {
+        if let Some(m) = self.queue.pop() {
+            return Some(m);
+        }
+        self.parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if let Some(m) = self.queue.pop() {
+            self.parked.store(false, Ordering::Relaxed);
+            return Some(m);
+        }
+        std::thread::park_timeout(wait);
+        self.parked.store(false, Ordering::Relaxed);
+        self.queue.pop()
+    }
+
+    /// Marks the broker thread stopped; the requests still queued are the caller's to answer.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
 }
 
 /// Most requests the broker thread sends as one pipeline.
@@ -276,7 +364,6 @@ impl RedisBroker {
     pub fn new(config: RedisConfig) -> Result<Self, BrokerError> {
         redis::Client::open(config.url.as_str())
             .map_err(|e| BrokerError::Failed(format!("redis url: {e}")))?;
-        let (tx, rx) = mpsc::channel();
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 names: Names::new(&config.prefix),
@@ -284,8 +371,8 @@ impl RedisBroker {
                 node: random_u64(),
                 state: AtomicU8::new(CONNECTING),
                 counters: Counters::default(),
-                tx,
-                rx: Mutex::new(Some(rx)),
+                tx: Arc::default(),
+                started: AtomicBool::new(false),
                 thread: Mutex::new(None),
             }),
         })
@@ -312,34 +399,18 @@ impl RedisBroker {
     }
 
     fn send(&self, msg: Msg) {
-        if let Err(mpsc::SendError(msg)) = self.inner.tx.send(msg) {
-            fail(&self.inner, msg, || {
-                BrokerError::Unavailable("the broker stopped".into())
-            });
-        }
-    }
-}
-
-impl Broker for RedisBroker {
-    fn start(&self, sink: BrokerSink) {
-        let Some(rx) = self
-            .inner
-            .rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return; // started already
-        };
-        let inner = self.inner.clone();
-        let t = std::thread::Builder::new()
-            .name("edge-ws-broker".into())
-            .spawn(move || BrokerThread::new(inner, sink, rx).run())
-            .expect("spawn the broker thread");
-        *self.inner.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        self.inner.send(msg, true);
     }
 
-    fn publish(&self, channel: &str, payload: &[u8], kind: MessageKind, done: Option<BrokerAck>) {
+    /// [`Broker::publish`]; `ring`: wake the broker thread now (else at the next flush).
+    fn publish_ringing(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        kind: MessageKind,
+        done: Option<BrokerAck>,
+        ring: bool,
+    ) {
         if self.state() == BrokerState::Down {
             bump(&self.inner.counters.publish_errors, 1);
             if let Some(done) = done {
@@ -347,11 +418,44 @@ impl Broker for RedisBroker {
             }
             return;
         }
-        self.send(Msg::Publish {
+        let msg = Msg::Publish {
             channel: self.inner.names.channel(channel),
             data: wire::plain(self.inner.node, kind, payload),
             done,
-        });
+        };
+        self.inner.send(msg, ring);
+    }
+}
+
+impl Broker for RedisBroker {
+    fn start(&self, sink: BrokerSink) {
+        if self.inner.started.swap(true, Ordering::AcqRel) {
+            return; // started already
+        }
+        let inner = self.inner.clone();
+        let t = std::thread::Builder::new()
+            .name("edge-ws-broker".into())
+            .spawn(move || BrokerThread::new(inner, sink).run())
+            .expect("spawn the broker thread");
+        *self.inner.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
+
+    fn publish(&self, channel: &str, payload: &[u8], kind: MessageKind, done: Option<BrokerAck>) {
+        self.publish_ringing(channel, payload, kind, done, true);
+    }
+
+    fn publish_held(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        kind: MessageKind,
+        done: Option<BrokerAck>,
+    ) {
+        self.publish_ringing(channel, payload, kind, done, false);
+    }
+
+    fn flush(&self) {
+        self.inner.tx.flush();
     }
 
     fn broadcast(&self, payload: &[u8], kind: MessageKind) {
@@ -379,7 +483,8 @@ impl Broker for RedisBroker {
             bump(&self.inner.counters.publish_errors, 1);
             return done(Err(unavailable()));
         }
-        self.send(Msg::Append(append, done));
+        // On the owner core, which flushes at the end of its loop iteration.
+        self.inner.send(Msg::Append(append, done), false);
     }
 
     fn stream_sync(&self, channel: &str, max: usize) {
@@ -526,8 +631,7 @@ struct SubConn {
 struct BrokerThread {
     inner: Arc<Inner>,
     sink: BrokerSink,
-    rx: Receiver<Msg>,
-    tx: Sender<Msg>,
+    rx: Arc<Inbox>,
     client: redis::Client,
     cmd: Option<redis::Connection>,
     shas: Shas,
@@ -550,15 +654,14 @@ struct BrokerThread {
 }
 
 impl BrokerThread {
-    fn new(inner: Arc<Inner>, sink: BrokerSink, rx: Receiver<Msg>) -> Self {
-        let tx = inner.tx.clone();
+    fn new(inner: Arc<Inner>, sink: BrokerSink) -> Self {
+        let rx = inner.tx.clone();
         let client = redis::Client::open(inner.config.url.as_str()).expect("checked by new");
         BrokerThread {
             backoff: inner.config.backoff_min,
             inner,
             sink,
             rx,
-            tx,
             client,
             cmd: None,
             shas: Shas::default(),
@@ -580,6 +683,8 @@ impl BrokerThread {
     }
 
     fn run(mut self) {
+        // Before the first park: a producer that sees it parked can wake it.
+        let _ = self.rx.thread.set(std::thread::current());
         loop {
             if !self.up() && self.retry_at.is_some_and(|t| Instant::now() >= t) {
                 self.connect();
@@ -590,30 +695,29 @@ impl BrokerThread {
             let first = if self.up() {
                 let wait = self.refresh_at.saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(wait) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Some(m) => m,
+                    None => continue,
                 }
             } else {
                 let wait = self.retry_at.map_or(self.backoff, |t| {
                     t.saturating_duration_since(Instant::now())
                 });
                 match self.rx.recv_timeout(wait) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Some(m) => m,
+                    None => continue,
                 }
             };
-            // Take everything queued; while a burst is still arriving (the last drain found
-            // more), give its producers one yield to finish it, so that a burst of publishes
-            // is one pipeline here and one burst at every other node.
+            // Take everything queued (a core's publications are queued whole before its flush
+            // wakes this thread); while a burst from other threads is still arriving (the
+            // last drain found more), give its producers one yield to finish it, so that a
+            // burst of publishes is one pipeline here and one burst at every other node.
             let mut batch = vec![first];
             loop {
                 let before = batch.len();
                 while batch.len() < MAX_BATCH {
-                    match self.rx.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
+                    match self.rx.queue.pop() {
+                        Some(m) => batch.push(m),
+                        None => break,
                     }
                 }
                 if batch.len() == before || batch.len() >= MAX_BATCH {
@@ -628,11 +732,12 @@ impl BrokerThread {
                     Msg::Stop => {
                         // Everything not sent is answered: nobody waits forever.
                         self.close_sub();
+                        self.rx.close();
                         let stopped = || BrokerError::Unavailable("the broker stopped".into());
                         for m in pipeline.into_iter().chain(batch) {
                             fail(&self.inner, m, stopped);
                         }
-                        while let Ok(m) = self.rx.try_recv() {
+                        while let Some(m) = self.rx.queue.pop() {
                             fail(&self.inner, m, stopped);
                         }
                         return;
@@ -819,7 +924,6 @@ impl BrokerThread {
         let reader = Reader {
             inner: self.inner.clone(),
             sink: self.sink.clone(),
-            tx: self.tx.clone(),
             gen,
         };
         std::thread::Builder::new()
@@ -1194,14 +1298,14 @@ impl BrokerThread {
 struct Reader {
     inner: Arc<Inner>,
     sink: BrokerSink,
-    tx: Sender<Msg>,
     gen: u64,
 }
 
 impl Reader {
     fn run(self, mut stream: TcpStream) {
-        // Everything one read brought is parsed first and then handed to the cores in one
-        // go, so a burst from Redis reaches a core as one run (one send per subscriber).
+        // Everything one read brought is parsed first and then handed to the cores as one
+        // burst (each core woken once, after all of it is queued), so a burst from Redis
+        // reaches a core as one run (one send per subscriber).
         let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
         let mut chunk = vec![0u8; 64 * 1024];
         let mut values = Vec::new();
@@ -1209,7 +1313,7 @@ impl Reader {
             let n = match stream.read(&mut chunk) {
                 Ok(0) | Err(_) => {
                     tracing::debug!("subscription connection ended");
-                    let _ = self.tx.send(Msg::Lost(self.gen));
+                    self.inner.send(Msg::Lost(self.gen), true);
                     return;
                 }
                 Ok(n) => n,
@@ -1226,15 +1330,17 @@ impl Reader {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "unreadable subscription stream");
-                        let _ = self.tx.send(Msg::Lost(self.gen));
+                        self.inner.send(Msg::Lost(self.gen), true);
                         return;
                     }
                 }
             }
             buf.extend_from_slice(&data[at..]);
+            let mut burst = self.sink.burst();
             for v in values.drain(..) {
-                if !self.value(v) {
-                    let _ = self.tx.send(Msg::Lost(self.gen));
+                if !self.value(v, &mut burst) {
+                    drop(burst);
+                    self.inner.send(Msg::Lost(self.gen), true);
                     return;
                 }
             }
@@ -1242,7 +1348,7 @@ impl Reader {
     }
 
     /// Handles one value; `false` if the connection must be dropped.
-    fn value(&self, v: Resp) -> bool {
+    fn value(&self, v: Resp, burst: &mut Burst<'_>) -> bool {
         let items = match v {
             Resp::Array(Some(items)) => items,
             Resp::Error(e) => {
@@ -1262,15 +1368,16 @@ impl Reader {
         };
         match &kind[..] {
             b"message" => match it.next() {
-                Some(Resp::Bulk(Some(payload))) => self.message(ch, payload),
+                Some(Resp::Bulk(Some(payload))) => self.message(ch, payload, burst),
                 _ => bump(&self.inner.counters.malformed, 1),
             },
             b"subscribe" => {
                 if let Some(name) = self.inner.names.channel_of(ch) {
-                    let _ = self.tx.send(Msg::Confirmed {
+                    let msg = Msg::Confirmed {
                         channel: name.to_string(),
                         gen: self.gen,
-                    });
+                    };
+                    self.inner.send(msg, true);
                 }
             }
             _ => {}
@@ -1278,7 +1385,7 @@ impl Reader {
         true
     }
 
-    fn message(&self, ch: &str, payload: Bytes) {
+    fn message(&self, ch: &str, payload: Bytes, burst: &mut Burst<'_>) {
         let c = &self.inner.counters;
         let all = ch == self.inner.names.all();
         let name = if all {
@@ -1295,17 +1402,17 @@ impl Reader {
             }
             (Some(Inbound::Plain { kind, payload, .. }), None) => {
                 bump(&c.received, 1);
-                self.sink.deliver_all(&payload, kind);
+                burst.deliver_all(&payload, kind);
             }
             (Some(Inbound::Plain { kind, payload, .. }), Some(name)) => {
                 bump(&c.received, 1);
-                if !self.sink.deliver(name, &payload, kind) {
+                if !burst.deliver(name, &payload, kind) {
                     bump(&c.unrouted, 1);
                 }
             }
             (Some(Inbound::Stream { entry, epoch }), Some(name)) => {
                 bump(&c.received, 1);
-                if !self.sink.stream_publication(name, entry, epoch) {
+                if !burst.stream_publication(name, entry, epoch) {
                     bump(&c.unrouted, 1);
                 }
             }

@@ -106,6 +106,58 @@ fn a_publish_crosses_once_to_each_interested_node_and_is_not_delivered_twice() {
     );
 }
 
+/// Redis's `total_reads_processed` (the reads of every client, this one's included).
+fn redis_reads(admin: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(admin).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_reads_processed in INFO stats")
+}
+
+#[test]
+fn a_burst_published_on_one_node_is_one_pipeline_and_one_buffer_per_subscriber_elsewhere() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (Node::start(&redis.url()), Node::start(&redis.url()));
+    let mut subs = [b.connect(), b.connect(), b.connect()];
+    for s in &mut subs {
+        assert_eq!(s.subscribe("news", None).2, "live");
+    }
+    b.wait_subscriptions(1);
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let reads = redis_reads(&mut admin);
+    let before = b.handle.metrics();
+    // 32 publishes in one write: A's core reads them at once.
+    let mut publisher = a.connect();
+    publisher.send_burst((0..32).map(|i| format!("pub news m{i}")));
+    for _ in 0..32 {
+        assert_eq!(publisher.recv(), "ack 0");
+    }
+    let want: Vec<String> = (0..32).map(|i| format!("m{i}")).collect();
+    for s in &mut subs {
+        let got: Vec<String> = (0..32).map(|_| s.recv()).collect();
+        assert_eq!(got, want, "every message once, in order");
+    }
+    wait("B received the burst", || b.broker.stats().received == 32);
+    assert_eq!(a.broker.stats().published, 32);
+    // One pipeline from A's broker (plus this connection's own INFO).
+    assert_eq!(
+        redis_reads(&mut admin) - reads,
+        2,
+        "one read for the 32 PUBLISHes"
+    );
+    // B handed the burst to its core at once: one queued buffer per subscriber.
+    let after = b.handle.metrics();
+    assert_eq!(after.deliveries - before.deliveries, 3 * 32);
+    assert_eq!(after.delivery_runs - before.delivery_runs, 3);
+}
+
 #[test]
 fn send_to_user_reaches_the_users_connections_on_every_node() {
     if !have_redis() {

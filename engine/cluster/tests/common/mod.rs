@@ -222,6 +222,14 @@ impl Client {
         self.ws.send(tungstenite::Message::text(text)).unwrap();
     }
 
+    /// Sends `texts` as text messages in one write (a burst the server reads at once).
+    pub fn send_burst(&mut self, texts: impl IntoIterator<Item = String>) {
+        for t in texts {
+            self.ws.write(tungstenite::Message::text(t)).unwrap();
+        }
+        self.ws.flush().unwrap();
+    }
+
     /// The next text message (10 s at most).
     pub fn recv(&mut self) -> String {
         loop {
