@@ -16,6 +16,8 @@
 #   bench/cluster.sh                     # 3 reps, 3,000 subscribers (~3 min on 2 cores)
 #   SMOKE=1 bench/cluster.sh             # 30 subscribers, 1 rep, short windows (~30 s)
 #   REPS=5 HISTORY=0 SOCKETIO=0 bench/cluster.sh
+#   BEFORE_BIN=../other/target/release bench/cluster.sh   # + "... before" rows: that build's
+#                                        edge-ws as the cluster, in the same repetitions
 #
 # The publisher sends rounds of INFLIGHT messages (one write; the next round once every
 # subscriber has the whole round), or with ROUNDS=0 a sliding window of INFLIGHT messages;
@@ -24,7 +26,8 @@
 # Knobs: REPS (3), SUBS (3000), NODES (3), SIZE (64), INFLIGHT (32), ROUNDS (1), RATE (20
 # messages/s for the fixed-rate rows; 0: none), WARMUP (1s),
 # DURATION (3s), HISTORY (1), SOCKETIO (1; 0 or no node/npm: skipped), SERVER_CORE (0),
-# CLIENT_CORE (1), BUILD (1), JOBS (1), OUT (target/cluster-bench/latest.jsonl).
+# CLIENT_CORE (1), BUILD (1), JOBS (1), OUT (target/cluster-bench/latest.jsonl), BEFORE_BIN
+# (none: a directory with another build's edge-ws, e.g. the main branch's, for an A/B).
 # Needs redis-server and redis-cli, curl, python3; node and npm for the Socket.IO rows.
 set -euo pipefail
 
@@ -56,6 +59,7 @@ BUILD=${BUILD:-1}
 JOBS=${JOBS:-1}
 OUT=${OUT:-$ROOT/target/cluster-bench/latest.jsonl}
 BIN=${BIN:-$ROOT/target/release}
+BEFORE_BIN=${BEFORE_BIN:-}
 SIO_DIR=$ROOT/bench/cluster/socketio
 REPORT=$ROOT/bench/cluster/report.py
 
@@ -126,6 +130,7 @@ if [[ $BUILD == 1 ]]; then
     cargo build --release -j"$JOBS" -p edge-ws-bench --bin cluster-fanout
 fi
 [[ -x $BIN/edge-ws && -x $BIN/cluster-fanout ]] || die "no $BIN/edge-ws or $BIN/cluster-fanout (BUILD=1?)"
+[[ -z $BEFORE_BIN || -x $BEFORE_BIN/edge-ws ]] || die "no $BEFORE_BIN/edge-ws"
 if [[ $SOCKETIO == 1 && ! -d $SIO_DIR/node_modules/@socket.io/redis-adapter ]]; then
     log "installing the Socket.IO packages (npm ci in bench/cluster/socketio)"
     (cd "$SIO_DIR" && npm ci --no-audit --no-fund --loglevel=error)
@@ -143,9 +148,9 @@ rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 { cat "$ROOT/bench/cluster/edge-ws.toml"; printf '\n[cluster]\nredis_url = "%s"\n' "$REDIS_URL"; } >"$TMP/cluster.toml"
 
 # ---- one row -----------------------------------------------------------------------------------
-# run_row LABEL KIND(single|cluster|socketio) CHANNEL REP [RATE]
+# run_row LABEL KIND(single|cluster|socketio) CHANNEL REP [RATE] [EDGE_WS_DIR]
 run_row() {
-    local label=$1 kind=$2 channel=$3 rep=$4 rate=${5:-0}
+    local label=$1 kind=$2 channel=$3 rep=$4 rate=${5:-0} edge=${6:-$BIN}
     local n=1 proto=edge-ws ports=() pids=() pidargs=() i port pid
     [[ $kind != single ]] && n=$NODES
     [[ $kind == socketio ]] && proto=socketio
@@ -153,12 +158,12 @@ run_row() {
         port=$(free_port)
         case $kind in
             single)
-                taskset -c "$SERVER_CORE" "$BIN/edge-ws" --config "$ROOT/bench/cluster/edge-ws.toml" \
+                taskset -c "$SERVER_CORE" "$edge/edge-ws" --config "$ROOT/bench/cluster/edge-ws.toml" \
                     --addr "127.0.0.1:$port" --cores 1 --data-dir "$TMP/data-$i" --api-addr off \
                     --stats-interval 0 2>>"$TMP/server-$i.log" &
                 ;;
             cluster)
-                taskset -c "$SERVER_CORE" "$BIN/edge-ws" --config "$TMP/cluster.toml" \
+                taskset -c "$SERVER_CORE" "$edge/edge-ws" --config "$TMP/cluster.toml" \
                     --addr "127.0.0.1:$port" --cores 1 --data-dir "$TMP/data-$i" --api-addr off \
                     --stats-interval 0 2>>"$TMP/server-$i.log" &
                 ;;
@@ -232,6 +237,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
     # As fast as the in-flight window allows.
     run_row "edge-ws single" single bench "$rep"
     run_row "edge-ws cluster" cluster bench "$rep"
+    [[ -n $BEFORE_BIN ]] && run_row "edge-ws cluster before" cluster bench "$rep" 0 "$BEFORE_BIN"
     [[ $SOCKETIO == 1 ]] && run_row "socketio cluster" socketio bench "$rep"
     # The same offered load for all: RATE messages/s (one Socket.IO sustains here).
     if [[ $RATE != 0 ]]; then
@@ -242,6 +248,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
     if [[ $HISTORY == 1 ]]; then
         run_row "edge-ws single hist" single hist:bench "$rep"
         run_row "edge-ws cluster hist" cluster hist:bench "$rep"
+        [[ -n $BEFORE_BIN ]] && run_row "edge-ws cluster hist before" cluster hist:bench "$rep" 0 "$BEFORE_BIN"
     fi
 done
 log "done: $(uptime)"

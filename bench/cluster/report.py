@@ -117,7 +117,11 @@ def table(path):
             continue
         sfx = label[len("edge-ws cluster"):]
         what = {"": "as fast as the window allows", " hist": "history"}.get(sfx, sfx.strip())
-        pairs.append((label, "edge-ws single" + sfx,
+        single = "edge-ws single" + sfx
+        if single not in by:
+            # "... before" rows (BEFORE_BIN): against the same repetition's single process.
+            single = "edge-ws single" + sfx.replace(" before", "")
+        pairs.append((label, single,
                       "CPU per delivery, cluster / single (%s; target ≤ 1.5×)" % what, "cpu"))
         if ("socketio cluster" + sfx) in by:
             pairs.append((label, "socketio cluster" + sfx,
