@@ -1,12 +1,19 @@
-//! An ot.js-style document client over a blocking tungstenite WebSocket, speaking the
-//! `doc.*` messages of docs/PROTOCOL.md: at most one operation awaiting its ack, what is typed
-//! meanwhile buffered (composed), both transformed against incoming operations.
+//! An ot.js-style document client speaking the `doc.*` messages of docs/PROTOCOL.md: at most
+//! one operation awaiting its ack, what is typed meanwhile buffered (composed), both
+//! transformed against incoming operations.
+//!
+//! [`OtState`] is the algorithm alone (sans-IO: it takes the server's messages as text and
+//! returns the messages to send), so one thread can drive many editors on non-blocking
+//! sockets (the `documents` bench); [`OtClient`] is one editor over a blocking tungstenite
+//! WebSocket (the integration tests).
 
+use std::borrow::Cow;
 use std::net::{SocketAddr, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use edge_ws_ot::TextOperation;
-use serde_json::{json, Value};
+use serde::Deserialize;
 use tungstenite::{Message as T, WebSocket};
 
 /// A xorshift generator (fixed seeds: reproducible edits).
@@ -61,11 +68,46 @@ pub fn random_op(text: &str, rng: &mut Rng) -> TextOperation {
         .retain(len - at)
 }
 
-/// One editor of one document.
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// The `doc.join` message for `doc` (from `since`, if given).
+pub fn join_message(doc: &str, since: Option<u64>) -> String {
+    match since {
+        Some(s) => format!(
+            r#"{{"type":"doc.join","data":{{"doc":{},"revision":{s}}}}}"#,
+            json_str(doc)
+        ),
+        None => format!(r#"{{"type":"doc.join","data":{{"doc":{}}}}}"#, json_str(doc)),
+    }
+}
+
+/// A server message, as far as the client reads it (other fields are skipped).
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    data: Data,
+}
+
+#[derive(Deserialize, Default)]
+struct Data {
+    revision: Option<u64>,
+    op: Option<TextOperation>,
+    text: Option<String>,
+    ops: Option<Vec<CatchUp>>,
+}
+
+#[derive(Deserialize)]
+struct CatchUp {
+    op: TextOperation,
+}
+
+/// The ot.js client algorithm for one editor of one document, without I/O.
 #[derive(Debug)]
-pub struct OtClient {
-    /// The connection.
-    pub ws: WebSocket<TcpStream>,
+pub struct OtState {
     /// The document.
     pub doc: String,
     /// The server revision this client's text is based on.
@@ -82,26 +124,14 @@ pub struct OtClient {
     /// Operations sent to the server (local edits typed while one waits for its ack are
     /// composed into one).
     pub sent: u64,
+    /// Operations received from the other editors (`doc.op`).
+    pub received: u64,
 }
 
-/// Opens a WebSocket to `addr` and asks to join `doc` (from `since`, if given).
-pub fn join_ws(addr: SocketAddr, doc: &str, since: Option<u64>) -> WebSocket<TcpStream> {
-    let stream = TcpStream::connect(addr).expect("connect");
-    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
-    let mut data = json!({ "doc": doc });
-    if let Some(s) = since {
-        data["revision"] = json!(s);
-    }
-    ws.send(T::text(json!({"type":"doc.join","data":data}).to_string()))
-        .expect("send");
-    ws
-}
-
-impl OtClient {
-    /// Joins `doc` and waits for the answer.
-    pub fn join(addr: SocketAddr, doc: &str) -> OtClient {
-        let mut c = OtClient {
-            ws: join_ws(addr, doc, None),
+impl OtState {
+    /// A client of `doc` that has not joined yet (send [`join_message`] first).
+    pub fn new(doc: &str) -> OtState {
+        OtState {
             doc: doc.into(),
             revision: 0,
             text: String::new(),
@@ -111,52 +141,41 @@ impl OtClient {
             joins: 0,
             ack_latencies: Vec::new(),
             sent: 0,
-        };
-        c.await_join(0);
-        c
-    }
-
-    /// Drops the connection (once settled) and rejoins from the revision held.
-    pub fn reconnect(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.settled() && Instant::now() < deadline {
-            self.pump(Duration::from_millis(5));
+            received: 0,
         }
-        assert!(self.settled(), "settled before reconnecting");
-        let _ = self.ws.close(None);
-        let _ = self.ws.flush();
-        let before = self.joins;
-        self.ws = join_ws(addr, &self.doc, Some(self.revision));
-        self.await_join(before);
     }
 
-    /// Waits for the answer to a join (catch-up must land before local edits resume).
-    fn await_join(&mut self, joins_before: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.joins == joins_before && Instant::now() < deadline {
-            self.pump(Duration::from_millis(5));
-        }
-        assert!(self.joins > joins_before, "joined in time");
-    }
-
-    fn send_op(&mut self, op: &TextOperation) {
-        let op: Value = serde_json::from_str(&op.to_json()).expect("op JSON");
-        let m = json!({"type":"doc.edit","data":{"doc":self.doc,"revision":self.revision,"op":op}});
-        self.ws.send(T::text(m.to_string())).expect("send");
+    /// The `doc.edit` message for `op` against the revision held; the caller sends it now
+    /// (the ack latency is timed from here).
+    fn edit_message(&mut self, op: &TextOperation) -> String {
         self.sent_at = Some(Instant::now());
         self.sent += 1;
+        format!(
+            r#"{{"type":"doc.edit","data":{{"doc":{},"revision":{},"op":{}}}}}"#,
+            json_str(&self.doc),
+            self.revision,
+            op.to_json()
+        )
     }
 
-    /// A local edit: applied now, sent when the previous one is acknowledged.
-    pub fn local(&mut self, op: TextOperation) {
+    /// A local edit: applied now; returns the message to send if nothing awaits an ack (else
+    /// the edit is buffered, composed with what is buffered already).
+    pub fn local(&mut self, op: TextOperation) -> Option<String> {
         self.text = op.apply(&self.text).expect("a local op applies");
         match (&self.outstanding, self.buffer.take()) {
             (None, _) => {
-                self.send_op(&op);
+                let m = self.edit_message(&op);
                 self.outstanding = Some(op);
+                Some(m)
             }
-            (Some(_), None) => self.buffer = Some(op),
-            (Some(_), Some(b)) => self.buffer = Some(b.compose(&op).expect("composes")),
+            (Some(_), None) => {
+                self.buffer = Some(op);
+                None
+            }
+            (Some(_), Some(b)) => {
+                self.buffer = Some(b.compose(&op).expect("composes"));
+                None
+            }
         }
     }
 
@@ -179,6 +198,119 @@ impl OtClient {
         self.outstanding.is_none() && self.buffer.is_none()
     }
 
+    /// Handles one message from the server; returns the message to send in answer (the
+    /// buffered edit, once the outstanding one is acknowledged). Panics on anything
+    /// unexpected (an error, a malformed message): the tests and the bench want to know.
+    pub fn receive(&mut self, text: &str) -> Option<String> {
+        let m: Incoming<'_> = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("a server message ({e}): {text}"));
+        let d = m.data;
+        match &*m.kind {
+            "doc.ack" => {
+                self.revision = d.revision.expect("revision");
+                if let Some(t) = self.sent_at.take() {
+                    self.ack_latencies.push(t.elapsed());
+                }
+                self.outstanding = self.buffer.take();
+                let op = self.outstanding.take()?;
+                let m = self.edit_message(&op);
+                self.outstanding = Some(op);
+                Some(m)
+            }
+            "doc.op" => {
+                self.revision = d.revision.expect("revision");
+                self.received += 1;
+                self.remote(d.op.expect("op"));
+                None
+            }
+            "doc.joined" => {
+                if let Some(t) = d.text {
+                    self.text = t;
+                }
+                for o in d.ops.unwrap_or_default() {
+                    self.text = o.op.apply(&self.text).expect("a catch-up op applies");
+                }
+                self.revision = d.revision.expect("revision");
+                self.joins += 1;
+                None
+            }
+            "doc.user_joined" | "doc.user_left" | "doc.cursor" => None,
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+}
+
+/// One editor of one document over a blocking WebSocket (derefs to its [`OtState`]).
+#[derive(Debug)]
+pub struct OtClient {
+    /// The connection.
+    pub ws: WebSocket<TcpStream>,
+    /// The algorithm's state.
+    pub state: OtState,
+}
+
+impl Deref for OtClient {
+    type Target = OtState;
+    fn deref(&self) -> &OtState {
+        &self.state
+    }
+}
+
+impl DerefMut for OtClient {
+    fn deref_mut(&mut self) -> &mut OtState {
+        &mut self.state
+    }
+}
+
+/// Opens a WebSocket to `addr` and asks to join `doc` (from `since`, if given).
+pub fn join_ws(addr: SocketAddr, doc: &str, since: Option<u64>) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).expect("connect");
+    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
+    ws.send(T::text(join_message(doc, since))).expect("send");
+    ws
+}
+
+impl OtClient {
+    /// Joins `doc` and waits for the answer.
+    pub fn join(addr: SocketAddr, doc: &str) -> OtClient {
+        let mut c = OtClient {
+            ws: join_ws(addr, doc, None),
+            state: OtState::new(doc),
+        };
+        c.await_join(0);
+        c
+    }
+
+    /// Drops the connection (once settled) and rejoins from the revision held.
+    pub fn reconnect(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.settled() && Instant::now() < deadline {
+            self.pump(Duration::from_millis(5));
+        }
+        assert!(self.settled(), "settled before reconnecting");
+        let _ = self.ws.close(None);
+        let _ = self.ws.flush();
+        let before = self.joins;
+        self.ws = join_ws(addr, &self.state.doc, Some(self.revision));
+        self.await_join(before);
+    }
+
+    /// Waits for the answer to a join (catch-up must land before local edits resume).
+    fn await_join(&mut self, joins_before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.joins == joins_before && Instant::now() < deadline {
+            self.pump(Duration::from_millis(5));
+        }
+        assert!(self.joins > joins_before, "joined in time");
+    }
+
+    /// A local edit: applied now, sent when the previous one is acknowledged.
+    pub fn local(&mut self, op: TextOperation) {
+        if let Some(m) = self.state.local(op) {
+            self.ws.send(T::text(m)).expect("send");
+        }
+    }
+
     /// Handles what arrives within `wait` (then whatever is already there).
     pub fn pump(&mut self, wait: Duration) {
         let _ = self
@@ -186,8 +318,8 @@ impl OtClient {
             .get_mut()
             .set_read_timeout(Some(wait.max(Duration::from_micros(100))));
         loop {
-            let m = match self.ws.read() {
-                Ok(T::Text(t)) => serde_json::from_str::<Value>(&t).expect("JSON"),
+            let t = match self.ws.read() {
+                Ok(T::Text(t)) => t,
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
                     if matches!(
@@ -203,45 +335,9 @@ impl OtClient {
                 .ws
                 .get_mut()
                 .set_read_timeout(Some(Duration::from_millis(1)));
-            self.handle(&m);
-        }
-    }
-
-    fn handle(&mut self, m: &Value) {
-        match m["type"].as_str().unwrap_or("") {
-            "doc.ack" => {
-                self.revision = m["data"]["revision"].as_u64().expect("revision");
-                if let Some(t) = self.sent_at.take() {
-                    self.ack_latencies.push(t.elapsed());
-                }
-                self.outstanding = self.buffer.take();
-                if let Some(op) = self.outstanding.clone() {
-                    self.send_op(&op);
-                }
+            if let Some(m) = self.state.receive(&t) {
+                self.ws.send(T::text(m)).expect("send");
             }
-            "doc.op" => {
-                self.revision = m["data"]["revision"].as_u64().expect("revision");
-                let op = TextOperation::from_json(&m["data"]["op"].to_string()).expect("op");
-                self.remote(op);
-            }
-            "doc.joined" => {
-                let d = &m["data"];
-                if let Some(t) = d["text"].as_str() {
-                    self.text = t.to_string();
-                }
-                if let Some(ops) = d["ops"].as_array() {
-                    for o in ops {
-                        self.text = TextOperation::from_json(&o["op"].to_string())
-                            .expect("op")
-                            .apply(&self.text)
-                            .expect("a catch-up op applies");
-                    }
-                }
-                self.revision = d["revision"].as_u64().expect("revision");
-                self.joins += 1;
-            }
-            "doc.user_joined" | "doc.user_left" | "doc.cursor" => {}
-            other => panic!("unexpected {other}: {m}"),
         }
     }
 }
