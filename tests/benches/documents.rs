@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use edge_ws::{Config, Cores, Engine};
 use edge_ws_server::documents::{DocumentConfig, Documents};
-use edge_ws_server::store::{LatencyStats, Store, StoreOptions};
+use edge_ws_server::store::{Durability, LatencyStats, Store, StoreOptions};
 use edge_ws_server::{Manager, Router};
 use edge_ws_tests::ot_client::{join_message, random_op, OtState, Rng};
 use tokio::net::TcpStream;
@@ -41,6 +41,8 @@ const DOC: &str = "bench";
 /// workers) and of the client thread.
 const SERVER: [&str; 2] = ["edge-ws-", "iou-"];
 const CLIENTS: [&str; 1] = ["doc-clients"];
+/// The server's parts, for the CPU split.
+const PARTS: [&str; 3] = ["edge-ws-core", "edge-ws-docs", "edge-ws-store"];
 /// Bound on the settling and convergence phases.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -59,7 +61,9 @@ fn sched_of(prefixes: &[&str]) -> (f64, f64) {
             continue;
         }
         let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
-        let mut f = stat.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        let mut f = stat
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
         run += f.next().unwrap_or(0);
         wait += f.next().unwrap_or(0);
     }
@@ -229,6 +233,8 @@ struct Run {
     wall: Duration,
     server_cpu: f64,
     server_wait: f64,
+    /// CPU seconds of the engine cores, the documents thread, the store thread.
+    parts: [f64; 3],
     client_cpu: f64,
     client_wait: f64,
     received: u64,
@@ -250,6 +256,7 @@ fn clients(addr: SocketAddr, docs: &Documents, secs: u64) -> Run {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let shared = Rc::new(Shared::default());
         let (server0, client0) = (sched_of(&SERVER), sched_of(&CLIENTS));
+        let parts0 = PARTS.map(|p| sched_of(&[p]).0);
         let t0 = Instant::now();
         let end = t0 + Duration::from_secs(secs);
         let tasks: Vec<_> = editors
@@ -263,6 +270,8 @@ fn clients(addr: SocketAddr, docs: &Documents, secs: u64) -> Run {
         }
         let wall = t0.elapsed();
         let (server1, client1) = (sched_of(&SERVER), sched_of(&CLIENTS));
+        let parts1 = PARTS.map(|p| sched_of(&[p]).0);
+        let parts = [0, 1, 2].map(|i| parts1[i] - parts0[i]);
         let (server_cpu, server_wait) = (server1.0 - server0.0, server1.1 - server0.1);
         let (client_cpu, client_wait) = (client1.0 - client0.0, client1.1 - client0.1);
         // Every ack is in, so the server's revision is final; every client reads up to it.
@@ -274,6 +283,7 @@ fn clients(addr: SocketAddr, docs: &Documents, secs: u64) -> Run {
             wall,
             server_cpu,
             server_wait,
+            parts,
             client_cpu,
             client_wait,
             received: 0,
@@ -325,7 +335,14 @@ fn main() {
     }
     let dir = std::env::temp_dir().join(format!("edge-ws-doc-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    // DOC_BENCH_DURABILITY=buffered (a diagnostic, not the default): commits without the
+    // fsync, to tell the disk's share of the latency from the rest of the server's.
+    let mut options = StoreOptions::default();
+    if std::env::var("DOC_BENCH_DURABILITY").is_ok_and(|v| v == "buffered") {
+        options.durability = Durability::Buffered;
+    }
+    let durability = options.durability;
+    let store = Store::open(&dir, options).unwrap();
     let manager = Manager::builder().build();
     let mut cfg = Config::default();
     cfg.addr = "127.0.0.1:0".parse().unwrap();
@@ -355,6 +372,7 @@ fn main() {
     let docs = manager.documents().unwrap();
     let stats = docs.stats();
     let server = docs.ack_latency();
+    let stages = docs.ack_stages();
     let store_stats = store.stats();
     let mut lat = run.ack;
     lat.sort();
@@ -362,7 +380,7 @@ fn main() {
     let (rev, text) = docs.text(DOC).unwrap();
     let per_op = |cpu: f64| cpu * 1e6 / stats.applied.max(1) as f64;
     println!(
-        "documents_100_editors: server CPUs {:?}, client CPU {:?}; {} edits typed, {} operations \
+        "documents_100_editors: store {durability:?}; server CPUs {:?}, client CPU {:?}; {} edits typed, {} operations \
          applied ({} transformed) in {:.1} s, {} broadcasts received; all {EDITORS} clients \
          converged at revision {rev} ({} UTF-16 units)",
         server_cpus.iter().map(|c| c.id).collect::<Vec<_>>(),
@@ -388,6 +406,12 @@ fn main() {
         quantiles(&server)
     );
     println!(
+        "documents_100_editors server stages: to the documents thread {}; record handed to the \
+         store → durable {}",
+        quantiles(&stages.queued),
+        quantiles(&stages.durable)
+    );
+    println!(
         "documents_100_editors store: {} commits (largest batch {}), commit {}, fsync {}",
         store_stats.commits,
         store_stats.largest_batch,
@@ -396,11 +420,14 @@ fn main() {
     );
     println!(
         "documents_100_editors CPU per applied op: server {:.1} µs ({:.2} s on a CPU, {:.2} s \
-         runnable waiting for one), clients {:.1} µs ({:.2} s on a CPU, {:.2} s waiting; {:.2} µs \
-         per broadcast received)",
+         runnable waiting for one; engine {:.1} µs, documents {:.1} µs, store {:.1} µs), clients \
+         {:.1} µs ({:.2} s on a CPU, {:.2} s waiting; {:.2} µs per broadcast received)",
         per_op(run.server_cpu),
         run.server_cpu,
         run.server_wait,
+        per_op(run.parts[0]),
+        per_op(run.parts[1]),
+        per_op(run.parts[2]),
         per_op(run.client_cpu),
         run.client_cpu,
         run.client_wait,

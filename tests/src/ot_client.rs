@@ -79,7 +79,10 @@ pub fn join_message(doc: &str, since: Option<u64>) -> String {
             r#"{{"type":"doc.join","data":{{"doc":{},"revision":{s}}}}}"#,
             json_str(doc)
         ),
-        None => format!(r#"{{"type":"doc.join","data":{{"doc":{}}}}}"#, json_str(doc)),
+        None => format!(
+            r#"{{"type":"doc.join","data":{{"doc":{}}}}}"#,
+            json_str(doc)
+        ),
     }
 }
 
@@ -202,8 +205,8 @@ impl OtState {
     /// buffered edit, once the outstanding one is acknowledged). Panics on anything
     /// unexpected (an error, a malformed message): the tests and the bench want to know.
     pub fn receive(&mut self, text: &str) -> Option<String> {
-        let m: Incoming<'_> = serde_json::from_str(text)
-            .unwrap_or_else(|e| panic!("a server message ({e}): {text}"));
+        let m: Incoming<'_> =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("a server message ({e}): {text}"));
         let d = m.data;
         match &*m.kind {
             "doc.ack" => {

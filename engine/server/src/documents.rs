@@ -167,11 +167,40 @@ enum Req {
     },
 }
 
+/// Where the edit → ack time goes (see [`Documents::ack_stages`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AckStages {
+    /// The edit's arrival on its connection's core → the documents thread takes it (the
+    /// queue, and the thread's wake-up).
+    pub queued: crate::store::LatencyStats,
+    /// The documents thread hands the log record to the store → it learns that the record is
+    /// durable (the store's queue and group commit, the fsync, the answer's way back). Single
+    /// node only: in a cluster the sequencing is Redis's and only the total is measured.
+    pub durable: crate::store::LatencyStats,
+}
+
+struct Histograms {
+    ack: crate::store::stats::Histogram,
+    queued: crate::store::stats::Histogram,
+    durable: crate::store::stats::Histogram,
+}
+
+impl Histograms {
+    fn new() -> Histograms {
+        Histograms {
+            ack: crate::store::stats::Histogram::new(),
+            queued: crate::store::stats::Histogram::new(),
+            durable: crate::store::stats::Histogram::new(),
+        }
+    }
+}
+
 /// The handle to the documents thread (`Send + Sync + Clone`).
 #[derive(Clone)]
 pub struct Documents {
     tx: Arc<Mutex<Sender<Req>>>,
-    ack_latency: Arc<crate::store::stats::Histogram>,
+    latency: Arc<Histograms>,
 }
 
 impl std::fmt::Debug for Documents {
@@ -204,9 +233,9 @@ impl Documents {
             joins: HashMap::new(),
         });
         let (tx, rx) = mpsc::channel();
-        let ack_latency = Arc::new(crate::store::stats::Histogram::new());
+        let latency = Arc::new(Histograms::new());
         let w = Worker {
-            ack_latency: ack_latency.clone(),
+            latency: latency.clone(),
             store,
             engine,
             config,
@@ -221,7 +250,7 @@ impl Documents {
             .spawn(move || w.run(rx));
         Documents {
             tx: Arc::new(Mutex::new(tx)),
-            ack_latency,
+            latency,
         }
     }
 
@@ -229,7 +258,16 @@ impl Documents {
     /// being handed to the engine: the documents thread's queue, transform and apply, and
     /// the log record's commit (fsync).
     pub fn ack_latency(&self) -> crate::store::LatencyStats {
-        self.ack_latency.snapshot()
+        self.latency.ack.snapshot()
+    }
+
+    /// [`ack_latency`](Documents::ack_latency) in stages: the way to the documents thread,
+    /// and the wait for durability (the rest, transform and apply, is the difference).
+    pub fn ack_stages(&self) -> AckStages {
+        AckStages {
+            queued: self.latency.queued.snapshot(),
+            durable: self.latency.durable.snapshot(),
+        }
     }
 
     fn push(&self, r: Req) {
@@ -321,6 +359,8 @@ struct Pending {
     msg_id: Option<String>,
     op: TextOperation,
     received: std::time::Instant,
+    /// When its log record went to the store (in a cluster: when it was queued; unused).
+    stored: std::time::Instant,
 }
 
 /// Cluster: an edit waiting for its append, with the revision its op is against.
@@ -454,7 +494,7 @@ struct Worker {
     /// Per connection, the documents it is in.
     member_of: HashMap<ConnectionId, Vec<Arc<str>>>,
     stats: DocumentStats,
-    ack_latency: Arc<crate::store::stats::Histogram>,
+    latency: Arc<Histograms>,
     cluster: Option<DocCluster>,
 }
 
@@ -790,6 +830,7 @@ impl Worker {
         received: std::time::Instant,
     ) {
         let id = msg_id.as_deref();
+        self.latency.queued.record(received.elapsed());
         let Some(d) = self.docs.get_mut(doc) else {
             return self.refuse(conn, id, doc, "join the document first");
         };
@@ -832,6 +873,7 @@ impl Worker {
                     msg_id,
                     op,
                     received,
+                    stored: std::time::Instant::now(),
                 },
             });
             let k: Arc<str> = doc.into();
@@ -906,6 +948,7 @@ impl Worker {
                 msg_id,
                 op,
                 received,
+                stored: std::time::Instant::now(),
             },
         ));
         if let Err(e) = self
@@ -959,7 +1002,8 @@ impl Worker {
         let d = &self.docs[doc];
         let ack = format!(r#"{{"doc":{},"revision":{rev}}}"#, json_str(doc));
         self.send(p.conn, &envelope("doc.ack", p.msg_id.as_deref(), &ack));
-        self.ack_latency.record(p.received.elapsed());
+        self.latency.ack.record(p.received.elapsed());
+        self.latency.durable.record(p.stored.elapsed());
         let user = d.members.get(&p.conn).and_then(|m| m.user.clone());
         let ev = envelope(
             "doc.op",
@@ -1759,7 +1803,7 @@ impl Worker {
             let ack = format!(r#"{{"doc":{},"revision":{rev}}}"#, json_str(doc));
             self.engine
                 .send_text(q.p.conn, &envelope("doc.ack", q.p.msg_id.as_deref(), &ack));
-            self.ack_latency.record(q.p.received.elapsed());
+            self.latency.ack.record(q.p.received.elapsed());
             sender = Some(q.p.conn);
             if rev.is_multiple_of(self.config.snapshot_every.max(1)) {
                 let snap = Snapshot {
