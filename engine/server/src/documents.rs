@@ -691,20 +691,7 @@ impl Worker {
             user.as_ref()
                 .is_some_and(|u| !d.members.values().any(|m| m.user.as_ref() == Some(u)))
         };
-        let d = self.docs.get_mut(&k).expect("loaded");
-        let fresh = d
-            .members
-            .insert(
-                conn,
-                Member {
-                    user: user.clone(),
-                    selection: None,
-                },
-            )
-            .is_none();
-        if fresh {
-            self.member_of.entry(conn).or_default().push(k.clone());
-        }
+        let fresh = self.add_member(&k, conn, user.clone());
         let d = &self.docs[&k];
         let now = d.committed_rev;
         let mut data = format!(r#"{{"doc":{},"revision":{now}"#, json_str(doc));
@@ -1184,6 +1171,23 @@ impl Worker {
         }
     }
 
+    /// Makes `conn` a member of the loaded document `doc` (again: its user is updated), and
+    /// remembers the membership for the connection's close. Returns whether it was not one.
+    fn add_member(&mut self, doc: &Arc<str>, conn: ConnectionId, user: Option<String>) -> bool {
+        let Some(d) = self.docs.get_mut(doc) else {
+            return false;
+        };
+        let member = Member {
+            user,
+            selection: None,
+        };
+        let fresh = d.members.insert(conn, member).is_none();
+        if fresh {
+            self.member_of.entry(conn).or_default().push(doc.clone());
+        }
+        fresh
+    }
+
     /// A join's answer, with the members on every node; the member receives everything
     /// after it.
     fn joined(
@@ -1224,19 +1228,7 @@ impl Worker {
                 return self.forget_idle(doc);
             }
         };
-        let fresh = d
-            .members
-            .insert(
-                conn,
-                Member {
-                    user: user.clone(),
-                    selection: None,
-                },
-            )
-            .is_none();
-        if fresh {
-            self.member_of.entry(conn).or_default().push(doc.clone());
-        }
+        let fresh = self.add_member(doc, conn, user.clone());
         let c = self.cluster.as_ref().expect("cluster mode");
         let me = c.client(conn);
         let d = &self.docs[doc];
