@@ -158,9 +158,6 @@ fn parse_epoch(s: &str) -> Result<u64, RouteError> {
     s.parse().map_err(|_| RouteError::invalid_data())
 }
 
-/// How long a client should wait before retrying after a store failure.
-pub(crate) const RETRY_AFTER_MS: u64 = 100;
-
 /// `{"type":T,"id":I,"data":D}` with `id` only if the request had one.
 fn envelope(kind: &str, id: Option<&str>, data: &str) -> String {
     crate::json::envelope(kind, id, Some(data))
@@ -168,7 +165,9 @@ fn envelope(kind: &str, id: Option<&str>, data: &str) -> String {
 
 /// The error envelope for a stream error, with a retry hint when retrying may help.
 fn stream_error(id: Option<&str>, e: &StreamError) -> String {
-    let retry = e.is_retryable().then_some(RETRY_AFTER_MS);
+    let retry = e
+        .is_retryable()
+        .then_some(crate::route_error::RETRY_AFTER_MS);
     crate::json::error_envelope(id, &e.to_string(), retry, "")
 }
 
@@ -401,7 +400,8 @@ mod inbox {
     }
 
     fn error(id: Option<&str>, e: &NotificationError) -> String {
-        let retry = matches!(e, NotificationError::Store(_)).then_some(RETRY_AFTER_MS);
+        let retry =
+            matches!(e, NotificationError::Store(_)).then_some(crate::route_error::RETRY_AFTER_MS);
         crate::json::error_envelope(id, &e.to_string(), retry, "")
     }
 
@@ -618,17 +618,6 @@ struct PresenceSetReq<'a> {
     meta: Option<&'a serde_json::value::RawValue>,
 }
 
-pub(crate) fn presence_json(p: &crate::presence::UserPresence) -> String {
-    format!(
-        r#"{{"user":{},"status":{},"last_seen":{},"connections":{},"meta":{}}}"#,
-        serde_json::to_string(&p.user).unwrap_or_default(),
-        serde_json::to_string(p.status.as_str()).unwrap_or_default(),
-        p.last_seen_ms,
-        p.connections,
-        p.meta.as_deref().unwrap_or("null")
-    )
-}
-
 fn presence_set(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), RouteError> {
     let req: PresenceSetReq<'_> = msg.data()?;
     let user = ctx
@@ -649,7 +638,7 @@ fn presence_set(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), Rou
         .presence
         .get(&user)
         .ok_or_else(|| RouteError::new("no presence"))?;
-    let text = envelope("presence", msg.id(), &presence_json(&p));
+    let text = envelope("presence", msg.id(), &crate::presence::presence_json(&p));
     let _ = ctx.send_text(&text);
     Ok(())
 }
@@ -688,7 +677,7 @@ fn presence_get(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(), Rou
                 connections: 0,
                 meta: None,
             });
-        d.push_str(&presence_json(&p));
+        d.push_str(&crate::presence::presence_json(&p));
     }
     d.push_str("]}");
     let _ = ctx.send_text(&envelope("presence", msg.id(), &d));
@@ -736,7 +725,7 @@ fn presence_get_everywhere(
             match r {
                 Ok(found) => {
                     p.0[i] = Some(match found {
-                        Some(found) => presence_json(&found),
+                        Some(found) => crate::presence::presence_json(&found),
                         None => offline_json(&u, None),
                     });
                     p.1 += 1;
@@ -757,7 +746,7 @@ fn presence_get_everywhere(
                     let text = crate::json::error_envelope(
                         id.as_deref(),
                         &format!("presence: {e}"),
-                        Some(RETRY_AFTER_MS),
+                        Some(crate::route_error::RETRY_AFTER_MS),
                         "",
                     );
                     engine.send_text(conn, &text);
@@ -803,7 +792,7 @@ fn presence_channel(ctx: &mut Context<'_, '_>, msg: &Envelope<'_>) -> Result<(),
                     Err(e) => crate::json::error_envelope(
                         id.as_deref(),
                         &format!("presence: {e}"),
-                        Some(RETRY_AFTER_MS),
+                        Some(crate::route_error::RETRY_AFTER_MS),
                         "",
                     ),
                 };

@@ -251,7 +251,7 @@ impl Cluster {
         let _order = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         match inner.presence.get(user) {
             Some(p) if p.connections > 0 || p.status != Status::Offline => {
-                let info = crate::channels::presence_json(&p);
+                let info = crate::presence::presence_json(&p);
                 self.broker.presence_join(&key, &self.node, info.as_bytes());
                 self.broker.presence_join(USERS, &online, user.as_bytes());
             }

@@ -1540,7 +1540,7 @@ impl Worker {
                 let text = crate::json::error_envelope(
                     q.p.msg_id.as_deref(),
                     &format!("documents: {e}"),
-                    Some(crate::channels::RETRY_AFTER_MS),
+                    Some(crate::route_error::RETRY_AFTER_MS),
                     &format!(r#","doc":{}"#, json_str(doc)),
                 );
                 self.send(q.p.conn, &text);
@@ -1588,7 +1588,7 @@ impl Worker {
                     let text = crate::json::error_envelope(
                         q.p.msg_id.as_deref(),
                         &format!("documents: {e}"),
-                        Some(crate::channels::RETRY_AFTER_MS),
+                        Some(crate::route_error::RETRY_AFTER_MS),
                         &format!(r#","doc":{}"#, json_str(doc)),
                     );
                     self.send(q.p.conn, &text);

@@ -662,7 +662,7 @@ impl Api {
                     m.presence(&req.user)
                 };
                 Ok(match found {
-                    Some(p) => crate::channels::presence_json(&p),
+                    Some(p) => crate::presence::presence_json(&p),
                     None => crate::channels::offline_json(&req.user, None),
                 })
             }

@@ -465,6 +465,19 @@ impl Presence {
     }
 }
 
+/// A user's presence as the envelope and the HTTP API send it:
+/// `{"user","status","last_seen","connections","meta"}`.
+pub(crate) fn presence_json(p: &UserPresence) -> String {
+    format!(
+        r#"{{"user":{},"status":{},"last_seen":{},"connections":{},"meta":{}}}"#,
+        serde_json::to_string(&p.user).unwrap_or_default(),
+        serde_json::to_string(p.status.as_str()).unwrap_or_default(),
+        p.last_seen_ms,
+        p.connections,
+        p.meta.as_deref().unwrap_or("null")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,9 @@ use std::fmt;
 
 use crate::events::ErrorKind;
 
+/// How long a client should wait before retrying after a store failure.
+pub(crate) const RETRY_AFTER_MS: u64 = 100;
+
 /// A route's failure, answered as `{"type":"error","id":…,"error":<message>}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteError {
