@@ -813,32 +813,16 @@ pub(crate) fn cluster_channel_presence_json(
     p: &crate::ClusterChannelPresence,
     members: bool,
 ) -> String {
-    let mut d = String::with_capacity(64 + p.members.len() * 48);
-    let _ = write!(
-        d,
-        r#"{{"channel":{},"clients":{},"users":{}"#,
-        serde_json::to_string(channel).unwrap_or_default(),
+    presence_channel_json(
+        channel,
         p.clients,
-        p.users
-    );
-    if members {
-        d.push_str(r#","members":["#);
-        for (i, m) in p.members.iter().enumerate() {
-            if i > 0 {
-                d.push(',');
-            }
-            d.push_str(r#"{"client":"#);
-            crate::json::push_str(&mut d, &m.client);
-            let _ = write!(
-                d,
-                r#","user":{}}}"#,
-                serde_json::to_string(&m.user).unwrap_or_default()
-            );
-        }
-        d.push(']');
-    }
-    d.push('}');
-    d
+        p.users,
+        members.then(|| {
+            p.members
+                .iter()
+                .map(|m| (m.client.as_str().into(), &m.user))
+        }),
+    )
 }
 
 /// The data of a `presence.channel` reply.
@@ -847,25 +831,44 @@ pub(crate) fn channel_presence_json(
     p: &crate::presence::ChannelPresence,
     members: bool,
 ) -> String {
-    let mut d = String::with_capacity(64 + p.members.len() * 40);
+    presence_channel_json(
+        channel,
+        p.clients,
+        p.users,
+        members.then(|| {
+            p.members
+                .iter()
+                .map(|m| (m.connection.to_string().into(), &m.user))
+        }),
+    )
+}
+
+/// `{"channel","clients","users"[,"members":[{"client","user"}…]]}`.
+fn presence_channel_json<'a>(
+    channel: &str,
+    clients: usize,
+    users: usize,
+    members: Option<impl ExactSizeIterator<Item = (std::borrow::Cow<'a, str>, &'a Option<String>)>>,
+) -> String {
+    let n = members.as_ref().map_or(0, |m| m.len());
+    let mut d = String::with_capacity(64 + n * 48);
     let _ = write!(
         d,
-        r#"{{"channel":{},"clients":{},"users":{}"#,
+        r#"{{"channel":{},"clients":{clients},"users":{users}"#,
         serde_json::to_string(channel).unwrap_or_default(),
-        p.clients,
-        p.users
     );
-    if members {
+    if let Some(members) = members {
         d.push_str(r#","members":["#);
-        for (i, m) in p.members.iter().enumerate() {
+        for (i, (client, user)) in members.enumerate() {
             if i > 0 {
                 d.push(',');
             }
+            d.push_str(r#"{"client":"#);
+            crate::json::push_str(&mut d, &client);
             let _ = write!(
                 d,
-                r#"{{"client":"{}","user":{}}}"#,
-                m.connection,
-                serde_json::to_string(&m.user).unwrap_or_default()
+                r#","user":{}}}"#,
+                serde_json::to_string(user).unwrap_or_default()
             );
         }
         d.push(']');
