@@ -419,6 +419,31 @@ impl Doc {
     fn log_start(&self) -> u64 {
         self.log.front().map_or(self.revision, |(r, _)| r - 1)
     }
+
+    /// The start of a `doc.joined` reply's data, `{"doc","revision"` and then the operations
+    /// after `since` when the log still reaches back to it, the committed text otherwise
+    /// (left open for the members).
+    fn joined_json(&self, doc: &str, since: Option<u64>) -> String {
+        let now = self.committed_rev;
+        let mut data = format!(r#"{{"doc":{},"revision":{now}"#, json_str(doc));
+        match since {
+            Some(s) if s <= now && s >= self.log_start() => {
+                data.push_str(r#","ops":["#);
+                let ops = self.log.iter().filter(|(r, _)| *r > s && *r <= now);
+                for (i, (r, op)) in ops.enumerate() {
+                    if i > 0 {
+                        data.push(',');
+                    }
+                    let _ = write!(data, r#"{{"revision":{r},"op":{}}}"#, op.to_json());
+                }
+                data.push(']');
+            }
+            _ => {
+                let _ = write!(data, r#","text":{}"#, json_str(&self.committed_text));
+            }
+        }
+        data
+    }
 }
 
 /// The cluster side of the documents thread.
@@ -693,25 +718,7 @@ impl Worker {
         };
         let fresh = self.add_member(&k, conn, user.clone());
         let d = &self.docs[&k];
-        let now = d.committed_rev;
-        let mut data = format!(r#"{{"doc":{},"revision":{now}"#, json_str(doc));
-        let log_start = d.log.front().map_or(d.revision, |(r, _)| r - 1);
-        match since {
-            Some(s) if s <= now && s >= log_start => {
-                data.push_str(r#","ops":["#);
-                let ops = d.log.iter().filter(|(r, _)| *r > s && *r <= now);
-                for (i, (r, op)) in ops.enumerate() {
-                    if i > 0 {
-                        data.push(',');
-                    }
-                    let _ = write!(data, r#"{{"revision":{r},"op":{}}}"#, op.to_json());
-                }
-                data.push(']');
-            }
-            _ => {
-                let _ = write!(data, r#","text":{}"#, json_str(&d.committed_text));
-            }
-        }
+        let mut data = d.joined_json(doc, since);
         data.push_str(r#","members":["#);
         for (i, (c, m)) in d.members.iter().enumerate() {
             if i > 0 {
@@ -1232,24 +1239,7 @@ impl Worker {
         let c = self.cluster.as_ref().expect("cluster mode");
         let me = c.client(conn);
         let d = &self.docs[doc];
-        let now = d.committed_rev;
-        let mut data = format!(r#"{{"doc":{},"revision":{now}"#, json_str(doc));
-        match since {
-            Some(s) if s <= now && s >= d.log_start() => {
-                data.push_str(r#","ops":["#);
-                let ops = d.log.iter().filter(|(r, _)| *r > s && *r <= now);
-                for (i, (r, op)) in ops.enumerate() {
-                    if i > 0 {
-                        data.push(',');
-                    }
-                    let _ = write!(data, r#"{{"revision":{r},"op":{}}}"#, op.to_json());
-                }
-                data.push(']');
-            }
-            _ => {
-                let _ = write!(data, r#","text":{}"#, json_str(&d.committed_text));
-            }
-        }
+        let mut data = d.joined_json(doc, since);
         // Selections are known for this node's members; the others' arrive as doc.cursor.
         let local: HashMap<String, &Member> =
             d.members.iter().map(|(c2, m)| (c.client(*c2), m)).collect();
