@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use edge_ws::runtime::os::threads_sched_seconds as sched_of;
 use edge_ws::{Config, Cores, Engine};
 use edge_ws_server::documents::{DocumentConfig, Documents};
 use edge_ws_server::store::{Durability, LatencyStats, Store, StoreOptions};
@@ -45,30 +46,6 @@ const CLIENTS: [&str; 1] = ["doc-clients"];
 const PARTS: [&str; 3] = ["edge-ws-core", "edge-ws-docs", "edge-ws-store"];
 /// Bound on the settling and convergence phases.
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// Seconds on a CPU and seconds runnable but waiting for one (`/proc/self/task/*/schedstat`)
-/// of this process's threads whose name starts with one of `prefixes`.
-fn sched_of(prefixes: &[&str]) -> (f64, f64) {
-    let (mut run, mut wait) = (0u64, 0u64);
-    for t in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let p = t.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        if !prefixes.iter().any(|x| comm.trim().starts_with(x)) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
-        let mut f = stat
-            .split_whitespace()
-            .map(|v| v.parse::<u64>().unwrap_or(0));
-        run += f.next().unwrap_or(0);
-        wait += f.next().unwrap_or(0);
-    }
-    (run as f64 / 1e9, wait as f64 / 1e9)
-}
 
 /// A tokio socket as a non-blocking `Read + Write` for tungstenite (`WouldBlock` when not
 /// ready, which also clears tokio's readiness so that `readable()` waits for the next data).

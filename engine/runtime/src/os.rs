@@ -132,7 +132,13 @@ pub fn ignore_sigxfsz() -> std::io::Result<()> {
 /// (from `/proc/self/task/*/schedstat`, nanosecond precision; 0 where unreadable). For benches
 /// that report the server's CPU per message when clients run in the same process.
 pub fn threads_cpu_seconds(prefixes: &[&str]) -> f64 {
-    let mut ns = 0u64;
+    threads_sched_seconds(prefixes).0
+}
+
+/// Seconds on a CPU and seconds runnable but waiting for one, of this process's threads whose
+/// name starts with one of `prefixes` (`/proc/self/task/*/schedstat`; 0 where unreadable).
+pub fn threads_sched_seconds(prefixes: &[&str]) -> (f64, f64) {
+    let (mut run, mut wait) = (0u64, 0u64);
     for t in std::fs::read_dir("/proc/self/task")
         .into_iter()
         .flatten()
@@ -144,13 +150,13 @@ pub fn threads_cpu_seconds(prefixes: &[&str]) -> f64 {
             continue;
         }
         let stat = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
-        ns += stat
+        let mut f = stat
             .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        run += f.next().unwrap_or(0);
+        wait += f.next().unwrap_or(0);
     }
-    ns as f64 / 1e9
+    (run as f64 / 1e9, wait as f64 / 1e9)
 }
 
 /// Whether the kernel offers kernel TLS: the `tls` TCP upper-layer protocol (`TCP_ULP`).
