@@ -254,6 +254,39 @@ def markdown(groups, env):
             out.append(f"| {label} | {slope:.0f} B | {span} | {n} | {base} KiB |")
         out.append("")
 
+    # Same-run ratios, paired by repetition: servers run back to back within a repetition, so
+    # the ratio of their two runs cancels the machine's slow drift (other tenants, frequency),
+    # which moves every server's CPU per message by more than the differences measured here.
+    pairs = []
+    for scen, by in groups:
+        if "edge-ws" not in by:
+            continue
+        mode = by["edge-ws"][0].get("mode") if by["edge-ws"] else None
+        key = "rss_bytes_per_conn" if mode == "idle" else "server_cpu_us_per_msg"
+        mine = {r.get("rep"): r.get(key) for r in by["edge-ws"]}
+        for other in by:
+            if other == "edge-ws":
+                continue
+            ratios = sorted(
+                mine[r.get("rep")] / r.get(key)
+                for r in by[other]
+                if isinstance(r.get(key), (int, float))
+                and r.get(key)
+                and isinstance(mine.get(r.get("rep")), (int, float))
+            )
+            if len(ratios) >= 2:
+                q1 = ratios[(len(ratios) - 1) // 4]
+                q3 = ratios[(3 * (len(ratios) - 1) + 3) // 4]
+                pairs.append((scen, other, statistics.median(ratios), q1, q3, len(ratios)))
+    if pairs:
+        out.append("## edge-ws ÷ other, paired by repetition (server CPU per message; idle: RSS per connection)")
+        out.append("")
+        out.append("| scenario | other | median ratio | quartiles | pairs |")
+        out.append("|---|---|---:|---|---:|")
+        for scen, other, med, q1, q3, n in pairs:
+            out.append(f"| {scen} | {other} | {med:.3f} | {q1:.3f}–{q3:.3f} | {n} |")
+        out.append("")
+
     # The load generator must not be the bottleneck: client CPU/msg below the server's.
     checks = []
     for scen, by in groups:
