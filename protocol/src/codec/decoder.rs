@@ -134,6 +134,9 @@ impl Decoder {
     /// more bytes. Consumed bytes are removed from `buf`. After a close frame every further byte
     /// is discarded (RFC 6455 §5.5.1: nothing may follow a close).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        if let Some(whole) = self.decode_whole_frame(buf) {
+            return whole.map(Some);
+        }
         loop {
             if self.closed {
                 buf.clear();
@@ -190,6 +193,60 @@ impl Decoder {
                 return Ok(Some(msg));
             }
         }
+    }
+
+    /// The common case in one step: a whole, final, uncompressed text or binary frame of at
+    /// most 64 KiB at the front of `buf`, masked as this role expects and within the limits,
+    /// while no other frame or message is in progress. Returns `None`, touching nothing, for
+    /// anything else; the general path then decodes it (its errors included). What it accepts
+    /// the general path accepts with the same message, and it refuses invalid text with the
+    /// same error: checked byte for byte by `whole_frame_fast_path_matches_the_general_one`.
+    #[inline]
+    fn decode_whole_frame(&mut self, buf: &mut BytesMut) -> Option<Result<Message, ProtocolError>> {
+        if self.frame.is_some() || self.fragmented.is_some() || self.closed {
+            return None;
+        }
+        let (b0, b1) = (*buf.first()?, *buf.get(1)?);
+        // FIN, no reserved bit, text or binary.
+        let opcode = match b0 {
+            0x81 => OpCode::Text,
+            0x82 => OpCode::Binary,
+            _ => return None,
+        };
+        let masked = b1 & 0x80 != 0;
+        if masked != (self.role == Role::Server) {
+            return None;
+        }
+        let (len, mut pos) = match b1 & 0x7F {
+            127 => return None,
+            126 => (
+                usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+                4,
+            ),
+            n => (usize::from(n), 2),
+        };
+        if len > self.config.max_frame_size || len > self.config.max_message_size {
+            return None;
+        }
+        let key = if masked {
+            let k = buf.get(pos..pos + 4)?;
+            pos += 4;
+            Some([k[0], k[1], k[2], k[3]])
+        } else {
+            None
+        };
+        if buf.len() < pos + len {
+            return None;
+        }
+        buf.advance(pos);
+        let mut payload = buf.split_to(len);
+        if let Some(key) = key {
+            apply_mask(&mut payload, key, 0);
+        }
+        if opcode == OpCode::Text && core::str::from_utf8(&payload).is_err() {
+            return Some(Err(ProtocolError::InvalidUtf8));
+        }
+        Some(Ok(data_message(opcode, payload)))
     }
 
     fn check_header(&mut self, h: &FrameHeader) -> Result<(), ProtocolError> {
@@ -400,5 +457,113 @@ fn data_message(opcode: OpCode, payload: BytesMut) -> Message {
         Message::Text(payload.freeze())
     } else {
         Message::Binary(payload.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::apply_mask_bytewise;
+
+    /// One frame: `b0` as given, the length in its minimal form (or the 16-bit form when
+    /// `long`), masked with `key` when given.
+    fn frame(b0: u8, payload: &[u8], key: Option<[u8; 4]>, long: bool) -> Vec<u8> {
+        let m = if key.is_some() { 0x80 } else { 0 };
+        let mut out = vec![b0];
+        if payload.len() < 126 && !long {
+            out.push(m | payload.len() as u8);
+        } else {
+            out.push(m | 126);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        let mut body = payload.to_vec();
+        if let Some(k) = key {
+            out.extend_from_slice(&k);
+            apply_mask_bytewise(&mut body, k, 0);
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    type Outcome = (Vec<Message>, Option<ProtocolError>, Vec<u8>);
+
+    /// Decodes `wire` whole (the fast path takes every eligible frame) or one byte at a time
+    /// (every frame arrives partial, so the general path decodes all of them).
+    fn decode(role: Role, config: DecoderConfig, wire: &[u8], bytewise: bool) -> Outcome {
+        let mut dec = Decoder::new(role, config);
+        let mut buf = BytesMut::new();
+        let mut msgs = Vec::new();
+        let chunks: Vec<&[u8]> = if bytewise {
+            wire.chunks(1).collect()
+        } else {
+            vec![wire]
+        };
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(m)) => msgs.push(m),
+                    Ok(None) => break,
+                    // After an error the rest of the buffer is dropped by the caller.
+                    Err(e) => return (msgs, Some(e), Vec::new()),
+                }
+            }
+        }
+        (msgs, None, buf.to_vec())
+    }
+
+    #[test]
+    fn whole_frame_fast_path_matches_the_general_one() {
+        let key = [0x12, 0x9a, 0x00, 0xff];
+        let text: Vec<u8> = "héllo, wörld ".repeat(30).into_bytes();
+        let payloads: Vec<Vec<u8>> = vec![
+            vec![],
+            b"x".to_vec(),
+            text[..125].to_vec(),
+            text[..126].to_vec(),
+            text.clone(),
+            (0..=255u8).cycle().take(5000).collect(),
+        ];
+        let small = DecoderConfig {
+            max_frame_size: 200,
+            max_message_size: 100,
+            max_fragments: 4,
+        };
+        let mut cases = 0;
+        for role in [Role::Server, Role::Client] {
+            let mask = |right: bool| match (role, right) {
+                (Role::Server, true) | (Role::Client, false) => Some(key),
+                _ => None,
+            };
+            for config in [DecoderConfig::default(), small] {
+                for p in &payloads {
+                    for (b0, long, right_mask) in [
+                        (0x81, false, true),
+                        (0x82, false, true),
+                        (0x82, true, true),
+                        (0x81, false, false),
+                        (0x01, false, true),
+                        (0xC1, false, true),
+                    ] {
+                        // The frame, then a ping and a complete text frame after it (what
+                        // follows must decode the same too), then a partial frame.
+                        let mut wire = frame(b0, p, mask(right_mask), long);
+                        wire.extend(frame(0x89, b"p", mask(true), false));
+                        wire.extend(frame(0x81, "ok".as_bytes(), mask(true), false));
+                        wire.extend(&frame(0x82, b"partial", mask(true), false)[..5]);
+                        let whole = decode(role, config, &wire, false);
+                        let bytewise = decode(role, config, &wire, true);
+                        assert_eq!(whole, bytewise, "{role:?} b0 {b0:#x} len {}", p.len());
+                        cases += 1;
+                    }
+                }
+                // Invalid UTF-8 in a whole text frame: the same error both ways.
+                let wire = frame(0x81, &[b'a', 0xff, b'b'], mask(true), false);
+                let whole = decode(role, config, &wire, false);
+                assert_eq!(whole.1, Some(ProtocolError::InvalidUtf8));
+                assert_eq!(whole, decode(role, config, &wire, true));
+            }
+        }
+        assert_eq!(cases, 2 * 2 * 6 * 6);
     }
 }
