@@ -195,8 +195,8 @@ impl Decoder {
         }
     }
 
-    /// The common case in one step: a whole, final, uncompressed text or binary frame of at
-    /// most 64 KiB at the front of `buf`, masked as this role expects and within the limits,
+    /// The common case in one step: a whole, final, uncompressed text or binary frame at the
+    /// front of `buf`, masked as this role expects and within the limits,
     /// while no other frame or message is in progress. Returns `None`, touching nothing, for
     /// anything else; the general path then decodes it (its errors included). What it accepts
     /// the general path accepts with the same message, and it refuses invalid text with the
@@ -206,38 +206,20 @@ impl Decoder {
         if self.frame.is_some() || self.fragmented.is_some() || self.closed {
             return None;
         }
-        let (b0, b1) = (*buf.first()?, *buf.get(1)?);
-        // FIN, no reserved bit, text or binary.
-        let opcode = match b0 {
-            0x81 => OpCode::Text,
-            0x82 => OpCode::Binary,
-            _ => return None,
-        };
-        let masked = b1 & 0x80 != 0;
-        if masked != (self.role == Role::Server) {
+        // A cheap look at the first byte before the header is parsed: FIN, no reserved bit,
+        // text or binary. The header itself is `FrameHeader::decode`'s (an error there is left
+        // to the general path, which reports it).
+        if !matches!(buf.first(), Some(0x81 | 0x82)) {
             return None;
         }
-        let (len, mut pos) = match b1 & 0x7F {
-            127 => return None,
-            126 => (
-                usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
-                4,
-            ),
-            n => (usize::from(n), 2),
-        };
-        if len > self.config.max_frame_size || len > self.config.max_message_size {
+        let (h, pos) = FrameHeader::decode(buf).ok()??;
+        if h.mask.is_some() != (self.role == Role::Server)
+            || h.payload_len > self.config.max_frame_size.min(self.config.max_message_size) as u64
+            || ((buf.len() - pos) as u64) < h.payload_len
+        {
             return None;
         }
-        let key = if masked {
-            let k = buf.get(pos..pos + 4)?;
-            pos += 4;
-            Some([k[0], k[1], k[2], k[3]])
-        } else {
-            None
-        };
-        if buf.len() < pos + len {
-            return None;
-        }
+        let (opcode, len, key) = (h.opcode, h.payload_len as usize, h.mask);
         buf.advance(pos);
         let mut payload = buf.split_to(len);
         if let Some(key) = key {
@@ -465,16 +447,21 @@ mod tests {
     use super::*;
     use crate::mask::apply_mask_bytewise;
 
-    /// One frame: `b0` as given, the length in its minimal form (or the 16-bit form when
-    /// `long`), masked with `key` when given.
-    fn frame(b0: u8, payload: &[u8], key: Option<[u8; 4]>, long: bool) -> Vec<u8> {
+    /// One frame: `b0` as given, the length in its minimal form, or in the 16-bit (`form` 1)
+    /// or 64-bit (`form` 2) form, masked with `key` when given.
+    fn frame(b0: u8, payload: &[u8], key: Option<[u8; 4]>, form: u8) -> Vec<u8> {
         let m = if key.is_some() { 0x80 } else { 0 };
         let mut out = vec![b0];
-        if payload.len() < 126 && !long {
-            out.push(m | payload.len() as u8);
-        } else {
-            out.push(m | 126);
-            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        match form {
+            0 if payload.len() < 126 => out.push(m | payload.len() as u8),
+            0 | 1 => {
+                out.push(m | 126);
+                out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(m | 127);
+                out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+            }
         }
         let mut body = payload.to_vec();
         if let Some(k) = key {
@@ -537,20 +524,21 @@ mod tests {
             };
             for config in [DecoderConfig::default(), small] {
                 for p in &payloads {
-                    for (b0, long, right_mask) in [
-                        (0x81, false, true),
-                        (0x82, false, true),
-                        (0x82, true, true),
-                        (0x81, false, false),
-                        (0x01, false, true),
-                        (0xC1, false, true),
+                    for (b0, form, right_mask) in [
+                        (0x81, 0, true),
+                        (0x82, 0, true),
+                        (0x82, 1, true),
+                        (0x81, 2, true),
+                        (0x81, 0, false),
+                        (0x01, 0, true),
+                        (0xC1, 0, true),
                     ] {
                         // The frame, then a ping and a complete text frame after it (what
                         // follows must decode the same too), then a partial frame.
-                        let mut wire = frame(b0, p, mask(right_mask), long);
-                        wire.extend(frame(0x89, b"p", mask(true), false));
-                        wire.extend(frame(0x81, "ok".as_bytes(), mask(true), false));
-                        wire.extend(&frame(0x82, b"partial", mask(true), false)[..5]);
+                        let mut wire = frame(b0, p, mask(right_mask), form);
+                        wire.extend(frame(0x89, b"p", mask(true), 0));
+                        wire.extend(frame(0x81, "ok".as_bytes(), mask(true), 0));
+                        wire.extend(&frame(0x82, b"partial", mask(true), 0)[..5]);
                         let whole = decode(role, config, &wire, false);
                         let bytewise = decode(role, config, &wire, true);
                         assert_eq!(whole, bytewise, "{role:?} b0 {b0:#x} len {}", p.len());
@@ -558,12 +546,12 @@ mod tests {
                     }
                 }
                 // Invalid UTF-8 in a whole text frame: the same error both ways.
-                let wire = frame(0x81, &[b'a', 0xff, b'b'], mask(true), false);
+                let wire = frame(0x81, &[b'a', 0xff, b'b'], mask(true), 0);
                 let whole = decode(role, config, &wire, false);
                 assert_eq!(whole.1, Some(ProtocolError::InvalidUtf8));
                 assert_eq!(whole, decode(role, config, &wire, true));
             }
         }
-        assert_eq!(cases, 2 * 2 * 6 * 6);
+        assert_eq!(cases, 2 * 2 * 6 * 7);
     }
 }
