@@ -362,12 +362,16 @@ impl<H: Handler> WsService<H> {
         st.out = out;
         self.handler
             .on_open(&mut Self::socket(&mut self.state, io, id));
-        self.read_frames(io, id);
+        self.read_frames(io, id, &[]);
     }
 
-    /// Decodes what arrived for `id` into handler callbacks; the state machine handles the
-    /// control frames, whose answers go out through `CoreState::flush_control`.
-    fn read_frames(&mut self, io: &mut Io<'_>, id: ConnId) {
+    /// Decodes what waits in the read buffer of `id` and then `data`, bytes just received,
+    /// into handler callbacks; the state machine handles the control frames, whose answers go
+    /// out through `CoreState::flush_control`. Messages are decoded straight from `data` while
+    /// the read buffer is empty; only what that path leaves is copied into it
+    /// (`Connection::poll_event_from`).
+    fn read_frames(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
+        let mut data = data;
         let now = self.state.now_tick;
         let cfg = self.state.ws_cfg;
         let superseded_before = self.state.conn(id).map_or(0, |c| c.ws.pongs_superseded());
@@ -381,12 +385,19 @@ impl<H: Handler> WsService<H> {
             }
             if conn.paused() {
                 // The application holds this connection back: bytes wait in `rbuf`.
+                if !data.is_empty() {
+                    conn.rbuf
+                        .get_or_insert_with(|| st.spare_rbuf.take().unwrap_or_default())
+                        .extend_from_slice(data);
+                }
                 break;
             }
-            let Some(rbuf) = conn.rbuf.as_deref_mut() else {
-                break;
-            };
-            let event = conn.ws.poll_event(&cfg, &mut st.scratch_decoder, rbuf, now);
+            let rbuf = conn
+                .rbuf
+                .get_or_insert_with(|| st.spare_rbuf.take().unwrap_or_default());
+            let event =
+                conn.ws
+                    .poll_event_from(&cfg, &mut st.scratch_decoder, rbuf, &mut data, now);
             let drained = rbuf.is_empty();
             match event {
                 Ok(None) => {
@@ -627,14 +638,7 @@ impl<H: Handler> Service for WsService<H> {
                 }
             }
             Phase::Open | Phase::Closing => {
-                let st = &mut self.state;
-                let Some(conn) = st.conns.get_mut(id.index()).and_then(Option::as_mut) else {
-                    return;
-                };
-                conn.rbuf
-                    .get_or_insert_with(|| st.spare_rbuf.take().unwrap_or_default())
-                    .extend_from_slice(data);
-                self.read_frames(io, id);
+                self.read_frames(io, id, data);
             }
             Phase::Finishing => {}
         }
@@ -686,7 +690,7 @@ impl<H: Handler> Service for WsService<H> {
     fn before_submit(&mut self, io: &mut Io<'_>) {
         while !self.state.resumed.is_empty() {
             for id in std::mem::take(&mut self.state.resumed) {
-                self.read_frames(io, id);
+                self.read_frames(io, id, &[]);
             }
         }
         self.state.uncork(io);

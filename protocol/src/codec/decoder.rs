@@ -48,6 +48,36 @@ struct FrameState {
     streamed: bool,
 }
 
+/// A frame assembled straight from received slices ([`Decoder::decode_slice`]): an
+/// unfragmented, uncompressed text or binary frame whose payload is unmasked into its own
+/// buffer of the frame's size as its pieces arrive.
+#[derive(Debug)]
+struct Direct {
+    text: bool,
+    key: Option<[u8; 4]>,
+    /// The payload length; `buf` fills up to it.
+    len: usize,
+    buf: BytesMut,
+}
+
+/// A frame is assembled straight from slices only when its buffer (allocated at its header,
+/// with the frame's size) is at most this large or at most twice what already arrived, so a
+/// header alone never reserves more than this.
+const DIRECT_RESERVE_MAX: usize = 8 * 1024;
+
+/// What [`Decoder::decode_slice`] made of the front of its input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SliceDecoded {
+    /// A whole message; its bytes were consumed from the input.
+    Message(Message),
+    /// All of the input went into the frame in progress; the rest must follow.
+    Incomplete,
+    /// Not for this path (a control frame, a fragment, a compressed or oversized frame, a
+    /// header cut short, anything in error): nothing was consumed. Put the input into a read
+    /// buffer and go on with [`Decoder::decode`].
+    Buffer,
+}
+
 #[derive(Debug)]
 struct Fragmented {
     opcode: OpCode,
@@ -76,6 +106,7 @@ pub struct Decoder {
     fragmented: Option<Fragmented>,
     utf8: Utf8Validator,
     inflater: Option<Decompressor>,
+    direct: Option<Direct>,
     closed: bool,
 }
 
@@ -89,6 +120,7 @@ impl Decoder {
             fragmented: None,
             utf8: Utf8Validator::new(),
             inflater: None,
+            direct: None,
             closed: false,
         }
     }
@@ -120,7 +152,18 @@ impl Decoder {
     /// so one decoder can serve many connections in turn (the engine keeps one per core and
     /// gives a connection its own only while a message is in flight).
     pub fn is_idle(&self) -> bool {
-        self.frame.is_none() && self.fragmented.is_none() && !self.closed && self.inflater.is_none()
+        self.frame.is_none()
+            && self.fragmented.is_none()
+            && self.direct.is_none()
+            && !self.closed
+            && self.inflater.is_none()
+    }
+
+    /// Whether the decoder stands between frames: none is in progress (a message of several
+    /// frames may be), and no close was seen. Bytes left in a read buffer are then the start
+    /// of a header.
+    pub fn between_frames(&self) -> bool {
+        self.frame.is_none() && self.direct.is_none() && !self.closed
     }
 
     /// Whether a close frame has been decoded (later input is ignored).
@@ -134,6 +177,18 @@ impl Decoder {
     /// more bytes. Consumed bytes are removed from `buf`. After a close frame every further byte
     /// is discarded (RFC 6455 §5.5.1: nothing may follow a close).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        if self.direct.is_some() {
+            // A frame begun by `decode_slice` goes on from the buffer.
+            let mut input: &[u8] = buf;
+            let before = input.len();
+            let msg = self.continue_direct(&mut input)?;
+            let used = before - input.len();
+            buf.advance(used);
+            if msg.is_none() {
+                return Ok(None);
+            }
+            return Ok(msg);
+        }
         if let Some(whole) = self.decode_whole_frame(buf) {
             return whole.map(Some);
         }
@@ -229,6 +284,104 @@ impl Decoder {
             return Some(Err(ProtocolError::InvalidUtf8));
         }
         Some(Ok(data_message(opcode, payload)))
+    }
+
+    /// Decodes from the front of `input`, bytes just received, without a read buffer: the
+    /// common case of unfragmented, uncompressed text and binary frames, each unmasked once,
+    /// from the input into a buffer of its own size that becomes the message. A frame may
+    /// arrive over several calls (its pieces are consumed as they come:
+    /// [`SliceDecoded::Incomplete`]); consumed bytes are removed from the front of `input`.
+    ///
+    /// Anything else is left to the buffered path, untouched ([`SliceDecoded::Buffer`]), which
+    /// also reports every error except invalid text inside a frame already begun here (refused
+    /// as soon as its bytes arrive, as [`Decoder::decode`] does). The two paths can be mixed on
+    /// one stream: [`Decoder::decode`] finishes a frame begun here, and this path only starts
+    /// a frame while no buffered one is in progress.
+    pub fn decode_slice(&mut self, input: &mut &[u8]) -> Result<SliceDecoded, ProtocolError> {
+        if self.direct.is_some() {
+            return Ok(match self.continue_direct(input)? {
+                Some(msg) => SliceDecoded::Message(msg),
+                None => SliceDecoded::Incomplete,
+            });
+        }
+        if self.frame.is_some() || self.fragmented.is_some() || self.closed {
+            return Ok(SliceDecoded::Buffer);
+        }
+        // FIN, no reserved bit, text or binary (see `decode_whole_frame`).
+        if !matches!(input.first(), Some(0x81 | 0x82)) {
+            return Ok(SliceDecoded::Buffer);
+        }
+        let Ok(Some((h, pos))) = FrameHeader::decode(input) else {
+            return Ok(SliceDecoded::Buffer);
+        };
+        if h.mask.is_some() != (self.role == Role::Server)
+            || h.payload_len > self.config.max_frame_size.min(self.config.max_message_size) as u64
+        {
+            return Ok(SliceDecoded::Buffer);
+        }
+        let len = h.payload_len as usize;
+        let available = input.len() - pos;
+        let text = h.opcode == OpCode::Text;
+        if available >= len {
+            let mut payload = BytesMut::from(&input[pos..pos + len]);
+            if let Some(key) = h.mask {
+                apply_mask(&mut payload, key, 0);
+            }
+            if text && core::str::from_utf8(&payload).is_err() {
+                // The buffered path reports it, with what precedes it.
+                return Ok(SliceDecoded::Buffer);
+            }
+            *input = &input[pos + len..];
+            return Ok(SliceDecoded::Message(data_message(h.opcode, payload)));
+        }
+        if len > DIRECT_RESERVE_MAX.max(available.saturating_mul(2)) {
+            return Ok(SliceDecoded::Buffer);
+        }
+        *input = &input[pos..];
+        self.utf8.reset();
+        self.direct = Some(Direct {
+            text,
+            key: h.mask,
+            len,
+            buf: BytesMut::with_capacity(len),
+        });
+        match self.continue_direct(input)? {
+            Some(msg) => Ok(SliceDecoded::Message(msg)),
+            None => Ok(SliceDecoded::Incomplete),
+        }
+    }
+
+    /// Takes what `input` holds of the frame `decode_slice` began: unmasks it into the frame's
+    /// buffer, checks new text, and hands out the message once it is whole.
+    fn continue_direct(&mut self, input: &mut &[u8]) -> Result<Option<Message>, ProtocolError> {
+        let Some(d) = self.direct.as_mut() else {
+            return Ok(None);
+        };
+        let have = d.buf.len();
+        let take = (d.len - have).min(input.len());
+        d.buf.extend_from_slice(&input[..take]);
+        *input = &input[take..];
+        let new = &mut d.buf[have..];
+        if let Some(key) = d.key {
+            apply_mask(new, key, have);
+        }
+        if d.text {
+            self.utf8.feed(new)?;
+        }
+        if d.buf.len() < d.len {
+            return Ok(None);
+        }
+        let Some(d) = self.direct.take() else {
+            return Ok(None);
+        };
+        if d.text {
+            self.utf8.finish()?;
+        }
+        Ok(Some(if d.text {
+            Message::Text(d.buf.freeze())
+        } else {
+            Message::Binary(d.buf.freeze())
+        }))
     }
 
     fn check_header(&mut self, h: &FrameHeader) -> Result<(), ProtocolError> {

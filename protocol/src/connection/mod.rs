@@ -101,10 +101,10 @@
 //! driver started (at one tick per millisecond that lasts 49 days; the engine counts 100 ms
 //! ticks). Deadlines saturate at `u32::MAX` rather than wrap.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::close::{truncate_reason, CloseFrame};
-use crate::codec::{Decoder, DecoderConfig, MaskKeySource, Message, Role};
+use crate::codec::{Decoder, DecoderConfig, MaskKeySource, Message, Role, SliceDecoded};
 use crate::deflate::DeflateParams;
 use crate::error::{CloseCode, ProtocolError};
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
@@ -377,6 +377,110 @@ impl Connection {
         self.park_scratch(cfg, scratch);
         self.buffered = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         result
+    }
+
+    /// [`poll_event`](Self::poll_event) for bytes just received, `input`, that are not in the
+    /// read buffer `buf` yet. While `buf` is empty, messages are decoded straight from `input`
+    /// (each payload unmasked once, into a buffer of its own: [`Decoder::decode_slice`]), and
+    /// only what that path does not take is appended to `buf` and decoded from there. A header
+    /// the previous input cut short is completed from `input` the same way. Consumed bytes are
+    /// removed from the front of `input`; call until `Ok(None)`, by when `input` is empty (all
+    /// consumed or appended to `buf`).
+    ///
+    /// Both ways decode the same stream into the same events and errors
+    /// (`tests/slice_decode.rs` checks it over split points), so a driver may call either.
+    #[must_use = "events carry the peer's messages and the end of the connection"]
+    pub fn poll_event_from(
+        &mut self,
+        cfg: &ConnectionConfig,
+        scratch: &mut Decoder,
+        buf: &mut BytesMut,
+        input: &mut &[u8],
+        now: u32,
+    ) -> Result<Option<Event>, ProtocolError> {
+        if !input.is_empty() {
+            if let Some(result) = self.decode_from(cfg, scratch, buf, input, now) {
+                self.park_scratch(cfg, scratch);
+                self.buffered = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                return result;
+            }
+            buf.extend_from_slice(input);
+            *input = &[];
+        }
+        self.poll_event(cfg, scratch, buf, now)
+    }
+
+    /// The slice path of [`poll_event_from`](Self::poll_event_from); `None`: it does not apply,
+    /// nothing was consumed.
+    fn decode_from(
+        &mut self,
+        cfg: &ConnectionConfig,
+        scratch: &mut Decoder,
+        buf: &mut BytesMut,
+        input: &mut &[u8],
+        now: u32,
+    ) -> Option<Result<Option<Event>, ProtocolError>> {
+        if self.flags & EVENT_PENDING != 0 || self.state_bits() != OPEN {
+            return None;
+        }
+        if self.decoder.is_none() && !scratch.is_idle() {
+            // See `decode`: a driver bug; start clean rather than corrupt the stream.
+            debug_assert!(
+                scratch.is_idle(),
+                "the scratch decoder must be idle between calls"
+            );
+            *scratch = cfg.decoder();
+        }
+        let decoder = match self.decoder.as_deref_mut() {
+            Some(d) => d,
+            None => &mut *scratch,
+        };
+        let decoded = if buf.is_empty() {
+            decoder.decode_slice(input)
+        } else if buf.len() < MAX_HEADER_LEN && decoder.between_frames() {
+            // A header cut short by the previous input: complete it in a copy of its start and
+            // the first bytes of `input`, then go on from `input` alone.
+            let held = buf.len();
+            let more = input.len().min(MAX_HEADER_LEN);
+            let mut head = [0u8; 2 * MAX_HEADER_LEN];
+            head[..held].copy_from_slice(buf);
+            head[held..held + more].copy_from_slice(&input[..more]);
+            let mut rest = &head[..held + more];
+            let decoded = decoder.decode_slice(&mut rest);
+            if matches!(decoded, Ok(SliceDecoded::Buffer)) {
+                return None;
+            }
+            let used = held + more - rest.len();
+            if used <= held {
+                // A whole frame was waiting in `buf` (a paused connection's).
+                buf.advance(used);
+                decoded
+            } else {
+                buf.clear();
+                *input = &input[used - held..];
+                match decoded {
+                    // The rest of the frame that began in `buf` may be in `input`.
+                    Ok(SliceDecoded::Incomplete) if !input.is_empty() => {
+                        decoder.decode_slice(input)
+                    }
+                    other => other,
+                }
+            }
+        } else {
+            return None;
+        };
+        self.last_seen = now;
+        match decoded {
+            Ok(SliceDecoded::Message(msg)) => Some(Ok(Some(Event::Message(msg)))),
+            Ok(SliceDecoded::Incomplete) => Some(Ok(None)),
+            Ok(SliceDecoded::Buffer) => None,
+            Err(e) => {
+                self.fail(cfg, e, now);
+                *input = &[];
+                buf.clear();
+                Some(Err(e))
+            }
+        }
     }
 
     fn decode(

@@ -1,0 +1,299 @@
+//! `Connection::poll_event_from` (messages decoded straight from received slices) against
+//! `Connection::poll_event` (every byte through the read buffer): the same stream, cut at
+//! arbitrary points, must give the same events, errors, close frames and final state.
+
+use bytes::BytesMut;
+use edge_ws_protocol::codec::SliceDecoded;
+use edge_ws_protocol::connection::State;
+use edge_ws_protocol::{
+    CloseCode, Connection, ConnectionConfig, Decoder, DecoderConfig, Event, Message, ProtocolError,
+    Role,
+};
+use proptest::prelude::*;
+
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+fn config() -> ConnectionConfig {
+    ConnectionConfig {
+        role: Role::Server,
+        limits: DecoderConfig {
+            max_frame_size: 20_000,
+            max_message_size: 30_000,
+            max_fragments: 8,
+        },
+        heartbeat_interval: None,
+        heartbeat_timeout: 100,
+        idle_timeout: None,
+        close_timeout: 100,
+    }
+}
+
+/// One frame as a client sends it: `b0` as given, the shortest length form, masked with
+/// `key` (or not).
+fn frame(b0: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
+    let m = if key.is_some() { 0x80 } else { 0 };
+    let mut out = vec![b0];
+    if payload.len() < 126 {
+        out.push(m | payload.len() as u8);
+    } else if payload.len() <= 0xFFFF {
+        out.push(m | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    } else {
+        out.push(m | 127);
+        out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    }
+    let mut body = payload.to_vec();
+    if let Some(k) = key {
+        out.extend_from_slice(&k);
+        for (i, b) in body.iter_mut().enumerate() {
+            *b ^= k[i & 3];
+        }
+    }
+    out.extend_from_slice(&body);
+    out
+}
+
+/// What a test stream is made of.
+#[derive(Debug, Clone)]
+enum Part {
+    Binary(usize),
+    Text(usize),
+    /// A text message in two frames.
+    Fragmented(usize, usize),
+    Ping(usize),
+    Pong,
+    /// Text with an invalid byte at this position (clamped to the length).
+    BadText(usize, usize),
+    /// A frame without a mask (a server must fail it, 1002).
+    Unmasked(usize),
+    /// A frame over the frame limit (1009).
+    TooBig,
+    Close,
+}
+
+/// Valid UTF-8 of at most `len` bytes (the multi-byte tail cut back to a boundary).
+fn text_upto(len: usize) -> Vec<u8> {
+    let s: String = "aé€😀".chars().cycle().take(len).collect();
+    let mut end = len.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.as_bytes()[..end].to_vec()
+}
+
+fn wire(parts: &[Part]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        match *p {
+            Part::Binary(n) => {
+                let body: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+                out.extend(frame(0x82, &body, Some(KEY)));
+            }
+            Part::Text(n) => out.extend(frame(0x81, &text_upto(n), Some(KEY))),
+            Part::Fragmented(a, b) => {
+                out.extend(frame(0x01, &text_upto(a), Some(KEY)));
+                out.extend(frame(0x80, &text_upto(b), Some(KEY)));
+            }
+            Part::Ping(n) => out.extend(frame(0x89, &vec![b'p'; n.min(125)], Some(KEY))),
+            Part::Pong => out.extend(frame(0x8A, b"", Some(KEY))),
+            Part::BadText(n, at) => {
+                let mut body = text_upto(n.max(1));
+                let at = at % body.len();
+                body[at] = 0xff;
+                out.extend(frame(0x81, &body, Some(KEY)));
+            }
+            Part::Unmasked(n) => out.extend(frame(0x82, &vec![1; n], None)),
+            Part::TooBig => out.extend(frame(0x82, &vec![2; 20_001], Some(KEY))),
+            Part::Close => {
+                let mut body = 1000u16.to_be_bytes().to_vec();
+                body.extend_from_slice(b"bye");
+                out.extend(frame(0x88, &body, Some(KEY)));
+            }
+        }
+    }
+    out
+}
+
+/// Everything observable about a decoded stream.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    events: Vec<Result<Event, ProtocolError>>,
+    transmits: Vec<Vec<u8>>,
+    state: State,
+    close_code: Option<CloseCode>,
+}
+
+/// Feeds `wire` cut at `cuts` (chunk lengths, cycled) either through the read buffer only or
+/// through `poll_event_from`; `close_at`: the chunk before which the server closes (1000).
+fn run(wire: &[u8], cuts: &[usize], slices: bool, close_at: Option<usize>) -> Outcome {
+    let cfg = config();
+    let mut conn = Connection::new(0);
+    let mut scratch: Decoder = cfg.decoder();
+    let mut buf = BytesMut::new();
+    let mut events = Vec::new();
+    let mut transmits = Vec::new();
+    let mut pos = 0;
+    let mut i = 0;
+    while pos < wire.len() {
+        if close_at == Some(i) {
+            let _ = conn.close(&cfg, CloseCode(1000), "", 1);
+        }
+        let n = cuts[i % cuts.len()].clamp(1, wire.len() - pos);
+        let mut input = &wire[pos..pos + n];
+        pos += n;
+        i += 1;
+        if !slices {
+            buf.extend_from_slice(input);
+            input = &[];
+        }
+        // Bounded: every call consumes input or reports an event.
+        for _ in 0..10_000 {
+            let r = if slices {
+                conn.poll_event_from(&cfg, &mut scratch, &mut buf, &mut input, 1)
+            } else {
+                conn.poll_event(&cfg, &mut scratch, &mut buf, 1)
+            };
+            match r {
+                Ok(None) => break,
+                Ok(Some(e)) => events.push(Ok(e)),
+                Err(e) => events.push(Err(e)),
+            }
+        }
+        assert!(input.is_empty(), "Ok(None) leaves no input behind");
+        while let Some(t) = conn.poll_transmit(&cfg, true, None) {
+            transmits.push(t.bytes.to_vec());
+        }
+        assert!(scratch.is_idle(), "the scratch is handed back idle");
+    }
+    Outcome {
+        events,
+        transmits,
+        state: conn.state(),
+        close_code: conn.close_code(),
+    }
+}
+
+fn part() -> impl Strategy<Value = Part> {
+    prop_oneof![
+        6 => (0usize..200).prop_map(Part::Binary),
+        3 => (3000usize..12_000).prop_map(Part::Binary),
+        4 => (0usize..200).prop_map(Part::Text),
+        2 => (3000usize..9000).prop_map(Part::Text),
+        1 => ((0usize..300), (0usize..300)).prop_map(|(a, b)| Part::Fragmented(a, b)),
+        1 => (0usize..20).prop_map(Part::Ping),
+        1 => Just(Part::Pong),
+    ]
+}
+
+fn ending() -> impl Strategy<Value = Option<Part>> {
+    prop_oneof![
+        3 => Just(None),
+        1 => Just(Some(Part::Close)),
+        1 => ((1usize..5000), any::<usize>()).prop_map(|(n, at)| Some(Part::BadText(n, at))),
+        1 => (0usize..50).prop_map(|n| Some(Part::Unmasked(n))),
+        1 => Just(Some(Part::TooBig)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn slices_decode_like_the_read_buffer(
+        mut parts in proptest::collection::vec(part(), 1..12),
+        end in ending(),
+        tail in proptest::collection::vec(part(), 0..3),
+        cuts in proptest::collection::vec(1usize..6000, 1..8),
+        close_at in proptest::option::weighted(0.2, 0usize..6),
+    ) {
+        if let Some(e) = end {
+            parts.push(e);
+        }
+        parts.extend(tail);
+        let wire = wire(&parts);
+        let buffered = run(&wire, &cuts, false, close_at);
+        let sliced = run(&wire, &cuts, true, close_at);
+        prop_assert_eq!(&sliced, &buffered);
+        // The stream decoded at all (not two empty outcomes).
+        prop_assert!(!buffered.events.is_empty() || close_at.is_some());
+    }
+}
+
+/// Messages come out of the slice path with their payload intact, whatever the cuts, and
+/// every frame of the fast case is taken without a read buffer.
+#[test]
+fn slices_need_no_read_buffer_for_plain_frames() {
+    let cfg = config();
+    let parts = [
+        Part::Binary(64),
+        Part::Text(100),
+        Part::Binary(4096),
+        Part::Text(5000),
+        Part::Binary(0),
+    ];
+    let wire = wire(&parts);
+    for cut in [1, 3, 7, 64, 100, 4096, 4104, wire.len()] {
+        let mut conn = Connection::new(0);
+        let mut scratch = cfg.decoder();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for chunk in wire.chunks(cut) {
+            let mut input = chunk;
+            while let Some(e) = conn
+                .poll_event_from(&cfg, &mut scratch, &mut buf, &mut input, 1)
+                .unwrap()
+            {
+                got.push(e);
+            }
+            // Only a header cut short waits in the buffer, never payload.
+            assert!(buf.len() < 14, "cut {cut}: {} bytes buffered", buf.len());
+        }
+        let lens: Vec<(bool, usize)> = got
+            .iter()
+            .map(|e| match e {
+                Event::Message(Message::Text(b)) => (true, b.len()),
+                Event::Message(Message::Binary(b)) => (false, b.len()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let want = [
+            (false, 64),
+            (true, text_upto(100).len()),
+            (false, 4096),
+            (true, text_upto(5000).len()),
+            (false, 0),
+        ];
+        assert_eq!(lens, want, "cut {cut}");
+        match &got[2] {
+            Event::Message(Message::Binary(b)) => {
+                assert!(b.iter().enumerate().all(|(i, &x)| x == (i * 7 + 3) as u8));
+            }
+            _ => unreachable!(),
+        }
+        match &got[3] {
+            Event::Message(m) => assert_eq!(m.as_text().map(str::len), Some(lens[3].1)),
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// The decoder's slice path leaves what it does not take untouched.
+#[test]
+fn decode_slice_leaves_other_frames_to_the_buffer() {
+    let mut d = Decoder::new(Role::Server, DecoderConfig::default());
+    for w in [
+        frame(0x89, b"ping", Some(KEY)),
+        frame(0x01, b"frag", Some(KEY)),
+        frame(0xC1, b"compressed?", Some(KEY)),
+        frame(0x82, b"unmasked", None),
+        frame(0x81, &[b'a', 0xff], Some(KEY)),
+        // A header cut short, and a large frame with little of it here.
+        frame(0x82, &[0; 300], Some(KEY))[..3].to_vec(),
+        frame(0x82, &[0; 20_000], Some(KEY))[..100].to_vec(),
+    ] {
+        let mut input = &w[..];
+        assert_eq!(d.decode_slice(&mut input), Ok(SliceDecoded::Buffer));
+        assert_eq!(input.len(), w.len(), "nothing consumed");
+        assert!(d.is_idle());
+    }
+}
