@@ -287,7 +287,15 @@ enum Frame<'a> {
     Encoded(Bytes),
     /// A header and its payload, copied into the queue.
     Parts(&'a [u8], &'a [u8]),
+    /// A header, copied, and its payload, queued by reference count.
+    Framed(&'a [u8], Bytes),
 }
+
+/// Payloads at least this long that the caller holds as [`Bytes`] (a received message sent
+/// on, say) are queued by reference behind their header instead of copied: at this size the
+/// copy costs more than the reference count and the second iovec (the send queue coalesces
+/// only smaller buffers, `COALESCE_MAX` in the runtime).
+const SEND_BY_REFERENCE_MIN: usize = 2048;
 
 impl CoreState {
     pub(crate) fn m(&self) -> &CoreMetrics {
@@ -322,6 +330,29 @@ impl CoreState {
         text: bool,
         payload: &[u8],
     ) -> Result<(), SendError> {
+        self.send_payload(io, id, text, payload, None)
+    }
+
+    /// [`CoreState::send_data`] of a payload held as `Bytes`: a large one is queued by
+    /// reference (unless it is compressed).
+    pub(crate) fn send_bytes(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        text: bool,
+        payload: &Bytes,
+    ) -> Result<(), SendError> {
+        self.send_payload(io, id, text, payload, Some(payload))
+    }
+
+    fn send_payload(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        text: bool,
+        payload: &[u8],
+        shared: Option<&Bytes>,
+    ) -> Result<(), SendError> {
         let opcode = if text { OpCode::Text } else { OpCode::Binary };
         let conn = self.conn_mut(id).ok_or(SendError::Closed)?;
         if conn.phase != Phase::Open {
@@ -346,7 +377,11 @@ impl CoreState {
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = FrameHeader::new(opcode, payload.len() as u64).encode(&mut header);
         self.uncork(io);
-        self.queue_output(io, id, Frame::Parts(&header[..n], payload), 1)
+        let frame = match shared {
+            Some(b) if b.len() >= SEND_BY_REFERENCE_MIN => Frame::Framed(&header[..n], b.clone()),
+            _ => Frame::Parts(&header[..n], payload),
+        };
+        self.queue_output(io, id, frame, 1)
     }
 
     /// Queues an encoded frame; `messages` is how many messages it counts as. Corked
@@ -391,6 +426,7 @@ impl CoreState {
         let len = match &frame {
             Frame::Encoded(b) => b.len(),
             Frame::Parts(h, p) => h.len() + p.len(),
+            Frame::Framed(h, p) => h.len() + p.len(),
         };
         if self.over_write_limit(io, id, len) {
             return Err(self.slow_consumer(io, id, messages));
@@ -398,6 +434,7 @@ impl CoreState {
         let queued = match frame {
             Frame::Encoded(b) => io.send(id, b),
             Frame::Parts(h, p) => io.send_parts(id, &[h, p]),
+            Frame::Framed(h, p) => io.send_framed(id, h, p),
         };
         if !queued {
             return Err(SendError::Closed);

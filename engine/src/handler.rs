@@ -133,11 +133,13 @@ impl Socket<'_, '_> {
         self.state.send_data(self.io, self.id, false, data)
     }
 
-    /// Sends a text or binary message (other variants are ignored with `Ok`).
+    /// Sends a text or binary message (other variants are ignored with `Ok`). A large payload
+    /// is queued by reference count, not copied (a received message sent on costs no copy
+    /// here; the kernel still copies it once into the socket).
     pub fn send(&mut self, message: &Message) -> Result<(), SendError> {
         match message {
-            Message::Text(b) => self.state.send_data(self.io, self.id, true, b),
-            Message::Binary(b) => self.state.send_data(self.io, self.id, false, b),
+            Message::Text(b) => self.state.send_bytes(self.io, self.id, true, b),
+            Message::Binary(b) => self.state.send_bytes(self.io, self.id, false, b),
             _ => Ok(()),
         }
     }

@@ -9,6 +9,7 @@
 
 use std::hint::black_box;
 
+use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use edge_ws_protocol::mask::{apply_mask, apply_mask_bytewise};
 
@@ -55,7 +56,7 @@ impl CopyBufs {
 }
 
 fn mask(c: &mut Criterion) {
-    for size in [64, 1024, 64 * 1024] {
+    for size in [64, 1024, 4096, 64 * 1024] {
         let mut g = c.benchmark_group(format!("mask/{}", label(size)));
         g.throughput(Throughput::Bytes(size as u64));
         let src: Vec<u8> = (0..size).map(|i| (i * 31 + 7) as u8).collect();
@@ -69,6 +70,17 @@ fn mask(c: &mut Criterion) {
         // A payload that arrived in pieces: the key phase is not 0.
         g.bench_function("apply_mask_offset1", |b| {
             b.iter(|| apply_mask(black_box(&mut buf[..]), black_box(KEY), black_box(1)))
+        });
+        // What the decoder does with a received payload: copy it into the message's buffer,
+        // then unmask it there.
+        let mut dst = BytesMut::with_capacity(size);
+        g.bench_function("copy_then_mask", |b| {
+            b.iter(|| {
+                dst.clear();
+                dst.extend_from_slice(black_box(&src));
+                apply_mask(&mut dst[..], black_box(KEY), 0);
+                black_box(&dst);
+            })
         });
         g.bench_function("memcpy", |b| b.iter(|| copy.copy()));
         g.bench_function("memcpy_4k_aliased", |b| b.iter(|| aliased.copy()));

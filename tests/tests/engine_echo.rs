@@ -50,6 +50,58 @@ fn echoes_text_binary_empty_fragmented_and_large() {
     engine.join().unwrap();
 }
 
+/// Many frames written back to back in one stream, every size from a few bytes to past the
+/// 8 KiB the decoder assembles straight from received slices, pings among them: each echo
+/// comes back whole, in order and byte for byte, whatever the receives' cuts, and the pongs
+/// (urgent, jumping the send queue) never land inside a frame sent by reference.
+#[test]
+fn pipelined_frames_of_every_size_echo_in_order_with_pings_between() {
+    let engine = echo_engine(test_config(1));
+    let mut raw = RawClient::connect(engine.local_addr(), "/", None);
+    let sizes: Vec<usize> = (0..400).map(|i| (i * 2711 + 13) % 12_000).collect();
+    let payload = |i: usize, n: usize| -> Vec<u8> { (0..n).map(|j| (i * 31 + j) as u8).collect() };
+    let mut wire = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        wire.extend(masked_frame(0x82, &payload(i, n)));
+        if i % 7 == 0 {
+            wire.extend(masked_frame(0x89, &(i as u32).to_be_bytes()));
+        }
+    }
+    let mut writer = raw.stream.try_clone().unwrap();
+    let w = std::thread::spawn(move || {
+        // Odd write sizes, so the server's receives end anywhere.
+        for chunk in wire.chunks(6007) {
+            writer.write_all(chunk).unwrap();
+        }
+    });
+    let mut pongs = 0;
+    let mut next = 0;
+    while next < sizes.len() {
+        match raw.recv() {
+            Some(edge_ws::Message::Binary(b)) => {
+                assert_eq!(b.len(), sizes[next], "message {next}");
+                assert!(
+                    b[..] == payload(next, sizes[next])[..],
+                    "message {next} intact"
+                );
+                next += 1;
+            }
+            Some(edge_ws::Message::Pong(p)) => {
+                assert_eq!(p.len(), 4);
+                pongs += 1;
+            }
+            other => panic!("unexpected {other:?} after {next} messages"),
+        }
+    }
+    w.join().unwrap();
+    // Pongs may be superseded by newer pings (RFC 6455 §5.5.3), never all of them.
+    assert!(pongs >= 1);
+    let m = engine.handle().metrics();
+    assert_eq!(m.messages_in, sizes.len() as u64);
+    engine.handle().shutdown();
+    engine.join().unwrap();
+}
+
 #[test]
 fn protocol_errors_get_their_close_codes_and_others_keep_being_served() {
     let mut cfg = test_config(1);

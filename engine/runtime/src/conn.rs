@@ -19,6 +19,9 @@ const COALESCE_TOTAL: usize = 64 * 1024;
 /// up to [`COALESCE_TOTAL`]): eight 64-byte frames fit without a reallocation.
 const OWNED_MIN: usize = 1024;
 
+/// The longest WebSocket frame header (RFC 6455 §5.2): what a [`Chunk::Framed`] holds inline.
+pub(super) const FRAME_HEADER_MAX: usize = 14;
+
 /// The most bytes handed to one send operation (its result is an `i32`).
 pub(super) const MAX_SEND_BYTES: usize = 1 << 30;
 
@@ -85,6 +88,14 @@ pub(super) enum Chunk {
     Shared(Bytes),
     /// Owned bytes; `pos` is how much of `buf` was already sent.
     Owned { buf: Vec<u8>, pos: usize },
+    /// A frame of two pieces sent as one unit: its header, copied here (`head` of its
+    /// `header_len` bytes already sent), and its payload by reference count.
+    Framed {
+        header: [u8; FRAME_HEADER_MAX],
+        header_len: u8,
+        head: u8,
+        payload: Bytes,
+    },
 }
 
 impl Chunk {
@@ -94,19 +105,47 @@ impl Chunk {
         match self {
             Chunk::Shared(b) => b.advance(n),
             Chunk::Owned { pos, .. } => *pos += n,
+            Chunk::Framed {
+                header_len,
+                head,
+                payload,
+                ..
+            } => {
+                let in_header = usize::from(*header_len - *head);
+                if n <= in_header {
+                    *head += n as u8;
+                } else {
+                    *head = *header_len;
+                    payload.advance(n - in_header);
+                }
+            }
         }
     }
-}
 
-impl std::ops::Deref for Chunk {
-    type Target = [u8];
-
+    /// The bytes still to send, in order: one piece, or two for a [`Chunk::Framed`] (either
+    /// may be empty).
     #[inline]
-    fn deref(&self) -> &[u8] {
+    pub(super) fn parts(&self) -> [&[u8]; 2] {
         match self {
-            Chunk::Shared(b) => b,
-            Chunk::Owned { buf, pos } => &buf[*pos..],
+            Chunk::Shared(b) => [b, &[]],
+            Chunk::Owned { buf, pos } => [&buf[*pos..], &[]],
+            Chunk::Framed {
+                header,
+                header_len,
+                head,
+                payload,
+            } => [
+                &header[usize::from(*head)..usize::from(*header_len)],
+                payload,
+            ],
         }
+    }
+
+    /// How many bytes are still to send.
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        let [a, b] = self.parts();
+        a.len() + b.len()
     }
 }
 
@@ -118,6 +157,9 @@ pub(crate) enum Output<'a> {
     Urgent(Bytes),
     /// Copied, the parts in order as one unit, after everything queued.
     Copy(&'a [&'a [u8]]),
+    /// A frame header (copied, at most [`FRAME_HEADER_MAX`] bytes) and its payload (by
+    /// reference count), as one unit after everything queued.
+    Framed(&'a [u8], Bytes),
 }
 
 impl Output<'_> {
@@ -126,6 +168,7 @@ impl Output<'_> {
         match self {
             Output::Buf(b) | Output::Urgent(b) => b.is_empty(),
             Output::Copy(parts) => parts.iter().all(|p| p.is_empty()),
+            Output::Framed(h, p) => h.is_empty() && p.is_empty(),
         }
     }
 }
@@ -202,7 +245,7 @@ impl Slot {
                 n += 1;
             }
             let mut out = Vec::new();
-            let parts = self.queue.iter().take(n).map(|b| &b[..]);
+            let parts = self.queue.iter().take(n).flat_map(Chunk::parts);
             let encrypted = tls.encrypt_parts(parts, scratch, &mut out);
             if encrypted && n > 0 {
                 for _ in 0..n {
@@ -228,7 +271,8 @@ impl Slot {
             self.queue.push_front(Chunk::Owned { buf: out, pos: 0 });
             self.committed = 1;
         }
-        let head = &self.queue[0];
+        // The committed head is ciphertext: one owned piece.
+        let [head, _] = self.queue[0].parts();
         let plan = SendPlan::Single {
             ptr: head.as_ptr(),
             len: head.len().min(MAX_SEND_BYTES) as u32,
@@ -259,7 +303,26 @@ impl Slot {
             Output::Buf(b) => self.push(b),
             Output::Urgent(b) => self.push_urgent(b),
             Output::Copy(parts) => self.push_copy(parts),
+            Output::Framed(header, payload) => self.push_framed(header, payload),
         }
+    }
+
+    /// Appends a frame whose payload is queued by reference behind its copied header, as one
+    /// unit (urgent output never goes between the two).
+    pub(super) fn push_framed(&mut self, header: &[u8], payload: Bytes) {
+        if header.len() > FRAME_HEADER_MAX {
+            self.push_copy(&[header, &payload]);
+            return;
+        }
+        self.queued += header.len() + payload.len();
+        let mut h = [0u8; FRAME_HEADER_MAX];
+        h[..header.len()].copy_from_slice(header);
+        self.queue.push_back(Chunk::Framed {
+            header: h,
+            header_len: header.len() as u8,
+            head: 0,
+            payload,
+        });
     }
 
     /// Appends normal output.
@@ -314,36 +377,48 @@ impl Slot {
     pub(super) fn plan_send(&mut self, pool: &mut Vec<Box<SendVec>>) -> SendPlan {
         debug_assert!(!self.queue.is_empty() && !self.has(SEND_INFLIGHT));
         self.coalesce_head();
-        let (ptr, len) = (self.queue[0].as_ptr(), self.queue[0].len());
-        let plan = if self.queue.len() == 1 || len >= MAX_SEND_BYTES {
+        let [first, second] = self.queue[0].parts();
+        let one_piece = first.is_empty() || second.is_empty();
+        let plan = if (self.queue.len() == 1 && one_piece) || first.len() >= MAX_SEND_BYTES {
+            let piece = if first.is_empty() { second } else { first };
+            let (ptr, len) = (piece.as_ptr(), piece.len().min(MAX_SEND_BYTES) as u32);
             self.commit(1);
-            SendPlan::Single {
-                ptr,
-                len: len.min(MAX_SEND_BYTES) as u32,
-            }
+            SendPlan::Single { ptr, len }
         } else {
             let mut sv = self
                 .sendvec
                 .take()
                 .or_else(|| pool.pop())
                 .unwrap_or_else(SendVec::new);
+            // iovecs `n`, over the first `chunks` entries (a `Framed` one takes two, and is
+            // committed even when only its header fits: the rest goes in the next send).
             let mut n = 0;
+            let mut chunks = 0;
             let mut bytes = 0usize;
-            for b in self.queue.iter().take(MAX_IOVECS) {
-                if n > 0 && bytes + b.len() > MAX_SEND_BYTES {
-                    break;
+            'fill: for c in self.queue.iter() {
+                let mut took = false;
+                for piece in c.parts() {
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    if n == MAX_IOVECS || (n > 0 && bytes + piece.len() > MAX_SEND_BYTES) {
+                        chunks += usize::from(took);
+                        break 'fill;
+                    }
+                    sv.iov[n] = libc::iovec {
+                        iov_base: piece.as_ptr() as *mut libc::c_void,
+                        iov_len: piece.len(),
+                    };
+                    bytes += piece.len();
+                    n += 1;
+                    took = true;
                 }
-                sv.iov[n] = libc::iovec {
-                    iov_base: b.as_ptr() as *mut libc::c_void,
-                    iov_len: b.len(),
-                };
-                bytes += b.len();
-                n += 1;
+                chunks += 1;
             }
             sv.hdr.msg_iov = sv.iov.as_mut_ptr();
             sv.hdr.msg_iovlen = n as _;
             self.sendvec = Some(sv);
-            self.commit(n);
+            self.commit(chunks);
             SendPlan::Vectored { n }
         };
         self.set(SEND_INFLIGHT);
@@ -361,7 +436,9 @@ impl Slot {
         let mut k = 0;
         let mut total = 0;
         for (i, b) in self.queue.iter().enumerate() {
-            let small = b.len() <= COALESCE_MAX || (i == 0 && owned_head);
+            // A frame queued by reference stays as it is.
+            let small = !matches!(b, Chunk::Framed { .. })
+                && (b.len() <= COALESCE_MAX || (i == 0 && owned_head));
             if !small || total + b.len() > COALESCE_TOTAL {
                 break;
             }
@@ -378,15 +455,19 @@ impl Slot {
                 buf.reserve(total - buf.len());
                 buf
             }
-            Some(Chunk::Shared(b)) => {
+            Some(other) => {
                 let mut v = Vec::with_capacity(total);
-                v.extend_from_slice(&b);
+                for piece in other.parts() {
+                    v.extend_from_slice(piece);
+                }
                 v
             }
             None => return,
         };
         for b in rest {
-            merged.extend_from_slice(&b);
+            for piece in b.parts() {
+                merged.extend_from_slice(piece);
+            }
         }
         self.queue.push_front(Chunk::Owned {
             buf: merged,
@@ -514,7 +595,7 @@ mod tests {
     fn contents(c: &Slot) -> Vec<String> {
         c.queue
             .iter()
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .map(|b| String::from_utf8(b.parts().concat()).unwrap())
             .collect()
     }
 
@@ -642,6 +723,100 @@ mod tests {
         c.drop_unsent();
         assert!(c.queue.is_empty());
         assert_eq!(c.queued, 0);
+    }
+
+    #[test]
+    fn framed_frames_are_one_unit_of_two_iovecs() {
+        let payload = |ch: u8| Bytes::from(vec![ch; COALESCE_MAX + 1]);
+        let n = COALESCE_MAX + 1;
+        let mut c = Slot::new(-1, 1);
+        let mut sv = Vec::new();
+        c.push_framed(b"H1", payload(b'a'));
+        assert_eq!(c.queued, n + 2);
+        // One frame alone still needs two iovecs.
+        match c.plan_send(&mut sv) {
+            SendPlan::Vectored { n } => assert_eq!(n, 2),
+            SendPlan::Single { .. } => panic!("a framed entry is two pieces"),
+        }
+        // A short write inside the header, then inside the payload.
+        c.complete_send(1);
+        assert_eq!(c.queue[0].parts()[0], b"1");
+        assert_eq!(c.queue[0].len(), n + 1);
+        let _ = c.plan_send(&mut sv);
+        c.complete_send(11);
+        assert_eq!(c.queue[0].parts()[0], b"");
+        assert_eq!(c.queue[0].len(), n - 10);
+        // Only the payload is left: one piece, a plain send.
+        match c.plan_send(&mut sv) {
+            SendPlan::Single { len, .. } => assert_eq!(len as usize, n - 10),
+            SendPlan::Vectored { .. } => panic!("one piece left"),
+        }
+        c.complete_send(n - 10);
+        assert!(c.queue.is_empty());
+        assert_eq!(c.queued, 0);
+
+        // When the iovecs run out after a header, its frame is committed whole, so urgent
+        // output can never go between a header and its payload.
+        let frames = MAX_IOVECS / 2 + 1;
+        for i in 0..frames {
+            c.push_framed(&[b'H', i as u8], payload(b'p'));
+        }
+        c.push(b("tail"));
+        // Make the iovec limit fall after a header: one entry of one piece first.
+        c.queue.push_front(Chunk::Shared(b("first")));
+        c.queued += 5;
+        match c.plan_send(&mut sv) {
+            SendPlan::Vectored { n } => assert_eq!(n, MAX_IOVECS),
+            SendPlan::Single { .. } => panic!("expected vectored"),
+        }
+        // "first", then MAX_IOVECS / 2 - 1 whole frames and one header: all those entries are
+        // committed, the last frame is not.
+        assert_eq!(usize::from(c.committed), 1 + MAX_IOVECS / 2);
+        c.push_urgent(b("U"));
+        let pos = c
+            .queue
+            .iter()
+            .position(|e| e.parts().concat() == b"U")
+            .unwrap();
+        assert_eq!(pos, usize::from(c.committed));
+        assert!(matches!(c.queue[pos - 1], Chunk::Framed { .. }));
+        let total = c.queued;
+        let mut sent = 0;
+        let mut wire = Vec::new();
+        while !c.queue.is_empty() {
+            if !c.has(SEND_INFLIGHT) {
+                let _ = c.plan_send(&mut sv);
+            }
+            let k = (total - sent).min(3000);
+            // What the kernel would write: the committed entries' pieces in order.
+            let mut left = k;
+            'w: for e in c.queue.iter().take(usize::from(c.committed)) {
+                for p in e.parts() {
+                    let t = p.len().min(left);
+                    wire.extend_from_slice(&p[..t]);
+                    left -= t;
+                    if left == 0 {
+                        break 'w;
+                    }
+                }
+            }
+            let k = k - left;
+            c.complete_send(k);
+            sent += k;
+        }
+        assert_eq!(sent, total);
+        // The stream: "first", every frame whole and in order with the urgent "U" after the
+        // committed ones, then "tail".
+        let mut want = b"first".to_vec();
+        for i in 0..frames {
+            if i == MAX_IOVECS / 2 {
+                want.extend_from_slice(b"U");
+            }
+            want.extend_from_slice(&[b'H', i as u8]);
+            want.extend_from_slice(&vec![b'p'; n]);
+        }
+        want.extend_from_slice(b"tail");
+        assert_eq!(wire, want);
     }
 
     #[test]

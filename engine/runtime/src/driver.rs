@@ -1260,6 +1260,14 @@ impl Io<'_> {
         self.output(id, Output::Copy(parts))
     }
 
+    /// Queues a frame for `id` as one unit: its `header` (at most 14 bytes) copied, its
+    /// `payload` by reference count, so a large payload is not copied again before the kernel
+    /// reads it. Returns false if `id` is dead or closing.
+    #[inline]
+    pub fn send_framed(&mut self, id: ConnId, header: &[u8], payload: Bytes) -> bool {
+        self.output(id, Output::Framed(header, payload))
+    }
+
     #[inline]
     fn output(&mut self, id: ConnId, out: Output<'_>) -> bool {
         match &mut self.backend {

@@ -182,12 +182,14 @@ impl MemCore {
                     break; // stays in the kernel until the peer reads
                 }
                 let mut left = n;
-                for b in s.conn.queue.iter() {
-                    let k = b.len().min(left);
-                    s.wire.extend_from_slice(&b[..k]);
-                    left -= k;
-                    if left == 0 {
-                        break;
+                'wire: for b in s.conn.queue.iter() {
+                    for piece in b.parts() {
+                        let k = piece.len().min(left);
+                        s.wire.extend_from_slice(&piece[..k]);
+                        left -= k;
+                        if left == 0 {
+                            break 'wire;
+                        }
                     }
                 }
                 if let Some(w) = s.window.as_mut() {
