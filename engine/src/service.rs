@@ -362,7 +362,7 @@ impl<H: Handler> WsService<H> {
         st.out = out;
         self.handler
             .on_open(&mut Self::socket(&mut self.state, io, id));
-        self.read_frames(io, id, &[]);
+        self.read_frames(io, id, &mut []);
     }
 
     /// Decodes what waits in the read buffer of `id` and then `data`, bytes just received,
@@ -370,7 +370,7 @@ impl<H: Handler> WsService<H> {
     /// out through `CoreState::flush_control`. Messages are decoded straight from `data` while
     /// the read buffer is empty; only what that path leaves is copied into it
     /// (`Connection::poll_event_from`).
-    fn read_frames(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
+    fn read_frames(&mut self, io: &mut Io<'_>, id: ConnId, data: &mut [u8]) {
         let mut data = data;
         let now = self.state.now_tick;
         let cfg = self.state.ws_cfg;
@@ -624,7 +624,7 @@ impl<H: Handler> Service for WsService<H> {
         }
     }
 
-    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
+    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &mut [u8]) {
         let Some(conn) = self.state.conn_mut(id) else {
             return;
         };
@@ -690,7 +690,7 @@ impl<H: Handler> Service for WsService<H> {
     fn before_submit(&mut self, io: &mut Io<'_>) {
         while !self.state.resumed.is_empty() {
             for id in std::mem::take(&mut self.state.resumed) {
-                self.read_frames(io, id, &[]);
+                self.read_frames(io, id, &mut []);
             }
         }
         self.state.uncork(io);

@@ -109,18 +109,21 @@ impl BufRing {
         usize::from(self.mask) + 1
     }
 
-    /// The bytes the kernel wrote into buffer `bid`.
+    /// The bytes the kernel wrote into buffer `bid`, writable: the buffer is the caller's
+    /// until it gives it back (the service unmasks payloads in place).
     ///
     /// # Safety
     /// `bid` must have been handed out by the kernel in a completion with `len` bytes and not yet
-    /// been given back with [`BufRing::push`]; the slice must not outlive that.
-    pub(super) unsafe fn data<'a>(&self, bid: u16, len: usize) -> &'a [u8] {
+    /// been given back with [`BufRing::push`]; the slice must not outlive that, and no other
+    /// slice of the same buffer may be alive (one per completion).
+    pub(super) unsafe fn data<'a>(&self, bid: u16, len: usize) -> &'a mut [u8] {
         debug_assert!(usize::from(bid) <= usize::from(self.mask) && len <= self.size as usize);
         // SAFETY: bid < count and len <= size (kernel contract, checked in debug), so the range
-        // lies inside the buffer memory; the kernel finished writing it before posting the
-        // completion and will not write it again until the caller gives the buffer back.
+        // lies inside the buffer memory, which this ring allocated and owns (writable); the
+        // kernel finished writing it before posting the completion and will not touch it again
+        // until the caller gives the buffer back, and the caller holds the only slice of it.
         unsafe {
-            std::slice::from_raw_parts(
+            std::slice::from_raw_parts_mut(
                 self.mem.as_ptr().add(usize::from(bid) * self.size as usize),
                 len,
             )

@@ -966,9 +966,10 @@ impl<S: Service> Driver<S> {
                 return self.maybe_free(idx);
             };
             if state == State::Open {
-                // SAFETY: the kernel filled `bid` with `res` bytes for this completion; the
-                // buffer goes back to the ring only after `on_data` returns, and `data` does not
-                // escape the call (its lifetime is bound to it by the `Service` signature).
+                // SAFETY: the kernel filled `bid` with `res` bytes for this completion, and each
+                // completion hands a buffer out once, so this is its only slice; the buffer goes
+                // back to the ring only after `on_data` returns, and `data` does not escape the
+                // call (its lifetime is bound to it by the `Service` signature).
                 let data = unsafe { self.core.bufs.data(bid, res as usize) };
                 if tls {
                     #[cfg(feature = "tls")]
@@ -1066,7 +1067,7 @@ impl<S: Service> Driver<S> {
         }
         if !plain.is_empty() {
             let (s, mut io) = self.io();
-            s.on_data(&mut io, id, &plain);
+            s.on_data(&mut io, id, &mut plain);
         }
         if peer_closed {
             self.core.peer_closed(idx);

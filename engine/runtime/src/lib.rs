@@ -216,8 +216,9 @@ pub trait Service: 'static {
     /// Bytes arrived on `id`.
     ///
     /// `data` is only valid during the call (it lives in a provided buffer that is returned to
-    /// the ring right after). Not called once the connection is closing.
-    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]);
+    /// the ring right after); the service may change it in place (unmask a payload before
+    /// copying it out, say). Not called once the connection is closing.
+    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &mut [u8]);
     /// The peer closed, an error happened, or io.close/abort finished: the id is dead after this
     /// returns. Called exactly once per opened connection.
     fn on_close(&mut self, io: &mut Io<'_>, id: ConnId);

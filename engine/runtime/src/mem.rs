@@ -294,7 +294,9 @@ impl<S: Service> MemDriver<S> {
         if open {
             RuntimeStats::add(&self.core.stats.bytes_in, data.len() as u64);
             let mut io = Io::memory(&mut self.core);
-            self.service.on_data(&mut io, id, data);
+            // A receive buffer of its own, as the kernel's provided buffer is.
+            let mut received = data.to_vec();
+            self.service.on_data(&mut io, id, &mut received);
         }
         self.run();
     }
@@ -411,8 +413,8 @@ mod tests {
         fn on_open(&mut self, _io: &mut Io<'_>, id: ConnId, _peer: SocketAddr) {
             self.opened.push(id);
         }
-        fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
-            match data {
+        fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &mut [u8]) {
+            match &*data {
                 b"bye" => io.close(id),
                 b"!" => {
                     io.send_urgent(id, Bytes::from_static(b"!"));

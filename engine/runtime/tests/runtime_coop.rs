@@ -12,7 +12,7 @@ use edge_ws_runtime::{ConnId, CoreWaker, Io, Runtime, RuntimeConfig, Service};
 struct Echo;
 impl Service for Echo {
     fn on_open(&mut self, _: &mut Io<'_>, _: ConnId, _: SocketAddr) {}
-    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
+    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &mut [u8]) {
         io.send(id, Bytes::copy_from_slice(data));
     }
     fn on_close(&mut self, _: &mut Io<'_>, _: ConnId) {}

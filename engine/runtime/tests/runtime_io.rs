@@ -155,7 +155,7 @@ impl Service for Svc {
         }
     }
 
-    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
+    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &mut [u8]) {
         let hook = self.probe.data_hook.lock().unwrap().clone();
         match hook {
             Some(h) => h(io, id, data),
@@ -748,7 +748,7 @@ fn config_errors() {
 struct NullSvc;
 impl Service for NullSvc {
     fn on_open(&mut self, _: &mut Io<'_>, _: ConnId, _: SocketAddr) {}
-    fn on_data(&mut self, _: &mut Io<'_>, _: ConnId, _: &[u8]) {}
+    fn on_data(&mut self, _: &mut Io<'_>, _: ConnId, _: &mut [u8]) {}
     fn on_close(&mut self, _: &mut Io<'_>, _: ConnId) {}
     fn on_tick(&mut self, _: &mut Io<'_>, _: Instant) {}
 }

@@ -19,7 +19,7 @@ impl Service for Greeter {
         // Before any byte arrived: on a TLS connection this waits for the handshake.
         io.send(id, Bytes::from_static(b"hello;"));
     }
-    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &[u8]) {
+    fn on_data(&mut self, io: &mut Io<'_>, id: ConnId, data: &mut [u8]) {
         if data == b"bye" {
             io.send(id, Bytes::from_static(b"normal;"));
             io.send_urgent(id, Bytes::from_static(b"urgent;"));

@@ -179,7 +179,7 @@ impl Decoder {
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
         if self.direct.is_some() {
             // A frame begun by `decode_slice` goes on from the buffer.
-            let mut input: &[u8] = buf;
+            let mut input: &mut [u8] = buf;
             let before = input.len();
             let msg = self.continue_direct(&mut input)?;
             let used = before - input.len();
@@ -287,17 +287,18 @@ impl Decoder {
     }
 
     /// Decodes from the front of `input`, bytes just received, without a read buffer: the
-    /// common case of unfragmented, uncompressed text and binary frames, each unmasked once,
-    /// from the input into a buffer of its own size that becomes the message. A frame may
-    /// arrive over several calls (its pieces are consumed as they come:
-    /// [`SliceDecoded::Incomplete`]); consumed bytes are removed from the front of `input`.
+    /// common case of unfragmented, uncompressed text and binary frames, each unmasked in
+    /// place (where the bytes are still in cache) and copied once into a buffer of its size
+    /// that becomes the message. A frame may arrive over several calls (its pieces are
+    /// consumed as they come: [`SliceDecoded::Incomplete`]); consumed bytes are removed from
+    /// the front of `input`, and their contents are unspecified afterwards.
     ///
     /// Anything else is left to the buffered path, untouched ([`SliceDecoded::Buffer`]), which
     /// also reports every error except invalid text inside a frame already begun here (refused
     /// as soon as its bytes arrive, as [`Decoder::decode`] does). The two paths can be mixed on
     /// one stream: [`Decoder::decode`] finishes a frame begun here, and this path only starts
     /// a frame while no buffered one is in progress.
-    pub fn decode_slice(&mut self, input: &mut &[u8]) -> Result<SliceDecoded, ProtocolError> {
+    pub fn decode_slice(&mut self, input: &mut &mut [u8]) -> Result<SliceDecoded, ProtocolError> {
         if self.direct.is_some() {
             return Ok(match self.continue_direct(input)? {
                 Some(msg) => SliceDecoded::Message(msg),
@@ -323,21 +324,26 @@ impl Decoder {
         let available = input.len() - pos;
         let text = h.opcode == OpCode::Text;
         if available >= len {
-            let mut payload = BytesMut::from(&input[pos..pos + len]);
+            let body = &mut input[pos..pos + len];
             if let Some(key) = h.mask {
-                apply_mask(&mut payload, key, 0);
+                apply_mask(body, key, 0);
             }
-            if text && core::str::from_utf8(&payload).is_err() {
-                // The buffered path reports it, with what precedes it.
+            if text && core::str::from_utf8(body).is_err() {
+                // The buffered path reports it, with what precedes it: masked again, the
+                // input is as it came.
+                if let Some(key) = h.mask {
+                    apply_mask(body, key, 0);
+                }
                 return Ok(SliceDecoded::Buffer);
             }
-            *input = &input[pos + len..];
+            let payload = BytesMut::from(&*body);
+            advance(input, pos + len);
             return Ok(SliceDecoded::Message(data_message(h.opcode, payload)));
         }
         if len > DIRECT_RESERVE_MAX.max(available.saturating_mul(2)) {
             return Ok(SliceDecoded::Buffer);
         }
-        *input = &input[pos..];
+        advance(input, pos);
         self.utf8.reset();
         self.direct = Some(Direct {
             text,
@@ -353,21 +359,24 @@ impl Decoder {
 
     /// Takes what `input` holds of the frame `decode_slice` began: unmasks it into the frame's
     /// buffer, checks new text, and hands out the message once it is whole.
-    fn continue_direct(&mut self, input: &mut &[u8]) -> Result<Option<Message>, ProtocolError> {
+    fn continue_direct(&mut self, input: &mut &mut [u8]) -> Result<Option<Message>, ProtocolError> {
         let Some(d) = self.direct.as_mut() else {
             return Ok(None);
         };
         let have = d.buf.len();
         let take = (d.len - have).min(input.len());
-        d.buf.extend_from_slice(&input[..take]);
-        *input = &input[take..];
-        let new = &mut d.buf[have..];
+        let piece = &mut input[..take];
         if let Some(key) = d.key {
-            apply_mask(new, key, have);
+            apply_mask(piece, key, have);
         }
-        if d.text {
-            self.utf8.feed(new)?;
-        }
+        d.buf.extend_from_slice(piece);
+        let checked = if d.text {
+            self.utf8.feed(piece)
+        } else {
+            Ok(())
+        };
+        advance(input, take);
+        checked?;
         if d.buf.len() < d.len {
             return Ok(None);
         }
@@ -585,6 +594,13 @@ impl Decoder {
         }
         Ok(Some(data_message(f.opcode, f.buf)))
     }
+}
+
+/// Drops the first `n` bytes of `input`.
+#[inline]
+fn advance(input: &mut &mut [u8], n: usize) {
+    let rest = core::mem::take(input);
+    *input = &mut rest[n..];
 }
 
 fn data_message(opcode: OpCode, payload: BytesMut) -> Message {

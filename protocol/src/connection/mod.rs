@@ -381,7 +381,8 @@ impl Connection {
 
     /// [`poll_event`](Self::poll_event) for bytes just received, `input`, that are not in the
     /// read buffer `buf` yet. While `buf` is empty, messages are decoded straight from `input`
-    /// (each payload unmasked once, into a buffer of its own: [`Decoder::decode_slice`]), and
+    /// (each payload unmasked in place and copied once, into a buffer of its own:
+    /// [`Decoder::decode_slice`]; consumed input is left unspecified), and
     /// only what that path does not take is appended to `buf` and decoded from there. A header
     /// the previous input cut short is completed from `input` the same way. Consumed bytes are
     /// removed from the front of `input`; call until `Ok(None)`, by when `input` is empty (all
@@ -395,7 +396,7 @@ impl Connection {
         cfg: &ConnectionConfig,
         scratch: &mut Decoder,
         buf: &mut BytesMut,
-        input: &mut &[u8],
+        input: &mut &mut [u8],
         now: u32,
     ) -> Result<Option<Event>, ProtocolError> {
         if !input.is_empty() {
@@ -405,7 +406,7 @@ impl Connection {
                 return result;
             }
             buf.extend_from_slice(input);
-            *input = &[];
+            *input = &mut [];
         }
         self.poll_event(cfg, scratch, buf, now)
     }
@@ -417,7 +418,7 @@ impl Connection {
         cfg: &ConnectionConfig,
         scratch: &mut Decoder,
         buf: &mut BytesMut,
-        input: &mut &[u8],
+        input: &mut &mut [u8],
         now: u32,
     ) -> Option<Result<Option<Event>, ProtocolError>> {
         if self.flags & EVENT_PENDING != 0 || self.state_bits() != OPEN {
@@ -445,7 +446,7 @@ impl Connection {
             let mut head = [0u8; 2 * MAX_HEADER_LEN];
             head[..held].copy_from_slice(buf);
             head[held..held + more].copy_from_slice(&input[..more]);
-            let mut rest = &head[..held + more];
+            let mut rest = &mut head[..held + more];
             let decoded = decoder.decode_slice(&mut rest);
             if matches!(decoded, Ok(SliceDecoded::Buffer)) {
                 return None;
@@ -457,7 +458,8 @@ impl Connection {
                 decoded
             } else {
                 buf.clear();
-                *input = &input[used - held..];
+                let all = core::mem::take(input);
+                *input = &mut all[used - held..];
                 match decoded {
                     // The rest of the frame that began in `buf` may be in `input`.
                     Ok(SliceDecoded::Incomplete) if !input.is_empty() => {
@@ -476,7 +478,7 @@ impl Connection {
             Ok(SliceDecoded::Buffer) => None,
             Err(e) => {
                 self.fail(cfg, e, now);
-                *input = &[];
+                *input = &mut [];
                 buf.clear();
                 Some(Err(e))
             }
