@@ -296,7 +296,12 @@ fn decode_slice_leaves_other_frames_to_the_buffer() {
     ] {
         let mut received = w.clone();
         let mut input: &mut [u8] = &mut received;
-        assert_eq!(d.decode_slice(&mut input), Ok(SliceDecoded::Buffer));
+        let mut frame = None;
+        assert_eq!(
+            d.decode_slice(&mut frame, &mut input),
+            Ok(SliceDecoded::Buffer)
+        );
+        assert!(frame.is_none());
         // Nothing consumed, nothing changed (invalid text is masked back as it came).
         assert_eq!(&*input, &w[..]);
         assert!(d.is_idle());

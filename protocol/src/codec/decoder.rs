@@ -50,14 +50,49 @@ struct FrameState {
 
 /// A frame assembled straight from received slices ([`Decoder::decode_slice`]): an
 /// unfragmented, uncompressed text or binary frame whose payload is unmasked into its own
-/// buffer of the frame's size as its pieces arrive.
+/// buffer of the frame's size as its pieces arrive. The caller keeps it between calls (a
+/// connection holds one only while such a frame is half-received; the decoder itself stays
+/// idle, so a shared scratch decoder can go on serving other connections).
 #[derive(Debug)]
-struct Direct {
+pub struct SliceFrame {
     text: bool,
     key: Option<[u8; 4]>,
     /// The payload length; `buf` fills up to it.
     len: usize,
     buf: BytesMut,
+    utf8: Utf8Validator,
+}
+
+impl SliceFrame {
+    /// Takes what `input` holds of the frame: unmasks it in place, appends it to the frame's
+    /// buffer, checks new text; hands out the message once it is whole (`self` is then spent:
+    /// drop it). Consumed bytes are removed from the front of `input`.
+    pub fn push(&mut self, input: &mut &mut [u8]) -> Result<Option<Message>, ProtocolError> {
+        let have = self.buf.len();
+        let take = (self.len - have).min(input.len());
+        let piece = &mut input[..take];
+        if let Some(key) = self.key {
+            apply_mask(piece, key, have);
+        }
+        self.buf.extend_from_slice(piece);
+        let checked = if self.text {
+            self.utf8.feed(piece)
+        } else {
+            Ok(())
+        };
+        advance(input, take);
+        checked?;
+        if self.buf.len() < self.len {
+            return Ok(None);
+        }
+        let payload = core::mem::take(&mut self.buf);
+        Ok(Some(if self.text {
+            self.utf8.finish()?;
+            Message::Text(payload.freeze())
+        } else {
+            Message::Binary(payload.freeze())
+        }))
+    }
 }
 
 /// A frame is assembled straight from slices only when its buffer (allocated at its header,
@@ -106,7 +141,6 @@ pub struct Decoder {
     fragmented: Option<Fragmented>,
     utf8: Utf8Validator,
     inflater: Option<Decompressor>,
-    direct: Option<Direct>,
     closed: bool,
 }
 
@@ -120,7 +154,6 @@ impl Decoder {
             fragmented: None,
             utf8: Utf8Validator::new(),
             inflater: None,
-            direct: None,
             closed: false,
         }
     }
@@ -152,18 +185,14 @@ impl Decoder {
     /// so one decoder can serve many connections in turn (the engine keeps one per core and
     /// gives a connection its own only while a message is in flight).
     pub fn is_idle(&self) -> bool {
-        self.frame.is_none()
-            && self.fragmented.is_none()
-            && self.direct.is_none()
-            && !self.closed
-            && self.inflater.is_none()
+        self.frame.is_none() && self.fragmented.is_none() && !self.closed && self.inflater.is_none()
     }
 
     /// Whether the decoder stands between frames: none is in progress (a message of several
     /// frames may be), and no close was seen. Bytes left in a read buffer are then the start
     /// of a header.
     pub fn between_frames(&self) -> bool {
-        self.frame.is_none() && self.direct.is_none() && !self.closed
+        self.frame.is_none() && !self.closed
     }
 
     /// Whether a close frame has been decoded (later input is ignored).
@@ -177,18 +206,6 @@ impl Decoder {
     /// more bytes. Consumed bytes are removed from `buf`. After a close frame every further byte
     /// is discarded (RFC 6455 §5.5.1: nothing may follow a close).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
-        if self.direct.is_some() {
-            // A frame begun by `decode_slice` goes on from the buffer.
-            let mut input: &mut [u8] = buf;
-            let before = input.len();
-            let msg = self.continue_direct(&mut input)?;
-            let used = before - input.len();
-            buf.advance(used);
-            if msg.is_none() {
-                return Ok(None);
-            }
-            return Ok(msg);
-        }
         if let Some(whole) = self.decode_whole_frame(buf) {
             return whole.map(Some);
         }
@@ -293,14 +310,25 @@ impl Decoder {
     /// consumed as they come: [`SliceDecoded::Incomplete`]); consumed bytes are removed from
     /// the front of `input`, and their contents are unspecified afterwards.
     ///
+    /// A frame that does not arrive whole is kept in `frame`, which the caller holds for the
+    /// next call (this decoder stays between frames meanwhile); while `frame` is `Some`, pass
+    /// the rest of that frame's bytes, here or to [`SliceFrame::push`], before anything else.
+    ///
     /// Anything else is left to the buffered path, untouched ([`SliceDecoded::Buffer`]), which
     /// also reports every error except invalid text inside a frame already begun here (refused
     /// as soon as its bytes arrive, as [`Decoder::decode`] does). The two paths can be mixed on
-    /// one stream: [`Decoder::decode`] finishes a frame begun here, and this path only starts
-    /// a frame while no buffered one is in progress.
-    pub fn decode_slice(&mut self, input: &mut &mut [u8]) -> Result<SliceDecoded, ProtocolError> {
-        if self.direct.is_some() {
-            return Ok(match self.continue_direct(input)? {
+    /// one stream: this path only starts a frame while no buffered one is in progress.
+    pub fn decode_slice(
+        &mut self,
+        frame: &mut Option<SliceFrame>,
+        input: &mut &mut [u8],
+    ) -> Result<SliceDecoded, ProtocolError> {
+        if let Some(f) = frame.as_mut() {
+            let msg = f.push(input);
+            if !matches!(msg, Ok(None)) {
+                *frame = None;
+            }
+            return Ok(match msg? {
                 Some(msg) => SliceDecoded::Message(msg),
                 None => SliceDecoded::Incomplete,
             });
@@ -344,53 +372,19 @@ impl Decoder {
             return Ok(SliceDecoded::Buffer);
         }
         advance(input, pos);
-        self.utf8.reset();
-        self.direct = Some(Direct {
+        let f = frame.insert(SliceFrame {
             text,
             key: h.mask,
             len,
             buf: BytesMut::with_capacity(len),
+            utf8: Utf8Validator::new(),
         });
-        match self.continue_direct(input)? {
-            Some(msg) => Ok(SliceDecoded::Message(msg)),
-            None => Ok(SliceDecoded::Incomplete),
+        // The header came with less than the whole payload, so the frame stays incomplete.
+        if let Err(e) = f.push(input) {
+            *frame = None;
+            return Err(e);
         }
-    }
-
-    /// Takes what `input` holds of the frame `decode_slice` began: unmasks it into the frame's
-    /// buffer, checks new text, and hands out the message once it is whole.
-    fn continue_direct(&mut self, input: &mut &mut [u8]) -> Result<Option<Message>, ProtocolError> {
-        let Some(d) = self.direct.as_mut() else {
-            return Ok(None);
-        };
-        let have = d.buf.len();
-        let take = (d.len - have).min(input.len());
-        let piece = &mut input[..take];
-        if let Some(key) = d.key {
-            apply_mask(piece, key, have);
-        }
-        d.buf.extend_from_slice(piece);
-        let checked = if d.text {
-            self.utf8.feed(piece)
-        } else {
-            Ok(())
-        };
-        advance(input, take);
-        checked?;
-        if d.buf.len() < d.len {
-            return Ok(None);
-        }
-        let Some(d) = self.direct.take() else {
-            return Ok(None);
-        };
-        if d.text {
-            self.utf8.finish()?;
-        }
-        Ok(Some(if d.text {
-            Message::Text(d.buf.freeze())
-        } else {
-            Message::Binary(d.buf.freeze())
-        }))
+        Ok(SliceDecoded::Incomplete)
     }
 
     fn check_header(&mut self, h: &FrameHeader) -> Result<(), ProtocolError> {

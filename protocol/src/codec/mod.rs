@@ -9,7 +9,7 @@ mod encoder;
 
 use bytes::Bytes;
 
-pub use decoder::{Decoder, DecoderConfig, SliceDecoded};
+pub use decoder::{Decoder, DecoderConfig, SliceDecoded, SliceFrame};
 pub use encoder::{server_frame, Encoder, MaskKeySource};
 
 use crate::close::CloseFrame;

@@ -104,7 +104,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::close::{truncate_reason, CloseFrame};
-use crate::codec::{Decoder, DecoderConfig, MaskKeySource, Message, Role, SliceDecoded};
+use crate::codec::{
+    Decoder, DecoderConfig, MaskKeySource, Message, Role, SliceDecoded, SliceFrame,
+};
 use crate::deflate::DeflateParams;
 use crate::error::{CloseCode, ProtocolError};
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
@@ -292,6 +294,8 @@ struct Extra {
     pong: Option<HeldPong>,
     /// Our close frame's reason (valid UTF-8, at most 123 bytes).
     reason: Bytes,
+    /// A frame half-received on the slice path ([`Connection::poll_event_from`]).
+    slice: Option<SliceFrame>,
 }
 
 /// A ping payload copied out of the read buffer (so that holding it pins no read memory, and
@@ -432,13 +436,15 @@ impl Connection {
             );
             *scratch = cfg.decoder();
         }
+        // The frame half-received by an earlier call, if any, lives in `extra`.
+        let mut frame = self.extra.as_mut().and_then(|e| e.slice.take());
         let decoder = match self.decoder.as_deref_mut() {
             Some(d) => d,
             None => &mut *scratch,
         };
         let decoded = if buf.is_empty() {
-            decoder.decode_slice(input)
-        } else if buf.len() < MAX_HEADER_LEN && decoder.between_frames() {
+            decoder.decode_slice(&mut frame, input)
+        } else if buf.len() < MAX_HEADER_LEN && frame.is_none() && decoder.between_frames() {
             // A header cut short by the previous input: complete it in a copy of its start and
             // the first bytes of `input`, then go on from `input` alone.
             let held = buf.len();
@@ -447,7 +453,7 @@ impl Connection {
             head[..held].copy_from_slice(buf);
             head[held..held + more].copy_from_slice(&input[..more]);
             let mut rest = &mut head[..held + more];
-            let decoded = decoder.decode_slice(&mut rest);
+            let decoded = decoder.decode_slice(&mut frame, &mut rest);
             if matches!(decoded, Ok(SliceDecoded::Buffer)) {
                 return None;
             }
@@ -463,14 +469,21 @@ impl Connection {
                 match decoded {
                     // The rest of the frame that began in `buf` may be in `input`.
                     Ok(SliceDecoded::Incomplete) if !input.is_empty() => {
-                        decoder.decode_slice(input)
+                        decoder.decode_slice(&mut frame, input)
                     }
                     other => other,
                 }
             }
         } else {
+            if frame.is_some() {
+                self.extra_mut().slice = frame;
+            }
             return None;
         };
+        match frame {
+            Some(f) => self.extra_mut().slice = Some(f),
+            None => self.tidy_extra(),
+        }
         self.last_seen = now;
         match decoded {
             Ok(SliceDecoded::Message(msg)) => Some(Ok(Some(Event::Message(msg)))),
@@ -498,6 +511,10 @@ impl Connection {
         }
         if self.state_bits() == CLOSED {
             buf.clear();
+            if let Some(e) = self.extra.as_mut() {
+                e.slice = None;
+            }
+            self.tidy_extra();
             return Ok(None);
         }
         if self.decoder.is_none() && !scratch.is_idle() {
@@ -510,6 +527,33 @@ impl Connection {
             *scratch = cfg.decoder();
         }
         loop {
+            if let Some(f) = self.extra.as_mut().and_then(|e| e.slice.as_mut()) {
+                // A frame begun on the slice path goes on from the buffer.
+                let mut input: &mut [u8] = buf;
+                let before = input.len();
+                let r = f.push(&mut input);
+                let used = before - input.len();
+                buf.advance(used);
+                if !matches!(r, Ok(None)) {
+                    if let Some(e) = self.extra.as_mut() {
+                        e.slice = None;
+                    }
+                    self.tidy_extra();
+                }
+                match r {
+                    Ok(None) => return Ok(None),
+                    Ok(Some(msg)) if self.state_bits() == OPEN => {
+                        return Ok(Some(Event::Message(msg)));
+                    }
+                    // After our close, data is discarded.
+                    Ok(Some(_)) => continue,
+                    Err(e) => {
+                        self.fail(cfg, e, now);
+                        buf.clear();
+                        return Err(e);
+                    }
+                }
+            }
             let decoder = match self.decoder.as_deref_mut() {
                 Some(d) => d,
                 None => &mut *scratch,
@@ -800,7 +844,7 @@ impl Connection {
         if self
             .extra
             .as_ref()
-            .is_some_and(|e| e.pong.is_none() && e.reason.is_empty())
+            .is_some_and(|e| e.pong.is_none() && e.reason.is_empty() && e.slice.is_none())
         {
             self.extra = None;
         }
