@@ -13,7 +13,7 @@ struct Echo;
 
 impl Handler for Echo {
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
-        let _ = socket.send(&message);
+        let _ = socket.send(message);
     }
 }
 

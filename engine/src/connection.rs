@@ -291,6 +291,13 @@ enum Frame<'a> {
     Framed(&'a [u8], Bytes),
 }
 
+/// Where a payload to send comes from.
+enum Source<'a> {
+    Slice(&'a [u8]),
+    Shared(&'a Bytes),
+    Owned(Bytes),
+}
+
 /// Payloads at least this long that the caller holds as [`Bytes`] (a received message sent
 /// on, say) are queued by reference behind their header instead of copied: at this size the
 /// copy costs more than the reference count and the second iovec (the send queue coalesces
@@ -330,7 +337,7 @@ impl CoreState {
         text: bool,
         payload: &[u8],
     ) -> Result<(), SendError> {
-        self.send_payload(io, id, text, payload, None)
+        self.send_payload(io, id, text, Source::Slice(payload))
     }
 
     /// [`CoreState::send_data`] of a payload held as `Bytes`: a large one is queued by
@@ -342,7 +349,18 @@ impl CoreState {
         text: bool,
         payload: &Bytes,
     ) -> Result<(), SendError> {
-        self.send_payload(io, id, text, payload, Some(payload))
+        self.send_payload(io, id, text, Source::Shared(payload))
+    }
+
+    /// [`CoreState::send_bytes`] of a payload handed over: a large one moves into the queue.
+    pub(crate) fn send_owned(
+        &mut self,
+        io: &mut Io<'_>,
+        id: ConnId,
+        text: bool,
+        payload: Bytes,
+    ) -> Result<(), SendError> {
+        self.send_payload(io, id, text, Source::Owned(payload))
     }
 
     fn send_payload(
@@ -350,10 +368,14 @@ impl CoreState {
         io: &mut Io<'_>,
         id: ConnId,
         text: bool,
-        payload: &[u8],
-        shared: Option<&Bytes>,
+        source: Source<'_>,
     ) -> Result<(), SendError> {
         let opcode = if text { OpCode::Text } else { OpCode::Binary };
+        let payload: &[u8] = match &source {
+            Source::Slice(p) => p,
+            Source::Shared(b) => b,
+            Source::Owned(b) => b,
+        };
         let conn = self.conn_mut(id).ok_or(SendError::Closed)?;
         if conn.phase != Phase::Open {
             return Err(SendError::Closed);
@@ -367,19 +389,26 @@ impl CoreState {
             }
             _ => None,
         };
-        add(&self.m().bytes_out, payload.len() as u64);
+        let len = payload.len();
+        add(&self.m().bytes_out, len as u64);
         if let Some(frame) = compressed {
             inc(&self.m().compressed_out);
             return self.send_frame(io, id, frame, 1);
         }
-        // Header and payload copied straight into the connection's send queue: no allocation
-        // of its own for the frame.
+        // A small payload: header and payload copied straight into the connection's send
+        // queue, no allocation of its own for the frame. A large one held as `Bytes`: queued
+        // by reference behind its header.
         let mut header = [0u8; MAX_HEADER_LEN];
-        let n = FrameHeader::new(opcode, payload.len() as u64).encode(&mut header);
+        let n = FrameHeader::new(opcode, len as u64).encode(&mut header);
         self.uncork(io);
-        let frame = match shared {
-            Some(b) if b.len() >= SEND_BY_REFERENCE_MIN => Frame::Framed(&header[..n], b.clone()),
-            _ => Frame::Parts(&header[..n], payload),
+        let frame = match source {
+            Source::Shared(b) if len >= SEND_BY_REFERENCE_MIN => {
+                Frame::Framed(&header[..n], b.clone())
+            }
+            Source::Owned(b) if len >= SEND_BY_REFERENCE_MIN => Frame::Framed(&header[..n], b),
+            Source::Slice(p) => Frame::Parts(&header[..n], p),
+            Source::Shared(b) => Frame::Parts(&header[..n], b),
+            Source::Owned(ref b) => Frame::Parts(&header[..n], b),
         };
         self.queue_output(io, id, frame, 1)
     }

@@ -16,6 +16,47 @@ use crate::stream::{
 };
 use crate::upgrade::{HttpRequest, HttpResponse, Upgrade, UpgradeRequest};
 
+/// What [`Socket::send`] takes: a [`Message`] (moved) or `&Message` (its payload shared).
+/// Sealed: implemented for those two only.
+pub trait IntoOutgoing<'m>: sealed::Sealed {
+    #[doc(hidden)]
+    fn into_outgoing(self) -> Option<(bool, Payload<'m>)>;
+}
+
+/// A data message's payload as [`IntoOutgoing`] hands it over (text flag beside it).
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Payload<'m> {
+    Shared(&'m Bytes),
+    Owned(Bytes),
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for edge_ws_protocol::Message {}
+    impl Sealed for &edge_ws_protocol::Message {}
+}
+
+impl<'m> IntoOutgoing<'m> for &'m Message {
+    fn into_outgoing(self) -> Option<(bool, Payload<'m>)> {
+        match self {
+            Message::Text(b) => Some((true, Payload::Shared(b))),
+            Message::Binary(b) => Some((false, Payload::Shared(b))),
+            _ => None,
+        }
+    }
+}
+
+impl IntoOutgoing<'static> for Message {
+    fn into_outgoing(self) -> Option<(bool, Payload<'static>)> {
+        match self {
+            Message::Text(b) => Some((true, Payload::Owned(b))),
+            Message::Binary(b) => Some((false, Payload::Owned(b))),
+            _ => None,
+        }
+    }
+}
+
 /// Application callbacks for one core.
 ///
 /// The engine creates one handler per core with the factory given to
@@ -133,14 +174,15 @@ impl Socket<'_, '_> {
         self.state.send_data(self.io, self.id, false, data)
     }
 
-    /// Sends a text or binary message (other variants are ignored with `Ok`). A large payload
-    /// is queued by reference count, not copied (a received message sent on costs no copy
-    /// here; the kernel still copies it once into the socket).
-    pub fn send(&mut self, message: &Message) -> Result<(), SendError> {
-        match message {
-            Message::Text(b) => self.state.send_bytes(self.io, self.id, true, b),
-            Message::Binary(b) => self.state.send_bytes(self.io, self.id, false, b),
-            _ => Ok(()),
+    /// Sends a text or binary message (other variants are ignored with `Ok`): `&message`, or
+    /// `message` itself to hand it over. A large payload is not copied here (the kernel still
+    /// copies it once into the socket): a message given by value moves into the send queue, one
+    /// given by reference is shared by reference count.
+    pub fn send<'m>(&mut self, message: impl IntoOutgoing<'m>) -> Result<(), SendError> {
+        match message.into_outgoing() {
+            Some((text, Payload::Shared(b))) => self.state.send_bytes(self.io, self.id, text, b),
+            Some((text, Payload::Owned(b))) => self.state.send_owned(self.io, self.id, text, b),
+            None => Ok(()),
         }
     }
 

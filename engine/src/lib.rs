@@ -13,7 +13,7 @@
 //! struct Echo;
 //! impl Handler for Echo {
 //!     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
-//!         let _ = socket.send(&message);
+//!         let _ = socket.send(message);
 //!     }
 //! }
 //!
@@ -53,7 +53,7 @@ pub use crate::connection::SendError;
 pub use crate::engine::{Engine, EngineBuilder, EngineHandle};
 pub use crate::error::EngineError;
 pub use crate::fanout::{Filter, PublishOptions};
-pub use crate::handler::{Handler, Socket};
+pub use crate::handler::{Handler, IntoOutgoing, Socket};
 pub use crate::ids::{ConnectionId, MessageKind};
 pub use crate::metrics::MetricsSnapshot;
 pub use crate::runtime::IoConfig;

@@ -20,7 +20,7 @@ pub struct Echo;
 
 impl Handler for Echo {
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
-        let _ = socket.send(&message);
+        let _ = socket.send(message);
     }
 }
 

@@ -1089,7 +1089,7 @@ impl Handler for Demo {
             }
             "/sub" => {}
             _ => {
-                let _ = socket.send(&message);
+                let _ = socket.send(message);
             }
         }
     }
