@@ -3,12 +3,19 @@
 //!
 //! Each iteration gets a fresh copy of the wire bytes (the decoder unmasks in place and
 //! consumes its input); making that copy is not timed.
+//!
+//! `receive/*`: a connection fed the way the engine feeds it, one receive buffer at a time:
+//! through its read buffer (`Connection::poll_event`, every byte appended first) against
+//! straight from the receive (`Connection::poll_event_from`). 100 × 64 B frames in one
+//! receive, and 8 × 4 KiB frames cut into 4 KiB receives (every frame straddles two).
 
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use edge_ws_protocol::{Decoder, DecoderConfig, Encoder, Message, OpCode, Role};
+use edge_ws_protocol::{
+    Connection, ConnectionConfig, Decoder, DecoderConfig, Encoder, Event, Message, OpCode, Role,
+};
 
 /// JSON-ish ASCII text of `len` bytes.
 fn text(len: usize) -> Vec<u8> {
@@ -94,5 +101,77 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode);
+fn receive(c: &mut Criterion) {
+    let cfg = ConnectionConfig {
+        role: Role::Server,
+        limits: DecoderConfig::default(),
+        heartbeat_interval: None,
+        heartbeat_timeout: 100,
+        idle_timeout: None,
+        close_timeout: 100,
+    };
+    for (label, size, count, cut) in [
+        ("100x64B", 64, 100, usize::MAX),
+        ("8x4KiB_in_4KiB_receives", 4096, 8, 4096),
+    ] {
+        let frames = wire(OpCode::Binary, &binary(size), count);
+        let receives: Vec<Vec<u8>> = frames
+            .chunks(cut.min(frames.len()))
+            .map(<[u8]>::to_vec)
+            .collect();
+        let mut g = c.benchmark_group(format!("receive/{label}"));
+        g.throughput(Throughput::Elements(count as u64));
+        for slices in [false, true] {
+            let mut conn = Connection::new(0);
+            let mut scratch = cfg.decoder();
+            let mut rbuf = BytesMut::new();
+            let name = if slices {
+                "from_receive"
+            } else {
+                "through_read_buffer"
+            };
+            g.bench_function(name, |b| {
+                b.iter_batched_ref(
+                    || receives.clone(),
+                    |receives| {
+                        let mut n = 0;
+                        for r in receives.iter_mut() {
+                            let mut input: &mut [u8] = r;
+                            if !slices {
+                                rbuf.extend_from_slice(input);
+                                input = &mut [];
+                            }
+                            loop {
+                                let e = if slices {
+                                    conn.poll_event_from(
+                                        &cfg,
+                                        &mut scratch,
+                                        &mut rbuf,
+                                        &mut input,
+                                        1,
+                                    )
+                                } else {
+                                    conn.poll_event(&cfg, &mut scratch, &mut rbuf, 1)
+                                };
+                                match e.expect("valid") {
+                                    Some(Event::Message(m)) => {
+                                        black_box(m);
+                                        n += 1;
+                                    }
+                                    Some(other) => panic!("unexpected {other:?}"),
+                                    None => break,
+                                }
+                            }
+                        }
+                        assert_eq!(n, count);
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, decode, receive);
 criterion_main!(benches);
