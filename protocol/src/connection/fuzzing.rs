@@ -41,6 +41,9 @@ pub fn connection_stream(data: &[u8]) {
     let deflate = setup & 1 != 0;
     let heartbeat = setup & 2 != 0;
     let idle = setup & 4 != 0;
+    // Received bytes go straight to `poll_event_from` (the engine's path) instead of through
+    // the read buffer first.
+    let slices = setup & 0x80 != 0;
     let cfg = ConnectionConfig {
         role: Role::Server,
         limits: DecoderConfig {
@@ -54,6 +57,7 @@ pub fn connection_stream(data: &[u8]) {
         close_timeout: u32::from(input.byte()),
     };
     let mut s = Session::new(&cfg);
+    s.slices = slices;
     if deflate {
         let params = DeflateParams {
             client_no_context_takeover: setup & 8 != 0,
@@ -138,6 +142,9 @@ struct Session<'c> {
     conn: Connection,
     scratch: Decoder,
     buf: BytesMut,
+    /// With `slices`: bytes received since the last pump, not in `buf` yet.
+    pending: Vec<u8>,
+    slices: bool,
     now: u32,
     /// Wire bytes fed so far.
     fed: usize,
@@ -161,6 +168,8 @@ impl<'c> Session<'c> {
             conn: Connection::new(0),
             scratch: cfg.decoder(),
             buf: BytesMut::new(),
+            pending: Vec::new(),
+            slices: false,
             now: 0,
             fed: 0,
             delivered: 0,
@@ -175,7 +184,11 @@ impl<'c> Session<'c> {
     }
 
     fn feed(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        if self.slices {
+            self.pending.extend_from_slice(bytes);
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
         self.fed += bytes.len();
     }
 
@@ -223,19 +236,32 @@ impl<'c> Session<'c> {
 
     /// Decodes until the connection has nothing more to say.
     fn pump(&mut self) {
+        let mut pending = core::mem::take(&mut self.pending);
+        let mut input: &mut [u8] = &mut pending;
         loop {
-            let result = self
-                .conn
-                .poll_event(self.cfg, &mut self.scratch, &mut self.buf, self.now);
+            let result = if self.slices {
+                self.conn.poll_event_from(
+                    self.cfg,
+                    &mut self.scratch,
+                    &mut self.buf,
+                    &mut input,
+                    self.now,
+                )
+            } else {
+                self.conn
+                    .poll_event(self.cfg, &mut self.scratch, &mut self.buf, self.now)
+            };
             assert!(self.scratch.is_idle(), "the scratch comes back idle");
             if self.closed_reported {
                 assert!(result == Ok(None), "nothing after Closed: {result:?}");
                 assert!(self.buf.is_empty(), "input after Closed is consumed");
+                assert!(input.is_empty(), "received input after Closed is consumed");
                 return;
             }
             match result {
                 Ok(None) => {
                     assert!(!self.event_due, "an error is followed by Closed");
+                    assert!(input.is_empty(), "Ok(None) leaves no received input");
                     return;
                 }
                 Ok(Some(Event::Message(msg))) => {
@@ -294,6 +320,7 @@ impl<'c> Session<'c> {
                         "{e:?} leaves a close code"
                     );
                     assert!(self.buf.is_empty(), "input after an error is dropped");
+                    assert!(input.is_empty(), "received input after an error is dropped");
                     self.event_due = true;
                 }
             }
