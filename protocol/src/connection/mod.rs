@@ -428,14 +428,7 @@ impl Connection {
         if self.flags & EVENT_PENDING != 0 || self.state_bits() != OPEN {
             return None;
         }
-        if self.decoder.is_none() && !scratch.is_idle() {
-            // See `decode`: a driver bug; start clean rather than corrupt the stream.
-            debug_assert!(
-                scratch.is_idle(),
-                "the scratch decoder must be idle between calls"
-            );
-            *scratch = cfg.decoder();
-        }
+        self.own_or_clean_scratch(cfg, scratch);
         // The frame half-received by an earlier call, if any, lives in `extra`.
         let mut frame = self.extra.as_mut().and_then(|e| e.slice.take());
         let decoder = match self.decoder.as_deref_mut() {
@@ -517,15 +510,7 @@ impl Connection {
             self.tidy_extra();
             return Ok(None);
         }
-        if self.decoder.is_none() && !scratch.is_idle() {
-            // Another connection's message in flight would corrupt this one: a driver bug
-            // (`poll_event` always hands the scratch back idle).
-            debug_assert!(
-                scratch.is_idle(),
-                "the scratch decoder must be idle between calls"
-            );
-            *scratch = cfg.decoder();
-        }
+        self.own_or_clean_scratch(cfg, scratch);
         loop {
             if let Some(f) = self.extra.as_mut().and_then(|e| e.slice.as_mut()) {
                 // A frame begun on the slice path goes on from the buffer.
@@ -589,6 +574,19 @@ impl Connection {
                     return Ok(Some(self.peer_closed(cfg, frame, now)));
                 }
             }
+        }
+    }
+
+    /// Before decoding with `scratch`: a connection without a decoder of its own needs it idle.
+    /// Another connection's message in flight would corrupt this one, a driver bug (`poll_event`
+    /// always hands the scratch back idle): start clean rather than corrupt the stream.
+    fn own_or_clean_scratch(&self, cfg: &ConnectionConfig, scratch: &mut Decoder) {
+        if self.decoder.is_none() && !scratch.is_idle() {
+            debug_assert!(
+                scratch.is_idle(),
+                "the scratch decoder must be idle between calls"
+            );
+            *scratch = cfg.decoder();
         }
     }
 
