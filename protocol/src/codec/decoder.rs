@@ -98,7 +98,7 @@ impl SliceFrame {
 /// A frame is assembled straight from slices only when its buffer (allocated at its header,
 /// with the frame's size) is at most this large or at most twice what already arrived, so a
 /// header alone never reserves more than this.
-const DIRECT_RESERVE_MAX: usize = 8 * 1024;
+const SLICE_RESERVE_MAX: usize = 8 * 1024;
 
 /// What [`Decoder::decode_slice`] made of the front of its input.
 #[derive(Debug, PartialEq, Eq)]
@@ -368,7 +368,7 @@ impl Decoder {
             advance(input, pos + len);
             return Ok(SliceDecoded::Message(data_message(h.opcode, payload)));
         }
-        if len > DIRECT_RESERVE_MAX.max(available.saturating_mul(2)) {
+        if len > SLICE_RESERVE_MAX.max(available.saturating_mul(2)) {
             return Ok(SliceDecoded::Buffer);
         }
         advance(input, pos);
