@@ -291,8 +291,12 @@ enum Frame<'a> {
     Framed(&'a [u8], Bytes),
 }
 
-/// Where a payload to send comes from.
-enum Source<'a> {
+/// A data message's payload on its way to [`CoreState::send_payload`]: borrowed bytes, bytes
+/// held as `Bytes` (a large payload is then shared by reference count), or `Bytes` handed over
+/// (a large payload moves into the queue). What [`crate::IntoOutgoing`] produces.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Payload<'a> {
     Slice(&'a [u8]),
     Shared(&'a Bytes),
     Owned(Bytes),
@@ -337,44 +341,24 @@ impl CoreState {
         text: bool,
         payload: &[u8],
     ) -> Result<(), SendError> {
-        self.send_payload(io, id, text, Source::Slice(payload))
+        self.send_payload(io, id, text, Payload::Slice(payload))
     }
 
-    /// [`CoreState::send_data`] of a payload held as `Bytes`: a large one is queued by
-    /// reference (unless it is compressed).
-    pub(crate) fn send_bytes(
+    /// Encodes and queues a data message from any [`Payload`]: compressed when the
+    /// connection compresses it, a large payload held as `Bytes` by reference behind its header,
+    /// anything else copied into the send queue.
+    pub(crate) fn send_payload(
         &mut self,
         io: &mut Io<'_>,
         id: ConnId,
         text: bool,
-        payload: &Bytes,
-    ) -> Result<(), SendError> {
-        self.send_payload(io, id, text, Source::Shared(payload))
-    }
-
-    /// [`CoreState::send_bytes`] of a payload handed over: a large one moves into the queue.
-    pub(crate) fn send_owned(
-        &mut self,
-        io: &mut Io<'_>,
-        id: ConnId,
-        text: bool,
-        payload: Bytes,
-    ) -> Result<(), SendError> {
-        self.send_payload(io, id, text, Source::Owned(payload))
-    }
-
-    fn send_payload(
-        &mut self,
-        io: &mut Io<'_>,
-        id: ConnId,
-        text: bool,
-        source: Source<'_>,
+        source: Payload<'_>,
     ) -> Result<(), SendError> {
         let opcode = if text { OpCode::Text } else { OpCode::Binary };
         let payload: &[u8] = match &source {
-            Source::Slice(p) => p,
-            Source::Shared(b) => b,
-            Source::Owned(b) => b,
+            Payload::Slice(p) => p,
+            Payload::Shared(b) => b,
+            Payload::Owned(b) => b,
         };
         let conn = self.conn_mut(id).ok_or(SendError::Closed)?;
         if conn.phase != Phase::Open {
@@ -402,13 +386,13 @@ impl CoreState {
         let n = FrameHeader::new(opcode, len as u64).encode(&mut header);
         self.uncork(io);
         let frame = match source {
-            Source::Shared(b) if len >= SEND_BY_REFERENCE_MIN => {
+            Payload::Shared(b) if len >= SEND_BY_REFERENCE_MIN => {
                 Frame::Framed(&header[..n], b.clone())
             }
-            Source::Owned(b) if len >= SEND_BY_REFERENCE_MIN => Frame::Framed(&header[..n], b),
-            Source::Slice(p) => Frame::Parts(&header[..n], p),
-            Source::Shared(b) => Frame::Parts(&header[..n], b),
-            Source::Owned(ref b) => Frame::Parts(&header[..n], b),
+            Payload::Owned(b) if len >= SEND_BY_REFERENCE_MIN => Frame::Framed(&header[..n], b),
+            Payload::Slice(p) => Frame::Parts(&header[..n], p),
+            Payload::Shared(b) => Frame::Parts(&header[..n], b),
+            Payload::Owned(ref b) => Frame::Parts(&header[..n], b),
         };
         self.queue_output(io, id, frame, 1)
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use edge_ws_protocol::{CloseCode, Message};
 
-use crate::connection::{ConnFn, ConnFnBox, CoreState, SendError};
+use crate::connection::{ConnFn, ConnFnBox, CoreState, Payload, SendError};
 use crate::fanout::PublishOptions;
 use crate::ids::{ConnectionId, MessageKind};
 use crate::runtime::{ConnId, Io};
@@ -21,14 +21,6 @@ use crate::upgrade::{HttpRequest, HttpResponse, Upgrade, UpgradeRequest};
 pub trait IntoOutgoing<'m>: sealed::Sealed {
     #[doc(hidden)]
     fn into_outgoing(self) -> Option<(bool, Payload<'m>)>;
-}
-
-/// A data message's payload as [`IntoOutgoing`] hands it over (text flag beside it).
-#[doc(hidden)]
-#[derive(Debug)]
-pub enum Payload<'m> {
-    Shared(&'m Bytes),
-    Owned(Bytes),
 }
 
 mod sealed {
@@ -180,8 +172,7 @@ impl Socket<'_, '_> {
     /// given by reference is shared by reference count.
     pub fn send<'m>(&mut self, message: impl IntoOutgoing<'m>) -> Result<(), SendError> {
         match message.into_outgoing() {
-            Some((text, Payload::Shared(b))) => self.state.send_bytes(self.io, self.id, text, b),
-            Some((text, Payload::Owned(b))) => self.state.send_owned(self.io, self.id, text, b),
+            Some((text, payload)) => self.state.send_payload(self.io, self.id, text, payload),
             None => Ok(()),
         }
     }

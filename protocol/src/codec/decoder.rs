@@ -275,20 +275,8 @@ impl Decoder {
     /// same error: checked byte for byte by `whole_frame_fast_path_matches_the_general_one`.
     #[inline]
     fn decode_whole_frame(&mut self, buf: &mut BytesMut) -> Option<Result<Message, ProtocolError>> {
-        if self.frame.is_some() || self.fragmented.is_some() || self.closed {
-            return None;
-        }
-        // A cheap look at the first byte before the header is parsed: FIN, no reserved bit,
-        // text or binary. The header itself is `FrameHeader::decode`'s (an error there is left
-        // to the general path, which reports it).
-        if !matches!(buf.first(), Some(0x81 | 0x82)) {
-            return None;
-        }
-        let (h, pos) = FrameHeader::decode(buf).ok()??;
-        if h.mask.is_some() != (self.role == Role::Server)
-            || h.payload_len > self.config.max_frame_size.min(self.config.max_message_size) as u64
-            || ((buf.len() - pos) as u64) < h.payload_len
-        {
+        let (h, pos) = self.plain_frame_header(buf)?;
+        if ((buf.len() - pos) as u64) < h.payload_len {
             return None;
         }
         let (opcode, len, key) = (h.opcode, h.payload_len as usize, h.mask);
@@ -301,6 +289,27 @@ impl Decoder {
             return Some(Err(ProtocolError::InvalidUtf8));
         }
         Some(Ok(data_message(opcode, payload)))
+    }
+
+    /// The header at the front of `input` if it starts a frame both one-step paths take: no
+    /// other frame or message in progress, FIN, no reserved bit, text or binary, masked as this
+    /// role expects, within the limits. `None` for anything else, a header cut short or in
+    /// error included (the general path reports errors).
+    #[inline]
+    fn plain_frame_header(&self, input: &[u8]) -> Option<(FrameHeader, usize)> {
+        if self.frame.is_some() || self.fragmented.is_some() || self.closed {
+            return None;
+        }
+        // A cheap look at the first byte before the header is parsed.
+        if !matches!(input.first(), Some(0x81 | 0x82)) {
+            return None;
+        }
+        let (h, pos) = FrameHeader::decode(input).ok()??;
+        let limit = self.config.max_frame_size.min(self.config.max_message_size) as u64;
+        if h.mask.is_some() != (self.role == Role::Server) || h.payload_len > limit {
+            return None;
+        }
+        Some((h, pos))
     }
 
     /// Decodes from the front of `input`, bytes just received, without a read buffer: the
@@ -333,21 +342,9 @@ impl Decoder {
                 None => SliceDecoded::Incomplete,
             });
         }
-        if self.frame.is_some() || self.fragmented.is_some() || self.closed {
-            return Ok(SliceDecoded::Buffer);
-        }
-        // FIN, no reserved bit, text or binary (see `decode_whole_frame`).
-        if !matches!(input.first(), Some(0x81 | 0x82)) {
-            return Ok(SliceDecoded::Buffer);
-        }
-        let Ok(Some((h, pos))) = FrameHeader::decode(input) else {
+        let Some((h, pos)) = self.plain_frame_header(input) else {
             return Ok(SliceDecoded::Buffer);
         };
-        if h.mask.is_some() != (self.role == Role::Server)
-            || h.payload_len > self.config.max_frame_size.min(self.config.max_message_size) as u64
-        {
-            return Ok(SliceDecoded::Buffer);
-        }
         let len = h.payload_len as usize;
         let available = input.len() - pos;
         let text = h.opcode == OpCode::Text;
