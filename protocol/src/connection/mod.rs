@@ -412,7 +412,10 @@ impl Connection {
             buf.extend_from_slice(input);
             *input = &mut [];
         }
-        self.poll_event(cfg, scratch, buf, now)
+        let result = self.poll_event(cfg, scratch, buf, now);
+        // A box the slice path kept for a next frame that did not come.
+        self.tidy_extra();
+        result
     }
 
     /// The slice path of [`poll_event_from`](Self::poll_event_from); `None`: it does not apply,
@@ -429,14 +432,20 @@ impl Connection {
             return None;
         }
         self.own_or_clean_scratch(cfg, scratch);
-        // The frame half-received by an earlier call, if any, lives in `extra`.
-        let mut frame = self.extra.as_mut().and_then(|e| e.slice.take());
+        // The frame half-received by an earlier call, if any, lives in `extra`, and is worked
+        // on there; a frame begun now goes to `extra` only if it stays incomplete (and `extra`
+        // is kept while the input lasts, for the next frame).
+        let mut fresh = None;
+        let frame = match self.extra.as_deref_mut() {
+            Some(e) => &mut e.slice,
+            None => &mut fresh,
+        };
         let decoder = match self.decoder.as_deref_mut() {
             Some(d) => d,
             None => &mut *scratch,
         };
         let decoded = if buf.is_empty() {
-            decoder.decode_slice(&mut frame, input)
+            decoder.decode_slice(frame, input)
         } else if buf.len() < MAX_HEADER_LEN && frame.is_none() && decoder.between_frames() {
             // A header cut short by the previous input: complete it in a copy of its start and
             // the first bytes of `input`, then go on from `input` alone.
@@ -446,7 +455,7 @@ impl Connection {
             head[..held].copy_from_slice(buf);
             head[held..held + more].copy_from_slice(&input[..more]);
             let mut rest = &mut head[..held + more];
-            let decoded = decoder.decode_slice(&mut frame, &mut rest);
+            let decoded = decoder.decode_slice(frame, &mut rest);
             if matches!(decoded, Ok(SliceDecoded::Buffer)) {
                 return None;
             }
@@ -462,20 +471,19 @@ impl Connection {
                 match decoded {
                     // The rest of the frame that began in `buf` may be in `input`.
                     Ok(SliceDecoded::Incomplete) if !input.is_empty() => {
-                        decoder.decode_slice(&mut frame, input)
+                        decoder.decode_slice(frame, input)
                     }
                     other => other,
                 }
             }
         } else {
-            if frame.is_some() {
-                self.extra_mut().slice = frame;
-            }
             return None;
         };
-        match frame {
-            Some(f) => self.extra_mut().slice = Some(f),
-            None => self.tidy_extra(),
+        let held = frame.is_some();
+        if let Some(f) = fresh {
+            self.extra_mut().slice = Some(f);
+        } else if !held && input.is_empty() {
+            self.tidy_extra();
         }
         self.last_seen = now;
         match decoded {
