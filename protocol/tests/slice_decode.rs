@@ -234,11 +234,20 @@ fn slices_need_no_read_buffer_for_plain_frames() {
         Part::Binary(0),
     ];
     let wire = wire(&parts);
+    // Where each frame ends on the wire.
+    let ends: Vec<usize> = parts
+        .iter()
+        .scan(0, |end, p| {
+            *end += self::wire(core::slice::from_ref(p)).len();
+            Some(*end)
+        })
+        .collect();
     for cut in [1, 3, 7, 64, 100, 4096, 4104, wire.len()] {
         let mut conn = Connection::new(0);
         let mut scratch = cfg.decoder();
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
+        let mut fed = 0;
         for chunk in wire.chunks(cut) {
             let mut received = chunk.to_vec();
             let mut input: &mut [u8] = &mut received;
@@ -250,6 +259,20 @@ fn slices_need_no_read_buffer_for_plain_frames() {
             }
             // Only a header cut short waits in the buffer, never payload.
             assert!(buf.len() < 14, "cut {cut}: {} bytes buffered", buf.len());
+            fed += chunk.len();
+            // A receive that ends between frames leaves the connection holding nothing; one
+            // that ends inside the 4 KiB frame's payload holds that frame.
+            if ends.contains(&fed) {
+                assert!(
+                    !conn.holds_heap(),
+                    "cut {cut}: heap held at a frame boundary"
+                );
+            } else if fed > ends[1] + 8 && fed < ends[2] {
+                assert!(
+                    conn.holds_heap(),
+                    "cut {cut}: a half-received frame is not held"
+                );
+            }
         }
         let lens: Vec<(bool, usize)> = got
             .iter()

@@ -413,7 +413,8 @@ impl Connection {
             *input = &mut [];
         }
         let result = self.poll_event(cfg, scratch, buf, now);
-        // A box the slice path kept for a next frame that did not come.
+        // The box the slice path keeps while the input lasts (for a next frame) goes once it
+        // holds nothing.
         self.tidy_extra();
         result
     }
@@ -433,8 +434,9 @@ impl Connection {
         }
         self.own_or_clean_scratch(cfg, scratch);
         // The frame half-received by an earlier call, if any, lives in `extra`, and is worked
-        // on there; a frame begun now goes to `extra` only if it stays incomplete (and `extra`
-        // is kept while the input lasts, for the next frame).
+        // on there; a frame begun now goes to `extra` only if it stays incomplete. `extra` is
+        // kept while the input lasts (the next frame may need it): the call that finds the
+        // input empty frees it if it holds nothing.
         let mut fresh = None;
         let frame = match self.extra.as_deref_mut() {
             Some(e) => &mut e.slice,
@@ -479,11 +481,8 @@ impl Connection {
         } else {
             return None;
         };
-        let held = frame.is_some();
         if let Some(f) = fresh {
             self.extra_mut().slice = Some(f);
-        } else if !held && input.is_empty() {
-            self.tidy_extra();
         }
         self.last_seen = now;
         match decoded {
@@ -797,6 +796,13 @@ impl Connection {
     /// close frame, RFC 6455 §5.5.1).
     pub fn can_send(&self) -> bool {
         self.state_bits() == OPEN
+    }
+
+    /// Whether the connection holds heap memory of its own beyond its fixed size: a decoder
+    /// (mid-message, or permessage-deflate's), or the rare-state box (a held pong, our close
+    /// reason, a half-received frame). An idle connection between frames holds none.
+    pub fn holds_heap(&self) -> bool {
+        self.decoder.is_some() || self.extra.is_some()
     }
 
     /// Where the connection is.
