@@ -772,6 +772,11 @@ impl EngineBuilder {
         let shared_slot: Arc<std::sync::OnceLock<Arc<Shared>>> =
             Arc::new(std::sync::OnceLock::new());
         let slot = shared_slot.clone();
+        // Payload masking with the CPU's wider vector units, for every connection of the process
+        // (the codec's portable loop otherwise; the first engine started installs it).
+        if let Some(kernel) = crate::runtime::simd::mask_kernel() {
+            edge_ws_protocol::mask::set_accelerated(kernel);
+        }
         let runtime = Runtime::start(rt_cfg, move |core, wakers| {
             // The first core to start builds the shared state (it needs the wakers, which
             // exist only once the runtime is up); the others reuse it.

@@ -1,14 +1,57 @@
-//! Payload masking (RFC 6455 §5.3), a word at a time with safe code.
+//! Payload masking (RFC 6455 §5.3), a word at a time with safe code, or with a faster kernel
+//! installed by the caller.
 //!
 //! Masking is an XOR with the 4-byte key repeated; `offset` says how many payload bytes came
 //! before `buf`, so a payload can be unmasked in pieces as it arrives.
+//!
+//! This crate has no `unsafe`, so its own loop is what the compiler vectorises for the
+//! baseline target (16-byte SSE2 on x86-64). A program may install a kernel that uses the
+//! CPU's wider vector units once, at start ([`set_accelerated`]); the edge-ws engine installs
+//! the runtime crate's AVX2 kernel where the CPU has AVX2.
 
-/// XORs `buf` in place with `key`, as if `buf` started `offset` bytes into the payload.
-///
-/// Works 8 bytes at a time on `u64` words (safe `chunks_exact_mut`); the compiler vectorises
-/// the loop. Checked against [`apply_mask_bytewise`] for every length 0..=64 and offset 0..=3.
+use std::sync::OnceLock;
+
+/// A masking kernel: XORs `buf` in place with `key` repeated, as if `buf` started `offset`
+/// bytes into the payload. It must give exactly what [`apply_mask_bytewise`] gives.
+pub type MaskFn = fn(&mut [u8], [u8; 4], usize);
+
+static ACCELERATED: OnceLock<MaskFn> = OnceLock::new();
+
+/// Pieces shorter than this are masked by the portable loop even when a kernel is installed:
+/// below it the call and the kernel's alignment work cost what the wider vectors save (the
+/// runtime's AVX2 kernel breaks even between 512 and 1,024 bytes; `engine/benches/mask.rs`).
+pub const ACCELERATED_MIN: usize = 1024;
+
+/// Installs `kernel` for every [`apply_mask`] of at least [`ACCELERATED_MIN`] bytes, process
+/// wide. The first installation wins; returns whether this one did. The kernel must equal
+/// [`apply_mask_bytewise`] for every input (masking is on every frame's path).
+pub fn set_accelerated(kernel: MaskFn) -> bool {
+    ACCELERATED.set(kernel).is_ok()
+}
+
+/// The installed kernel, if any.
+pub fn accelerated() -> Option<MaskFn> {
+    ACCELERATED.get().copied()
+}
+
+/// XORs `buf` in place with `key`, as if `buf` started `offset` bytes into the payload: with
+/// the installed kernel ([`set_accelerated`]) for larger buffers, else [`apply_mask_portable`].
 #[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    if buf.len() >= ACCELERATED_MIN {
+        if let Some(kernel) = ACCELERATED.get() {
+            kernel(buf, key, offset);
+            return;
+        }
+    }
+    apply_mask_portable(buf, key, offset);
+}
+
+/// The crate's own masking loop: 8 bytes at a time on `u64` words (safe `chunks_exact_mut`),
+/// which the compiler vectorises. Checked against [`apply_mask_bytewise`] for every length
+/// 0..=64 and offset 0..=3.
+#[inline]
+pub fn apply_mask_portable(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotate_key(key, offset);
     if buf.len() < 16 {
         apply_mask_bytewise(buf, key, 0);

@@ -35,6 +35,7 @@ pub mod counting;
 mod driver;
 pub mod mem;
 pub mod os;
+pub mod simd;
 mod sys;
 #[cfg(feature = "tls")]
 pub mod tls;
