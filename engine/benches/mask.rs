@@ -4,7 +4,9 @@
 //! decoder does with a received payload: one that starts 8 bytes into its allocation, where a
 //! client frame's header (2 + 2 length + 4 key bytes) leaves a 126..65,535-byte payload.
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edge_ws::runtime::simd::mask_kernel;
 use edge_ws_protocol::mask::apply_mask_portable;
 
