@@ -42,10 +42,15 @@
 //! assert!(!client.is_open());
 //! assert_eq!(engine.metrics().closed, 1);
 //! ```
+//!
+//! [`TempDir`] is a scratch directory for tests, benches and examples that need one on disk
+//! (a store, a config file, logs): it is removed when the guard is dropped.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -749,5 +754,69 @@ impl MemClient {
     fn pull(&mut self) {
         let sent = self.wire.borrow_mut().take_sent(self.core, self.conn);
         self.rx.extend_from_slice(&sent);
+    }
+}
+
+/// Scratch directories made so far by this process (makes each [`TempDir`] name unique).
+static TEMP_DIRS: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh directory under [`std::env::temp_dir`], removed with everything in it when the guard
+/// is dropped. Keep the guard alive for as long as the directory is used.
+///
+/// ```
+/// use edge_ws::testing::TempDir;
+///
+/// let dir = TempDir::new("edge-ws-doc-example");
+/// std::fs::write(dir.path().join("config.toml"), "").unwrap();
+/// let path = dir.path().to_path_buf();
+/// drop(dir);
+/// assert!(!path.exists());
+/// ```
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `{temp_dir}/{prefix}-{pid}-{n}`, with `n` counting the directories made by this
+    /// process. Panics if the directory cannot be created.
+    pub fn new(prefix: &str) -> TempDir {
+        let n = TEMP_DIRS.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        if let Err(e) = std::fs::create_dir_all(&path) {
+            panic!("TempDir: cannot create {}: {e}", path.display());
+        }
+        TempDir { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    /// Removes the directory and everything in it (errors are ignored).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TempDir;
+
+    #[test]
+    fn temp_dir_lives_as_long_as_its_guard() {
+        let a = TempDir::new("edge-ws-testing-tempdir");
+        let b = TempDir::new("edge-ws-testing-tempdir");
+        assert_ne!(a.path(), b.path());
+        let path = a.path().to_path_buf();
+        assert!(path.is_dir());
+        std::fs::create_dir_all(path.join("nested")).unwrap();
+        std::fs::write(path.join("nested/file"), b"data").unwrap();
+        drop(a);
+        assert!(!path.exists());
+        assert!(b.path().is_dir());
     }
 }

@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edge_ws::testing::TempDir;
 use edge_ws::tls::TlsConfig;
 use edge_ws::{Cores, Engine, EngineHandle, Handler, Message, Socket};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -458,12 +459,15 @@ fn pem_errors_are_clear() {
         .unwrap_err();
     assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
     // From files.
-    let dir = std::env::temp_dir().join(format!("edge-ws-tls-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), &c1).unwrap();
-    std::fs::write(dir.join("key.pem"), &k1).unwrap();
-    let ok = TlsConfig::from_pem_files(addr, dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::remove_dir_all(&dir).unwrap();
+    let dir = TempDir::new("edge-ws-tls-test");
+    std::fs::write(dir.path().join("cert.pem"), &c1).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &k1).unwrap();
+    let ok = TlsConfig::from_pem_files(
+        addr,
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    drop(dir);
     assert!(ok.is_ok());
 }
 

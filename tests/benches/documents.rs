@@ -24,6 +24,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use edge_ws::runtime::os::threads_sched_seconds as sched_of;
+use edge_ws::testing::TempDir;
 use edge_ws::{Config, Cores, Engine};
 use edge_ws_server::documents::{DocumentConfig, Documents};
 use edge_ws_server::store::{Durability, LatencyStats, Store, StoreOptions};
@@ -310,8 +311,7 @@ fn main() {
     if let Some(c) = server_cpus.last() {
         core_affinity::set_for_current(*c);
     }
-    let dir = std::env::temp_dir().join(format!("edge-ws-doc-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("edge-ws-doc-bench");
     // DOC_BENCH_DURABILITY=buffered (a diagnostic, not the default): commits without the
     // fsync, to tell the disk's share of the latency from the rest of the server's.
     let mut options = StoreOptions::default();
@@ -319,7 +319,7 @@ fn main() {
         options.durability = Durability::Buffered;
     }
     let durability = options.durability;
-    let store = Store::open(&dir, options).unwrap();
+    let store = Store::open(dir.path(), options).unwrap();
     let manager = Manager::builder().build();
     let mut cfg = Config::default();
     cfg.addr = "127.0.0.1:0".parse().unwrap();
@@ -412,5 +412,5 @@ fn main() {
     );
     engine.handle().shutdown();
     let _ = engine.join();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }

@@ -10,6 +10,7 @@ mod util;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edge_ws::testing::TempDir;
 use edge_ws_server::documents::DocumentConfig;
 use edge_ws_server::store::{Store, StoreOptions};
 use edge_ws_server::{Manager, Router};
@@ -29,21 +30,22 @@ fn join(addr: std::net::SocketAddr, doc: &str, since: Option<u64>) -> Ws {
     ws
 }
 
-fn server(tag: &str, docs: DocumentConfig) -> (Manager, edge_ws::Engine, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("edge-ws-docs-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+/// A manager with documents on a store in a fresh directory (returned first, so that it is
+/// dropped after the manager and the engine).
+fn server(tag: &str, docs: DocumentConfig) -> (TempDir, Manager, edge_ws::Engine) {
+    let dir = TempDir::new(&format!("edge-ws-docs-{tag}"));
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let manager = Manager::builder().build();
     let engine = start(&manager, config(2), || Router::new().channels());
     assert!(manager.start_documents(store, docs));
-    (manager, engine, dir)
+    (dir, manager, engine)
 }
 
 #[test]
 fn concurrent_editors_converge_and_a_reconnecting_one_catches_up() {
     const CLIENTS: usize = 5;
     const EDITS: usize = 40;
-    let (manager, engine, dir) = server(
+    let (_dir, manager, engine) = server(
         "conv",
         DocumentConfig {
             max_log: 10_000,
@@ -102,12 +104,11 @@ fn concurrent_editors_converge_and_a_reconnecting_one_catches_up() {
     assert!(stats.snapshots >= total / 25);
     drop(clients);
     drop(engine);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn bad_edits_are_refused_clearly_and_change_nothing() {
-    let (manager, engine, dir) = server(
+    let (_dir, manager, engine) = server(
         "bad",
         DocumentConfig {
             max_len: 10,
@@ -189,5 +190,4 @@ fn bad_edits_are_refused_clearly_and_change_nothing() {
     assert_eq!(manager.documents().unwrap().stats().refused, 5);
     drop((a, b, c));
     drop(engine);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,9 +6,9 @@
 #[path = "manager_util.rs"]
 mod util;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use edge_ws::testing::TempDir;
 use edge_ws_server::notifications::{
     ListQuery, NewNotification, NotificationConfig, NotificationError, Notifications, Selection,
 };
@@ -17,10 +17,9 @@ use edge_ws_server::{ApiKeyAuth, Auth, Manager, Router, UserContext};
 use serde_json::{json, Value};
 use util::*;
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edge-ws-notify-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh directory for a test's store, removed when dropped.
+fn dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("edge-ws-notify-{tag}"))
 }
 
 struct Server {
@@ -74,7 +73,7 @@ fn note(kind: &str, title: &str) -> NewNotification {
 #[test]
 fn the_seed_flow_offline_then_pending_then_read_and_paged() {
     let d = dir("flow");
-    let store = Store::open(&d, StoreOptions::default()).unwrap();
+    let store = Store::open(d.path(), StoreOptions::default()).unwrap();
     let s = server(&store, NotificationConfig::default());
     let addr = s.engine.local_addr();
     // Sent while offline: durable ids, pending.
@@ -210,13 +209,12 @@ fn the_seed_flow_offline_then_pending_then_read_and_paged() {
     assert_eq!((stats.sent, stats.delivered), (5, 5));
     drop((c, e));
     drop(s);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
 fn online_users_get_it_at_once_on_every_connection_and_the_inbox_is_bounded() {
     let d = dir("online");
-    let store = Store::open(&d, StoreOptions::default()).unwrap();
+    let store = Store::open(d.path(), StoreOptions::default()).unwrap();
     let s = server(
         &store,
         NotificationConfig {
@@ -292,14 +290,13 @@ fn online_users_get_it_at_once_on_every_connection_and_the_inbox_is_bounded() {
     );
     drop(conns);
     drop(s);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
 fn pending_notifications_survive_a_restart_and_are_delivered_after_it() {
     let d = dir("restart");
     {
-        let store = Store::open(&d, StoreOptions::default()).unwrap();
+        let store = Store::open(d.path(), StoreOptions::default()).unwrap();
         let s = server(&store, NotificationConfig::default());
         for i in 0..3 {
             s.n.send_blocking("gus", note("invite", &format!("i{i}")))
@@ -310,7 +307,7 @@ fn pending_notifications_survive_a_restart_and_are_delivered_after_it() {
         engine.join().unwrap();
         store.shutdown().unwrap();
     }
-    let store = Store::open(&d, StoreOptions::default()).unwrap();
+    let store = Store::open(d.path(), StoreOptions::default()).unwrap();
     let s = server(&store, NotificationConfig::default());
     let mut c = connect(s.engine.local_addr(), "gus");
     let ids: Vec<u64> = (0..3)
@@ -322,5 +319,4 @@ fn pending_notifications_survive_a_restart_and_are_delivered_after_it() {
     assert_eq!(s.n.send_blocking("gus", note("invite", "i3")).unwrap(), 4);
     drop(c);
     drop(s);
-    let _ = std::fs::remove_dir_all(&d);
 }

@@ -4,9 +4,10 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use edge_ws::testing::TempDir;
 
 /// Whether redis-server is installed; prints why a test is skipped if not.
 pub fn have_redis() -> bool {
@@ -30,7 +31,8 @@ pub fn have_redis() -> bool {
 pub struct Redis {
     /// Its port on 127.0.0.1.
     pub port: u16,
-    dir: PathBuf,
+    /// Its `--dir` (removed when this is dropped, after the process is killed).
+    dir: TempDir,
     child: Option<Child>,
 }
 
@@ -46,14 +48,7 @@ impl Redis {
     /// Starts one with an append-only file fsynced on every write (nothing acknowledged is
     /// lost when it is killed).
     pub fn start() -> Redis {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "edge-ws-cluster-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("edge-ws-cluster-test");
         let mut r = Redis {
             port: free_port(),
             dir,
@@ -78,7 +73,7 @@ impl Redis {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             .args(["--save", ""])
             .args(["--appendonly", "yes"])
             .args(["--appendfsync", "always"])
@@ -128,6 +123,5 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

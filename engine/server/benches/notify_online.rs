@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edge_ws::testing::TempDir;
 use edge_ws::{Config, Cores, Engine};
 use edge_ws_server::notifications::{NewNotification, NotificationConfig, Notifications};
 use edge_ws_server::store::{Store, StoreOptions};
@@ -31,9 +32,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let dir = std::env::temp_dir().join(format!("edge-ws-notify-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    let dir = TempDir::new("edge-ws-notify-bench");
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let notes = Notifications::start(
         store.clone(),
         NotificationConfig {
@@ -143,5 +143,5 @@ fn main() {
     );
     engine.handle().shutdown();
     let _ = engine.join();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_ws::runtime::counting::CountingAlloc;
+use edge_ws::testing::TempDir;
 use edge_ws::ConnectionId;
 use edge_ws_server::bench_support::PresenceTable;
 use edge_ws_server::notifications::{
@@ -85,13 +86,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let dir = std::env::temp_dir().join(format!("edge-ws-presence-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("edge-ws-presence-bench");
     let batch: usize = std::env::var("PRESENCE_BENCH_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(StoreOptions::default().max_batch);
-    let store = Store::open(&dir, StoreOptions::default().max_batch(batch)).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default().max_batch(batch)).unwrap();
     let n = Notifications::start(
         store.clone(),
         NotificationConfig {
@@ -160,5 +160,5 @@ fn main() {
     );
     drop(n);
     store.shutdown().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }

@@ -11,11 +11,11 @@
 //! `buffered`) runs one durability only. Temporary files go under the system temp dir and are
 //! removed.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use edge_ws::testing::TempDir;
 use edge_ws_server::store::{Append, Durability, Store, StoreError, StoreOptions};
 
 struct Run {
@@ -33,10 +33,9 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edge-ws-store-bench-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh directory for one run's store, removed when dropped.
+fn dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("edge-ws-store-bench-{tag}"))
 }
 
 /// `threads` closed-loop writers (`window` 1), or one writer with `window` appends in flight.
@@ -45,7 +44,7 @@ fn run(d: Durability, size: usize, threads: usize, window: usize, secs: u64) -> 
     let options = StoreOptions::default()
         .durability(d)
         .quick_repair(env("STORE_BENCH_QUICK_REPAIR", 0) == 1);
-    let store = Store::open(&path, options).unwrap();
+    let store = Store::open(path.path(), options).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(threads + 1));
     let payload = vec![0xabu8; size];
@@ -109,7 +108,7 @@ fn run(d: Durability, size: usize, threads: usize, window: usize, secs: u64) -> 
     let elapsed = t0.elapsed();
     let s = store.stats();
     drop(store);
-    let _ = std::fs::remove_dir_all(&path);
+    drop(path);
     acks.sort_unstable();
     let records = s.records - before.records;
     let commits = (s.commits - before.commits).max(1);

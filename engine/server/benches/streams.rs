@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use edge_ws::testing::TempDir;
 use edge_ws::{ChannelConfig, ChannelPolicy, Cores, Engine, Handler, Message, MessageKind, Socket};
 use edge_ws_server::channels::StoreStreams;
 use edge_ws_server::store::{Store, StoreOptions};
@@ -41,9 +42,8 @@ struct Row {
 }
 
 fn run(n: usize, window: usize) -> Row {
-    let dir = std::env::temp_dir().join(format!("edge-ws-streams-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    let dir = TempDir::new("edge-ws-streams-bench");
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let channels =
         ChannelConfig::default().namespace("p:", ChannelPolicy::history(1000).persistent());
     let engine = Engine::builder()
@@ -86,7 +86,7 @@ fn run(n: usize, window: usize) -> Row {
     h.shutdown();
     engine.join().unwrap();
     drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     Row {
         per_s: n as f64 / took.as_secs_f64(),
         ack_median_us: lat[n / 2] as u64,

@@ -55,6 +55,7 @@ mod tests {
     use std::net::TcpStream;
     use std::time::Duration;
 
+    use edge_ws::testing::TempDir;
     use serde_json::{json, Value};
     use tungstenite::Message;
 
@@ -91,9 +92,8 @@ mod tests {
 
     #[test]
     fn concurrent_edits_are_transformed_acknowledged_and_broadcast() {
-        let dir = std::env::temp_dir().join(format!("edge-ws-example-docs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (manager, engine) = super::start("127.0.0.1:0".parse().unwrap(), &dir);
+        let dir = TempDir::new("edge-ws-example-docs");
+        let (manager, engine) = super::start("127.0.0.1:0".parse().unwrap(), dir.path());
         let addr = engine.local_addr();
         let (mut ann, j) = join(addr, "ann");
         assert_eq!(j["data"]["revision"], 0);
@@ -144,6 +144,5 @@ mod tests {
         drop((ann, ben));
         engine.handle().shutdown();
         engine.join().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

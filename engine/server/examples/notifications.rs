@@ -66,6 +66,7 @@ mod tests {
     use std::net::TcpStream;
     use std::time::Duration;
 
+    use edge_ws::testing::TempDir;
     use edge_ws_server::notifications::NewNotification;
     use serde_json::{json, Value};
     use tungstenite::Message;
@@ -94,11 +95,9 @@ mod tests {
 
     #[test]
     fn online_users_get_it_at_once_offline_ones_on_connect() {
-        let dir =
-            std::env::temp_dir().join(format!("edge-ws-example-inbox-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = TempDir::new("edge-ws-example-inbox");
         let any = "127.0.0.1:0".parse().unwrap();
-        let (manager, engine, api) = super::start(any, any, "k", &dir);
+        let (manager, engine, api) = super::start(any, any, "k", dir.path());
         let mut bob = connect(engine.local_addr(), "bob");
         // The first push after the open is the unread count: bob is registered.
         assert_eq!(next(&mut bob, "notifications.unread")["data"]["count"], 0);
@@ -143,6 +142,5 @@ mod tests {
         drop((bob, carol));
         engine.handle().shutdown();
         engine.join().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

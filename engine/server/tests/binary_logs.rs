@@ -7,22 +7,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use edge_ws::testing::TempDir;
+
 struct Server {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// The `--data-dir` (removed when the server is dropped).
+    _data: TempDir,
 }
 
 impl Server {
     fn start(args: &[&str]) -> (Server, SocketAddr) {
+        let data = TempDir::new("edge-ws-logs");
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-ws"))
             .args(["--addr", "127.0.0.1:0", "--cores", "1", "--api-addr", "off"])
             .arg("--data-dir")
-            .arg(std::env::temp_dir().join(format!(
-                "edge-ws-logs-{}-{}",
-                std::process::id(),
-                args.join("")
-            )))
+            .arg(data.path())
             .args(args)
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
@@ -42,6 +43,7 @@ impl Server {
             child,
             lines,
             seen: Vec::new(),
+            _data: data,
         };
         let line = s.wait_for("listening on ws://");
         let addr = line
@@ -139,15 +141,14 @@ fn json_logs_are_one_object_per_line() {
 
 #[test]
 fn bad_configuration_exits_2_with_a_message() {
-    let dir = std::env::temp_dir().join(format!("edge-ws-badcfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bad.toml");
+    let dir = TempDir::new("edge-ws-badcfg");
+    let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[limits]\nwrite_buffer_limit = 10\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_edge-ws"))
         .args(["--config", path.to_str().unwrap(), "--addr", "127.0.0.1:0"])
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("write_buffer_limit"), "{err}");

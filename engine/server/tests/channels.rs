@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+use edge_ws::testing::TempDir;
 use serde_json::{json, Value};
 
 mod common;
@@ -51,10 +52,8 @@ fn config(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn every_acknowledged_publication_survives_kill_9_with_its_offset_and_epoch() {
-    let dir = std::env::temp_dir().join(format!("edge-ws-channels-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = config(&dir);
+    let dir = TempDir::new("edge-ws-channels");
+    let cfg = config(dir.path());
     let mut server = Server::start(2, Some(&cfg));
     let mut c = connect(server.addr);
     // Pipelined: 300 publishes in flight, then their acks.
@@ -150,15 +149,12 @@ fn every_acknowledged_publication_survives_kill_9_with_its_offset_and_epoch() {
     assert_eq!(r["data"]["reason"], "epoch_changed");
     assert_ne!(r["data"]["epoch"], memory_epoch.as_str());
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn envelope_errors_are_answered_and_the_connection_keeps_serving() {
-    let dir = std::env::temp_dir().join(format!("edge-ws-channels-e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let server = Server::start(2, Some(&config(&dir)));
+    let dir = TempDir::new("edge-ws-channels-e");
+    let server = Server::start(2, Some(&config(dir.path())));
     let mut c = connect(server.addr);
     let long = "x".repeat(300);
     let cases = [
@@ -241,15 +237,12 @@ fn envelope_errors_are_answered_and_the_connection_keeps_serving() {
         (Some(1), Some(true))
     );
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn sigterm_closes_clients_with_1001_flushes_the_store_and_exits_0() {
-    let dir = std::env::temp_dir().join(format!("edge-ws-channels-t-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = config(&dir);
+    let dir = TempDir::new("edge-ws-channels-t");
+    let cfg = config(dir.path());
     let mut server = Server::start(2, Some(&cfg));
     let mut c = connect(server.addr);
     send(
@@ -289,5 +282,4 @@ fn sigterm_closes_clients_with_1001_flushes_the_store_and_exits_0() {
     assert_eq!(h["data"]["epoch"], epoch.as_str(), "{h}");
     assert_eq!(h["data"]["publications"][0]["data"], "kept", "{h}");
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edge_ws::testing::TempDir;
 use edge_ws_cluster::testing::{have_redis, Redis};
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
@@ -76,11 +77,9 @@ fn two_edge_ws_processes_publish_and_recover_across_each_other() {
         return;
     }
     let redis = Redis::start();
-    let dir = std::env::temp_dir().join(format!("edge-ws-cluster-bin-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let one = Server::start(2, Some(&config(&dir, 1, &redis.url())));
-    let two = Server::start(2, Some(&config(&dir, 2, &redis.url())));
+    let dir = TempDir::new("edge-ws-cluster-bin");
+    let one = Server::start(2, Some(&config(dir.path(), 1, &redis.url())));
+    let two = Server::start(2, Some(&config(dir.path(), 2, &redis.url())));
     // A subscriber on node one, a publisher on node two.
     let mut sub = connect(one.addr);
     send(
@@ -146,7 +145,6 @@ fn two_edge_ws_processes_publish_and_recover_across_each_other() {
         let p = recv(&mut moved);
         assert_eq!(p["offset"], i, "{p}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---- The server product across nodes: users, presence, notifications, metrics. ----
@@ -176,11 +174,9 @@ fn product_config_with(dir: &Path, node: usize, redis: &str, documents: &str) ->
     path
 }
 
-fn product_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edge-ws-cluster-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for a product test's configs and stores, removed when dropped.
+fn product_dir(name: &str) -> TempDir {
+    TempDir::new(&format!("edge-ws-cluster-{name}"))
 }
 
 /// A connection of `user`, past the `notifications.unread` every connection gets first.
@@ -265,9 +261,9 @@ fn a_users_connections_on_two_nodes_get_sends_notifications_and_closes_from_a_th
     }
     let mut redis = Redis::start();
     let dir = product_dir("users");
-    let one = Server::start(2, Some(&product_config(&dir, 1, &redis.url())));
-    let two = Server::start(1, Some(&product_config(&dir, 2, &redis.url())));
-    let three = Server::start(1, Some(&product_config(&dir, 3, &redis.url())));
+    let one = Server::start(2, Some(&product_config(dir.path(), 1, &redis.url())));
+    let two = Server::start(1, Some(&product_config(dir.path(), 2, &redis.url())));
+    let three = Server::start(1, Some(&product_config(dir.path(), 3, &redis.url())));
     let mut a1 = user_ws(one.addr, "alice");
     let mut a2 = user_ws(two.addr, "alice");
     let mut bob = user_ws(one.addr, "bob");
@@ -404,7 +400,6 @@ fn a_users_connections_on_two_nodes_get_sends_notifications_and_closes_from_a_th
     // from before the outage (nothing was published while Redis was down).
     let (_, page) = get(three.addr, "/metrics");
     assert_eq!(value(&page, "edge_ws_broker_publish_errors"), 0, "{page}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -414,9 +409,9 @@ fn user_and_channel_presence_span_the_nodes_and_a_killed_nodes_presence_expires(
     }
     let redis = Redis::start();
     let dir = product_dir("presence");
-    let mut one = Server::start(1, Some(&product_config(&dir, 1, &redis.url())));
-    let two = Server::start(1, Some(&product_config(&dir, 2, &redis.url())));
-    let three = Server::start(1, Some(&product_config(&dir, 3, &redis.url())));
+    let mut one = Server::start(1, Some(&product_config(dir.path(), 1, &redis.url())));
+    let two = Server::start(1, Some(&product_config(dir.path(), 2, &redis.url())));
+    let three = Server::start(1, Some(&product_config(dir.path(), 3, &redis.url())));
     let join = |ws: &mut WebSocket<TcpStream>, id: u64| {
         send(
             ws,
@@ -564,7 +559,6 @@ fn user_and_channel_presence_span_the_nodes_and_a_killed_nodes_presence_expires(
         api(&three, "info", json!({}))["cluster"]["users_online"] == 1
     });
     drop(alice);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `channel_presence` of room:a through `node`'s HTTP API.
@@ -630,8 +624,14 @@ fn a_document_is_sequenced_once_for_the_cluster_and_outlives_its_nodes() {
     let redis = Redis::start();
     let dir = product_dir("docs");
     let docs = "enabled = true\nsnapshot_every = 2";
-    let mut one = Server::start(1, Some(&product_config_with(&dir, 1, &redis.url(), docs)));
-    let two = Server::start(1, Some(&product_config_with(&dir, 2, &redis.url(), docs)));
+    let mut one = Server::start(
+        1,
+        Some(&product_config_with(dir.path(), 1, &redis.url(), docs)),
+    );
+    let two = Server::start(
+        1,
+        Some(&product_config_with(dir.path(), 2, &redis.url(), docs)),
+    );
     let mut alice = user_ws(one.addr, "alice");
     let mut bob = user_ws(two.addr, "bob");
     let j = doc_join(&mut alice, "notes");
@@ -706,7 +706,10 @@ fn a_document_is_sequenced_once_for_the_cluster_and_outlives_its_nodes() {
         (Some(21), Some(3)),
         "{ack}"
     );
-    let three = Server::start(1, Some(&product_config_with(&dir, 3, &redis.url(), docs)));
+    let three = Server::start(
+        1,
+        Some(&product_config_with(dir.path(), 3, &redis.url(), docs)),
+    );
     let mut erin = user_ws(three.addr, "erin");
     let e = doc_join(&mut erin, "notes");
     assert_eq!(e["revision"], 3, "{e}");
@@ -750,7 +753,6 @@ fn a_document_is_sequenced_once_for_the_cluster_and_outlives_its_nodes() {
         "{j}"
     );
     drop((alice, carol, dave));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An ot.js-style editor (one operation awaiting its ack, what is typed meanwhile composed,
@@ -889,7 +891,12 @@ fn editors_on_three_nodes_converge_on_one_sequence() {
     let dir = product_dir("race");
     let docs = "enabled = true\nsnapshot_every = 3";
     let nodes: Vec<Server> = (1..=3)
-        .map(|n| Server::start(1, Some(&product_config_with(&dir, n, &redis.url(), docs))))
+        .map(|n| {
+            Server::start(
+                1,
+                Some(&product_config_with(dir.path(), n, &redis.url(), docs)),
+            )
+        })
         .collect();
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     // Every node listens to doc#race before the editing starts.
@@ -985,7 +992,6 @@ fn editors_on_three_nodes_converge_on_one_sequence() {
         .sum();
     eprintln!("{total} operations from 3 nodes: {transformed} transformed, {conflicts} appends retried after a conflict");
     drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One inline command to the test's Redis; the raw reply.

@@ -4,9 +4,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
+use edge_ws::testing::TempDir;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
@@ -15,24 +15,24 @@ use common::Server;
 
 const KEY: &str = "test-key-1";
 
-fn start(name: &str) -> (Server, SocketAddr, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("edge-ws-api-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("edge-ws.toml");
+/// A server with the HTTP API on, its config and store in a fresh directory (returned first,
+/// so that it is dropped after the server).
+fn start(name: &str) -> (TempDir, Server, SocketAddr) {
+    let dir = TempDir::new(&format!("edge-ws-api-{name}"));
+    let cfg = dir.path().join("edge-ws.toml");
     std::fs::write(
         &cfg,
         format!(
             "[http_api]\nkeys = [\"{KEY}\", \"second-key\"]\nmax_body = 4096\n\n\
              [[channels.namespace]]\nprefix = \"h:\"\nhistory_size = 100\npersist = true\n\n\
              [store]\ndir = {:?}\n",
-            dir.join("data")
+            dir.path().join("data")
         ),
     )
     .unwrap();
     let server = Server::start(2, Some(&cfg));
     let api = server.api.expect("the HTTP API's address in the log");
-    (server, api, dir)
+    (dir, server, api)
 }
 
 /// One raw HTTP exchange: status and parsed JSON body.
@@ -137,7 +137,7 @@ fn recv_kind(ws: &mut Ws, kind: &str) -> Value {
 
 #[test]
 fn bad_requests_get_their_status_and_the_api_goes_on() {
-    let (server, api, dir) = start("bad");
+    let (_dir, server, api) = start("bad");
     let cases: [(Option<&str>, &str, &str, u16, &str); 6] = [
         (None, "info", "{}", 401, "unauthorized"),
         (Some("wrong-key"), "info", "{}", 401, "unauthorized"),
@@ -223,12 +223,11 @@ fn bad_requests_get_their_status_and_the_api_goes_on() {
         "{health}"
     );
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_backend_publishes_reads_history_and_lists_channels() {
-    let (server, api, dir) = start("publish");
+    let (_dir, server, api) = start("publish");
     let mut w = ws(server.addr, "ann");
     send(
         &mut w,
@@ -310,12 +309,11 @@ fn a_backend_publishes_reads_history_and_lists_channels() {
         assert_eq!(e["subscribers"], 1, "{c}");
     }
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_backend_notifies_messages_looks_up_and_disconnects_a_user() {
-    let (server, api, dir) = start("users");
+    let (_dir, server, api) = start("users");
     let mut bob = ws(server.addr, "bob");
     // Wait until bob is registered (the first envelope is answered after the open).
     send(&mut bob, json!({"type":"ping","id":1}));
@@ -371,5 +369,4 @@ fn a_backend_notifies_messages_looks_up_and_disconnects_a_user() {
     let f = frame.expect("a close code");
     assert_eq!((u16::from(f.code), f.reason.as_str()), (4501, "banned"));
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

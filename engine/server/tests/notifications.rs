@@ -6,6 +6,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use edge_ws::testing::TempDir;
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
@@ -35,10 +36,8 @@ fn recv(ws: &mut WebSocket<TcpStream>) -> Value {
 
 #[test]
 fn acknowledged_notifications_survive_kill_9_and_arrive_on_connect() {
-    let dir = std::env::temp_dir().join(format!("edge-ws-notify-bin-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("edge-ws.toml");
+    let dir = TempDir::new("edge-ws-notify-bin");
+    let cfg = dir.path().join("edge-ws.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -46,7 +45,7 @@ fn acknowledged_notifications_survive_kill_9_and_arrive_on_connect() {
              [[auth.api_keys]]\nkey = \"k-backend\"\nuser = \"backend\"\npermissions = [\"notifications:send\"]\n\
              [[auth.api_keys]]\nkey = \"k-hana\"\nuser = \"hana\"\n\n\
              [notifications]\nenabled = true\n\n[store]\ndir = {:?}\n",
-            dir.join("data")
+            dir.path().join("data")
         ),
     )
     .unwrap();
@@ -113,5 +112,4 @@ fn acknowledged_notifications_survive_kill_9_and_arrive_on_connect() {
     );
     drop(hana);
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
+use edge_ws::testing::TempDir;
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
@@ -77,10 +78,8 @@ publish = "nobody"
 
 #[test]
 fn keys_permissions_access_rules_and_limits_come_from_the_file() {
-    let dir = std::env::temp_dir().join(format!("edge-ws-product-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("edge-ws.toml");
+    let dir = TempDir::new("edge-ws-product");
+    let cfg = dir.path().join("edge-ws.toml");
     std::fs::write(&cfg, CONFIG).unwrap();
     let server = Server::start(2, Some(&cfg));
 
@@ -146,14 +145,12 @@ fn keys_permissions_access_rules_and_limits_come_from_the_file() {
     assert!(refused >= 2, "refused {refused}");
     assert!(ann.can_write());
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn print_config_shows_the_built_in_configuration_under_the_file() {
-    let dir = std::env::temp_dir().join(format!("edge-ws-print-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("edge-ws.toml");
+    let dir = TempDir::new("edge-ws-print");
+    let cfg = dir.path().join("edge-ws.toml");
     std::fs::write(
         &cfg,
         "[server]\npin = false\n\n[notifications]\nmax_per_user = 7\n",
@@ -183,5 +180,4 @@ fn print_config_shows_the_built_in_configuration_under_the_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_per_users"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,11 +4,12 @@
 //! refusal when no backend is up.
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::time::Duration;
 
 use edge_ws::protocol::handshake::HandshakeError;
+use edge_ws::testing::TempDir;
 use edge_ws_client::balance::{ip_key, Balancer};
 use edge_ws_client::{Client, Error, Message, Strategy};
 use serde_json::{json, Value};
@@ -16,11 +17,8 @@ use serde_json::{json, Value};
 mod common;
 use common::Server;
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edge-ws-proxy-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn tmp(name: &str) -> TempDir {
+    TempDir::new(&format!("edge-ws-proxy-{name}"))
 }
 
 /// A backend whose memory channel `m:who` holds its name, so a connection can ask (through
@@ -137,8 +135,8 @@ const WAIT: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn echo_text_and_binary_through_the_proxy() {
     let dir = tmp("echo");
-    let a = backend(&dir, "A");
-    let p = proxy(&dir, &[a.addr], "");
+    let a = backend(dir.path(), "A");
+    let p = proxy(dir.path(), &[a.addr], "");
     let mut ws = tokio::time::timeout(WAIT, Client::connect(format!("ws://{}/echo", p.addr)))
         .await
         .unwrap()
@@ -187,10 +185,10 @@ async fn echo_text_and_binary_through_the_proxy() {
 #[tokio::test]
 async fn the_backend_chooses_the_subprotocol_from_the_clients_offer() {
     let dir = tmp("protocols");
-    let cfg = dir.join("sub.toml");
+    let cfg = dir.path().join("sub.toml");
     std::fs::write(&cfg, "[server]\nsubprotocols = [\"chat.v1\"]\n").unwrap();
     let a = Server::start(1, Some(&cfg));
-    let p = proxy(&dir, &[a.addr], "");
+    let p = proxy(dir.path(), &[a.addr], "");
     let offer = |protocols: &[&str]| {
         let mut r = edge_ws_client::Request::new(format!("ws://{}/echo", p.addr)).unwrap();
         for name in protocols {
@@ -213,8 +211,8 @@ async fn the_backend_chooses_the_subprotocol_from_the_clients_offer() {
 #[test]
 fn ip_hash_keeps_each_client_address_on_one_backend() {
     let dir = tmp("sticky");
-    let (a, b) = (backend(&dir, "A"), backend(&dir, "B"));
-    let p = proxy(&dir, &[a.addr, b.addr], "strategy = \"ip-hash\"\n");
+    let (a, b) = (backend(dir.path(), "A"), backend(dir.path(), "B"));
+    let p = proxy(dir.path(), &[a.addr, b.addr], "strategy = \"ip-hash\"\n");
     // Backends are named by their URL (`ws://host:port/` for a URL without a path).
     let names = [format!("ws://{}/", a.addr), format!("ws://{}/", b.addr)];
     let mut balancer = Balancer::new(Strategy::IpHash, names.iter().map(|n| (n.as_str(), 1)));
@@ -245,9 +243,12 @@ fn ip_hash_keeps_each_client_address_on_one_backend() {
 #[tokio::test]
 async fn a_killed_backend_closes_its_clients_with_4000_and_they_reconnect_to_the_other() {
     let dir = tmp("failover");
-    let mut backends = [Some(backend(&dir, "A")), Some(backend(&dir, "B"))];
+    let mut backends = [
+        Some(backend(dir.path(), "A")),
+        Some(backend(dir.path(), "B")),
+    ];
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.as_ref().unwrap().addr).collect();
-    let p = proxy(&dir, &addrs, "");
+    let p = proxy(dir.path(), &addrs, "");
     let url = format!("ws://{}/ws", p.addr);
     // Several clients from 127.0.0.1: IP-hash puts them all on one backend.
     let mut clients = Vec::new();
@@ -306,7 +307,7 @@ async fn close_codes_pass_through_both_ways() {
         .build(move |_| Closer(tx.clone()))
         .unwrap();
     let dir = tmp("codes");
-    let p = proxy(&dir, &[engine.local_addr()], "");
+    let p = proxy(dir.path(), &[engine.local_addr()], "");
     let url = format!("ws://{}/x", p.addr);
 
     // Backend → client: the backend's code and reason arrive unchanged.
@@ -340,7 +341,7 @@ async fn no_backend_up_is_a_clear_refusal_not_a_hang() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let p = proxy(&dir, &[dead], "health_interval_ms = 0\n");
+    let p = proxy(dir.path(), &[dead], "health_interval_ms = 0\n");
     let t0 = std::time::Instant::now();
     let err = tokio::time::timeout(WAIT, Client::connect(format!("ws://{}/ws", p.addr)))
         .await
@@ -367,7 +368,7 @@ async fn a_backend_that_does_not_read_gets_its_client_closed_with_4001() {
     });
     let dir = tmp("slow");
     let p = proxy(
-        &dir,
+        dir.path(),
         &[backend_addr],
         "health_interval_ms = 0\nqueue_limit = 65536\ndrain_timeout_ms = 500\n",
     );

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_ws::testing::TempDir;
 use edge_ws_client::channels::{ChannelClient, ChannelEvent, Recovery};
 use edge_ws_client::{Backoff, Client, Jitter};
 
@@ -49,10 +50,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_publication_is_lost_or_duplicated_across_kill_9_and_reconnect() {
-    let dir = std::env::temp_dir().join(format!("edge-ws-recovery-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = config(&dir);
+    let dir = TempDir::new("edge-ws-recovery");
+    let cfg = config(dir.path());
     let addr = free_port();
     let url = format!("ws://{addr}/ws");
     let server = {
@@ -236,5 +235,4 @@ async fn no_acknowledged_publication_is_lost_or_duplicated_across_kill_9_and_rec
         sub.channel_stats().duplicates
     );
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

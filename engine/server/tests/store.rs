@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use edge_ws::testing::TempDir;
 use edge_ws_server::store::{
     Append, Durability, Retention, Store, StoreError, StoreHandle, StoreOptions,
 };
@@ -22,28 +23,6 @@ use edge_ws_server::store::{
 const CHILD: &str = "EDGE_WS_STORE_CHILD";
 const CHILD_DIR: &str = "EDGE_WS_STORE_DIR";
 const CHILD_DURABILITY: &str = "EDGE_WS_STORE_DURABILITY";
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "edge-ws-store-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn options(d: Durability) -> StoreOptions {
     StoreOptions::default().durability(d)
@@ -101,9 +80,9 @@ fn offsets(store: &StoreHandle, channel: &str) -> Vec<u64> {
 #[test]
 fn round_trips_retention_and_positions_survive_reopen() {
     for d in [Durability::Fsync, Durability::Buffered] {
-        let dir = TempDir::new("roundtrip");
+        let dir = TempDir::new("edge-ws-store-roundtrip");
         {
-            let s = Store::open(&dir.0, options(d)).unwrap();
+            let s = Store::open(dir.path(), options(d)).unwrap();
             for o in 1..=50u64 {
                 s.append_blocking(Append::new("plain", 3, o, payload("plain", o), o))
                     .unwrap();
@@ -136,7 +115,7 @@ fn round_trips_retention_and_positions_survive_reopen() {
             assert_eq!(offsets(&s, "ttl"), (15..=20).collect::<Vec<_>>());
             assert_eq!(s.stats().trimmed, 15 + 14);
         }
-        let s = Store::open(&dir.0, options(d)).unwrap();
+        let s = Store::open(dir.path(), options(d)).unwrap();
         let all: HashMap<_, _> = s.load_all_positions().unwrap().into_iter().collect();
         assert_eq!(all.len(), 3);
         let p = all["plain"];
@@ -233,11 +212,15 @@ fn child(test: &str, mode: &str, dir: &Path, d: Durability) -> Command {
 }
 
 fn kill9_keeps_every_acknowledged_record(d: Durability) {
-    let dir = TempDir::new(&format!("kill9-{}", durability_name(d)));
+    let dir = TempDir::new(&format!("edge-ws-store-kill9-{}", durability_name(d)));
     let mut acked: HashMap<String, Vec<u64>> = HashMap::new();
     let mut total = 0;
     for round in 0..2 {
-        let mut proc = ChildGuard(child("child_writer", "writer", &dir.0, d).spawn().unwrap());
+        let mut proc = ChildGuard(
+            child("child_writer", "writer", dir.path(), d)
+                .spawn()
+                .unwrap(),
+        );
         let out = proc.0.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -280,7 +263,7 @@ fn kill9_keeps_every_acknowledged_record(d: Durability) {
         total += this_round;
 
         // Every record acknowledged so far is there, with its payload.
-        let s = Store::open(&dir.0, options(d)).unwrap();
+        let s = Store::open(dir.path(), options(d)).unwrap();
         let mut beyond = 0;
         for (ch, offs) in &acked {
             let h = s.read_since(ch, 0, usize::MAX).unwrap();
@@ -404,10 +387,15 @@ fn child_full_disk() {
 
 #[test]
 fn full_disk_fails_the_acks_keeps_the_acknowledged_and_keeps_running() {
-    let dir = TempDir::new("fulldisk");
-    let out = child("child_full_disk", "full-disk", &dir.0, Durability::Fsync)
-        .output()
-        .unwrap();
+    let dir = TempDir::new("edge-ws-store-fulldisk");
+    let out = child(
+        "child_full_disk",
+        "full-disk",
+        dir.path(),
+        Durability::Fsync,
+    )
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -425,7 +413,7 @@ fn full_disk_fails_the_acks_keeps_the_acknowledged_and_keeps_running() {
         .map(|o| o.parse().unwrap())
         .collect();
     // Reopened without the limit: every acknowledged record is there, and writing works again.
-    let s = Store::open(&dir.0, options(Durability::Fsync)).unwrap();
+    let s = Store::open(dir.path(), options(Durability::Fsync)).unwrap();
     let h = s.read_since("full", 0, usize::MAX).unwrap();
     assert_eq!(h.records.len(), acked.len());
     for (r, &o) in h.records.iter().zip(&acked) {
@@ -441,8 +429,8 @@ fn full_disk_fails_the_acks_keeps_the_acknowledged_and_keeps_running() {
 
 #[test]
 fn try_append_on_a_full_queue_answers_queue_full() {
-    let dir = TempDir::new("backpressure");
-    let s = Store::open(&dir.0, options(Durability::Buffered).queue_capacity(4)).unwrap();
+    let dir = TempDir::new("edge-ws-store-backpressure");
+    let s = Store::open(dir.path(), options(Durability::Buffered).queue_capacity(4)).unwrap();
     // An ack that holds the store thread until released, so the queue fills.
     let (release, hold) = mpsc::channel::<()>();
     let (started, running) = mpsc::channel::<()>();
@@ -487,8 +475,8 @@ fn try_append_on_a_full_queue_answers_queue_full() {
 
 #[test]
 fn out_of_order_offsets_are_refused_and_the_batch_goes_on() {
-    let dir = TempDir::new("order");
-    let s = Store::open(&dir.0, options(Durability::Fsync)).unwrap();
+    let dir = TempDir::new("edge-ws-store-order");
+    let s = Store::open(dir.path(), options(Durability::Fsync)).unwrap();
     // Queued together, so that they share a batch: the refusals do not fail the others.
     let (tx, rx) = mpsc::channel();
     for (i, o) in [1u64, 2, 4, 2, 3, 3].into_iter().enumerate() {
@@ -519,8 +507,8 @@ fn out_of_order_offsets_are_refused_and_the_batch_goes_on() {
 
 #[test]
 fn concurrent_appends_to_different_channels_all_land() {
-    let dir = TempDir::new("concurrent");
-    let s = Store::open(&dir.0, options(Durability::Fsync)).unwrap();
+    let dir = TempDir::new("edge-ws-store-concurrent");
+    let s = Store::open(dir.path(), options(Durability::Fsync)).unwrap();
     const THREADS: u64 = 8;
     const CHANNELS: u64 = 4;
     const PER_CHANNEL: u64 = 300;
@@ -566,7 +554,7 @@ fn concurrent_appends_to_different_channels_all_land() {
     assert_eq!(st.records, total as u64);
     assert!(st.commits < total as u64, "no grouping: {st:?}");
     drop(s);
-    let s = Store::open(&dir.0, options(Durability::Fsync)).unwrap();
+    let s = Store::open(dir.path(), options(Durability::Fsync)).unwrap();
     let positions = s.load_all_positions().unwrap();
     assert_eq!(positions.len() as u64, THREADS * CHANNELS);
     for (ch, p) in positions {

@@ -1,38 +1,22 @@
 //! Unit tests of the store's semantics (the crash, full-disk and load tests are in
 //! `tests/store.rs`).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use edge_ws::testing::TempDir;
+
 use super::*;
 
 /// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "edge-ws-store-unit-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(&format!("edge-ws-store-unit-{name}"))
 }
 
 fn open(dir: &TempDir) -> StoreHandle {
     Store::open(
-        &dir.0,
+        dir.path(),
         StoreOptions::default().durability(Durability::Buffered),
     )
     .unwrap()
@@ -54,7 +38,7 @@ fn offsets(h: &History) -> Vec<u64> {
 
 #[test]
 fn first_append_takes_any_offset_then_only_the_next() {
-    let dir = TempDir::new("next");
+    let dir = temp_dir("next");
     let s = open(&dir);
     s.append_blocking(rec("a", 1, 10, 0)).unwrap();
     s.append_blocking(rec("a", 1, 11, 0)).unwrap();
@@ -88,7 +72,7 @@ fn first_append_takes_any_offset_then_only_the_next() {
 
 #[test]
 fn a_new_epoch_starts_the_stream_anew() {
-    let dir = TempDir::new("epoch");
+    let dir = temp_dir("epoch");
     let s = open(&dir);
     for o in 1..=5 {
         s.append_blocking(rec("a", 1, o, 0)).unwrap();
@@ -104,7 +88,7 @@ fn a_new_epoch_starts_the_stream_anew() {
 
 #[test]
 fn reads_in_every_order() {
-    let dir = TempDir::new("reads");
+    let dir = temp_dir("reads");
     let s = open(&dir);
     for o in 1..=10 {
         s.append_blocking(rec("a", 1, o, o * 10)).unwrap();
@@ -126,7 +110,7 @@ fn reads_in_every_order() {
 
 #[test]
 fn set_retention_applies_at_once_and_expire_sweeps_idle_channels() {
-    let dir = TempDir::new("expire");
+    let dir = temp_dir("expire");
     let s = open(&dir);
     for o in 1..=10 {
         s.append_blocking(rec("a", 1, o, 1000 + o)).unwrap();
@@ -167,7 +151,7 @@ fn set_retention_applies_at_once_and_expire_sweeps_idle_channels() {
 
 #[test]
 fn keyed_tables_put_get_range_delete() {
-    let dir = TempDir::new("keyed");
+    let dir = temp_dir("keyed");
     let s = open(&dir);
     let t = Table::Notifications;
     for (k, v) in [
@@ -225,7 +209,7 @@ fn keyed_tables_put_get_range_delete() {
 
 #[test]
 fn invalid_writes_are_refused_at_submission() {
-    let dir = TempDir::new("invalid");
+    let dir = temp_dir("invalid");
     let s = open(&dir);
     let called = Arc::new(AtomicUsize::new(0));
     let c = called.clone();
@@ -249,7 +233,7 @@ fn invalid_writes_are_refused_at_submission() {
         s.append_blocking(rec(&long, 1, 1, 0)),
         Err(StoreError::Invalid(_))
     ));
-    assert!(Store::open(&dir.0, StoreOptions::default().max_batch(0)).is_err());
+    assert!(Store::open(dir.path(), StoreOptions::default().max_batch(0)).is_err());
     // The ack of a refused submission is never called.
     drop(s);
     assert_eq!(called.load(Ordering::Relaxed), 0);
@@ -257,9 +241,9 @@ fn invalid_writes_are_refused_at_submission() {
 
 #[test]
 fn a_second_open_of_the_same_directory_is_refused() {
-    let dir = TempDir::new("twice");
+    let dir = temp_dir("twice");
     let s = open(&dir);
-    let e = Store::open(&dir.0, StoreOptions::default()).unwrap_err();
+    let e = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
     assert!(matches!(e, StoreError::AlreadyOpen), "{e}");
     drop(s);
     open(&dir); // released on drop
@@ -267,7 +251,7 @@ fn a_second_open_of_the_same_directory_is_refused() {
 
 #[test]
 fn shutdown_commits_what_is_queued_and_closes_for_every_handle() {
-    let dir = TempDir::new("shutdown");
+    let dir = temp_dir("shutdown");
     let s = open(&dir);
     let other = s.clone();
     let (tx, rx) = mpsc::channel();
@@ -299,7 +283,7 @@ fn a_dropped_request_answers_closed_and_a_panicking_ack_is_survived() {
     drop(reply);
     assert!(matches!(rx.recv().unwrap(), Err(StoreError::Closed)));
 
-    let dir = TempDir::new("panic");
+    let dir = temp_dir("panic");
     let s = open(&dir);
     s.append(
         rec("a", 1, 1, 0),
@@ -313,7 +297,7 @@ fn a_dropped_request_answers_closed_and_a_panicking_ack_is_survived() {
 
 #[test]
 fn an_ack_cannot_block_on_the_store_and_may_drop_the_last_handle() {
-    let dir = TempDir::new("reentrant");
+    let dir = temp_dir("reentrant");
     let s = open(&dir);
     let (tx, rx) = mpsc::channel();
     let inner = s.clone();
@@ -349,7 +333,7 @@ fn an_ack_cannot_block_on_the_store_and_may_drop_the_last_handle() {
     go.send(()).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let s = loop {
-        match Store::open(&dir.0, StoreOptions::default()) {
+        match Store::open(dir.path(), StoreOptions::default()) {
             Ok(s) => break s,
             Err(StoreError::AlreadyOpen) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5))
@@ -362,8 +346,8 @@ fn an_ack_cannot_block_on_the_store_and_may_drop_the_last_handle() {
 
 #[test]
 fn stats_count_commits_bytes_and_latency() {
-    let dir = TempDir::new("stats");
-    let s = Store::open(&dir.0, StoreOptions::default()).unwrap(); // Fsync
+    let dir = temp_dir("stats");
+    let s = Store::open(dir.path(), StoreOptions::default()).unwrap(); // Fsync
     for o in 1..=5 {
         s.append_blocking(Append::new("a", 1, o, vec![0u8; 100], 0))
             .unwrap();

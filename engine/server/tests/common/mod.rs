@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-static NEXT_DIR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+use edge_ws::testing::TempDir;
 
 /// A running `edge-ws` process.
 pub struct Server {
@@ -18,6 +18,8 @@ pub struct Server {
     pub api: Option<SocketAddr>,
     /// Log lines after the start line, as they come.
     pub log: std::sync::mpsc::Receiver<String>,
+    /// The data directory given with `--data-dir` (removed after the process is killed).
+    data: Option<TempDir>,
 }
 
 impl Server {
@@ -50,13 +52,11 @@ impl Server {
         let own_store = config
             .and_then(|c| std::fs::read_to_string(c).ok())
             .is_some_and(|t| t.contains("[store]"));
-        if !own_store {
-            let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("edge-ws-test-data-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            cmd.arg("--data-dir").arg(dir);
-        }
+        let data = (!own_store).then(|| {
+            let dir = TempDir::new("edge-ws-test-data");
+            cmd.arg("--data-dir").arg(dir.path());
+            dir
+        });
         let mut child = cmd
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
@@ -95,6 +95,7 @@ impl Server {
                 addr,
                 api,
                 log: rx,
+                data,
             }),
             None => {
                 let _ = child.kill();
