@@ -4,7 +4,7 @@
 //! cargo run --release --example echo -- 127.0.0.1:9001
 //! ```
 
-use edge_ws::{Engine, Handler, Message, Socket};
+use edge_ws::{Engine, Handler, Message, MessageView, Socket};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -13,6 +13,12 @@ struct Echo;
 
 impl Handler for Echo {
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
+        let _ = socket.send(message);
+    }
+
+    // A message that arrived whole in one receive comes lent, with no allocation: echoed
+    // straight from the receive buffer into the send queue.
+    fn on_message_view(&mut self, socket: &mut Socket<'_, '_>, message: MessageView<'_>) {
         let _ = socket.send(message);
     }
 }

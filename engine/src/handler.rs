@@ -4,7 +4,7 @@ use std::any::Any;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use edge_ws_protocol::{CloseCode, Message};
+use edge_ws_protocol::{CloseCode, Message, MessageView};
 
 use crate::connection::{ConnFn, ConnFnBox, CoreState, Payload, SendError};
 use crate::fanout::PublishOptions;
@@ -16,8 +16,8 @@ use crate::stream::{
 };
 use crate::upgrade::{HttpRequest, HttpResponse, Upgrade, UpgradeRequest};
 
-/// What [`Socket::send`] takes: a [`Message`] (moved) or `&Message` (its payload shared).
-/// Sealed: implemented for those two only.
+/// What [`Socket::send`] takes: a [`Message`] (moved), `&Message` (its payload shared), or a
+/// [`MessageView`] (its bytes copied into the send queue). Sealed: implemented for those only.
 pub trait IntoOutgoing<'m>: sealed::Sealed {
     #[doc(hidden)]
     fn into_outgoing(self) -> Option<(bool, Payload<'m>)>;
@@ -27,6 +27,13 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for edge_ws_protocol::Message {}
     impl Sealed for &edge_ws_protocol::Message {}
+    impl Sealed for edge_ws_protocol::MessageView<'_> {}
+}
+
+impl<'m> IntoOutgoing<'m> for MessageView<'m> {
+    fn into_outgoing(self) -> Option<(bool, Payload<'m>)> {
+        Some((self.is_text(), Payload::Slice(self.payload())))
+    }
 }
 
 impl<'m> IntoOutgoing<'m> for &'m Message {
@@ -84,6 +91,17 @@ pub trait Handler: 'static {
 
     /// A text or binary message arrived (text is valid UTF-8).
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message);
+
+    /// A text or binary message that arrived whole in one receive, lent for the duration of
+    /// the call: the common case, decoded with no allocation and no copy. Default: hands it to
+    /// [`on_message`](Self::on_message), copied into a buffer of its own
+    /// ([`MessageView::to_message`]). Override it to act on messages without that copy
+    /// (inspect, route, answer, echo: `socket.send(message)` copies the bytes straight into the
+    /// send queue); keep a message past the call by copying it. Messages that arrive any other
+    /// way (fragmented, compressed, cut by the end of a receive) come to `on_message` only.
+    fn on_message_view(&mut self, socket: &mut Socket<'_, '_>, message: MessageView<'_>) {
+        self.on_message(socket, message.to_message());
+    }
 
     /// The connection is gone. `code` is the peer's close code, the code the engine closed
     /// with, or 1006 when the connection dropped without a close frame. Sends on `socket`

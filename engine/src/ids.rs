@@ -1,7 +1,7 @@
 //! Names shared by every layer of the engine: a connection's engine-wide id and the kind of a
 //! data message.
 
-use edge_ws_protocol::Message;
+use edge_ws_protocol::{Message, MessageView};
 
 use crate::runtime::ConnId;
 
@@ -65,6 +65,15 @@ impl MessageKind {
         match message {
             Message::Text(_) => MessageKind::Text,
             _ => MessageKind::Binary,
+        }
+    }
+
+    /// The kind of a lent message.
+    pub fn of_view(message: &MessageView<'_>) -> MessageKind {
+        if message.is_text() {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
         }
     }
 

@@ -62,5 +62,5 @@ pub use crate::stream::{
     RecoveryFailure, StreamError, StreamPosition, Subscribed,
 };
 pub use crate::upgrade::{HttpRequest, HttpResponse, Rejection, Upgrade, UpgradeRequest};
-pub use edge_ws_protocol::{self as protocol, CloseCode, Message};
+pub use edge_ws_protocol::{self as protocol, CloseCode, Message, MessageView};
 pub use edge_ws_runtime as runtime;

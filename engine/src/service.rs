@@ -392,6 +392,24 @@ impl<H: Handler> WsService<H> {
                 }
                 break;
             }
+            // The common message, whole in this receive: lent to the handler, no allocation.
+            let buffered: &[u8] = conn.rbuf.as_deref().map_or(&[], |b| &b[..]);
+            if let Some(view) =
+                conn.ws
+                    .poll_view_from(&cfg, &st.scratch_decoder, buffered, &mut data, now)
+            {
+                match view {
+                    Ok(view) => {
+                        let m = &st.metrics[st.core_index];
+                        inc(&m.messages_in);
+                        add(&m.bytes_in, view.payload().len() as u64);
+                        self.handler
+                            .on_message_view(&mut Self::socket(&mut self.state, io, id), view);
+                    }
+                    Err(e) => st.count_protocol_error(id, e),
+                }
+                continue;
+            }
             let rbuf = conn
                 .rbuf
                 .get_or_insert_with(|| st.spare_rbuf.take().unwrap_or_default());

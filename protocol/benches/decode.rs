@@ -6,8 +6,10 @@
 //!
 //! `receive/*`: a connection fed the way the engine feeds it, one receive buffer at a time:
 //! through its read buffer (`Connection::poll_event`, every byte appended first) against
-//! straight from the receive (`Connection::poll_event_from`). 100 × 64 B frames in one
-//! receive, and 8 × 4 KiB frames cut into 4 KiB receives (every frame straddles two).
+//! straight from the receive (`Connection::poll_event_from`) against views first
+//! (`Connection::poll_view_from`, then `poll_event_from` for what it leaves: the engine's way).
+//! 100 × 64 B frames in one receive, and 8 × 4 KiB frames cut into 4 KiB receives (every frame
+//! straddles two, so none comes as a view).
 
 use std::hint::black_box;
 
@@ -121,14 +123,14 @@ fn receive(c: &mut Criterion) {
             .collect();
         let mut g = c.benchmark_group(format!("receive/{label}"));
         g.throughput(Throughput::Elements(count as u64));
-        for slices in [false, true] {
+        for (slices, views) in [(false, false), (true, false), (true, true)] {
             let mut conn = Connection::new(0);
             let mut scratch = cfg.decoder();
             let mut rbuf = BytesMut::new();
-            let name = if slices {
-                "from_receive"
-            } else {
-                "through_read_buffer"
+            let name = match (slices, views) {
+                (true, true) => "views_from_receive",
+                (true, false) => "from_receive",
+                _ => "through_read_buffer",
             };
             g.bench_function(name, |b| {
                 b.iter_batched_ref(
@@ -142,6 +144,18 @@ fn receive(c: &mut Criterion) {
                                 input = &mut [];
                             }
                             loop {
+                                if views {
+                                    match conn.poll_view_from(&cfg, &scratch, &rbuf, &mut input, 1)
+                                    {
+                                        Some(Ok(v)) => {
+                                            black_box(v);
+                                            n += 1;
+                                            continue;
+                                        }
+                                        Some(Err(e)) => panic!("invalid: {e}"),
+                                        None => {}
+                                    }
+                                }
                                 let e = if slices {
                                     conn.poll_event_from(
                                         &cfg,

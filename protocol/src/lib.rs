@@ -32,7 +32,7 @@ pub mod mask;
 pub mod utf8;
 
 pub use close::CloseFrame;
-pub use codec::{Decoder, DecoderConfig, Encoder, Message, Role};
+pub use codec::{Decoder, DecoderConfig, Encoder, Message, MessageView, Role};
 pub use connection::{Connection, ConnectionConfig, Event};
 pub use error::{CloseCode, ProtocolError};
 pub use frame::{FrameHeader, OpCode};

@@ -123,9 +123,32 @@ struct Outcome {
     close_code: Option<CloseCode>,
 }
 
-/// Feeds `wire` cut at `cuts` (chunk lengths, cycled) either through the read buffer only or
-/// through `poll_event_from`; `close_at`: the chunk before which the server closes (1000).
-fn run(wire: &[u8], cuts: &[usize], slices: bool, close_at: Option<usize>) -> Outcome {
+/// How [`run`] feeds a connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    /// Every byte through the read buffer (`poll_event`).
+    Buffer,
+    /// `poll_event_from`.
+    Slices,
+    /// `poll_view_from` first, `poll_event_from` for what it leaves.
+    Views,
+}
+
+/// Feeds `wire` cut at `cuts` (chunk lengths, cycled) along `path`; `close_at`: the chunk
+/// before which the server closes (1000).
+fn run(wire: &[u8], cuts: &[usize], path: Path, close_at: Option<usize>) -> Outcome {
+    run_counting(wire, cuts, path, close_at).0
+}
+
+/// [`run`], and how many messages came out as views.
+fn run_counting(
+    wire: &[u8],
+    cuts: &[usize],
+    path: Path,
+    close_at: Option<usize>,
+) -> (Outcome, usize) {
+    let slices = path != Path::Buffer;
+    let mut views = 0;
     let cfg = config();
     let mut conn = Connection::new(0);
     let mut scratch: Decoder = cfg.decoder();
@@ -150,6 +173,20 @@ fn run(wire: &[u8], cuts: &[usize], slices: bool, close_at: Option<usize>) -> Ou
         }
         // Bounded: every call consumes input or reports an event.
         for _ in 0..10_000 {
+            if path == Path::Views {
+                match conn.poll_view_from(&cfg, &scratch, &buf, &mut input, 1) {
+                    Some(Ok(view)) => {
+                        views += 1;
+                        events.push(Ok(Event::Message(view.to_message())));
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        events.push(Err(e));
+                        continue;
+                    }
+                    None => {}
+                }
+            }
             let r = if slices {
                 conn.poll_event_from(&cfg, &mut scratch, &mut buf, &mut input, 1)
             } else {
@@ -167,12 +204,13 @@ fn run(wire: &[u8], cuts: &[usize], slices: bool, close_at: Option<usize>) -> Ou
         }
         assert!(scratch.is_idle(), "the scratch is handed back idle");
     }
-    Outcome {
+    let outcome = Outcome {
         events,
         transmits,
         state: conn.state(),
         close_code: conn.close_code(),
-    }
+    };
+    (outcome, views)
 }
 
 fn part() -> impl Strategy<Value = Part> {
@@ -213,9 +251,11 @@ proptest! {
         }
         parts.extend(tail);
         let wire = wire(&parts);
-        let buffered = run(&wire, &cuts, false, close_at);
-        let sliced = run(&wire, &cuts, true, close_at);
+        let buffered = run(&wire, &cuts, Path::Buffer, close_at);
+        let sliced = run(&wire, &cuts, Path::Slices, close_at);
         prop_assert_eq!(&sliced, &buffered);
+        let viewed = run(&wire, &cuts, Path::Views, close_at);
+        prop_assert_eq!(&viewed, &buffered);
         // The stream decoded at all (not two empty outcomes).
         prop_assert!(!buffered.events.is_empty() || close_at.is_some());
     }
@@ -329,4 +369,55 @@ fn decode_slice_leaves_other_frames_to_the_buffer() {
         assert_eq!(&*input, &w[..]);
         assert!(d.is_idle());
     }
+}
+
+/// Whole plain frames in a receive come out as views (no allocation); control frames,
+/// fragments and frames cut by the end of a receive take the other paths, with the same events.
+/// The rest of a receive after a frame for the read buffer goes through the read buffer.
+#[test]
+fn whole_plain_frames_come_out_as_views() {
+    let parts = [
+        Part::Binary(64),
+        Part::Text(100),
+        Part::Binary(5000),
+        Part::Text(0),
+        Part::Ping(5),
+        Part::Binary(64),
+        Part::Fragmented(10, 10),
+    ];
+    let wire = wire(&parts);
+    let buffered = run(&wire, &[wire.len()], Path::Buffer, None);
+    let (viewed, views) = run_counting(&wire, &[wire.len()], Path::Views, None);
+    assert_eq!(viewed, buffered);
+    assert_eq!(views, 4, "the four plain frames");
+    // Cut into single bytes, no frame is ever whole in one receive.
+    let (viewed, views) = run_counting(&wire, &[1], Path::Views, None);
+    assert_eq!(viewed, buffered);
+    assert_eq!(views, 0);
+    // A view's bytes are the payload, unmasked.
+    let cfg = config();
+    let mut conn = Connection::new(0);
+    let scratch = cfg.decoder();
+    let mut received = frame(0x82, b"hello view", Some(KEY));
+    received.extend(frame(0x81, "h\u{e9}llo".as_bytes(), Some(KEY)));
+    let mut input: &mut [u8] = &mut received;
+    let a = conn.poll_view_from(&cfg, &scratch, &[], &mut input, 1);
+    assert_eq!(
+        a,
+        Some(Ok(edge_ws_protocol::MessageView::Binary(b"hello view")))
+    );
+    let b = conn.poll_view_from(&cfg, &scratch, &[], &mut input, 1);
+    assert_eq!(
+        b,
+        Some(Ok(edge_ws_protocol::MessageView::Text("h\u{e9}llo")))
+    );
+    assert!(input.is_empty());
+    // Something already in the read buffer goes first: no view jumps ahead of it.
+    let mut more = frame(0x82, b"x", Some(KEY));
+    let mut input: &mut [u8] = &mut more;
+    assert_eq!(
+        conn.poll_view_from(&cfg, &scratch, &[0x82], &mut input, 1),
+        None
+    );
+    assert_eq!(input.len(), 7, "nothing consumed");
 }

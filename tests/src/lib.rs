@@ -9,17 +9,21 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use edge_ws::{Config, Cores, Engine, Handler, Message, Socket};
+use edge_ws::{Config, Cores, Engine, Handler, Message, MessageView, Socket};
 use edge_ws_protocol::deflate::{client_accept, client_offer, DeflateConfig};
 use edge_ws_protocol::handshake::{parse_response, ClientOutcome, ClientRequest, ClientResponse};
 use edge_ws_protocol::{Decoder, DecoderConfig, Encoder, OpCode, Role};
 
-/// Echoes every message back.
+/// Echoes every message back (lent ones too, without a copy of their own).
 #[derive(Debug, Default)]
 pub struct Echo;
 
 impl Handler for Echo {
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
+        let _ = socket.send(message);
+    }
+
+    fn on_message_view(&mut self, socket: &mut Socket<'_, '_>, message: MessageView<'_>) {
         let _ = socket.send(message);
     }
 }

@@ -2,7 +2,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::{Message, Role};
+use super::{Message, MessageView, Role};
 use crate::close::CloseFrame;
 use crate::deflate::{Decompressor, DeflateParams};
 use crate::error::ProtocolError;
@@ -310,6 +310,37 @@ impl Decoder {
             return None;
         }
         Some((h, pos))
+    }
+
+    /// A whole plain frame (final, uncompressed text or binary within the limits) at the front
+    /// of `input`, unmasked in place and consumed, as a view into `input`. `Ok(None)`: anything
+    /// else, or a frame not wholly in `input` (nothing consumed). `Err(InvalidUtf8)`: a text
+    /// frame that is not UTF-8 (consumed). The decoder's state is not touched: call it only
+    /// between frames.
+    #[inline]
+    pub(crate) fn decode_view<'a>(
+        &self,
+        input: &mut &'a mut [u8],
+    ) -> Result<Option<MessageView<'a>>, ProtocolError> {
+        let Some((h, pos)) = self.plain_frame_header(input) else {
+            return Ok(None);
+        };
+        let end = pos + h.payload_len as usize;
+        if end > input.len() {
+            return Ok(None);
+        }
+        let (frame, rest) = core::mem::take(input).split_at_mut(end);
+        *input = rest;
+        let body = &mut frame[pos..];
+        if let Some(key) = h.mask {
+            apply_mask(body, key, 0);
+        }
+        let body: &'a [u8] = body;
+        Ok(Some(if h.opcode == OpCode::Text {
+            MessageView::Text(core::str::from_utf8(body).map_err(|_| ProtocolError::InvalidUtf8)?)
+        } else {
+            MessageView::Binary(body)
+        }))
     }
 
     /// Decodes from the front of `input`, bytes just received, without a read buffer: the

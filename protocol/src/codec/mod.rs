@@ -58,3 +58,47 @@ impl Message {
         }
     }
 }
+
+/// A text or binary message borrowed from the bytes it arrived in: what
+/// [`Connection::poll_view_from`](crate::Connection::poll_view_from) hands out for a whole,
+/// plain frame, with no allocation and no copy (the payload was unmasked where it was
+/// received). Valid while the caller's receive buffer is; [`to_message`](Self::to_message)
+/// copies it into an owned [`Message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageView<'a> {
+    /// A text message, validated as UTF-8.
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> MessageView<'a> {
+    /// The payload bytes.
+    pub fn payload(&self) -> &'a [u8] {
+        match *self {
+            MessageView::Text(t) => t.as_bytes(),
+            MessageView::Binary(b) => b,
+        }
+    }
+
+    /// The text of a text message.
+    pub fn as_text(&self) -> Option<&'a str> {
+        match *self {
+            MessageView::Text(t) => Some(t),
+            MessageView::Binary(_) => None,
+        }
+    }
+
+    /// Whether it is a text message.
+    pub fn is_text(&self) -> bool {
+        matches!(self, MessageView::Text(_))
+    }
+
+    /// The same message, owned: the payload copied into a buffer of its size.
+    pub fn to_message(&self) -> Message {
+        match *self {
+            MessageView::Text(t) => Message::Text(Bytes::copy_from_slice(t.as_bytes())),
+            MessageView::Binary(b) => Message::Binary(Bytes::copy_from_slice(b)),
+        }
+    }
+}

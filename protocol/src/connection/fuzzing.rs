@@ -44,6 +44,8 @@ pub fn connection_stream(data: &[u8]) {
     // Received bytes go straight to `poll_event_from` (the engine's path) instead of through
     // the read buffer first.
     let slices = setup & 0x80 != 0;
+    // And whole plain frames are taken as views first (`poll_view_from`), as the engine does.
+    let views = slices && setup & 0x10 != 0;
     let cfg = ConnectionConfig {
         role: Role::Server,
         limits: DecoderConfig {
@@ -58,6 +60,7 @@ pub fn connection_stream(data: &[u8]) {
     };
     let mut s = Session::new(&cfg);
     s.slices = slices;
+    s.views = views;
     if deflate {
         let params = DeflateParams {
             client_no_context_takeover: setup & 8 != 0,
@@ -145,6 +148,8 @@ struct Session<'c> {
     /// With `slices`: bytes received since the last pump, not in `buf` yet.
     pending: Vec<u8>,
     slices: bool,
+    /// With `slices`: try `poll_view_from` before `poll_event_from`.
+    views: bool,
     now: u32,
     /// Wire bytes fed so far.
     fed: usize,
@@ -170,6 +175,7 @@ impl<'c> Session<'c> {
             buf: BytesMut::new(),
             pending: Vec::new(),
             slices: false,
+            views: false,
             now: 0,
             fed: 0,
             delivered: 0,
@@ -239,7 +245,16 @@ impl<'c> Session<'c> {
         let mut pending = core::mem::take(&mut self.pending);
         let mut input: &mut [u8] = &mut pending;
         loop {
-            let result = if self.slices {
+            let viewed = if self.views {
+                self.conn
+                    .poll_view_from(self.cfg, &self.scratch, &self.buf, &mut input, self.now)
+                    .map(|r| r.map(|view| Some(Event::Message(view.to_message()))))
+            } else {
+                None
+            };
+            let result = if let Some(r) = viewed {
+                r
+            } else if self.slices {
                 self.conn.poll_event_from(
                     self.cfg,
                     &mut self.scratch,

@@ -28,7 +28,11 @@
 //!    data message, a pong or the end of the connection; `Err(e)` is the peer's protocol error
 //!    (count it by [`e.close_code()`](ProtocolError::close_code)): the close frame is already
 //!    queued, keep calling — the next call reports [`Event::Closed`]. Pings, pongs to send,
-//!    close replies and heartbeat bookkeeping are handled inside.
+//!    close replies and heartbeat bookkeeping are handled inside. A driver that owns its
+//!    receive buffers can instead hand each receive to
+//!    [`poll_event_from`](Connection::poll_event_from) (messages decoded straight from it), and
+//!    try [`poll_view_from`](Connection::poll_view_from) before each call: a whole plain frame
+//!    then comes out as a [`MessageView`] into the receive, with no allocation.
 //! 2. **After any input** (1, 3, 4 or a [`close`](Connection::close)): call
 //!    [`poll_transmit`](Connection::poll_transmit) until it returns `None` and write what it
 //!    gives: an `urgent` frame (pong, ping) may go ahead of the data already queued, a close
@@ -105,7 +109,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::close::{truncate_reason, CloseFrame};
 use crate::codec::{
-    Decoder, DecoderConfig, MaskKeySource, Message, Role, SliceDecoded, SliceFrame,
+    Decoder, DecoderConfig, MaskKeySource, Message, MessageView, Role, SliceDecoded, SliceFrame,
 };
 use crate::deflate::DeflateParams;
 use crate::error::{CloseCode, ProtocolError};
@@ -417,6 +421,49 @@ impl Connection {
         // holds nothing.
         self.tidy_extra();
         result
+    }
+
+    /// The common case of [`poll_event_from`](Self::poll_event_from) with no allocation: a
+    /// whole, plain text or binary frame (final, uncompressed, within the limits) at the front
+    /// of `input`, while nothing is buffered (`buf`, the read buffer's bytes) or half-received,
+    /// is unmasked in place, consumed
+    /// and handed out as a [`MessageView`] borrowing `input`'s bytes. `None`: anything else
+    /// (nothing consumed); go on with `poll_event_from`, which decodes the same stream into the
+    /// same events. `Some(Err(_))`: a text frame that is not UTF-8, handled as there (the
+    /// connection closes with 1007; the rest of `input` is discarded).
+    ///
+    /// The view is valid while the receive buffer is: a handler that keeps the message copies
+    /// it ([`MessageView::to_message`]).
+    #[inline]
+    pub fn poll_view_from<'a>(
+        &mut self,
+        cfg: &ConnectionConfig,
+        scratch: &Decoder,
+        buf: &[u8],
+        input: &mut &'a mut [u8],
+        now: u32,
+    ) -> Option<Result<MessageView<'a>, ProtocolError>> {
+        if self.flags & EVENT_PENDING != 0
+            || self.state_bits() != OPEN
+            || self.decoder.is_some()
+            || !buf.is_empty()
+            || self.extra.as_ref().is_some_and(|e| e.slice.is_some())
+        {
+            return None;
+        }
+        match scratch.decode_view(input) {
+            Ok(None) => None,
+            Ok(Some(view)) => {
+                self.last_seen = now;
+                Some(Ok(view))
+            }
+            Err(e) => {
+                self.last_seen = now;
+                self.fail(cfg, e, now);
+                *input = &mut [];
+                Some(Err(e))
+            }
+        }
     }
 
     /// The slice path of [`poll_event_from`](Self::poll_event_from); `None`: it does not apply,

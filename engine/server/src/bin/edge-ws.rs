@@ -17,7 +17,8 @@ use edge_ws::protocol::deflate::DeflateConfig;
 use edge_ws::stream::{PublicationFormat, RestoredStream};
 use edge_ws::{
     ChannelConfig, ChannelPolicy, Config, Cores, Engine, Handler, HttpRequest, HttpResponse,
-    Message, MessageKind, SlowConsumerPolicy, Socket, StreamPosition, Upgrade, UpgradeRequest,
+    Message, MessageKind, MessageView, SlowConsumerPolicy, Socket, StreamPosition, Upgrade,
+    UpgradeRequest,
 };
 use edge_ws_server::channels::{
     restore_streams, ChannelAccess, ChannelOp, EnvelopeFormat, StoreStreams,
@@ -1058,6 +1059,14 @@ impl Handler for Product {
         }
     }
 
+    fn on_message_view(&mut self, socket: &mut Socket<'_, '_>, message: MessageView<'_>) {
+        if is_envelope_path(socket.path()) {
+            self.ws.on_message_view(socket, message)
+        } else {
+            self.demo.on_message_view(socket, message)
+        }
+    }
+
     fn on_close(&mut self, socket: &mut Socket<'_, '_>, code: edge_ws::CloseCode, reason: &str) {
         if is_envelope_path(socket.path()) {
             self.ws.on_close(socket, code, reason)
@@ -1078,19 +1087,28 @@ impl Handler for Demo {
     }
 
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
+        if !Demo::relayed(socket, message.payload(), MessageKind::of(&message)) {
+            let _ = socket.send(message);
+        }
+    }
+
+    fn on_message_view(&mut self, socket: &mut Socket<'_, '_>, message: MessageView<'_>) {
+        if !Demo::relayed(socket, message.payload(), MessageKind::of_view(&message)) {
+            let _ = socket.send(message);
+        }
+    }
+}
+
+impl Demo {
+    /// `/pub` publishes what its clients send, `/sub` ignores it; false: echo it.
+    fn relayed(socket: &mut Socket<'_, '_>, payload: &[u8], kind: MessageKind) -> bool {
         match socket.path() {
             "/pub" => {
-                socket.publish_with(
-                    TOPIC,
-                    message.payload(),
-                    MessageKind::of(&message),
-                    Default::default(),
-                );
+                socket.publish_with(TOPIC, payload, kind, Default::default());
+                true
             }
-            "/sub" => {}
-            _ => {
-                let _ = socket.send(message);
-            }
+            "/sub" => true,
+            _ => false,
         }
     }
 }
