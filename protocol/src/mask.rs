@@ -11,20 +11,22 @@
 
 use std::sync::OnceLock;
 
-/// A masking kernel: XORs `buf` in place with `key` repeated, as if `buf` started `offset`
-/// bytes into the payload. It must give exactly what [`apply_mask_bytewise`] gives.
-pub type MaskFn = fn(&mut [u8], [u8; 4], usize);
+/// A bulk masking kernel: XORs a prefix of `buf` in place with `key` repeated (the key meeting
+/// the prefix's first byte), a prefix whose length is a multiple of 4, and returns that length;
+/// the rest of `buf` is left as it is. [`apply_mask`] does the key's phase, the alignment and
+/// the tail, so a kernel is only the vector loop.
+pub type MaskFn = fn(&mut [u8], [u8; 4]) -> usize;
 
 static ACCELERATED: OnceLock<MaskFn> = OnceLock::new();
 
 /// Pieces shorter than this are masked by the portable loop even when a kernel is installed:
-/// below it the call and the kernel's alignment work cost what the wider vectors save (the
-/// runtime's AVX2 kernel breaks even between 512 and 1,024 bytes; `engine/benches/mask.rs`).
+/// below it the call and the alignment work cost what the wider vectors save (the runtime's
+/// AVX2 kernel breaks even at about 1 KiB; `engine/benches/mask.rs`).
 pub const ACCELERATED_MIN: usize = 1024;
 
 /// Installs `kernel` for every [`apply_mask`] of at least [`ACCELERATED_MIN`] bytes, process
-/// wide. The first installation wins; returns whether this one did. The kernel must equal
-/// [`apply_mask_bytewise`] for every input (masking is on every frame's path).
+/// wide. The first installation wins; returns whether this one did. What the kernel masks must
+/// equal [`apply_mask_bytewise`] (masking is on every frame's path).
 pub fn set_accelerated(kernel: MaskFn) -> bool {
     ACCELERATED.set(kernel).is_ok()
 }
@@ -40,7 +42,14 @@ pub fn accelerated() -> Option<MaskFn> {
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     if buf.len() >= ACCELERATED_MIN {
         if let Some(kernel) = ACCELERATED.get() {
-            kernel(buf, key, offset);
+            // Portably up to a 32-byte boundary (vector accesses across two cache lines cost
+            // twice), the kernel's prefix of the rest, portably what it leaves.
+            let head = (buf.as_ptr() as usize).wrapping_neg() & 31;
+            let (first, body) = buf.split_at_mut(head);
+            apply_mask_portable(first, key, offset);
+            let offset = offset + head;
+            let done = kernel(body, rotate_key(key, offset)).min(body.len()) & !3;
+            apply_mask_portable(&mut body[done..], key, offset + done);
             return;
         }
     }
