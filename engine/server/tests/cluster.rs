@@ -115,21 +115,26 @@ fn two_edge_ws_processes_publish_and_recover_across_each_other() {
         json!({"type":"publish","id":"p","data":{"channel":"plain","data":"hi"}}),
     );
     assert_eq!(recv(&mut publisher)["type"], "published");
-    for i in 1..=3u64 {
+    // Each channel's publications arrive in order; across channels there is no order to
+    // expect (a channel with history is numbered by its owner core, which then fans out, so
+    // the plain publication may overtake the numbered ones).
+    let mut room = Vec::new();
+    let mut plain = Vec::new();
+    for _ in 0..4 {
         let p = recv(&mut sub);
         assert_eq!(p["type"], "publication", "{p}");
-        assert_eq!(
-            (p["channel"].as_str(), p["offset"].as_u64()),
-            (Some("m:room"), Some(i))
-        );
-        assert_eq!(p["data"]["n"], i);
+        match p["channel"].as_str() {
+            Some("m:room") => room.push((p["offset"].as_u64(), p["data"]["n"].as_u64())),
+            Some("plain") => plain.push(p["data"].as_str().map(str::to_string)),
+            _ => panic!("a publication on an unknown channel: {p}"),
+        }
     }
-    let p = recv(&mut sub);
     assert_eq!(
-        (p["channel"].as_str(), p["data"].as_str()),
-        (Some("plain"), Some("hi")),
-        "{p}"
+        room,
+        (1..=3u64).map(|i| (Some(i), Some(i))).collect::<Vec<_>>(),
+        "m:room in offset order"
     );
+    assert_eq!(plain, vec![Some("hi".to_string())]);
     // The subscriber, having seen offset 1, moves to node two and recovers 2 and 3 there.
     drop(sub);
     let mut moved = connect(two.addr);
