@@ -35,7 +35,7 @@ pub fn test_config(cores: usize) -> Config {
     c.cores = Cores::Count(cores);
     c.pin = false;
     c.tick = Duration::from_millis(20);
-    c.io.buf_count = 256;
+    c.io.buf_count = 16; // 16 × 64 KiB = 1 MiB per core, consumed incrementally
     c
 }
 

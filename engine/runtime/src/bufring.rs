@@ -1,5 +1,14 @@
 //! The provided-buffer ring of one core: `count` buffers of `size` bytes in one allocation,
 //! shared by every connection's multishot receive.
+//!
+//! Registered for incremental consumption (`IOU_PBUF_RING_INC`, Linux 6.12) where the kernel
+//! has it: a receive then takes only the bytes it needs from the buffer at the ring's head,
+//! and the next receive goes on in the same buffer after them, so a few large buffers serve
+//! receives of any size (a 64 B message does not use up a buffer, a 4 KiB one arrives whole
+//! with the frames around it). The kernel reports each piece with the buffer's id and
+//! `IORING_CQE_F_BUF_MORE` while the buffer has room left; the ring keeps each buffer's
+//! offset, so a piece's bytes start where the previous piece of that buffer ended, and the
+//! buffer goes back to the ring after its last piece (no `BUF_MORE`).
 
 use std::alloc::{self, Layout};
 use std::io;
@@ -25,7 +34,14 @@ pub(super) struct BufRing {
     published: u16,
     bgid: u16,
     registered: bool,
+    /// Registered with `IOU_PBUF_RING_INC`.
+    incremental: bool,
+    /// Per buffer: bytes of it already handed out by earlier pieces (incremental only).
+    offsets: Box<[u32]>,
 }
+
+/// `IOU_PBUF_RING_INC`: buffers consumed incrementally (Linux 6.12).
+const IOU_PBUF_RING_INC: u16 = 2;
 
 impl BufRing {
     pub(super) fn new(count: u16, size: u32, bgid: u16) -> io::Result<Self> {
@@ -75,6 +91,8 @@ impl BufRing {
             published: 0,
             bgid,
             registered: false,
+            incremental: false,
+            offsets: vec![0; usize::from(count)].into_boxed_slice(),
         };
         for bid in 0..count {
             br.push(bid);
@@ -83,8 +101,15 @@ impl BufRing {
         Ok(br)
     }
 
-    /// Registers the ring with `submitter`'s io_uring as buffer group `bgid`.
-    pub(super) fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+    /// Registers the ring with `submitter`'s io_uring as buffer group `bgid`, for incremental
+    /// consumption if `incremental` (an error if the kernel refuses it: the caller then sizes
+    /// a ring for whole-buffer use).
+    pub(super) fn register(
+        &mut self,
+        submitter: &Submitter<'_>,
+        incremental: bool,
+    ) -> io::Result<()> {
+        let flags = if incremental { IOU_PBUF_RING_INC } else { 0 };
         // SAFETY: the ring memory is page aligned, holds `mask + 1` entries and lives until
         // this BufRing is dropped, which the driver does only after dropping the io_uring
         // (or after unregistering the group).
@@ -93,46 +118,100 @@ impl BufRing {
                 self.ring.as_ptr() as u64,
                 self.mask.wrapping_add(1),
                 self.bgid,
-                0,
+                flags,
             )?
         };
         self.registered = true;
+        self.incremental = incremental;
         Ok(())
+    }
+
+    /// Whether buffers are consumed incrementally.
+    pub(super) fn incremental(&self) -> bool {
+        self.incremental
     }
 
     pub(super) fn bgid(&self) -> u16 {
         self.bgid
     }
 
-    /// Number of buffers in the ring.
-    pub(super) fn count(&self) -> usize {
-        usize::from(self.mask) + 1
+    /// Bytes of buffer memory (count × size).
+    pub(super) fn bytes(&self) -> usize {
+        (usize::from(self.mask) + 1) * self.size as usize
     }
 
-    /// The bytes the kernel wrote into buffer `bid`, writable: the buffer is the caller's
-    /// until it gives it back (the service unmasks payloads in place).
+    /// The bytes the kernel wrote into buffer `bid` for a completion of `len` bytes with CQE
+    /// `flags`, writable: they are the caller's until it calls [`BufRing::release`] for the
+    /// completion (the service unmasks payloads in place). With incremental consumption they
+    /// start where the buffer's previous piece ended.
     ///
     /// # Safety
-    /// `bid` must have been handed out by the kernel in a completion with `len` bytes and not yet
-    /// been given back with [`BufRing::push`]; the slice must not outlive that, and no other
-    /// slice of the same buffer may be alive (one per completion).
-    pub(super) unsafe fn data<'a>(&self, bid: u16, len: usize) -> &'a mut [u8] {
-        debug_assert!(usize::from(bid) <= usize::from(self.mask) && len <= self.size as usize);
-        // SAFETY: bid < count and len <= size (kernel contract, checked in debug), so the range
-        // lies inside the buffer memory, which this ring allocated and owns (writable); the
-        // kernel finished writing it before posting the completion and will not touch it again
-        // until the caller gives the buffer back, and the caller holds the only slice of it.
+    /// `bid` and `len` must come from a receive completion (with `len > 0`) not passed here
+    /// before, taken in completion order, and [`BufRing::release`] must follow for it before
+    /// the next completion's bytes are taken; the slice must not outlive that release. (The
+    /// kernel may meanwhile write further pieces of the same buffer, past this one's end.)
+    pub(super) unsafe fn data<'a>(&mut self, bid: u16, len: usize, flags: u32) -> &'a mut [u8] {
+        let b = usize::from(bid & self.mask);
+        let start = self.take_piece(b, len, flags);
+        // SAFETY: b < count and start + len <= size (checked just above), so the range lies
+        // inside the buffer memory, which this ring allocated and owns (writable); the kernel
+        // finished writing these bytes before posting the completion and, until the caller
+        // releases the buffer, writes only past them (a later piece of the same buffer) or not
+        // at all; the caller holds the only slice of them (one per completion).
         unsafe {
             std::slice::from_raw_parts_mut(
-                self.mem.as_ptr().add(usize::from(bid) * self.size as usize),
+                self.mem.as_ptr().add(b * self.size as usize + start),
                 len,
             )
         }
     }
 
+    /// Where the piece of `len` bytes a completion took from buffer `b` starts, moving the
+    /// buffer's offset past it (to 0 after its last piece). Panics if the piece would end past
+    /// the buffer, which the kernel never reports.
+    fn take_piece(&mut self, b: usize, len: usize, flags: u32) -> usize {
+        let start = if self.incremental {
+            let at = self.offsets[b] as usize;
+            self.offsets[b] = if io_uring::cqueue::buffer_more(flags) {
+                (at + len) as u32
+            } else {
+                0
+            };
+            at
+        } else {
+            0
+        };
+        assert!(
+            start + len <= self.size as usize,
+            "a receive completion past its buffer's end"
+        );
+        start
+    }
+
+    /// [`BufRing::release`] for a completion whose bytes nobody reads (its connection is
+    /// gone): the buffer's offset still moves past them.
+    pub(super) fn discard(&mut self, bid: u16, flags: u32, len: i32) {
+        if len > 0 {
+            self.take_piece(usize::from(bid & self.mask), len as usize, flags);
+        }
+        self.release(bid, flags, len);
+    }
+
+    /// Done with a completion that carried buffer `bid` and CQE `flags` (its bytes, if any,
+    /// taken with [`BufRing::data`]): the buffer goes back to the ring unless the kernel still
+    /// fills it (incremental consumption with `BUF_MORE`, or an incremental completion with
+    /// no bytes: the kernel consumed nothing of the buffer, which stays at its head).
+    #[inline]
+    pub(super) fn release(&mut self, bid: u16, flags: u32, len: i32) {
+        if self.incremental && (len <= 0 || io_uring::cqueue::buffer_more(flags)) {
+            return;
+        }
+        self.push(bid);
+    }
+
     /// Gives buffer `bid` back (visible to the kernel after [`BufRing::publish`]).
     #[inline]
-    pub(super) fn push(&mut self, bid: u16) {
+    fn push(&mut self, bid: u16) {
         let slot = usize::from(self.tail & self.mask);
         // SAFETY: slot < count, so the entry lies inside the ring allocation; the kernel only
         // reads entries between its head and the published tail, and this slot is past the

@@ -23,8 +23,8 @@ use super::conn::{
     RECV_ARMED, SEND_INFLIGHT,
 };
 use super::{
-    sys, ConnId, CoreWaker, RuntimeConfig, RuntimeError, RuntimeStats, Service, StartReport,
-    GEN_MASK,
+    sys, ConnId, CoreWaker, IoConfig, RuntimeConfig, RuntimeError, RuntimeStats, Service,
+    StartReport, GEN_MASK,
 };
 
 /// Completions handled per loop iteration before timers get a turn (pitfall 3).
@@ -231,14 +231,18 @@ impl Core {
         ring.submitter()
             .register_eventfd(waker.eventfd())
             .map_err(|e| ("io_uring register eventfd", e))?;
-        let mut bufs = BufRing::new(cfg.io.buf_count, cfg.io.buf_size, BGID)
-            .map_err(|e| ("buffer ring", e))?;
         // `bufs` is only dropped after `ring` below, or leaked.
-        bufs.register(&ring.submitter())
-            .map_err(|e| ("io_uring register buffer ring", e))?;
+        let bufs = buffer_ring(&ring, &cfg.io)?;
+        RuntimeStats::set(
+            &stats[index].recv_incremental,
+            u64::from(bufs.incremental()),
+        );
+        // Re-arming is paced by how many receives the pool can take at once: whole 4 KiB
+        // buffers' worth (pitfall 4), however the pool is cut.
+        let rearm_per_iter = (bufs.bytes() / 4096 / 4).max(1);
         let mut core = Core {
             ring: ManuallyDrop::new(ring),
-            rearm_per_iter: (bufs.count() / 4).max(1),
+            rearm_per_iter,
             bufs: ManuallyDrop::new(bufs),
             // Reserve the whole table up front: untouched capacity costs address space, not memory,
             // and a table that grew by doubling would leave every outgrown copy resident.
@@ -711,6 +715,43 @@ impl Drop for Core {
     }
 }
 
+/// The core's provided-buffer ring, registered with `ring`: consumed incrementally when
+/// `io.buf_incremental` and the kernel has it; else the same bytes cut into buffers of at most
+/// 4 KiB, since each receive then takes a whole buffer.
+fn buffer_ring(ring: &IoUring, io: &IoConfig) -> Result<BufRing, (&'static str, io::Error)> {
+    let new = |count, size| BufRing::new(count, size, BGID).map_err(|e| ("buffer ring", e));
+    if io.buf_incremental {
+        let mut bufs = new(io.buf_count, io.buf_size)?;
+        match bufs.register(&ring.submitter(), true) {
+            Ok(()) => return Ok(bufs),
+            Err(e) => tracing::info!(
+                error = %e,
+                "incremental receive buffers refused by the kernel: whole buffers instead"
+            ),
+        }
+    }
+    let (count, size) = whole_buffers(io.buf_count, io.buf_size, io.buf_incremental);
+    let mut bufs = new(count, size)?;
+    bufs.register(&ring.submitter(), false)
+        .map_err(|e| ("io_uring register buffer ring", e))?;
+    Ok(bufs)
+}
+
+/// The pool of `count × size` bytes as whole-use buffers: as configured when incremental use
+/// was not asked for, else cut into buffers of at most 4 KiB (a power of two of them, at most
+/// 32768, at least the configured count).
+fn whole_buffers(count: u16, size: u32, incremental: bool) -> (u16, u32) {
+    const WHOLE_MAX: u32 = 4096;
+    if !incremental || size <= WHOLE_MAX {
+        return (count, size);
+    }
+    let bytes = u64::from(count) * u64::from(size);
+    let n = (bytes / u64::from(WHOLE_MAX)).clamp(u64::from(count), 32768);
+    // The largest power of two not above n.
+    let n = 1u64 << (63 - n.leading_zeros());
+    (n as u16, WHOLE_MAX)
+}
+
 /// Builds the core's ring; returns it and whether DEFER_TASKRUN is in use.
 ///
 /// SINGLE_ISSUER + DEFER_TASKRUN + TASKRUN_FLAG, waited on through the registered eventfd
@@ -946,7 +987,7 @@ impl<S: Service> Driver<S> {
         let bid = cqueue::buffer_select(flags);
         let Some(c) = self.core.conn_mut(id) else {
             if let Some(bid) = bid {
-                self.core.bufs.push(bid);
+                self.core.bufs.discard(bid, flags, res);
             }
             return;
         };
@@ -966,11 +1007,11 @@ impl<S: Service> Driver<S> {
                 return self.maybe_free(idx);
             };
             if state == State::Open {
-                // SAFETY: the kernel filled `bid` with `res` bytes for this completion, and each
-                // completion hands a buffer out once, so this is its only slice; the buffer goes
-                // back to the ring only after `on_data` returns, and `data` does not escape the
-                // call (its lifetime is bound to it by the `Service` signature).
-                let data = unsafe { self.core.bufs.data(bid, res as usize) };
+                // SAFETY: the kernel filled `res` bytes of `bid` for this completion, taken here
+                // once and in completion order (`on_recv` runs for each CQE as it is reaped);
+                // the release below comes after `on_data` returns, and `data` does not escape
+                // the call (its lifetime is bound to it by the `Service` signature).
+                let data = unsafe { self.core.bufs.data(bid, res as usize, flags) };
                 if tls {
                     #[cfg(feature = "tls")]
                     self.on_tls_data(id, data);
@@ -978,14 +1019,16 @@ impl<S: Service> Driver<S> {
                     let (s, mut io) = self.io();
                     s.on_data(&mut io, id, data);
                 }
+                self.core.bufs.release(bid, flags, res);
+            } else {
+                self.core.bufs.discard(bid, flags, res);
             }
-            self.core.bufs.push(bid);
             if !more {
                 self.core.arm_recv(idx);
             }
         } else {
             if let Some(bid) = bid {
-                self.core.bufs.push(bid);
+                self.core.bufs.release(bid, flags, res);
             }
             if res == 0 {
                 // Peer closed its side: flush what is queued, then close.
@@ -1417,6 +1460,21 @@ impl Io<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_buffers_cut_the_pool_into_4k() {
+        // Asked for as configured: kept.
+        assert_eq!(whole_buffers(64, 65536, false), (64, 65536));
+        // The incremental default, refused: the same 4 MiB in 4 KiB buffers.
+        assert_eq!(whole_buffers(64, 65536, true), (1024, 4096));
+        // Already small buffers stay as they are.
+        assert_eq!(whole_buffers(8, 1000, true), (8, 1000));
+        // Not a power of two's worth: rounded down, never below the configured count.
+        assert_eq!(whole_buffers(4, 12288, true), (8, 4096));
+        assert_eq!(whole_buffers(2, 5000, true), (2, 4096));
+        // At most 32768 buffers.
+        assert_eq!(whole_buffers(32768, 1 << 20, true), (32768, 4096));
+    }
 
     #[test]
     fn user_data_roundtrip() {

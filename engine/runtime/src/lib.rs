@@ -118,10 +118,17 @@ pub struct IoConfig {
     /// Submission queue entries of each core's ring (the completion queue gets 4×). Default
     /// 4096.
     pub ring_entries: u32,
-    /// Provided receive buffers per core (power of two, at most 32768). Default 1024.
+    /// Provided receive buffers per core (power of two, at most 32768). Default 64.
     pub buf_count: u16,
-    /// Size of one provided receive buffer in bytes. Default 4096.
+    /// Size of one provided receive buffer in bytes. Default 65536 (so 4 MiB per core).
     pub buf_size: u32,
+    /// Consume receive buffers incrementally (`IOU_PBUF_RING_INC`, Linux 6.12): a receive
+    /// takes only the bytes it needs from a buffer and the next goes on after them, so a few
+    /// large buffers serve any mix of message sizes. Default true. Where the kernel refuses it
+    /// (or with false), each receive uses a whole buffer, and the pool's bytes are cut into
+    /// buffers of at most 4 KiB (`buf_count × buf_size / 4096` of them, at most 32768) so
+    /// that many connections can receive at once.
+    pub buf_incremental: bool,
     /// `listen(2)` backlog of each core's listener. Default 1024.
     pub backlog: i32,
 }
@@ -130,8 +137,9 @@ impl Default for IoConfig {
     fn default() -> Self {
         IoConfig {
             ring_entries: 4096,
-            buf_count: 1024,
-            buf_size: 4096,
+            buf_count: 64,
+            buf_size: 64 * 1024,
+            buf_incremental: true,
             backlog: 1024,
         }
     }
@@ -318,6 +326,9 @@ pub struct RuntimeStats {
     pub connections: AtomicU64,
     /// 1 if the core's ring runs with DEFER_TASKRUN, 0 if it fell back to COOP_TASKRUN.
     pub ring_defer_taskrun: AtomicU64,
+    /// 1 if the core's receive buffers are consumed incrementally (`IoConfig::buf_incremental`
+    /// and a kernel that has it), 0 if each receive uses a whole buffer.
+    pub recv_incremental: AtomicU64,
     /// TLS connections accepted on the TLS listener.
     pub tls_accepted: AtomicU64,
     /// TLS handshakes completed.

@@ -345,6 +345,11 @@ fn echo_one_core_200_clients() {
         1,
         "kernel 6.1+ gives DEFER_TASKRUN"
     );
+    assert_eq!(
+        st.recv_incremental.load(Ordering::Relaxed),
+        1,
+        "kernel 6.12+ consumes receive buffers incrementally (the default)"
+    );
     assert_eq!(st.accepted.load(Ordering::Relaxed), 200);
     assert_eq!(st.bytes_in.load(Ordering::Relaxed), 200 * 64 * 1024);
     probe.wait_for("200 closes", |p| {
@@ -704,6 +709,40 @@ fn small_buffer_ring_recovers_from_enobufs() {
         "recv_enobufs = {}",
         rt.stats()[0].recv_enobufs.load(Ordering::Relaxed)
     );
+    rt.shutdown();
+    join_within(rt, Duration::from_secs(10));
+}
+
+#[test]
+fn small_incremental_buffers_split_receives_across_buffers() {
+    let _g = shared_fds();
+    // 8 buffers of 1000 B consumed incrementally: receives take pieces of a buffer, end
+    // mid-buffer and go on in the next, and the pool runs dry (ENOBUFS) while 64 clients
+    // send at once; every byte must still come back in order to its own client.
+    let mut c = cfg(core_ids(1));
+    c.io.buf_count = 8;
+    c.io.buf_size = 1000;
+    let (rt, _probe) = start(c);
+    echo_clients(rt.local_addr(), 64, 32 * 1024);
+    let st = &rt.stats()[0];
+    assert_eq!(st.recv_incremental.load(Ordering::Relaxed), 1);
+    assert_eq!(st.bytes_in.load(Ordering::Relaxed), 64 * 32 * 1024);
+    rt.shutdown();
+    join_within(rt, Duration::from_secs(10));
+}
+
+#[test]
+fn whole_buffers_when_incremental_use_is_off() {
+    let _g = shared_fds();
+    // The default pool (64 × 64 KiB) with incremental use off is cut into 4 KiB buffers, each
+    // receive taking a whole one.
+    let mut c = cfg(core_ids(1));
+    c.io.buf_incremental = false;
+    let (rt, _probe) = start(c);
+    echo_clients(rt.local_addr(), 100, 64 * 1024);
+    let st = &rt.stats()[0];
+    assert_eq!(st.recv_incremental.load(Ordering::Relaxed), 0);
+    assert_eq!(st.bytes_in.load(Ordering::Relaxed), 100 * 64 * 1024);
     rt.shutdown();
     join_within(rt, Duration::from_secs(10));
 }

@@ -426,6 +426,7 @@ struct IoSection {
     ring_entries: Option<u32>,
     buf_count: Option<u16>,
     buf_size: Option<u32>,
+    incremental: Option<bool>,
     backlog: Option<i32>,
 }
 
@@ -504,6 +505,7 @@ fn apply(file: FileConfig, c: &mut Config) -> Result<(), String> {
     c.io.ring_entries = io.ring_entries.unwrap_or(c.io.ring_entries);
     c.io.buf_count = io.buf_count.unwrap_or(c.io.buf_count);
     c.io.buf_size = io.buf_size.unwrap_or(c.io.buf_size);
+    c.io.buf_incremental = io.incremental.unwrap_or(c.io.buf_incremental);
     c.io.backlog = io.backlog.unwrap_or(c.io.backlog);
     let l = file.limits;
     c.max_connections = l.max_connections.unwrap_or(c.max_connections);
