@@ -25,7 +25,7 @@ use crate::config::{Config, SlowConsumerPolicy, CLOSE_SLOW_CONSUMER};
 use crate::fanout::{concat_frames, ChannelShared, Cork, Outbox, Publish, PublishOptions, Target};
 use crate::ids::ConnectionId;
 use crate::metrics::{add, inc, max, CoreMetrics};
-use crate::runtime::{ConnId, Io};
+use crate::runtime::{ConnId, Io, Sent};
 use crate::shared::Shared;
 use crate::shared::{LaneItem, ReplyTo};
 
@@ -384,7 +384,10 @@ impl CoreState {
         // by reference behind its header.
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = FrameHeader::new(opcode, len as u64).encode(&mut header);
-        self.uncork(io);
+        let corked = !self.cork.is_empty();
+        if corked {
+            self.uncork(io);
+        }
         let frame = match source {
             Payload::Shared(b) if len >= SEND_BY_REFERENCE_MIN => {
                 Frame::Framed(&header[..n], b.clone())
@@ -394,7 +397,21 @@ impl CoreState {
             Payload::Shared(b) => Frame::Parts(&header[..n], b),
             Payload::Owned(ref b) => Frame::Parts(&header[..n], b),
         };
-        self.queue_output(io, id, frame, 1)
+        match frame {
+            // The common frame, copied: the connection was found open above and, with nothing
+            // corked, nothing ran since, so the write limit and the queueing take one lookup.
+            Frame::Parts(h, p) if !corked => {
+                match io.send_parts_within(id, &[h, p], self.cfg.write_buffer_limit) {
+                    Sent::Queued => {
+                        add(&self.m().messages_out, 1);
+                        Ok(())
+                    }
+                    Sent::OverLimit => Err(self.slow_consumer(io, id, 1)),
+                    Sent::Closed => Err(SendError::Closed),
+                }
+            }
+            frame => self.queue_output(io, id, frame, 1),
+        }
     }
 
     /// Queues an encoded frame; `messages` is how many messages it counts as. Corked

@@ -375,13 +375,15 @@ impl<H: Handler> WsService<H> {
         let now = self.state.now_tick;
         let cfg = self.state.ws_cfg;
         let superseded_before = self.state.conn(id).map_or(0, |c| c.ws.pongs_superseded());
+        // Messages lent as views, counted once at the end.
+        let (mut views, mut view_bytes) = (0u64, 0u64);
         loop {
             let st = &mut self.state;
             let Some(conn) = st.conns.get_mut(id.index()).and_then(Option::as_mut) else {
-                return;
+                break;
             };
             if conn.id != id || !matches!(conn.phase, Phase::Open | Phase::Closing) {
-                return;
+                break;
             }
             if conn.paused() {
                 // The application holds this connection back: bytes wait in `rbuf`.
@@ -400,15 +402,18 @@ impl<H: Handler> WsService<H> {
             {
                 match view {
                     Ok(view) => {
-                        let m = &st.metrics[st.core_index];
-                        inc(&m.messages_in);
-                        add(&m.bytes_in, view.payload().len() as u64);
+                        views += 1;
+                        view_bytes += view.payload().len() as u64;
                         self.handler
                             .on_message_view(&mut Self::socket(&mut self.state, io, id), view);
                     }
                     Err(e) => st.count_protocol_error(id, e),
                 }
                 continue;
+            }
+            // Everything of this receive taken as views (the common end): nothing to poll.
+            if data.is_empty() && conn.rbuf.is_none() && conn.ws.input_done(false) {
+                break;
             }
             let rbuf = conn
                 .rbuf
@@ -455,6 +460,11 @@ impl<H: Handler> WsService<H> {
                 }
                 Err(e) => st.count_protocol_error(id, e),
             }
+        }
+        let m = self.state.m();
+        if views > 0 {
+            add(&m.messages_in, views);
+            add(&m.bytes_in, view_bytes);
         }
         if let Some(c) = self.state.conn(id) {
             let superseded = c.ws.pongs_superseded().saturating_sub(superseded_before);

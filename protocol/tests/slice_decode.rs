@@ -186,6 +186,10 @@ fn run_counting(
                     }
                     None => {}
                 }
+                // As the engine does: a receive taken whole as views needs no further poll.
+                if input.is_empty() && buf.is_empty() && conn.input_done(false) {
+                    break;
+                }
             }
             let r = if slices {
                 conn.poll_event_from(&cfg, &mut scratch, &mut buf, &mut input, 1)
@@ -373,6 +377,50 @@ fn decode_slice_leaves_other_frames_to_the_buffer() {
 
 /// Whole plain frames in a receive come out as views (no allocation); control frames,
 /// fragments and frames cut by the end of a receive take the other paths, with the same events.
+/// `input_done` says there is nothing to poll only when polling would find nothing, and
+/// frees the box the slice path kept.
+#[test]
+fn input_done_only_when_nothing_is_left_to_poll() {
+    let cfg = config();
+    let mut scratch = cfg.decoder();
+    let mut buf = BytesMut::new();
+    let mut conn = Connection::new(0);
+    assert!(conn.input_done(false), "a fresh connection");
+    assert!(
+        !conn.input_done(true),
+        "bytes in the read buffer are for polling"
+    );
+    // A frame half-received on the slice path: its box holds it, so there is more to do.
+    let whole = frame(0x82, &[7u8; 3000], Some(KEY));
+    let mut first = whole[..1000].to_vec();
+    let mut input: &mut [u8] = &mut first;
+    assert_eq!(
+        conn.poll_event_from(&cfg, &mut scratch, &mut buf, &mut input, 1),
+        Ok(None)
+    );
+    assert!(conn.holds_heap());
+    assert!(!conn.input_done(false), "a frame half-received");
+    let mut rest = whole[1000..].to_vec();
+    rest.extend(frame(0x82, b"next", Some(KEY)));
+    let mut input: &mut [u8] = &mut rest;
+    let got = conn.poll_event_from(&cfg, &mut scratch, &mut buf, &mut input, 1);
+    assert!(matches!(got, Ok(Some(Event::Message(Message::Binary(ref b)))) if b.len() == 3000));
+    // The next frame comes as a view, and the box kept while the input lasted goes.
+    assert!(matches!(
+        conn.poll_view_from(&cfg, &scratch, &buf, &mut input, 1),
+        Some(Ok(_))
+    ));
+    assert!(input.is_empty() && conn.holds_heap());
+    assert!(conn.input_done(false));
+    assert!(!conn.holds_heap(), "the empty box is freed");
+    // A peer's close frame leaves the close event to poll for.
+    let mut close = frame(0x88, &1000u16.to_be_bytes(), Some(KEY));
+    let mut input: &mut [u8] = &mut close;
+    let got = conn.poll_event_from(&cfg, &mut scratch, &mut buf, &mut input, 1);
+    assert!(matches!(got, Ok(Some(Event::Closed { .. }))), "{got:?}");
+    assert!(!conn.input_done(false), "closed: not open any more");
+}
+
 /// The rest of a receive after a frame for the read buffer goes through the read buffer.
 #[test]
 fn whole_plain_frames_come_out_as_views() {

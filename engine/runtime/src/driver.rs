@@ -417,6 +417,27 @@ impl Core {
             .filter(|c| c.generation == id.generation())
     }
 
+    /// [`Core::send`] of a unit of `len` bytes under the write-buffer rule of
+    /// [`Io::send_parts_within`], with one lookup of the slot for both.
+    #[inline]
+    fn send_within(&mut self, id: ConnId, out: Output<'_>, len: usize, limit: usize) -> Sent {
+        let Some(c) = self.conn_mut(id) else {
+            return Sent::Closed;
+        };
+        if c.state != State::Open {
+            return Sent::Closed;
+        }
+        if c.queued + len > limit && c.waiting() >= limit {
+            return Sent::OverLimit;
+        }
+        c.put(out);
+        if !c.has(IN_DIRTY) && !c.has(SEND_INFLIGHT) {
+            c.set(IN_DIRTY);
+            self.dirty.push(id.index() as u32);
+        }
+        Sent::Queued
+    }
+
     fn send(&mut self, id: ConnId, out: Output<'_>) -> bool {
         let Some(c) = self.conn_mut(id) else {
             return false;
@@ -1287,6 +1308,17 @@ impl fmt::Debug for Io<'_> {
     }
 }
 
+/// What [`Io::send_parts_within`] did with a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Queued.
+    Queued,
+    /// Refused by the write-buffer limit; nothing was queued.
+    OverLimit,
+    /// The connection is dead or closing; nothing was queued.
+    Closed,
+}
+
 impl Io<'_> {
     /// Queues `data` for `id`; coalesced with other queued output into one send. Returns false
     /// if `id` is dead or closing.
@@ -1302,6 +1334,31 @@ impl Io<'_> {
     #[inline]
     pub fn send_parts(&mut self, id: ConnId, parts: &[&[u8]]) -> bool {
         self.output(id, Output::Copy(parts))
+    }
+
+    /// [`Io::send_parts`] under a write-buffer limit, with one lookup of the connection: the
+    /// unit is refused ([`Sent::OverLimit`], nothing queued) when the bytes queued plus the
+    /// unit's would exceed `limit` and at least `limit` bytes already wait behind what the
+    /// kernel is writing ([`Io::queued_bytes`], [`Io::waiting_bytes`]), so a unit of any size
+    /// goes out once nothing else waits.
+    #[inline]
+    pub fn send_parts_within(&mut self, id: ConnId, parts: &[&[u8]], limit: usize) -> Sent {
+        let len = parts.iter().map(|p| p.len()).sum();
+        match &mut self.backend {
+            Backend::Uring(c) => c.send_within(id, Output::Copy(parts), len, limit),
+            Backend::Memory(m) => {
+                let over = m
+                    .conn(id)
+                    .is_some_and(|c| c.queued + len > limit && c.waiting() >= limit);
+                if over {
+                    Sent::OverLimit
+                } else if m.send(id, Output::Copy(parts)) {
+                    Sent::Queued
+                } else {
+                    Sent::Closed
+                }
+            }
+        }
     }
 
     /// Queues a frame for `id` as one unit: its `header` (at most 14 bytes) copied, its

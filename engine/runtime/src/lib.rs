@@ -49,7 +49,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use driver::Io;
+pub use driver::{Io, Sent};
 pub use waker::CoreWaker;
 
 /// The most `Bytes` coalesced into one send operation (one `SendMsg` iovec array).

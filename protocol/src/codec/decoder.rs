@@ -317,7 +317,7 @@ impl Decoder {
     /// else, or a frame not wholly in `input` (nothing consumed). `Err(InvalidUtf8)`: a text
     /// frame that is not UTF-8 (consumed). The decoder's state is not touched: call it only
     /// between frames.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decode_view<'a>(
         &self,
         input: &mut &'a mut [u8],

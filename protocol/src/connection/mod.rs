@@ -434,7 +434,7 @@ impl Connection {
     ///
     /// The view is valid while the receive buffer is: a handler that keeps the message copies
     /// it ([`MessageView::to_message`]).
-    #[inline]
+    #[inline(always)]
     pub fn poll_view_from<'a>(
         &mut self,
         cfg: &ConnectionConfig,
@@ -464,6 +464,30 @@ impl Connection {
                 Some(Err(e))
             }
         }
+    }
+
+    /// Whether the receive just consumed left nothing to poll for: no event pending, open, no
+    /// message half-decoded, nothing buffered (`buffered`: the read buffer holds bytes). When
+    /// so, what [`poll_event_from`](Self::poll_event_from) with empty input would do is done
+    /// here (the box kept for the slice path goes if it holds nothing) and it need not be
+    /// called; when not, call it until `Ok(None)` as usual.
+    #[inline]
+    pub fn input_done(&mut self, buffered: bool) -> bool {
+        if buffered
+            || self.flags & EVENT_PENDING != 0
+            || self.state_bits() != OPEN
+            || self.decoder.is_some()
+        {
+            return false;
+        }
+        if let Some(e) = self.extra.as_ref() {
+            if e.slice.is_some() {
+                return false;
+            }
+            self.tidy_extra();
+        }
+        self.buffered = 0;
+        true
     }
 
     /// The slice path of [`poll_event_from`](Self::poll_event_from); `None`: it does not apply,

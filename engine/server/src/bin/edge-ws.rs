@@ -931,7 +931,6 @@ fn is_envelope_path(path: &str) -> bool {
 
 /// `/ws`: the manager and its channel routes; every other path: the demo.
 struct Product {
-    demo: Demo,
     /// Serve the demo page at `/`.
     page: bool,
     store: Option<StoreHandle>,
@@ -1046,26 +1045,35 @@ impl Handler for Product {
     }
 
     fn on_open(&mut self, socket: &mut Socket<'_, '_>) {
-        if is_envelope_path(socket.path()) {
-            self.ws.on_open(socket)
-        } else {
-            self.demo.on_open(socket)
+        match DemoRoute::of(socket.path()) {
+            None => self.ws.on_open(socket),
+            Some(DemoRoute::Subscriber) => {
+                socket.subscribe(TOPIC);
+            }
+            Some(_) => {}
         }
     }
 
     fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
-        if is_envelope_path(socket.path()) {
-            self.ws.on_message(socket, message)
-        } else {
-            self.demo.on_message(socket, message)
+        match DemoRoute::of(socket.path()) {
+            None => self.ws.on_message(socket, message),
+            Some(route) => {
+                if !route.relayed(socket, message.payload(), MessageKind::of(&message)) {
+                    let _ = socket.send(message);
+                }
+            }
         }
     }
 
     fn on_message_view(&mut self, socket: &mut Socket<'_, '_>, message: MessageView<'_>) {
-        if is_envelope_path(socket.path()) {
-            self.ws.on_message_view(socket, message)
-        } else {
-            self.demo.on_message_view(socket, message)
+        // One look at the path per message (the echo's whole decision).
+        match DemoRoute::of(socket.path()) {
+            None => self.ws.on_message_view(socket, message),
+            Some(route) => {
+                if !route.relayed(socket, message.payload(), MessageKind::of_view(&message)) {
+                    let _ = socket.send(message);
+                }
+            }
         }
     }
 
@@ -1076,41 +1084,40 @@ impl Handler for Product {
     }
 }
 
-/// Echo on every path, except the broadcast relay: `/sub` subscribes, `/pub` publishes.
-struct Demo;
-
+/// The demo's topic: `/sub` connections subscribe, `/pub` connections publish to it.
 const TOPIC: &str = "broadcast";
 
-impl Handler for Demo {
-    fn on_open(&mut self, socket: &mut Socket<'_, '_>) {
-        if socket.path() == "/sub" {
-            socket.subscribe(TOPIC);
-        }
-    }
-
-    fn on_message(&mut self, socket: &mut Socket<'_, '_>, message: Message) {
-        if !Demo::relayed(socket, message.payload(), MessageKind::of(&message)) {
-            let _ = socket.send(message);
-        }
-    }
-
-    fn on_message_view(&mut self, socket: &mut Socket<'_, '_>, message: MessageView<'_>) {
-        if !Demo::relayed(socket, message.payload(), MessageKind::of_view(&message)) {
-            let _ = socket.send(message);
-        }
-    }
+/// What the demo does with a message on a path (`None` from [`DemoRoute::of`]: the path is
+/// the manager's).
+#[derive(Clone, Copy)]
+enum DemoRoute {
+    /// `/pub`: published to the topic.
+    Publish,
+    /// `/sub`: ignored.
+    Subscriber,
+    /// Anything else: echoed.
+    Echo,
 }
 
-impl Demo {
-    /// `/pub` publishes what its clients send, `/sub` ignores it; false: echo it.
-    fn relayed(socket: &mut Socket<'_, '_>, payload: &[u8], kind: MessageKind) -> bool {
-        match socket.path() {
-            "/pub" => {
+impl DemoRoute {
+    fn of(path: &str) -> Option<DemoRoute> {
+        match path {
+            "/pub" => Some(DemoRoute::Publish),
+            "/sub" => Some(DemoRoute::Subscriber),
+            p if is_envelope_path(p) => None,
+            _ => Some(DemoRoute::Echo),
+        }
+    }
+
+    /// Publishes or ignores the message; false: echo it.
+    fn relayed(self, socket: &mut Socket<'_, '_>, payload: &[u8], kind: MessageKind) -> bool {
+        match self {
+            DemoRoute::Publish => {
                 socket.publish_with(TOPIC, payload, kind, Default::default());
                 true
             }
-            "/sub" => true,
-            _ => false,
+            DemoRoute::Subscriber => true,
+            DemoRoute::Echo => false,
         }
     }
 }
@@ -1377,7 +1384,6 @@ fn run() -> Result<(), Failure> {
     let metrics_path = builder.config_ref().metrics_path.clone();
     let engine = builder
         .build(move |_core| Product {
-            demo: Demo,
             page: demo,
             store: store_handle.clone(),
             manager: m.clone(),
