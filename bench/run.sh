@@ -21,6 +21,7 @@
 #                              (bench/src/bin/nothp.rs); THP=on keeps the system's setting
 #   SERVERS="edge-ws edge-ws-history": the second runs bench/edge-ws-history.toml (memory
 #                              history on every channel) for a same-run history-cost row
+#   ROTATE=1                   rotate the servers' order by one each repetition (0: as listed)
 #   EDGE_WS_BASE_BIN=path      with "edge-ws-base" in SERVERS: a second edge-ws binary (say, an
 #                              earlier commit built in a git worktree) for a same-run A/B
 #
@@ -221,6 +222,7 @@ mkdir -p "$OUT_DIR" "$(dirname "$SERVER_LOG")"
     echo "server_core=$SERVER_CORE"
     echo "client_core=$CLIENT_CORE"
     echo "reps=$REPS"
+    echo "rotate=${ROTATE:-1}"
     echo "warmup=$WARMUP"
     echo "duration=$DURATION"
     echo "profile=$PROFILE"
@@ -232,12 +234,26 @@ failures=0
 runs=0
 skipped=""
 port=$PORT_BASE
+read -r -a SERVER_LIST <<<"$SERVERS"
 for rep in $(seq 1 "$REPS"); do
+    # The servers' order rotates by one each repetition (A B C, B C A, C A B, ...), so that no
+    # server always runs first after a pause or right after a given other: a fixed order was
+    # seen to favour one position by a few per cent (docs/BENCHMARKS.md, session 10).
+    # ROTATE=0 keeps the listed order.
+    order=()
+    n_servers=${#SERVER_LIST[@]}
+    for k in $(seq 0 $(( n_servers - 1 ))); do
+        if [[ ${ROTATE:-1} == 1 ]]; then
+            order+=("${SERVER_LIST[$(( (k + rep - 1) % n_servers ))]}")
+        else
+            order+=("${SERVER_LIST[$k]}")
+        fi
+    done
     for scen in "${SELECTED[@]}"; do
         name=${scen%%|*}
         args=${scen#*|}
         mode=${args%% *}
-        for server in $SERVERS; do
+        for server in "${order[@]}"; do
             extra=()
             if [[ $server == floor ]]; then
                 [[ $mode == broadcast ]] && continue

@@ -480,9 +480,8 @@ impl CoreState {
     /// limit. A connection so holds at most the frame in the kernel, the limit, and one frame.
     #[inline]
     pub(crate) fn over_write_limit(&self, io: &Io<'_>, id: ConnId, len: usize) -> bool {
-        let limit = self.cfg.write_buffer_limit;
-        // Cheap test first: nothing to decide while everything queued plus this frame fits.
-        io.queued_bytes(id) + len > limit && io.waiting_bytes(id) >= limit
+        // The rule itself is the runtime's, which also applies it in `Io::send_parts_within`.
+        io.over_write_limit(id, len, self.cfg.write_buffer_limit)
     }
 
     /// Writes the control frames `id`'s state machine has for it: pongs and heartbeat pings

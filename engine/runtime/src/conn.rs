@@ -517,6 +517,14 @@ impl Slot {
     }
 
     /// Bytes queued behind the entries handed to the kernel (which may be partly sent).
+    /// The write-buffer rule: a unit of `len` bytes is refused once the bytes queued plus
+    /// its own would exceed `limit` and at least `limit` bytes already wait behind what the
+    /// kernel is writing (cheap test first: while everything fits there is nothing to count).
+    #[inline]
+    pub(super) fn over_limit(&self, len: usize, limit: usize) -> bool {
+        self.queued + len > limit && self.waiting() >= limit
+    }
+
     pub(super) fn waiting(&self) -> usize {
         let in_kernel: usize = self
             .queue

@@ -427,7 +427,7 @@ impl Core {
         if c.state != State::Open {
             return Sent::Closed;
         }
-        if c.queued + len > limit && c.waiting() >= limit {
+        if c.over_limit(len, limit) {
             return Sent::OverLimit;
         }
         c.put(out);
@@ -1347,10 +1347,7 @@ impl Io<'_> {
         match &mut self.backend {
             Backend::Uring(c) => c.send_within(id, Output::Copy(parts), len, limit),
             Backend::Memory(m) => {
-                let over = m
-                    .conn(id)
-                    .is_some_and(|c| c.queued + len > limit && c.waiting() >= limit);
-                if over {
+                if m.conn(id).is_some_and(|c| c.over_limit(len, limit)) {
                     Sent::OverLimit
                 } else if m.send(id, Output::Copy(parts)) {
                     Sent::Queued
@@ -1408,6 +1405,14 @@ impl Io<'_> {
     #[inline]
     pub fn queued_bytes(&self, id: ConnId) -> usize {
         self.slot(id).map_or(0, |c| c.queued)
+    }
+
+    /// Whether a unit of `len` bytes for `id` meets the write-buffer rule of
+    /// [`Io::send_parts_within`] (refused once `limit` bytes already wait behind what the
+    /// kernel is writing); false if `id` is dead.
+    #[inline]
+    pub fn over_write_limit(&self, id: ConnId, len: usize, limit: usize) -> bool {
+        self.slot(id).is_some_and(|c| c.over_limit(len, limit))
     }
 
     /// Bytes queued for `id` behind the output handed to the kernel (0 if dead): what a
