@@ -468,7 +468,7 @@ impl<H: Handler> WsService<H> {
         }
         if let Some(c) = self.state.conn(id) {
             let superseded = c.ws.pongs_superseded().saturating_sub(superseded_before);
-            add(&self.state.m().pongs_superseded, u64::from(superseded));
+            add(&m.pongs_superseded, u64::from(superseded));
         }
     }
 

@@ -51,11 +51,17 @@ fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     wire.to_vec()
 }
 
-#[test]
-fn whole_frames_are_lent_and_the_rest_owned_and_all_echo_in_order() {
+/// A one-core engine of [`Viewer`]s at the default config, and what they see.
+fn viewer_engine() -> (MemEngine<Viewer>, Rc<RefCell<Seen>>) {
     let seen = Rc::new(RefCell::new(Seen::default()));
     let s = seen.clone();
     let engine = MemEngine::new(Config::default(), 1, move |_| Viewer { seen: s.clone() });
+    (engine, seen)
+}
+
+#[test]
+fn whole_frames_are_lent_and_the_rest_owned_and_all_echo_in_order() {
+    let (engine, seen) = viewer_engine();
     let mut client = engine.connect(0, "/");
     let mut sent = Vec::new();
     for i in 0..90 {
@@ -105,9 +111,7 @@ fn whole_frames_are_lent_and_the_rest_owned_and_all_echo_in_order() {
 
 #[test]
 fn invalid_text_on_the_view_path_closes_with_1007_and_others_go_on() {
-    let seen = Rc::new(RefCell::new(Seen::default()));
-    let s = seen.clone();
-    let engine = MemEngine::new(Config::default(), 1, move |_| Viewer { seen: s.clone() });
+    let (engine, seen) = viewer_engine();
     let mut bad = engine.connect(0, "/");
     let mut good = engine.connect(0, "/");
     let mut wire = client_frame(OpCode::Text, b"fine");

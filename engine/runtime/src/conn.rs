@@ -516,7 +516,6 @@ impl Slot {
         }
     }
 
-    /// Bytes queued behind the entries handed to the kernel (which may be partly sent).
     /// The write-buffer rule: a unit of `len` bytes is refused once the bytes queued plus
     /// its own would exceed `limit` and at least `limit` bytes already wait behind what the
     /// kernel is writing (cheap test first: while everything fits there is nothing to count).
@@ -525,6 +524,7 @@ impl Slot {
         self.queued + len > limit && self.waiting() >= limit
     }
 
+    /// Bytes queued behind the entries handed to the kernel (which may be partly sent).
     pub(super) fn waiting(&self) -> usize {
         let in_kernel: usize = self
             .queue

@@ -417,8 +417,8 @@ impl Core {
             .filter(|c| c.generation == id.generation())
     }
 
-    /// [`Core::send`] of a unit of `len` bytes under the write-buffer rule of
-    /// [`Io::send_parts_within`], with one lookup of the slot for both.
+    /// Queues `out` (a unit of `len` bytes) for `id` unless the write-buffer rule of
+    /// [`Io::send_parts_within`] refuses it, with one lookup of the slot for both.
     #[inline]
     fn send_within(&mut self, id: ConnId, out: Output<'_>, len: usize, limit: usize) -> Sent {
         let Some(c) = self.conn_mut(id) else {
@@ -426,6 +426,9 @@ impl Core {
         };
         if c.state != State::Open {
             return Sent::Closed;
+        }
+        if out.is_empty() {
+            return Sent::Queued;
         }
         if c.over_limit(len, limit) {
             return Sent::OverLimit;
@@ -438,22 +441,11 @@ impl Core {
         Sent::Queued
     }
 
+    /// Queues `out` for `id` with no limit; false if `id` is dead or closing.
+    #[inline]
     fn send(&mut self, id: ConnId, out: Output<'_>) -> bool {
-        let Some(c) = self.conn_mut(id) else {
-            return false;
-        };
-        if c.state != State::Open {
-            return false;
-        }
-        if out.is_empty() {
-            return true;
-        }
-        c.put(out);
-        if !c.has(IN_DIRTY) && !c.has(SEND_INFLIGHT) {
-            c.set(IN_DIRTY);
-            self.dirty.push(id.index() as u32);
-        }
-        true
+        // No unit is over an unbounded limit, so its length is not needed.
+        self.send_within(id, out, 0, usize::MAX) == Sent::Queued
     }
 
     fn close(&mut self, id: ConnId) {

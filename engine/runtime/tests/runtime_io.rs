@@ -713,6 +713,24 @@ fn small_buffer_ring_recovers_from_enobufs() {
     join_within(rt, Duration::from_secs(10));
 }
 
+/// Echoes `clients × bytes` through one core started with `c`, checks every byte came in and
+/// whether the core consumed its receive buffers incrementally.
+fn echo_through(c: RuntimeConfig, clients: usize, bytes: usize, incremental: bool) {
+    let (rt, _probe) = start(c);
+    echo_clients(rt.local_addr(), clients, bytes);
+    let st = &rt.stats()[0];
+    assert_eq!(
+        st.recv_incremental.load(Ordering::Relaxed),
+        u64::from(incremental)
+    );
+    assert_eq!(
+        st.bytes_in.load(Ordering::Relaxed),
+        (clients * bytes) as u64
+    );
+    rt.shutdown();
+    join_within(rt, Duration::from_secs(10));
+}
+
 #[test]
 fn small_incremental_buffers_split_receives_across_buffers() {
     let _g = shared_fds();
@@ -722,13 +740,7 @@ fn small_incremental_buffers_split_receives_across_buffers() {
     let mut c = cfg(core_ids(1));
     c.io.buf_count = 8;
     c.io.buf_size = 1000;
-    let (rt, _probe) = start(c);
-    echo_clients(rt.local_addr(), 64, 32 * 1024);
-    let st = &rt.stats()[0];
-    assert_eq!(st.recv_incremental.load(Ordering::Relaxed), 1);
-    assert_eq!(st.bytes_in.load(Ordering::Relaxed), 64 * 32 * 1024);
-    rt.shutdown();
-    join_within(rt, Duration::from_secs(10));
+    echo_through(c, 64, 32 * 1024, true);
 }
 
 #[test]
@@ -738,13 +750,7 @@ fn whole_buffers_when_incremental_use_is_off() {
     // receive taking a whole one.
     let mut c = cfg(core_ids(1));
     c.io.buf_incremental = false;
-    let (rt, _probe) = start(c);
-    echo_clients(rt.local_addr(), 100, 64 * 1024);
-    let st = &rt.stats()[0];
-    assert_eq!(st.recv_incremental.load(Ordering::Relaxed), 0);
-    assert_eq!(st.bytes_in.load(Ordering::Relaxed), 100 * 64 * 1024);
-    rt.shutdown();
-    join_within(rt, Duration::from_secs(10));
+    echo_through(c, 100, 64 * 1024, false);
 }
 
 // ---------------------------------------------------------------- config

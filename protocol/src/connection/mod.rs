@@ -443,12 +443,7 @@ impl Connection {
         input: &mut &'a mut [u8],
         now: u32,
     ) -> Option<Result<MessageView<'a>, ProtocolError>> {
-        if self.flags & EVENT_PENDING != 0
-            || self.state_bits() != OPEN
-            || self.decoder.is_some()
-            || !buf.is_empty()
-            || self.extra.as_ref().is_some_and(|e| e.slice.is_some())
-        {
+        if !buf.is_empty() || !self.between_messages() {
             return None;
         }
         match scratch.decode_view(input) {
@@ -473,21 +468,22 @@ impl Connection {
     /// called; when not, call it until `Ok(None)` as usual.
     #[inline]
     pub fn input_done(&mut self, buffered: bool) -> bool {
-        if buffered
-            || self.flags & EVENT_PENDING != 0
-            || self.state_bits() != OPEN
-            || self.decoder.is_some()
-        {
+        if buffered || !self.between_messages() {
             return false;
         }
-        if let Some(e) = self.extra.as_ref() {
-            if e.slice.is_some() {
-                return false;
-            }
-            self.tidy_extra();
-        }
+        self.tidy_extra();
         self.buffered = 0;
         true
+    }
+
+    /// Open, no event pending, no message half-decoded (by our own decoder or on the slice
+    /// path): where a view may be taken, and where a receive may end without a poll.
+    #[inline(always)]
+    fn between_messages(&self) -> bool {
+        self.flags & EVENT_PENDING == 0
+            && self.state_bits() == OPEN
+            && self.decoder.is_none()
+            && self.extra.as_ref().is_none_or(|e| e.slice.is_none())
     }
 
     /// The slice path of [`poll_event_from`](Self::poll_event_from); `None`: it does not apply,
