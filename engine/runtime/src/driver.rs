@@ -417,8 +417,8 @@ impl Core {
             .filter(|c| c.generation == id.generation())
     }
 
-    /// Queues `out` (a unit of `len` bytes) for `id` unless the write-buffer rule of
-    /// [`Io::send_parts_within`] refuses it, with one lookup of the slot for both.
+    /// Queues `out` (a unit of `len` bytes, not empty) for `id` unless the write-buffer rule
+    /// of [`Io::send_parts_within`] refuses it, with one lookup of the slot for both.
     #[inline]
     fn send_within(&mut self, id: ConnId, out: Output<'_>, len: usize, limit: usize) -> Sent {
         let Some(c) = self.conn_mut(id) else {
@@ -426,9 +426,6 @@ impl Core {
         };
         if c.state != State::Open {
             return Sent::Closed;
-        }
-        if out.is_empty() {
-            return Sent::Queued;
         }
         if c.over_limit(len, limit) {
             return Sent::OverLimit;
@@ -441,9 +438,13 @@ impl Core {
         Sent::Queued
     }
 
-    /// Queues `out` for `id` with no limit; false if `id` is dead or closing.
+    /// Queues `out` for `id` with no limit (nothing, if it is empty); false if `id` is dead
+    /// or closing.
     #[inline]
     fn send(&mut self, id: ConnId, out: Output<'_>) -> bool {
+        if out.is_empty() {
+            return self.conn(id).is_some_and(|c| c.state == State::Open);
+        }
         // No unit is over an unbounded limit, so its length is not needed.
         self.send_within(id, out, 0, usize::MAX) == Sent::Queued
     }
@@ -1336,6 +1337,14 @@ impl Io<'_> {
     #[inline]
     pub fn send_parts_within(&mut self, id: ConnId, parts: &[&[u8]], limit: usize) -> Sent {
         let len = parts.iter().map(|p| p.len()).sum();
+        if len == 0 {
+            // Nothing to queue, nothing over any limit: only whether `id` is alive.
+            return if self.output(id, Output::Copy(parts)) {
+                Sent::Queued
+            } else {
+                Sent::Closed
+            };
+        }
         match &mut self.backend {
             Backend::Uring(c) => c.send_within(id, Output::Copy(parts), len, limit),
             Backend::Memory(m) => {
